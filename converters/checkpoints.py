@@ -1,0 +1,70 @@
+"""Load official checkpoints into our torch models, strictly and without unpickling code."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edge_runtime.errors import CheckpointError
+
+from .models import ModelSpec
+
+# Training-only branches of NanoDet-Plus; the official loader drops them too.
+_TRAINING_ONLY_PREFIXES = ("aux_fpn.", "aux_head.")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's weights: a plain state_dict (.pth) or a NanoDet/Lightning ``.ckpt``.
+
+    ``weights_only=True`` refuses pickled code, so an untrusted file cannot run anything.
+    NanoDet's EMA weights (``avg_model.``) win over ``model.``, as in NanoDet's own loader.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({reason[:160]})") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state_dict of tensors (or {{'state_dict': ...}})")
+    ema = {k[len("avg_model."):]: v for k, v in state.items() if k.startswith("avg_model.")}
+    if ema:
+        state = ema
+    for prefix in ("module.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith(_TRAINING_ONLY_PREFIXES)}
+
+
+def load_model(spec: ModelSpec, weights: str | Path) -> tuple[nn.Module, int]:
+    """Build ``spec``'s model with the class count found in ``weights`` and load them strictly.
+
+    Returns the model in eval mode and its class count. Any missing or unexpected key is an error.
+    """
+    state = read_state_dict(weights)
+    try:
+        num_classes = spec.num_classes_from(state)
+    except KeyError:
+        raise CheckpointError(f"{weights}: does not look like a {spec.name} checkpoint "
+                              f"(no classifier weights found)") from None
+    model = spec.build(num_classes)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shape mismatches
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{weights}: does not match {spec.name}: {detail[:200]}") from None
+    problems = []
+    if result.missing_keys:
+        problems.append(f"{len(result.missing_keys)} missing (e.g. {', '.join(result.missing_keys[:3])})")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {', '.join(result.unexpected_keys[:3])})")
+    if problems:
+        raise CheckpointError(f"{weights}: does not match {spec.name}: " + "; ".join(problems))
+    return model.eval(), num_classes

@@ -1,0 +1,132 @@
+"""Checkpoint -> FP32 ONNX (simplified) + manifest.json: the start of every package."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+import edge_runtime
+from edge_runtime.errors import CheckpointError
+from edge_runtime.manifest import RESIZE_MODES, Artifact, InputSpec, Manifest, sha256_file
+
+from .checkpoints import load_model
+from .coco import COCO_CLASSES
+from .models import get_spec
+
+DEFAULT_OPSET = 17
+log = logging.getLogger(__name__)
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a text file (one per line) or a NanoDet yml (its ``class_names`` list)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: class-names file not found")
+    if path.suffix in (".yml", ".yaml"):
+        import yaml
+
+        names = (yaml.safe_load(path.read_text()) or {}).get("class_names")
+        if not isinstance(names, list):
+            raise CheckpointError(f"{path}: has no 'class_names' list")
+        return [str(n) for n in names]
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    if num_classes == len(COCO_CLASSES):
+        return list(COCO_CLASSES)
+    log.warning("checkpoint has %d classes and no --classes file was given: naming them class_0..", num_classes)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict[str, float]:
+    """Worst max-abs-diff and worst cosine similarity over paired outputs."""
+    diffs, cosines = [], []
+    for ref, got in zip(reference, candidate):
+        a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+        diffs.append(float(np.abs(a - b).max()))
+        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)))
+    return {"max_abs_diff": max(diffs), "cosine": min(cosines)}
+
+
+def export_package(model: str, weights: str | Path, out: str | Path, imgsz: int | None = None,
+                   classes: str | Path | None = None, resize: str | None = None, opset: int = DEFAULT_OPSET,
+                   simplify: bool = True, progress: Callable[[str], None] = lambda msg: None) -> Manifest:
+    """Build ``model`` from ``weights``, export FP32 ONNX to ``out/model.onnx`` and write the manifest.
+
+    The exported graph is checked against torch on a random input before the manifest is written;
+    its max abs diff and cosine are recorded in the artifact entry.
+    """
+    spec = get_spec(model)
+    imgsz = imgsz or spec.default_imgsz
+    if resize is not None and resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}")
+    progress(f"loading {weights}")
+    net, num_classes = load_model(spec, weights)
+    names = read_class_names(classes) if classes else default_class_names(num_classes)
+    if len(names) != num_classes:
+        raise CheckpointError(f"{classes}: lists {len(names)} class names, the checkpoint has {num_classes} classes")
+    deploy = spec.deploy(net).eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "model.onnx"
+    dummy = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, imgsz, imgsz)).astype(np.float32))
+
+    progress(f"exporting ONNX (opset {opset})")
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(deploy, (dummy,), str(onnx_path), input_names=["input"],
+                          output_names=list(spec.output_names), opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+    import onnx
+
+    graph = onnx.load(str(onnx_path))
+    if simplify:
+        progress("simplifying with onnxslim")
+        import onnxslim
+
+        graph = onnxslim.slim(graph)
+        onnx.save(graph, str(onnx_path))
+    onnx.checker.check_model(graph)
+
+    progress("checking ONNX Runtime against torch")
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        reference = [t.numpy() for t in deploy(dummy)]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    parity = compare(reference, session.run(list(spec.output_names), {"input": dummy.numpy()}))
+
+    manifest = Manifest(
+        root=out, family=spec.family, name=spec.name, class_names=tuple(names),
+        input=InputSpec(name="input", shape=(1, 3, imgsz, imgsz), layout="NCHW", dtype="float32",
+                        color=spec.color, mean=spec.mean, std=spec.std, resize=resize or spec.resize),
+        decoder=spec.decoder(net), postprocess=dict(spec.postprocess),
+        artifacts=(Artifact(file=onnx_path.name, format="onnx", precision="fp32", sha256=sha256_file(onnx_path),
+                            outputs=tuple(spec.output_names),
+                            extra={"opset": opset, "simplified": simplify, "parity_vs_torch": parity}),),
+        produced_by={"edge_runtime": edge_runtime.__version__, "torch": torch.__version__,
+                     "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                     "onnxslim": _version("onnxslim") if simplify else None,
+                     "source_weights": Path(weights).name, "source_sha256": sha256_file(Path(weights))},
+    )
+    manifest.save()
+    progress(f"wrote {manifest.path} ({json.dumps(parity)})")
+    return manifest
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None

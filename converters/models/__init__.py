@@ -1,0 +1,84 @@
+"""Registry of the models the converters can build, with what the runtime must know about each.
+
+A ``ModelSpec`` ties a model name to its torch builder, its export wrapper and the manifest
+fields (family, preprocessing, decoder parameters) that make the exported graph usable on a
+device without any Python model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from .nanodet import NanoDet, NanoDetDeploy, build_nanodet_plus, build_nanodet_v1
+from .yolo_fastest_v2 import COCO_ANCHORS, YoloFastestV2, YoloFastestV2Deploy
+
+NANODET_MEAN = (103.53, 116.28, 123.675)
+NANODET_STD = (57.375, 57.12, 58.395)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    build: Callable[[int], nn.Module]
+    deploy: Callable[[nn.Module], nn.Module]
+    default_imgsz: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str
+    output_names: tuple[str, str]
+    decoder: Callable[[nn.Module], dict[str, Any]]
+    color: str = "BGR"
+    postprocess: dict[str, float] = field(default_factory=lambda: {
+        "score_threshold": 0.35, "nms_iou": 0.6, "max_detections": 100})
+
+    def num_classes_from(self, state_dict: dict[str, Any]) -> int:
+        """The class count a checkpoint was trained with, read from its classifier weights."""
+        if self.family == "yolo-fastestv2":
+            return int(state_dict["output_cls_layers.weight"].shape[0])
+        return int(state_dict["head.gfl_cls.0.weight"].shape[0]) - 4 * (7 + 1)
+
+
+def _nanodet_decoder(center_offset: float) -> Callable[[nn.Module], dict[str, Any]]:
+    def decoder(model: NanoDet) -> dict[str, Any]:
+        return {"strides": list(model.strides), "reg_max": model.head.reg_max, "center_offset": center_offset,
+                "score_in_graph": "sigmoid", "distribution_in_graph": "softmax_integral"}
+    return decoder
+
+
+def _yolo_fastest_v2_decoder(model: YoloFastestV2) -> dict[str, Any]:
+    return {"strides": list(model.strides), "anchors": [list(a) for a in COCO_ANCHORS],
+            "anchor_num": model.anchor_num, "score_in_graph": "sigmoid(obj)*softmax(cls)",
+            "box_in_graph": "sigmoid"}
+
+
+_NANODET_COMMON = dict(family="nanodet", deploy=NanoDetDeploy, mean=NANODET_MEAN, std=NANODET_STD,
+                       output_names=("scores", "distances"))
+
+MODELS: dict[str, ModelSpec] = {
+    # NanoDet-Plus COCO configs train and evaluate with keep_ratio: False (a plain warp to the input size)
+    "nanodet-plus-m": ModelSpec(name="nanodet-plus-m", build=lambda nc: build_nanodet_plus(nc, "1.0x", 96),
+                                default_imgsz=416, resize="warp_affine", decoder=_nanodet_decoder(0.0),
+                                **_NANODET_COMMON),
+    "nanodet-plus-m-1.5x": ModelSpec(name="nanodet-plus-m-1.5x", build=lambda nc: build_nanodet_plus(nc, "1.5x", 128),
+                                     default_imgsz=416, resize="warp_affine", decoder=_nanodet_decoder(0.0),
+                                     **_NANODET_COMMON),
+    "nanodet-m": ModelSpec(name="nanodet-m", build=lambda nc: build_nanodet_v1(nc, "1.0x", 96),
+                           default_imgsz=320, resize="warp_affine_keep_ratio", decoder=_nanodet_decoder(0.0),
+                           **_NANODET_COMMON),
+    "yolo-fastestv2": ModelSpec(name="yolo-fastestv2", family="yolo-fastestv2", build=lambda nc: YoloFastestV2(nc),
+                                deploy=YoloFastestV2Deploy, default_imgsz=352, mean=(0.0, 0.0, 0.0),
+                                std=(255.0, 255.0, 255.0), resize="resize", output_names=("scores", "box_sigmoid"),
+                                decoder=_yolo_fastest_v2_decoder,
+                                postprocess={"score_threshold": 0.3, "nms_iou": 0.4, "max_detections": 100}),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None

@@ -1,0 +1,58 @@
+"""ONNX Runtime backend (CPU by default; any execution provider by name through options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, ModelLoadError
+from .base import Backend, TensorSpec
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+               "tensor(int8)": "int8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
+        super().__init__(path, threads, options)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailableError(
+                f"{path}: onnxruntime is not installed (pip install 'edge-runtime[onnx]')") from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{path}: cannot load ONNX model (corrupt or truncated?): {reason[:200]}") from None
+        self._version = ort.__version__
+        self._inputs = [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES.get(i.type, i.type))
+                        for i in self.session.get_inputs()]
+        self._outputs = [TensorSpec(o.name, tuple(o.shape), _ORT_DTYPES.get(o.type, o.type))
+                         for o in self.session.get_outputs()]
+        self._output_names = [o.name for o in self._outputs]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._output_names, self.session.run(self._output_names, inputs)))
+
+    def describe(self) -> str:
+        return f"onnxruntime {self._version} {self.session.get_providers()[0]}, {self.threads} threads"

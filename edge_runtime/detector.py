@@ -1,0 +1,96 @@
+"""Detector: a package folder in, Detections out. The public entry point of the runtime."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import BACKENDS, Backend, open_backend
+from .detections import Detections
+from .errors import ModelLoadError
+from .families import Family, make_family
+from .hostinfo import physical_cores
+from .manifest import Artifact, Manifest, load_manifest
+
+
+def select_artifact(manifest: Manifest, backend: str = "auto", precision: str | None = None) -> Artifact:
+    """Pick the artifact to run: ``backend`` is an artifact format ("onnx", ...) or "auto"."""
+    if backend != "auto":
+        return manifest.artifact(backend, precision)
+    for art in manifest.artifacts:
+        if art.format in BACKENDS and precision in (None, art.precision):
+            return art
+    return manifest.artifact(None, precision)
+
+
+class Detector:
+    """Loads a package (manifest + artifact), runs images through preprocess -> backend -> decode.
+
+    >>> det = Detector("pkg/")
+    >>> dets = det(cv2.imread("street.jpg"))      # Detections in original-image pixels
+    """
+
+    def __init__(self, package: str | Path, backend: str = "auto", precision: str | None = None,
+                 threads: int | None = None, options: dict[str, Any] | None = None,
+                 score_threshold: float | None = None, nms_iou: float | None = None) -> None:
+        self.manifest = load_manifest(package)
+        self.artifact = select_artifact(self.manifest, backend, precision)
+        self.threads = threads or physical_cores()
+        path = self.manifest.artifact_path(self.artifact)
+        self.backend: Backend = open_backend(path, self.artifact.format, self.threads, options)
+        self.family: Family = make_family(self.manifest)
+        if score_threshold is not None:
+            self.family.postprocess["score_threshold"] = score_threshold
+        if nms_iou is not None:
+            self.family.postprocess["nms_iou"] = nms_iou
+        self._check_io(path)
+        self.input_name = self.manifest.input.name
+        self.output_names = list(self.artifact.outputs)
+        self.last_timings: dict[str, float] = {}
+
+    def _check_io(self, path: Path) -> None:
+        inputs = {t.name: t for t in self.backend.inputs}
+        spec = self.manifest.input
+        if spec.name not in inputs:
+            raise ModelLoadError(f"{path}: has no input named {spec.name!r} (has {', '.join(inputs)})")
+        shape = [d if isinstance(d, int) else -1 for d in inputs[spec.name].shape]
+        if any(d not in (-1, e) for d, e in zip(shape, spec.shape)) or len(shape) != len(spec.shape):
+            raise ModelLoadError(f"{path}: input shape {shape} does not match manifest input.shape {list(spec.shape)}")
+        names = {t.name for t in self.backend.outputs}
+        missing = [n for n in self.artifact.outputs if n not in names]
+        if missing:
+            raise ModelLoadError(f"{path}: lacks outputs {missing} listed in the manifest (has {sorted(names)})")
+        if len(self.artifact.outputs) != len(self.family.output_roles):
+            raise ModelLoadError(f"{path}: family {self.manifest.family} reads {len(self.family.output_roles)} "
+                                 f"outputs {self.family.output_roles}, manifest lists {list(self.artifact.outputs)}")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.class_names
+
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run the backend on a prepared input tensor; outputs in the family's role order."""
+        out = self.backend.run({self.input_name: tensor})
+        return [out[name] for name in self.output_names]
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        """Detect objects in one HxWx3 uint8 BGR image; per-stage times land in ``last_timings`` (ms)."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be an HxWx3 uint8 BGR array, got {getattr(image, 'shape', image)!r}")
+        t0 = time.perf_counter()
+        tensor, meta = self.family.preprocess(image)
+        t1 = time.perf_counter()
+        outputs = self.infer(tensor)
+        t2 = time.perf_counter()
+        dets = self.family.decode(outputs, meta)
+        t3 = time.perf_counter()
+        self.last_timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                             "postprocess": (t3 - t2) * 1e3}
+        return dets
+
+    def describe(self) -> str:
+        return (f"{self.manifest.name} [{self.artifact.file}: {self.artifact.format} {self.artifact.precision}] "
+                f"on {self.backend.describe()}")

@@ -1,0 +1,26 @@
+"""One exception family. Every message names the file (or source) and the problem on one line;
+the CLI prints it as ``error: <message>`` and exits with status 2."""
+
+
+class EdgeRuntimeError(Exception):
+    """Base class for user-facing errors."""
+
+
+class ManifestError(EdgeRuntimeError):
+    """A package's manifest.json is missing, malformed or inconsistent."""
+
+
+class ModelLoadError(EdgeRuntimeError):
+    """An artifact is missing, corrupt, truncated or does not match the manifest."""
+
+
+class SourceError(EdgeRuntimeError):
+    """An input (image, folder, video, camera, stream) cannot be read."""
+
+
+class CheckpointError(EdgeRuntimeError):
+    """A training checkpoint cannot be loaded into the requested model."""
+
+
+class BackendUnavailableError(EdgeRuntimeError):
+    """The backend an artifact needs is not installed on this machine."""

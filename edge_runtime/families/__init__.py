@@ -1,0 +1,26 @@
+"""Family registry: manifest ``model.family`` -> decoder class. One file + one line per family."""
+
+from __future__ import annotations
+
+from ..errors import ManifestError
+from ..manifest import Manifest
+from .base import Family
+from .nanodet import NanoDetDecoder
+from .yolo_fastest_v2 import YoloFastestV2Decoder
+
+FAMILIES: dict[str, type[Family]] = {
+    "nanodet": NanoDetDecoder,  # NanoDet v1 and NanoDet-Plus share the GFL output layout
+    "yolo-fastestv2": YoloFastestV2Decoder,
+}
+
+
+def make_family(manifest: Manifest) -> Family:
+    try:
+        cls = FAMILIES[manifest.family]
+    except KeyError:
+        raise ManifestError(f"{manifest.path}: unknown model.family {manifest.family!r} "
+                            f"(known: {', '.join(FAMILIES)})") from None
+    return cls(manifest)
+
+
+__all__ = ["FAMILIES", "Family", "make_family"]

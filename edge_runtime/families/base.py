@@ -1,0 +1,50 @@
+"""The model-family interface: preprocess an image, decode raw outputs into Detections."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..detections import Detections
+from ..errors import ManifestError
+from ..manifest import Manifest
+from ..nms import boxes_to_original, multiclass_nms
+from ..preprocess import ImageMeta, ImagePreprocessor
+
+
+class Family(ABC):
+    """Built from a manifest alone. ``decode`` turns one image's outputs into Detections.
+
+    Subclasses implement ``candidate_boxes`` (all candidate boxes in model-input pixels plus the
+    (N, C) score matrix); score filtering, class-wise NMS and mapping back to the original image
+    are shared.
+    """
+
+    #: roles of the graph outputs a family reads, in the order the manifest's artifact lists them
+    output_roles: tuple[str, ...] = ("scores", "boxes")
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.class_names = manifest.class_names
+        self.preprocess = ImagePreprocessor(manifest.input)
+        self.input_hw = manifest.input.size_hw
+        self.postprocess = dict(manifest.postprocess)
+
+    def param(self, key: str):
+        try:
+            return self.manifest.decoder[key]
+        except KeyError:
+            raise ManifestError(f"{self.manifest.path}: missing field 'decoder.{key}' "
+                                f"(needed by family {self.manifest.family})") from None
+
+    @abstractmethod
+    def candidate_boxes(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs (batch 1, in ``output_roles`` order) -> boxes (N, 4) xyxy, scores (N, C)."""
+
+    def decode(self, outputs: list[np.ndarray], meta: ImageMeta) -> Detections:
+        boxes, scores = self.candidate_boxes(outputs)
+        pp = self.postprocess
+        boxes, scores, class_ids = multiclass_nms(boxes, scores, pp["score_threshold"], pp["nms_iou"],
+                                                  int(pp["max_detections"]))
+        return Detections(boxes_to_original(boxes, meta), scores, class_ids, self.class_names)

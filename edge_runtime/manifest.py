@@ -1,0 +1,210 @@
+"""The deployment package: a folder with ``manifest.json`` and model artifacts.
+
+The manifest is the only contract between the host-side converters and the device: it says how
+to feed the model (size, layout, colour order, mean/std, resize mode), how to read its outputs
+(family and decoder parameters), and which artifacts exist with their checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError, ModelLoadError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+RESIZE_MODES = ("resize", "warp_affine", "warp_affine_keep_ratio")
+
+# (dotted path, expected type) of every field the runtime reads.
+_REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("format_version", int),
+    ("model.family", str),
+    ("model.name", str),
+    ("model.class_names", list),
+    ("input.name", str),
+    ("input.shape", list),
+    ("input.layout", str),
+    ("input.dtype", str),
+    ("input.color", str),
+    ("input.mean", list),
+    ("input.std", list),
+    ("input.resize", str),
+    ("decoder", dict),
+    ("postprocess.score_threshold", (int, float)),
+    ("postprocess.nms_iou", (int, float)),
+    ("postprocess.max_detections", int),
+    ("artifacts", list),
+)
+_ARTIFACT_REQUIRED = (("file", str), ("format", str), ("precision", str), ("sha256", str), ("outputs", list))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, int, int, int]
+    layout: str  # "NCHW" or "NHWC"
+    dtype: str
+    color: str  # "BGR" or "RGB"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return (self.shape[2], self.shape[3]) if self.layout == "NCHW" else (self.shape[1], self.shape[2])
+
+
+@dataclass(frozen=True)
+class Artifact:
+    file: str
+    format: str
+    precision: str
+    sha256: str
+    outputs: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.format}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    family: str
+    name: str
+    class_names: tuple[str, ...]
+    input: InputSpec
+    decoder: dict[str, Any]
+    postprocess: dict[str, float]
+    artifacts: tuple[Artifact, ...]
+    produced_by: dict[str, Any]
+
+    @property
+    def path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    def artifact(self, format: str | None = None, precision: str | None = None) -> Artifact:
+        """The first artifact matching ``format``/``precision`` (None matches any)."""
+        for art in self.artifacts:
+            if (format in (None, art.format)) and (precision in (None, art.precision)):
+                return art
+        have = ", ".join(a.key for a in self.artifacts) or "none"
+        raise ManifestError(f"{self.path}: no artifact with format={format or 'any'} "
+                            f"precision={precision or 'any'} (package has: {have})")
+
+    def artifact_path(self, art: Artifact, verify: bool = True) -> Path:
+        """Absolute path of ``art``; with ``verify`` its sha256 must match the manifest."""
+        path = self.root / art.file
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: artifact listed in the manifest is missing")
+        if verify and sha256_file(path) != art.sha256:
+            raise ModelLoadError(f"{path}: checksum mismatch with manifest.json "
+                                 f"(file is truncated, corrupt or was replaced)")
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        inp = asdict(self.input)
+        inp["shape"], inp["mean"], inp["std"] = list(inp["shape"]), list(inp["mean"]), list(inp["std"])
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": {"family": self.family, "name": self.name, "num_classes": len(self.class_names),
+                      "class_names": list(self.class_names)},
+            "input": inp,
+            "decoder": self.decoder,
+            "postprocess": self.postprocess,
+            "artifacts": [{"file": a.file, "format": a.format, "precision": a.precision, "sha256": a.sha256,
+                           "outputs": list(a.outputs), **a.extra} for a in self.artifacts],
+            "produced_by": self.produced_by,
+        }
+
+    def save(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return self.path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _check(where: str, data: dict[str, Any], required: tuple[tuple[str, Any], ...]) -> None:
+    for dotted, kind in required:
+        try:
+            value = _lookup(data, dotted)
+        except KeyError:
+            raise ManifestError(f"{where}: missing field '{dotted}'") from None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ManifestError(f"{where}: field '{dotted}' has the wrong type ({type(value).__name__})")
+
+
+def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
+    where = str(root / MANIFEST_NAME)
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: expected a JSON object")
+    _check(where, data, _REQUIRED)
+    if data["format_version"] > FORMAT_VERSION:
+        raise ManifestError(f"{where}: format_version {data['format_version']} is newer than this "
+                            f"edge-runtime understands ({FORMAT_VERSION}); upgrade edge-runtime")
+    inp = data["input"]
+    if len(inp["shape"]) != 4 or inp["layout"] not in ("NCHW", "NHWC"):
+        raise ManifestError(f"{where}: input.shape must have 4 dims and input.layout be NCHW or NHWC")
+    if inp["resize"] not in RESIZE_MODES:
+        raise ManifestError(f"{where}: input.resize {inp['resize']!r} is not one of {', '.join(RESIZE_MODES)}")
+    if inp["color"] not in ("BGR", "RGB") or len(inp["mean"]) != 3 or len(inp["std"]) != 3:
+        raise ManifestError(f"{where}: input.color must be BGR or RGB and mean/std have 3 values")
+    if not data["artifacts"]:
+        raise ManifestError(f"{where}: 'artifacts' is empty")
+    artifacts = []
+    for i, art in enumerate(data["artifacts"]):
+        _check(f"{where} artifacts[{i}]", art, _ARTIFACT_REQUIRED)
+        known = {k for k, _ in _ARTIFACT_REQUIRED}
+        artifacts.append(Artifact(file=art["file"], format=art["format"], precision=art["precision"],
+                                  sha256=art["sha256"], outputs=tuple(art["outputs"]),
+                                  extra={k: v for k, v in art.items() if k not in known}))
+    return Manifest(
+        root=root,
+        family=data["model"]["family"],
+        name=data["model"]["name"],
+        class_names=tuple(data["model"]["class_names"]),
+        input=InputSpec(name=inp["name"], shape=tuple(int(v) for v in inp["shape"]), layout=inp["layout"],
+                        dtype=inp["dtype"], color=inp["color"], mean=tuple(float(v) for v in inp["mean"]),
+                        std=tuple(float(v) for v in inp["std"]), resize=inp["resize"]),
+        decoder=data["decoder"],
+        postprocess=dict(data["postprocess"]),
+        artifacts=tuple(artifacts),
+        produced_by=dict(data.get("produced_by", {})),
+    )
+
+
+def load_manifest(package: str | Path) -> Manifest:
+    """Read and validate ``<package>/manifest.json`` (``package`` may also be the json itself)."""
+    package = Path(package)
+    root = package.parent if package.name == MANIFEST_NAME else package
+    path = root / MANIFEST_NAME
+    if not root.exists():
+        raise ManifestError(f"{root}: no such package folder")
+    if not path.is_file():
+        raise ManifestError(f"{path}: not found (is {root} a package made by 'edge-runtime export'?)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    return parse_manifest(data, root)

@@ -1,0 +1,72 @@
+"""Image -> model input tensor, driven by the manifest's ``input`` block.
+
+One warp/resize into a preallocated buffer, one fused multiply-add for mean/std, one copy into the
+model layout. The inverse affine transform travels with the tensor so that boxes can be mapped
+back to original-image pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .manifest import InputSpec
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    height: int
+    width: int
+    to_original: np.ndarray  # (2, 3) affine: model-input pixel coords -> original pixel coords
+
+
+def resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str) -> np.ndarray:
+    """2x3 affine taking original pixel coords to model-input coords.
+
+    ``warp_affine`` stretches to the input size; ``warp_affine_keep_ratio`` scales to fit and
+    centres (both as NanoDet's ``get_resize_matrix``); ``resize`` is cv2.resize's plain stretch.
+    """
+    (h, w), (dh, dw) = src_hw, dst_hw
+    if mode == "warp_affine_keep_ratio":
+        r = dh / h if w / h < dw / dh else dw / w
+        return np.array([[r, 0, 0.5 * dw - r * w / 2], [0, r, 0.5 * dh - r * h / 2]], np.float64)
+    return np.array([[dw / w, 0, 0], [0, dh / h, 0]], np.float64)
+
+
+class ImagePreprocessor:
+    """Reusable: buffers are allocated once per input size and reused for every frame."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.h, self.w = spec.size_hw
+        mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+        self.rgb = spec.color == "RGB"
+        if self.rgb:  # normalise in the image's BGR order, reorder channels in the layout copy
+            mean, std = mean[::-1], std[::-1]
+        self._scale = (1.0 / std).astype(np.float32)
+        self._bias = (-mean / std).astype(np.float32)
+        self._resized = np.empty((self.h, self.w, 3), np.uint8)
+        self._hwc = np.empty((self.h, self.w, 3), np.float32)
+        shape = (1, 3, self.h, self.w) if spec.layout == "NCHW" else (1, self.h, self.w, 3)
+        self._tensor = np.empty(shape, np.float32)
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, ImageMeta]:
+        """``image``: HxWx3 uint8 BGR (as OpenCV reads it). Returns a tensor that is reused by the
+        next call (copy it to keep it) and the metadata to map boxes back."""
+        ih, iw = image.shape[:2]
+        m = resize_matrix((ih, iw), (self.h, self.w), self.spec.resize)
+        if self.spec.resize == "resize":
+            cv2.resize(image, (self.w, self.h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        else:
+            cv2.warpAffine(image, m, (self.w, self.h), dst=self._resized, flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        np.multiply(self._resized, self._scale, out=self._hwc)
+        self._hwc += self._bias
+        src = self._hwc[..., ::-1] if self.rgb else self._hwc
+        if self.spec.layout == "NCHW":
+            self._tensor[0] = src.transpose(2, 0, 1)
+        else:
+            self._tensor[0] = src
+        return self._tensor, ImageMeta(ih, iw, cv2.invertAffineTransform(m))
