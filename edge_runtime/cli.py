@@ -1,0 +1,196 @@
+"""``edge-runtime``: export a checkpoint to a package, run it on images/video/camera, benchmark it.
+
+Host-only commands (export) import ``converters`` lazily, so a device without torch runs
+``run``, ``bench`` and ``info`` with the device-side install alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import EdgeRuntimeError
+
+log = logging.getLogger("edge_runtime")
+
+EXAMPLES = """examples:
+  edge-runtime export --model nanodet-plus-m --weights nanodet-plus-m_coco.ckpt --imgsz 416 --out pkg/
+  edge-runtime run pkg/ --source street.jpg --save out/ --json out/dets.json
+  edge-runtime run pkg/ --source video.avi --save out/      # annotated video + FPS summary
+  edge-runtime run pkg/ --source 0                           # webcam window with FPS overlay
+  edge-runtime bench pkg/ --json bench.json
+"""
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", help="package folder (holds manifest.json and the model artifacts)")
+    p.add_argument("--backend", default="auto",
+                   help="artifact format to run: onnx, or auto (first one this host can run) [auto]")
+    p.add_argument("--precision", default=None, help="artifact precision to run: fp32, fp16, int8 [any]")
+    p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-runtime", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Convert lightweight detectors (NanoDet-Plus, YOLO-FastestV2) into deployment packages "
+                    "and run them in real time on edge devices.")
+    parser.add_argument("--version", action="version", version=f"edge-runtime {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (and show tracebacks)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="checkpoint -> package folder with FP32 ONNX + manifest.json (host: needs torch)",
+                       description="Load an official checkpoint strictly (weights only, no pickled code), export "
+                                   "a simplified FP32 ONNX graph, check it against torch and write manifest.json.")
+    p.add_argument("--model", required=True, help="nanodet-plus-m, nanodet-plus-m-1.5x, nanodet-m, yolo-fastestv2")
+    p.add_argument("--weights", required=True, help=".ckpt (NanoDet) or .pth (state_dict) checkpoint")
+    p.add_argument("--imgsz", type=int, default=None, help="square input size [model default: 416/320/352]")
+    p.add_argument("--out", required=True, help="package folder to write")
+    p.add_argument("--classes", default=None,
+                   help="class names: .txt (one per line) or NanoDet .yml [COCO names for 80-class models]")
+    p.add_argument("--resize", default=None, choices=["resize", "warp_affine", "warp_affine_keep_ratio"],
+                   help="preprocessing resize mode [as the model's official config]")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13) [17]")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+
+    p = sub.add_parser("run", help="detect on an image, folder, video, camera index or RTSP/HTTP URL",
+                       description="Run a package on a source; print a per-stage timing table at the end.")
+    _add_runtime_options(p)
+    p.add_argument("--source", required=True, help="image, folder, video file, camera index (0) or rtsp/http URL")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="write annotated images (or an annotated video for video/camera sources) here")
+    p.add_argument("--json", default=None, metavar="FILE", help="write detections per frame as JSON")
+    p.add_argument("--show", choices=["auto", "yes", "no"], default="auto",
+                   help="display window: auto = for video/camera when a display exists [auto]")
+    p.add_argument("--conf", type=float, default=None, help="score threshold [manifest's]")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold [manifest's]")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--summary-json", default=None, metavar="FILE", help="write the timing summary as JSON")
+
+    p = sub.add_parser("bench", help="latency table of every artifact in a package",
+                       description="Measure each artifact (warm-up, then timed runs): median/p90 latency, FPS, "
+                                   "end-to-end time with pre/post-processing, and speed relative to FP32.")
+    p.add_argument("package", help="package folder")
+    p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first [5]")
+    p.add_argument("--iters", type=int, default=50, help="timed runs [50]")
+    p.add_argument("--image", default=None, help="image for the end-to-end timing [a synthetic one]")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+
+    p = sub.add_parser("info", help="show what a package holds (model, input, artifacts, versions)")
+    p.add_argument("package", help="package folder")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    return parser
+
+
+def _progress(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from converters.export_onnx import export_package
+    except ImportError as exc:
+        raise EdgeRuntimeError(f"export needs the host tool chain ({exc.name} is missing): "
+                               f"pip install 'edge-runtime[convert]'") from None
+    if args.opset < 13:
+        raise EdgeRuntimeError(f"--opset {args.opset}: use 13 or newer")
+    try:
+        manifest = export_package(args.model, args.weights, args.out, imgsz=args.imgsz, classes=args.classes,
+                                  resize=args.resize, opset=args.opset, simplify=not args.no_simplify,
+                                  progress=_progress)
+    except ValueError as exc:  # unknown model name and similar argument errors
+        raise EdgeRuntimeError(str(exc)) from None
+    art = manifest.artifacts[0]
+    parity = art.extra["parity_vs_torch"]
+    print(f"package {manifest.root}: {manifest.name} ({len(manifest.class_names)} classes), input "
+          f"{list(manifest.input.shape)}, {art.file} max|diff| vs torch {parity['max_abs_diff']:.2e}, "
+          f"cosine {parity['cosine']:.6f}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .detector import Detector
+    from .pipeline import display_available, run_pipeline
+    from .sources import open_source
+
+    detector = Detector(args.package, backend=args.backend, precision=args.precision, threads=args.threads,
+                        score_threshold=args.conf, nms_iou=args.iou)
+    source = open_source(args.source)
+    show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
+    if args.show == "yes" and not display_available():
+        log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
+        show = False
+    print(f"{detector.describe()}\nsource: {args.source}{' (window)' if show else ''}", file=sys.stderr)
+    summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
+                           max_frames=args.max_frames)
+    print(summary.table())
+    for kind, path in summary.outputs.items():
+        print(f"{kind}: {path}")
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_package, bench_table
+
+    report = bench_package(args.package, threads=args.threads, warmup=args.warmup, iters=args.iters,
+                           image=args.image, progress=_progress)
+    print(bench_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"json: {args.json}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .manifest import load_manifest
+    from .timing import format_table
+
+    m = load_manifest(args.package)
+    if args.json:
+        print(json.dumps(m.to_dict(), indent=2))
+        return 0
+    inp = m.input
+    print(f"{m.name} ({m.family}), {len(m.class_names)} classes: {', '.join(m.class_names[:8])}"
+          f"{' ...' if len(m.class_names) > 8 else ''}")
+    print(f"input {inp.name} {list(inp.shape)} {inp.layout} {inp.dtype} {inp.color}, resize {inp.resize}, "
+          f"mean {list(inp.mean)} std {list(inp.std)}")
+    rows = [[a.file, a.format, a.precision, (m.root / a.file).stat().st_size / 2**20 if (m.root / a.file).exists()
+             else "missing", a.sha256[:12]] for a in m.artifacts]
+    print(format_table(["artifact", "format", "precision", "MB", "sha256"], rows))
+    print("produced by: " + ", ".join(f"{k} {v}" for k, v in m.produced_by.items() if v))
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "run": cmd_run, "bench": cmd_bench, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:  # OpenCV's own multi-line warnings (e.g. a missing camera) would bury our one line
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeRuntimeError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Frame sources: image file, folder of images, video file, camera index, RTSP/HTTP stream.
+
+Live sources (camera, stream) read in their own thread and keep only the newest frame, so a slow
+model never works on a backlog of stale frames. A live source that stops delivering is reopened a
+few times and then ends cleanly with a warning instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from .errors import SourceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".h264"}
+STREAM_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # HxWx3 uint8 BGR
+    index: int
+    name: str  # file name for images, "<source>#<index>" for video and live frames
+    timestamp: float  # time.perf_counter() when the frame was captured / read
+
+
+class Source(ABC):
+    live: bool = False  # frames arrive in real time; the newest frame wins
+    stream: bool = False  # a sequence of frames (video or live) rather than separate images
+    name: str = "source"
+    nominal_fps: float | None = None
+    length: int | None = None  # frames, when known
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None:
+        """Release devices and threads."""
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SourceError(f"{path}: not a readable image")
+    return image
+
+
+class ImageFiles(Source):
+    """One image or every image in a folder (sorted by name)."""
+
+    def __init__(self, paths: list[Path], name: str, strict: bool) -> None:
+        self.paths, self.name, self.strict = paths, name, strict
+        self.length = len(paths)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, path in enumerate(self.paths):
+            t = time.perf_counter()
+            try:
+                image = read_image(path)
+            except SourceError:
+                if self.strict:
+                    raise
+                log.warning("%s: not a readable image, skipped", path)
+                continue
+            yield Frame(image, i, path.name, t)
+
+
+class VideoFile(Source):
+    """Every frame of a video file, in order (nothing dropped: the output video keeps all frames)."""
+
+    stream = True
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.name = path, path.name
+        self.cap = cv2.VideoCapture(str(path))
+        ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
+        if not ok:
+            self.cap.release()
+            raise SourceError(f"{path}: not a readable image or video")
+        self._first = first
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.nominal_fps = fps if fps and fps > 0 else None
+        count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.length = count if count > 0 else None
+
+    def __iter__(self) -> Iterator[Frame]:
+        index, image = 0, self._first
+        while image is not None:
+            yield Frame(image, index, f"{self.name}#{index}", time.perf_counter())
+            ok, image = self.cap.read()
+            index += 1
+            if not ok:
+                break
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class LatestFrameReader:
+    """Reads a capture in a background thread and keeps only the newest frame.
+
+    ``open_capture`` returns an opened ``cv2.VideoCapture``-like object (``read``/``release``/
+    ``isOpened``). When reads fail it reopens up to ``reconnect_attempts`` times, then stops.
+    """
+
+    def __init__(self, open_capture: Callable[[], cv2.VideoCapture], name: str,
+                 reconnect_attempts: int = 5, reconnect_delay: float = 0.5) -> None:
+        self.name = name
+        self._open = open_capture
+        self._attempts, self._delay = reconnect_attempts, reconnect_delay
+        self._cond = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._stamp = 0.0
+        self._seq = 0
+        self._seq_consumed = 0
+        self._stopped = False
+        self.dropped = 0
+        self.reconnects = 0
+        self.end_reason: str | None = None
+        self._cap = open_capture()
+        if self._cap is None or not self._cap.isOpened():
+            raise SourceError(f"{name}: cannot be opened")
+        self._thread = threading.Thread(target=self._loop, name=f"capture-{name}", daemon=True)
+        self._thread.start()
+
+    def _reopen(self) -> bool:
+        self._cap.release()
+        for attempt in range(1, self._attempts + 1):
+            if self._stopped:
+                return False
+            log.warning("%s: no frame, reconnecting (%d/%d)", self.name, attempt, self._attempts)
+            time.sleep(self._delay)
+            cap = self._open()
+            if cap is not None and cap.isOpened():
+                self._cap = cap
+                self.reconnects += 1
+                return True
+        return False
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            ok, image = self._cap.read()
+            if not ok or image is None:
+                if self._reopen():
+                    continue
+                self.end_reason = f"{self.name}: lost and not back after {self._attempts} reconnect attempts"
+                break
+            with self._cond:
+                if self._frame is not None and self._seq_consumed < self._seq:
+                    self.dropped += 1
+                self._frame, self._stamp = image, time.perf_counter()
+                self._seq += 1
+                self._cond.notify_all()
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def read(self, timeout: float = 10.0) -> tuple[np.ndarray, float] | None:
+        """Wait for a frame newer than the last one returned; None when the source has ended."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._seq == self._seq_consumed and not self._stopped:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.end_reason = f"{self.name}: no frame for {timeout:.0f} s"
+                    return None
+                self._cond.wait(remaining)
+            if self._seq == self._seq_consumed:
+                return None
+            self._seq_consumed = self._seq
+            return self._frame, self._stamp
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join(timeout=2.0)
+        self._cap.release()
+
+
+class LiveSource(Source):
+    """Camera index or network stream through ``LatestFrameReader``."""
+
+    live = True
+    stream = True
+
+    def __init__(self, target: int | str, name: str, **reader_options) -> None:
+        self.name = name
+        self.reader = LatestFrameReader(lambda: cv2.VideoCapture(target), name, **reader_options)
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        while (item := self.reader.read()) is not None:
+            image, stamp = item
+            yield Frame(image, index, f"{self.name}#{index}", stamp)
+            index += 1
+        if self.reader.end_reason:
+            log.warning("%s; ending", self.reader.end_reason)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def open_source(spec: str) -> Source:
+    """Open what a user typed after ``--source``: a path, a folder, a camera index or a URL."""
+    if spec.isdigit():
+        try:
+            return LiveSource(int(spec), f"camera {spec}")
+        except SourceError:
+            raise SourceError(f"camera {spec}: cannot be opened (no such device, or it is busy)") from None
+    if spec.lower().startswith(STREAM_SCHEMES):
+        return LiveSource(spec, spec)
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise SourceError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+        return ImageFiles(files, path.name, strict=False)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file, folder or camera")
+    if path.suffix.lower() in IMAGE_EXTS:
+        if not cv2.haveImageReader(str(path)):  # fail now, with the file's name, not mid-run
+            raise SourceError(f"{path}: not a readable image")
+        return ImageFiles([path], path.name, strict=True)
+    return VideoFile(path)
