@@ -33,6 +33,25 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="artifact format to run: onnx, or auto (first one this host can run) [auto]")
     p.add_argument("--precision", default=None, help="artifact precision to run: fp32, fp16, int8 [any]")
     p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
+    p.add_argument("--target", default=None,
+                   help="target profile (name from 'edge-runtime targets', or a .toml path): sets threads and "
+                        "the backend/precision order unless given explicitly")
+
+
+def _runtime_choice(args: argparse.Namespace) -> tuple[str, str | None, int | None]:
+    """(backend, precision, threads) from the flags, filled in from --target where not given."""
+    if not args.target:
+        return args.backend, args.precision, args.threads
+    from .manifest import load_manifest
+    from .targets import load_target
+
+    target, artifacts = load_target(args.target), load_manifest(args.package).artifacts
+    backend = args.backend if args.backend != "auto" else next(
+        (b for b in target.backends if any(a.format == b for a in artifacts)), "auto")
+    precision = args.precision or next(
+        (p for p in target.precisions if any(a.precision == p and backend in ("auto", a.format) for a in artifacts)),
+        None)
+    return backend, precision, args.threads or target.threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="image for the end-to-end timing [a synthetic one]")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
 
+    p = sub.add_parser("targets", help="list the target profiles (targets/*.toml)")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+
     p = sub.add_parser("info", help="show what a package holds (model, input, artifacts, versions)")
     p.add_argument("package", help="package folder")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -119,7 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import display_available, run_pipeline
     from .sources import open_source
 
-    detector = Detector(args.package, backend=args.backend, precision=args.precision, threads=args.threads,
+    backend, precision, threads = _runtime_choice(args)
+    detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
                         score_threshold=args.conf, nms_iou=args.iou)
     source = open_source(args.source)
     show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
@@ -169,7 +192,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "run": cmd_run, "bench": cmd_bench, "info": cmd_info}
+def cmd_targets(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .targets import available_targets, load_target
+    from .timing import format_table
+
+    targets = [load_target(str(path)) for path in available_targets().values()]
+    if args.json:
+        print(json.dumps([asdict(t) for t in targets], indent=2))
+        return 0
+    print(format_table(["target", "arch", "threads", "backends", "precisions", "description"],
+                       [[t.name, t.arch, t.threads, ",".join(t.backends), ",".join(t.precisions), t.description]
+                        for t in targets]))
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "run": cmd_run, "bench": cmd_bench, "targets": cmd_targets, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

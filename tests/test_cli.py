@@ -1,0 +1,199 @@
+"""The `edge-runtime` command line as a user runs it: real packages, real images and video."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = "images/samples"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter, as a user's shell would start it."""
+    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith("error: "), proc.stderr
+    assert sum(line.startswith("error: ") for line in lines) == 1
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize("image", ["dog.jpg", "person.jpg", "horses.jpg", "000139.jpg"])
+@pytest.mark.parametrize("model", ["nanodet-plus-m", "yolo-fastestv2"])
+def test_run_json_equals_torch_reference(model, image, nanodet_plus_package, yolo_fastestv2_package, fixtures,
+                                         tmp_path):
+    reference_decode = pytest.importorskip("reference_decode")
+    package, weights = {
+        "nanodet-plus-m": (nanodet_plus_package, "weights/nanodet-plus-m/nanodet-plus-m_coco.ckpt"),
+        "yolo-fastestv2": (yolo_fastestv2_package, "weights/yolo-fastestv2/coco2017-0.241078ap-model.pth"),
+    }[model]
+    path = fixtures(SAMPLES, image)
+    out = tmp_path / "dets.json"
+    assert main(["run", str(package), "--source", str(path), "--json", str(out), "--show", "no"]) == 0
+    got = json.loads(out.read_text())["frames"][0]["detections"]
+    ref = reference_decode.torch_reference_detections(model, package, fixtures(weights), cv2.imread(str(path)))
+    assert len(got) == len(ref) > 0
+    for want_box, want_score, want_class in ref:
+        match = [d for d in got if d["class_id"] == want_class
+                 and np.abs(np.array(d["box"]) - want_box).max() < 0.5]
+        assert match, (want_box, want_score, want_class, got)
+        assert abs(match[0]["score"] - want_score) < 1e-3
+
+
+def test_run_video_writes_annotated_video_and_stage_table(nanodet_plus_package, fixtures, tmp_path):
+    video = fixtures("video/vtest.avi")
+    summary = tmp_path / "summary.json"
+    proc = run_cli("run", str(nanodet_plus_package), "--source", str(video), "--save", str(tmp_path / "out"),
+                   "--json", str(tmp_path / "dets.json"), "--max-frames", "12", "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("read", "preprocess", "inference", "postprocess", "draw", "write"):
+        assert stage in proc.stdout
+    assert "FPS end to end" in proc.stdout
+    report = json.loads(summary.read_text())
+    assert report["frames"] == 12 and report["fps"] > 0
+    assert report["stages_ms"]["inference"]["median"] > 0
+    cap = cv2.VideoCapture(report["outputs"]["video"])
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    ok, frame = cap.read()
+    assert ok and frame.shape == (576, 768, 3)
+    frames = json.loads((tmp_path / "dets.json").read_text())["frames"]
+    assert len(frames) == 12
+    # pedestrians video: people are found in nearly every frame
+    assert sum(any(d["label"] == "person" for d in f["detections"]) for f in frames) >= 10
+
+
+def test_run_folder_saves_one_annotated_image_per_input(yolo_fastestv2_package, fixtures, tmp_path):
+    folder = fixtures(SAMPLES)
+    assert main(["run", str(yolo_fastestv2_package), "--source", str(folder), "--save", str(tmp_path)]) == 0
+    inputs = sorted(p.stem for p in folder.glob("*.jpg"))
+    assert sorted(p.stem for p in tmp_path.glob("*.jpg")) == inputs
+    original, annotated = cv2.imread(str(folder / "dog.jpg")), cv2.imread(str(tmp_path / "dog.jpg"))
+    assert annotated.shape == original.shape
+    assert np.abs(annotated.astype(int) - original).mean() > 0.5  # boxes and labels were drawn
+
+
+def test_bench_reports_every_artifact(nanodet_plus_package, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", str(nanodet_plus_package), "--iters", "5", "--warmup", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "model.onnx" in proc.stdout and "median ms" in proc.stdout
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert row["format"] == "onnx" and row["precision"] == "fp32"
+    assert 0 < row["latency_ms"]["median"] <= row["latency_ms"]["p90"]
+    assert row["end_to_end_ms"]["median"] > row["latency_ms"]["min"]
+    assert row["speedup_vs_baseline"] == pytest.approx(1.0)
+    assert report["host"]["physical_cores"] >= 1
+
+
+def test_export_cli_writes_a_package(fixtures, tmp_path):
+    pytest.importorskip("torch")
+    weights = fixtures("weights/yolo-fastestv2/coco2017-0.241078ap-model.pth")
+    proc = run_cli("export", "--model", "yolo-fastestv2", "--weights", str(weights), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [1, 3, 352, 352]
+    assert manifest["artifacts"][0]["parity_vs_torch"]["max_abs_diff"] < 1e-4
+
+
+def test_export_errors_are_one_line(fixtures, tmp_path):
+    pytest.importorskip("torch")
+    weights = fixtures("weights/yolo-fastestv2/coco2017-0.241078ap-model.pth")
+    assert_one_line_error(run_cli("export", "--model", "nanodet-plus-m", "--weights", str(weights),
+                                  "--out", str(tmp_path)), str(weights), "nanodet-plus-m")
+    assert_one_line_error(run_cli("export", "--model", "resnet", "--weights", str(weights), "--out", str(tmp_path)),
+                          "unknown model")
+    bogus = tmp_path / "bogus.pth"
+    bogus.write_bytes(b"not a checkpoint at all")
+    assert_one_line_error(run_cli("export", "--model", "yolo-fastestv2", "--weights", str(bogus),
+                                  "--out", str(tmp_path)), str(bogus))
+
+
+def test_bad_inputs_give_one_line_errors(package_copy, fixtures, tmp_path):
+    image = str(fixtures(SAMPLES, "dog.jpg"))
+    # a non-image file
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    assert_one_line_error(run_cli("run", str(package_copy), "--source", str(notes)), str(notes), "not a readable")
+    # an image file that is not an image
+    fake = tmp_path / "fake.jpg"
+    fake.write_bytes(b"\x00" * 100)
+    assert_one_line_error(run_cli("run", str(package_copy), "--source", str(fake)), str(fake))
+    # a camera that does not exist
+    assert_one_line_error(run_cli("run", str(package_copy), "--source", "7"), "camera 7")
+    # a missing source
+    assert_one_line_error(run_cli("run", str(package_copy), "--source", str(tmp_path / "nope.jpg")), "nope.jpg")
+    # a manifest missing a field
+    manifest_path = package_copy / "manifest.json"
+    original = manifest_path.read_text()
+    manifest = json.loads(original)
+    del manifest["input"]["std"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert_one_line_error(run_cli("run", str(package_copy), "--source", image), str(manifest_path), "input.std")
+    # a truncated model
+    manifest_path.write_text(original)  # restore the manifest, then cut the model short
+    model = package_copy / "model.onnx"
+    model.write_bytes(model.read_bytes()[:4096])
+    assert_one_line_error(run_cli("run", str(package_copy), "--source", image), str(model))
+    assert_one_line_error(run_cli("bench", str(package_copy)), str(model))
+    # not a package at all
+    assert_one_line_error(run_cli("info", str(tmp_path)), "manifest.json")
+
+
+def test_runtime_needs_no_torch_or_onnx(nanodet_plus_package, fixtures, tmp_path):
+    """`run` in an interpreter where torch, onnx and tensorflow cannot be imported (as on a device)."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'onnx', 'tensorflow', 'converters', 'onnxslim'}:\n"
+        "            raise ImportError(f'{name} is blocked: device-side test')\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    check = run_cli("info", str(nanodet_plus_package), env=env)
+    assert check.returncode == 0, check.stderr
+    proc = run_cli("run", str(nanodet_plus_package), "--source", str(fixtures(SAMPLES, "dog.jpg")),
+                   "--json", str(tmp_path / "d.json"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    labels = {d["label"] for d in json.loads((tmp_path / "d.json").read_text())["frames"][0]["detections"]}
+    assert {"dog", "bicycle"} <= labels
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **env},
+                             capture_output=True, text=True)
+    assert blocked.returncode != 0  # the blocker really blocks
+
+
+def test_device_extra_pulls_no_host_libraries():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [dep.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+             for dep in project["dependencies"] + project["optional-dependencies"]["onnx"]]
+    assert sorted(names) == ["numpy", "onnxruntime", "opencv-python-headless"]
+    assert "torch==2.13.0" in project["optional-dependencies"]["convert"]
+
+
+def test_help_explains_every_command():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("export", "run", "bench", "targets", "info"):
+        assert command in proc.stdout
+    run_help = run_cli("run", "--help").stdout
+    for flag in ("--source", "--save", "--json", "--show", "--threads", "--target"):
+        assert flag in run_help
