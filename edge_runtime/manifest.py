@@ -164,8 +164,16 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
         raise ManifestError(f"{where}: format_version {data['format_version']} is newer than this "
                             f"edge-runtime understands ({FORMAT_VERSION}); upgrade edge-runtime")
     inp = data["input"]
+    for key, kind in (("shape", int), ("mean", (int, float)), ("std", (int, float))):
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in inp[key]):
+            raise ManifestError(f"{where}: input.{key} must hold numbers, got {inp[key]}")
     if len(inp["shape"]) != 4 or inp["layout"] not in ("NCHW", "NHWC"):
         raise ManifestError(f"{where}: input.shape must have 4 dims and input.layout be NCHW or NHWC")
+    if inp["shape"][1 if inp["layout"] == "NCHW" else 3] != 3:
+        raise ManifestError(f"{where}: input.shape {inp['shape']} has no 3-channel axis where layout "
+                            f"{inp['layout']} puts it")
+    if any(v <= 0 for v in inp["std"]):
+        raise ManifestError(f"{where}: input.std must be positive, got {inp['std']}")
     if inp["resize"] not in RESIZE_MODES:
         raise ManifestError(f"{where}: input.resize {inp['resize']!r} is not one of {', '.join(RESIZE_MODES)}")
     if inp["color"] not in ("BGR", "RGB") or len(inp["mean"]) != 3 or len(inp["std"]) != 3:

@@ -9,12 +9,20 @@ from .preprocess import ImageMeta
 
 
 def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, iou_threshold: float,
-                   max_detections: int, pre_nms_top_k: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class-wise NMS over every (box, class) pair scoring above the threshold (multi-label).
+                   max_detections: int, multi_label: bool = True, pre_nms_top_k: int = 2000
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class-wise NMS over the (box, class) pairs scoring above the threshold.
 
+    ``multi_label``: every class above the threshold is a candidate (NanoDet's multiclass_nms);
+    otherwise only each box's best class (YOLO-FastestV2's rule).
     ``boxes``: (N, 4) xyxy, ``scores``: (N, C). Returns kept boxes, scores and class ids, best first.
     """
-    idx, cls = np.nonzero(scores > score_threshold)
+    if multi_label:
+        idx, cls = np.nonzero(scores > score_threshold)
+    else:
+        best = scores.argmax(axis=1)
+        idx = np.nonzero(scores[np.arange(scores.shape[0]), best] > score_threshold)[0]
+        cls = best[idx]
     if idx.size == 0:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
     cand_scores = scores[idx, cls]

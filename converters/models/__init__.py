@@ -33,7 +33,7 @@ class ModelSpec:
     decoder: Callable[[nn.Module], dict[str, Any]]
     color: str = "BGR"
     postprocess: dict[str, float] = field(default_factory=lambda: {
-        "score_threshold": 0.35, "nms_iou": 0.6, "max_detections": 100})
+        "score_threshold": 0.35, "nms_iou": 0.6, "max_detections": 100, "multi_label": True})
 
     def num_classes_from(self, state_dict: dict[str, Any]) -> int:
         """The class count a checkpoint was trained with, read from its classifier weights."""
@@ -73,7 +73,8 @@ MODELS: dict[str, ModelSpec] = {
                                 deploy=YoloFastestV2Deploy, default_imgsz=352, mean=(0.0, 0.0, 0.0),
                                 std=(255.0, 255.0, 255.0), resize="resize", output_names=("scores", "box_sigmoid"),
                                 decoder=_yolo_fastest_v2_decoder,
-                                postprocess={"score_threshold": 0.3, "nms_iou": 0.4, "max_detections": 100}),
+                                postprocess={"score_threshold": 0.3, "nms_iou": 0.4, "max_detections": 100,
+                                             "multi_label": False}),
 }
 
 

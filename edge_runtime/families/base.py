@@ -38,6 +38,11 @@ class Family(ABC):
             raise ManifestError(f"{self.manifest.path}: missing field 'decoder.{key}' "
                                 f"(needed by family {self.manifest.family})") from None
 
+    @property
+    @abstractmethod
+    def num_candidates(self) -> int:
+        """N, the number of candidate boxes the graph outputs for this input size and decoder."""
+
     @abstractmethod
     def candidate_boxes(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs (batch 1, in ``output_roles`` order) -> boxes (N, 4) xyxy, scores (N, C)."""
@@ -46,5 +51,5 @@ class Family(ABC):
         boxes, scores = self.candidate_boxes(outputs)
         pp = self.postprocess
         boxes, scores, class_ids = multiclass_nms(boxes, scores, pp["score_threshold"], pp["nms_iou"],
-                                                  int(pp["max_detections"]))
+                                                  int(pp["max_detections"]), bool(pp.get("multi_label", True)))
         return Detections(boxes_to_original(boxes, meta), scores, class_ids, self.class_names)

@@ -34,6 +34,10 @@ class NanoDetDecoder(Family):
         self._strides = np.concatenate(strides).astype(np.float32)
         self._max_xy = np.array([w, h, w, h], np.float32)
 
+    @property
+    def num_candidates(self) -> int:
+        return len(self._centers)
+
     def candidate_boxes(self, outputs):
         scores, dist = outputs[0][0], outputs[1][0]
         d = dist * self._strides

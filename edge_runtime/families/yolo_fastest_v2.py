@@ -34,6 +34,10 @@ class YoloFastestV2Decoder(Family):
         self._anchor_wh = np.concatenate(wh).astype(np.float32)
         self._strides = np.concatenate(strides).astype(np.float32)
 
+    @property
+    def num_candidates(self) -> int:
+        return len(self._grid)
+
     def candidate_boxes(self, outputs):
         scores, s = outputs[0][0], outputs[1][0]
         centre = (s[:, :2] * 2.0 - 0.5 + self._grid) * self._strides

@@ -1,0 +1,214 @@
+"""A damaged package must fail with one clear, single-line error naming the file and the problem.
+
+Every test corrupts a private copy of the exported NanoDet-Plus-m 416 package (``package_copy``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime import Detector, load_manifest
+from edge_runtime.errors import BackendUnavailableError, EdgeRuntimeError, ManifestError, ModelLoadError
+
+
+def _edit(pkg: Path, change) -> Path:
+    path = pkg / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def _error(exc_type, pkg: Path) -> str:
+    """Open ``pkg`` with Detector, expect ``exc_type``; return its (single-line) message."""
+    with pytest.raises(exc_type) as info:
+        Detector(pkg)
+    msg = str(info.value)
+    assert "\n" not in msg, f"error message spans several lines: {msg!r}"
+    assert isinstance(info.value, EdgeRuntimeError)
+    return msg
+
+
+def test_untouched_copy_loads(package_copy):
+    """Control: the copy itself is a valid package (so every failure below is the corruption's)."""
+    det = Detector(package_copy)
+    dets = det(np.full((240, 320, 3), 127, np.uint8))
+    assert det.manifest.root == package_copy and len(dets) == 0
+
+
+@pytest.mark.parametrize("dotted", ["input.mean", "input.shape", "model.class_names", "postprocess.nms_iou",
+                                    "artifacts", "format_version"])
+def test_missing_field(package_copy, dotted):
+    def drop(data):
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        del node[leaf]
+
+    manifest = _edit(package_copy, drop)
+    msg = _error(ManifestError, package_copy)
+    assert str(manifest) in msg and f"'{dotted}'" in msg and "missing" in msg
+    with pytest.raises(ManifestError):
+        load_manifest(package_copy)
+
+
+def test_missing_decoder_parameter(package_copy):
+    manifest = _edit(package_copy, lambda d: d["decoder"].pop("strides"))
+    msg = _error(ManifestError, package_copy)
+    assert str(manifest) in msg and "decoder.strides" in msg
+
+
+@pytest.mark.parametrize("text", ['{"format_version": 1, "model": ', "not json at all", ""])
+def test_invalid_json(package_copy, text):
+    manifest = package_copy / "manifest.json"
+    manifest.write_text(text)
+    msg = _error(ManifestError, package_copy)
+    assert str(manifest) in msg and "JSON" in msg
+
+
+def test_manifest_not_utf8(package_copy):
+    manifest = package_copy / "manifest.json"
+    manifest.write_bytes(b"\xff\xfe\x00garbage")
+    assert str(manifest) in _error(ManifestError, package_copy)
+
+
+def test_manifest_not_an_object(package_copy):
+    manifest = package_copy / "manifest.json"
+    manifest.write_text("[1, 2, 3]")
+    assert str(manifest) in _error(ManifestError, package_copy)
+
+
+def test_no_manifest_and_no_folder(package_copy, tmp_path):
+    (package_copy / "manifest.json").unlink()
+    assert "manifest.json" in _error(ManifestError, package_copy)
+    missing = tmp_path / "does-not-exist"
+    assert str(missing) in _error(ManifestError, missing)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("input.mean", "0,0,0", ["input.mean", "wrong type"]),
+    ("postprocess.max_detections", 1.5, ["postprocess.max_detections", "wrong type"]),
+    ("postprocess.score_threshold", True, ["postprocess.score_threshold", "wrong type"]),
+    ("input.resize", "letterbox", ["input.resize", "letterbox"]),
+    ("input.color", "YUV", ["input.color"]),
+    ("input.layout", "CHW", ["input.layout"]),
+    ("input.shape", [3, 416, 416], ["input.shape"]),
+    ("format_version", 99, ["format_version 99", "upgrade"]),
+    ("artifacts", [], ["artifacts"]),
+])
+def test_malformed_field(package_copy, field, value, words):
+    def put(data):
+        *parents, leaf = field.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+
+    manifest = _edit(package_copy, put)
+    msg = _error(ManifestError, package_copy)
+    assert str(manifest) in msg
+    for word in words:
+        assert word in msg, (word, msg)
+
+
+def test_unknown_family(package_copy):
+    manifest = _edit(package_copy, lambda d: d["model"].__setitem__("family", "yolov99"))
+    msg = _error(ManifestError, package_copy)
+    assert str(manifest) in msg and "yolov99" in msg and "nanodet" in msg
+
+
+def test_truncated_model_fails_checksum(package_copy):
+    onnx_path = package_copy / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
+    msg = _error(ModelLoadError, package_copy)
+    assert str(onnx_path) in msg and "checksum" in msg
+
+
+def test_truncated_model_with_matching_checksum_fails_in_onnxruntime(package_copy):
+    """The sha256 is updated to the truncated file, so the checksum passes and ORT must refuse it."""
+    onnx_path = package_copy / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    _edit(package_copy, lambda d: d["artifacts"][0].__setitem__("sha256", digest))
+    msg = _error(ModelLoadError, package_copy)
+    assert str(onnx_path) in msg and "cannot load ONNX model" in msg
+
+
+def test_missing_model_file(package_copy):
+    onnx_path = package_copy / "model.onnx"
+    onnx_path.unlink()
+    msg = _error(ModelLoadError, package_copy)
+    assert str(onnx_path) in msg and "missing" in msg
+
+
+def test_input_shape_disagrees_with_model(package_copy):
+    _edit(package_copy, lambda d: d["input"].__setitem__("shape", [1, 3, 320, 320]))
+    msg = _error(ModelLoadError, package_copy)
+    assert "model.onnx" in msg and "shape" in msg and "320" in msg and "416" in msg
+
+
+def test_input_name_disagrees_with_model(package_copy):
+    _edit(package_copy, lambda d: d["input"].__setitem__("name", "images"))
+    msg = _error(ModelLoadError, package_copy)
+    assert "model.onnx" in msg and "'images'" in msg
+
+
+def test_outputs_disagree_with_model(package_copy):
+    _edit(package_copy, lambda d: d["artifacts"][0].__setitem__("outputs", ["scores", "boxes"]))
+    msg = _error(ModelLoadError, package_copy)
+    assert "model.onnx" in msg and "boxes" in msg
+
+
+def test_family_output_count_disagrees(package_copy):
+    _edit(package_copy, lambda d: d["artifacts"][0].__setitem__("outputs", ["scores"]))
+    msg = _error(ModelLoadError, package_copy)
+    assert "model.onnx" in msg and "nanodet" in msg
+
+
+def test_unknown_artifact_format(package_copy):
+    _edit(package_copy, lambda d: d["artifacts"][0].__setitem__("format", "tflite"))
+    msg = _error(BackendUnavailableError, package_copy)
+    assert "tflite" in msg and "model.onnx" in msg
+
+
+def test_requested_artifact_absent(package_copy):
+    for kwargs in ({"precision": "int8"}, {"backend": "ncnn"}):
+        with pytest.raises(ManifestError) as info:
+            Detector(package_copy, **kwargs)
+        msg = str(info.value)
+        assert "\n" not in msg and "manifest.json" in msg and "onnx-fp32" in msg
+
+
+# ---------------------------------------------------------------- inconsistent values, caught at load
+
+@pytest.mark.parametrize("field, value", [("shape", [1, 3, "abc", 416]), ("shape", [1, 3, None, 416]),
+                                          ("mean", ["a", 116.28, 123.675])])
+def test_non_numeric_input_values(package_copy, field, value):
+    manifest = _edit(package_copy, lambda d: d["input"].__setitem__(field, value))
+    assert str(manifest) in _error(ManifestError, package_copy)
+
+
+def test_class_names_disagree_with_model(package_copy):
+    _edit(package_copy, lambda d: d["model"].__setitem__("class_names", d["model"]["class_names"][:3]))
+    _error((ManifestError, ModelLoadError), package_copy)
+
+
+def test_decoder_strides_disagree_with_model(package_copy):
+    _edit(package_copy, lambda d: d["decoder"].__setitem__("strides", [8, 16, 32]))
+    _error((ManifestError, ModelLoadError), package_copy)
+
+
+def test_layout_without_channel_axis(package_copy):
+    manifest = _edit(package_copy, lambda d: d["input"].__setitem__("layout", "NHWC"))
+    assert "3-channel" in _error(ManifestError, package_copy) and str(manifest) in _error(ManifestError, package_copy)
+
+
+def test_non_positive_std(package_copy):
+    _edit(package_copy, lambda d: d["input"].__setitem__("std", [0, 1, 1]))
+    assert "input.std must be positive" in _error(ManifestError, package_copy)
