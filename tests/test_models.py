@@ -255,3 +255,21 @@ def test_nanodet_plus_matches_official_ncnn(fixtures, size, weights):
         d_dis = float(np.abs(dis - ours_dis).max())
         assert d_cls < 1e-3, f"cls{stride}: max abs diff {d_cls}"
         assert d_dis < 1e-3, f"dis{stride}: max abs diff {d_dis}"
+
+
+def test_nanodet_plus_1_5x_builds_loads_and_runs(tmp_path):
+    """No 1.5x checkpoint is among the fixtures: build it, save it in the official .ckpt layout and load it back."""
+    torch = pytest.importorskip("torch")
+    spec = get_spec("nanodet-plus-m-1.5x")
+    model = spec.build(80).eval()
+    assert model.backbone.out_channels == (176, 352, 704)
+    assert model.head.gfl_cls[0].weight.shape == (112, 128, 1, 1)
+    path = tmp_path / "nanodet-plus-m-1.5x.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    loaded, num_classes = load_model(spec, path)
+    assert num_classes == 80
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        outs, again = model(x), loaded(x)
+    assert [tuple(o.shape) for o in outs] == [(1, 112, 40, 40), (1, 112, 20, 20), (1, 112, 10, 10), (1, 112, 5, 5)]
+    assert max(float((a - b).abs().max()) for a, b in zip(outs, again)) == 0.0
