@@ -1,7 +1,9 @@
-"""Latency of every artifact in a package, measured in this process, with the FP32 one as baseline."""
+"""Latency of every artifact in a package, FP32 ONNX as the baseline, each artifact in a fresh
+process (two runtimes' thread pools in one process distort each other's timings)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -9,7 +11,6 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .detector import Detector
 from .hostinfo import cpu_summary
 from .manifest import load_manifest
 from .sources import read_image
@@ -27,32 +28,56 @@ def _time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
     return samples
 
 
+def bench_artifact(package: str, fmt: str, precision: str, threads: int | None, warmup: int, iters: int,
+                   frame: np.ndarray, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One artifact: load time, model-only latency on the preprocessed frame, end-to-end latency,
+    and the raw outputs on that frame (for the agreement column)."""
+    from .detector import Detector
+
+    t0 = time.perf_counter()
+    det = Detector(package, backend=fmt, precision=precision, threads=threads, options=options)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    tensor = det.family.preprocess(frame)[0].copy()
+    outputs = [o.copy() for o in det.infer(tensor)]
+    model = summarize(_time_calls(lambda: det.infer(tensor), warmup, iters))
+    e2e = summarize(_time_calls(lambda: det(frame), 2, max(5, iters // 5)))
+    art = det.artifact
+    return {"artifact": art.file, "format": art.format, "precision": art.precision, "backend": det.backend.describe(),
+            "size_mb": (det.manifest.root / art.file).stat().st_size / 2**20, "load_ms": load_ms,
+            "latency_ms": model, "fps": 1e3 / model["median"], "end_to_end_ms": e2e, "threads": det.threads,
+            "outputs": outputs}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
 def bench_package(package: str | Path, threads: int | None = None, warmup: int = 5, iters: int = 50,
-                  image: str | Path | None = None, progress: Callable[[str], None] = lambda msg: None
-                  ) -> dict[str, Any]:
-    """Benchmark each artifact: model-only latency on a preprocessed image, and end to end
-    (preprocess + inference + decode + NMS) on the same image."""
+                  image: str | Path | None = None, isolate: bool = True, options: dict[str, Any] | None = None,
+                  progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Benchmark each artifact of ``package``; ``isolate`` runs each in its own process."""
     manifest = load_manifest(package)
     frame = read_image(Path(image)) if image else _synthetic_image(manifest.input.size_hw)
     rows = []
+    ctx = multiprocessing.get_context("spawn")
     for art in manifest.artifacts:
         progress(f"benchmarking {art.file} ({art.format} {art.precision})")
-        t0 = time.perf_counter()
-        det = Detector(package, backend=art.format, precision=art.precision, threads=threads)
-        load_ms = (time.perf_counter() - t0) * 1e3
-        tensor = det.family.preprocess(frame)[0].copy()
-        model = summarize(_time_calls(lambda: det.infer(tensor), warmup, iters))
-        e2e = summarize(_time_calls(lambda: det(frame), 2, max(5, iters // 5)))
-        rows.append({"artifact": art.file, "format": art.format, "precision": art.precision,
-                     "backend": det.backend.describe(), "size_mb": (manifest.root / art.file).stat().st_size / 2**20,
-                     "load_ms": load_ms, "latency_ms": model, "fps": 1e3 / model["median"],
-                     "end_to_end_ms": e2e})
-    base = next((r for r in rows if r["precision"] == "fp32"), rows[0])
+        args = (str(package), art.format, art.precision, threads, warmup, iters, frame, options)
+        if isolate:
+            with ctx.Pool(1) as pool:
+                rows.append(pool.apply(bench_artifact, args))
+        else:
+            rows.append(bench_artifact(*args))
+    base = next((r for r in rows if (r["format"], r["precision"]) == ("onnx", "fp32")), rows[0])
     for r in rows:
         r["speedup_vs_baseline"] = base["latency_ms"]["median"] / r["latency_ms"]["median"]
+        r["cosine_vs_baseline"] = min(_cosine(a, b) for a, b in zip(base["outputs"], r["outputs"]))
+    for r in rows:
+        del r["outputs"]
     return {"package": str(manifest.root), "model": manifest.name, "input": list(manifest.input.shape),
-            "threads": threads or det.threads, "warmup": warmup, "iters": iters, "host": cpu_summary(),
-            "baseline": base["artifact"], "results": rows}
+            "threads": rows[0]["threads"], "warmup": warmup, "iters": iters, "isolated": isolate,
+            "host": cpu_summary(), "baseline": base["artifact"], "results": rows}
 
 
 def _synthetic_image(size_hw: tuple[int, int]) -> np.ndarray:
@@ -67,10 +92,12 @@ def bench_table(report: dict[str, Any]) -> str:
     host = report["host"]
     head = (f"{report['model']} input {report['input']}  |  {host['cpu']} ({host['arch']}, "
             f"{host['physical_cores']} cores, {' '.join(host['flags']) or 'no SIMD flags read'})  |  "
-            f"{report['threads']} threads, {report['iters']} runs after {report['warmup']} warm-up")
+            f"{report['threads']} threads, {report['iters']} runs after {report['warmup']} warm-up"
+            f"{', one process per artifact' if report['isolated'] else ''}")
     rows = [[r["artifact"], r["format"], r["precision"], r["size_mb"], r["latency_ms"]["median"],
-             r["latency_ms"]["p90"], r["fps"], r["end_to_end_ms"]["median"], f"{r['speedup_vs_baseline']:.2f}x"]
+             r["latency_ms"]["p90"], r["fps"], r["end_to_end_ms"]["median"], f"{r['speedup_vs_baseline']:.2f}x",
+             f"{r['cosine_vs_baseline']:.4f}"]
             for r in report["results"]]
-    table = format_table(["artifact", "format", "precision", "MB", "median ms", "p90 ms", "FPS",
-                          "e2e ms", f"vs {report['baseline']}"], rows)
+    table = format_table(["artifact", "format", "precision", "MB", "median ms", "p90 ms", "FPS", "e2e ms",
+                          f"speed vs {report['baseline']}", "cosine"], rows)
     return f"{head}\n{table}"

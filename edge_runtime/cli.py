@@ -30,9 +30,15 @@ EXAMPLES = """examples:
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("package", help="package folder (holds manifest.json and the model artifacts)")
     p.add_argument("--backend", default="auto",
-                   help="artifact format to run: onnx, or auto (first one this host can run) [auto]")
+                   help="artifact format to run: onnx, openvino, tflite, or auto (the fastest this host can run, "
+                        "measured once and cached in the package) [auto]")
     p.add_argument("--precision", default=None, help="artifact precision to run: fp32, fp16, int8 [any]")
     p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
+    p.add_argument("--device", default=None,
+                   help="OpenVINO device (CPU, GPU, NPU, AUTO) or ONNX Runtime execution provider; falls back to "
+                        "CPU with a warning when unavailable [CPU]")
+    p.add_argument("--delegate", default=None, metavar="LIB",
+                   help="TFLite external delegate library (e.g. libedgetpu.so.1); CPU fallback with a warning")
     p.add_argument("--target", default=None,
                    help="target profile (name from 'edge-runtime targets', or a .toml path): sets threads and "
                         "the backend/precision order unless given explicitly")
@@ -52,6 +58,10 @@ def _runtime_choice(args: argparse.Namespace) -> tuple[str, str | None, int | No
         (p for p in target.precisions if any(a.precision == p and backend in ("auto", a.format) for a in artifacts)),
         None)
     return backend, precision, args.threads or target.threads
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, str]:
+    return {k: v for k, v in (("device", args.device), ("delegate", args.delegate)) if v}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13) [17]")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
 
+    p = sub.add_parser("convert", help="add ONNX INT8, OpenVINO and TFLite artifacts to a package (host)",
+                       description="Convert the package's FP32 ONNX into more formats and precisions. Every new "
+                                   "artifact is run by the device-side backend and compared with FP32 ONNX before "
+                                   "it is written into manifest.json (cosine and max abs diff recorded).")
+    p.add_argument("package", help="package folder made by 'edge-runtime export'")
+    p.add_argument("--to", default="onnx,openvino,tflite", help="formats, comma-separated [onnx,openvino,tflite]")
+    p.add_argument("--precision", default="fp32,fp16,int8", help="precisions, comma-separated [fp32,fp16,int8]")
+    p.add_argument("--calib", default=None,
+                   help="INT8 calibration data: a folder of images, a video (every k-th frame) or a COCO json")
+    p.add_argument("--calib-size", type=int, default=100, help="calibration images [100]")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                   help="calibration method of the 'ort' ONNX quantiser [minmax]")
+    p.add_argument("--onnx-quantizer", default="nncf", choices=["nncf", "ort"],
+                   help="ONNX INT8 by NNCF (bias correction, more accurate) or ONNX Runtime's quantize_static [nncf]")
+    p.add_argument("--ov-preset", default="mixed", choices=["mixed", "performance"],
+                   help="NNCF preset for OpenVINO INT8 [mixed]")
+    p.add_argument("--tflite-io", default="float32", choices=["float32", "int8", "uint8"],
+                   help="TFLite INT8 input/output tensor type (int8/uint8 for NPU delegates) [float32]")
+
     p = sub.add_parser("run", help="detect on an image, folder, video, camera index or RTSP/HTTP URL",
                        description="Run a package on a source; print a per-stage timing table at the end.")
     _add_runtime_options(p)
@@ -98,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first [5]")
     p.add_argument("--iters", type=int, default=50, help="timed runs [50]")
-    p.add_argument("--image", default=None, help="image for the end-to-end timing [a synthetic one]")
+    p.add_argument("--image", default=None, help="image for the timings and the cosine column [a synthetic one]")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="measure every artifact in this process (faster start, less fair between runtimes)")
 
     p = sub.add_parser("targets", help="list the target profiles (targets/*.toml)")
     p.add_argument("--json", action="store_true", help="print them as JSON")
@@ -136,6 +167,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        from converters.convert import convert_package
+    except ImportError as exc:
+        raise EdgeRuntimeError(f"convert needs the host tool chain ({exc.name} is missing): "
+                               f"pip install 'edge-runtime[convert]'") from None
+    formats = [f.strip() for f in args.to.split(",") if f.strip()]
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    options = {"calib_method": args.calib_method, "onnx_quantizer": args.onnx_quantizer,
+               "ov_preset": args.ov_preset, "tflite_io": args.tflite_io}
+    try:
+        manifest = convert_package(args.package, formats, precisions, calib=args.calib, calib_size=args.calib_size,
+                                   options=options, progress=_progress)
+    except ValueError as exc:
+        raise EdgeRuntimeError(str(exc)) from None
+    from .timing import format_table
+
+    rows = [[a.file, a.format, a.precision, (manifest.root / a.file).stat().st_size / 2**20,
+             a.extra.get("fp32_agreement", {}).get("cosine", 1.0), a.extra.get("fp32_agreement", {}).get("max_abs_diff", 0.0)]
+            for a in manifest.artifacts]
+    print(format_table(["artifact", "format", "precision", "MB", "cosine vs fp32", "max|diff|"], rows))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .detector import Detector
     from .pipeline import display_available, run_pipeline
@@ -143,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     backend, precision, threads = _runtime_choice(args)
     detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
-                        score_threshold=args.conf, nms_iou=args.iou)
+                        options=_backend_options(args), score_threshold=args.conf, nms_iou=args.iou)
     source = open_source(args.source)
     show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
     if args.show == "yes" and not display_available():
@@ -164,7 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_package, bench_table
 
     report = bench_package(args.package, threads=args.threads, warmup=args.warmup, iters=args.iters,
-                           image=args.image, progress=_progress)
+                           image=args.image, isolate=not args.no_isolate, progress=_progress)
     print(bench_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -208,7 +263,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "run": cmd_run, "bench": cmd_bench, "targets": cmd_targets, "info": cmd_info}
+COMMANDS = {"export": cmd_export, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "targets": cmd_targets, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS, Backend, open_backend
+from .autoselect import fastest_artifact
+from .backends import Backend, open_backend
 from .detections import Detections
 from .errors import ModelLoadError
 from .families import Family, make_family
@@ -16,14 +17,12 @@ from .hostinfo import physical_cores
 from .manifest import Artifact, Manifest, load_manifest
 
 
-def select_artifact(manifest: Manifest, backend: str = "auto", precision: str | None = None) -> Artifact:
-    """Pick the artifact to run: ``backend`` is an artifact format ("onnx", ...) or "auto"."""
+def select_artifact(manifest: Manifest, backend: str, precision: str | None, threads: int) -> Artifact:
+    """Pick the artifact to run: ``backend`` is an artifact format ("onnx", "openvino", "tflite")
+    or "auto" (the fastest runnable artifact on this host, measured once and cached)."""
     if backend != "auto":
         return manifest.artifact(backend, precision)
-    for art in manifest.artifacts:
-        if art.format in BACKENDS and precision in (None, art.precision):
-            return art
-    return manifest.artifact(None, precision)
+    return fastest_artifact(manifest, threads, precision)
 
 
 class Detector:
@@ -37,23 +36,25 @@ class Detector:
                  threads: int | None = None, options: dict[str, Any] | None = None,
                  score_threshold: float | None = None, nms_iou: float | None = None) -> None:
         self.manifest = load_manifest(package)
-        self.artifact = select_artifact(self.manifest, backend, precision)
         self.threads = threads or physical_cores()
+        self.artifact = select_artifact(self.manifest, backend, precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
-        self.backend: Backend = open_backend(path, self.artifact.format, self.threads, options)
-        self.family: Family = make_family(self.manifest)
+        self.backend: Backend = open_backend(path, self.artifact.format, self.threads,
+                                             {**self.artifact.extra.get("backend_options", {}), **(options or {})})
+        self.input_spec = self.manifest.input_for(self.artifact)
+        self.family: Family = make_family(self.manifest, self.input_spec)
         if score_threshold is not None:
             self.family.postprocess["score_threshold"] = score_threshold
         if nms_iou is not None:
             self.family.postprocess["nms_iou"] = nms_iou
         self._check_io(path)
-        self.input_name = self.manifest.input.name
+        self.input_name = self.input_spec.name
         self.output_names = list(self.artifact.outputs)
         self.last_timings: dict[str, float] = {}
 
     def _check_io(self, path: Path) -> None:
         inputs = {t.name: t for t in self.backend.inputs}
-        spec = self.manifest.input
+        spec = self.input_spec
         if spec.name not in inputs:
             raise ModelLoadError(f"{path}: has no input named {spec.name!r} (has {', '.join(inputs)})")
         shape = [d if isinstance(d, int) else -1 for d in inputs[spec.name].shape]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,22 @@ class Manifest:
         have = ", ".join(a.key for a in self.artifacts) or "none"
         raise ManifestError(f"{self.path}: no artifact with format={format or 'any'} "
                             f"precision={precision or 'any'} (package has: {have})")
+
+    def input_for(self, art: Artifact) -> InputSpec:
+        """The input as ``art`` takes it: an artifact may override name, shape, layout and dtype
+        (a TFLite graph is NHWC, for example); colour, mean/std and resize are the model's."""
+        override = art.extra.get("input", {})
+        unknown = set(override) - {"name", "shape", "layout", "dtype"}
+        if unknown:
+            raise ManifestError(f"{self.path}: artifact {art.file} overrides unknown input fields {sorted(unknown)}")
+        if "shape" in override:
+            override = {**override, "shape": tuple(int(v) for v in override["shape"])}
+        return replace(self.input, **override)
+
+    def with_artifact(self, art: Artifact) -> "Manifest":
+        """A copy with ``art`` added, replacing any artifact with the same format and precision."""
+        kept = tuple(a for a in self.artifacts if a.key != art.key)
+        return replace(self, artifacts=kept + (art,))
 
     def artifact_path(self, art: Artifact, verify: bool = True) -> Path:
         """Absolute path of ``art``; with ``verify`` its sha256 must match the manifest."""

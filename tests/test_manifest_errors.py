@@ -172,9 +172,9 @@ def test_family_output_count_disagrees(package_copy):
 
 
 def test_unknown_artifact_format(package_copy):
-    _edit(package_copy, lambda d: d["artifacts"][0].__setitem__("format", "tflite"))
+    _edit(package_copy, lambda d: d["artifacts"][0].__setitem__("format", "caffe"))
     msg = _error(BackendUnavailableError, package_copy)
-    assert "tflite" in msg and "model.onnx" in msg
+    assert "caffe" in msg and "model.onnx" in msg and "no backend" in msg
 
 
 def test_requested_artifact_absent(package_copy):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from ..errors import BackendUnavailableError, ModelLoadError
 from .base import Backend, TensorSpec
 
+log = logging.getLogger(__name__)
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
                "tensor(int8)": "int8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
@@ -30,7 +32,14 @@ class OrtBackend(Backend):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        providers = ["CPUExecutionProvider"]
+        device = self.options.get("device")  # an execution provider, e.g. QNNExecutionProvider
+        if device and device not in ("CPU", "CPUExecutionProvider"):
+            if device in ort.get_available_providers():
+                providers = [(device, self.options.get("provider_options", {})), "CPUExecutionProvider"]
+            else:
+                log.warning("%s: execution provider %s is not available in this onnxruntime (has %s); "
+                            "running on CPU", path, device, ", ".join(ort.get_available_providers()))
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ManifestError
-from ..manifest import Manifest
+from ..manifest import InputSpec, Manifest
 from .base import Family
 from .nanodet import NanoDetDecoder
 from .yolo_fastest_v2 import YoloFastestV2Decoder
@@ -14,13 +14,13 @@ FAMILIES: dict[str, type[Family]] = {
 }
 
 
-def make_family(manifest: Manifest) -> Family:
+def make_family(manifest: Manifest, input_spec: InputSpec | None = None) -> Family:
     try:
         cls = FAMILIES[manifest.family]
     except KeyError:
         raise ManifestError(f"{manifest.path}: unknown model.family {manifest.family!r} "
                             f"(known: {', '.join(FAMILIES)})") from None
-    return cls(manifest)
+    return cls(manifest, input_spec)
 
 
 __all__ = ["FAMILIES", "Family", "make_family"]

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import ManifestError
-from ..manifest import Manifest
+from ..manifest import InputSpec, Manifest
 from ..nms import boxes_to_original, multiclass_nms
 from ..preprocess import ImageMeta, ImagePreprocessor
 
@@ -24,11 +24,12 @@ class Family(ABC):
     #: roles of the graph outputs a family reads, in the order the manifest's artifact lists them
     output_roles: tuple[str, ...] = ("scores", "boxes")
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, input_spec: InputSpec | None = None) -> None:
         self.manifest = manifest
         self.class_names = manifest.class_names
-        self.preprocess = ImagePreprocessor(manifest.input)
-        self.input_hw = manifest.input.size_hw
+        spec = input_spec or manifest.input
+        self.preprocess = ImagePreprocessor(spec)
+        self.input_hw = spec.size_hw
         self.postprocess = dict(manifest.postprocess)
 
     def param(self, key: str):

@@ -20,8 +20,8 @@ from .base import Family
 class NanoDetDecoder(Family):
     output_roles = ("scores", "distances")
 
-    def __init__(self, manifest) -> None:
-        super().__init__(manifest)
+    def __init__(self, manifest, input_spec=None) -> None:
+        super().__init__(manifest, input_spec)
         h, w = self.input_hw
         offset = float(self.param("center_offset"))
         centers, strides = [], []

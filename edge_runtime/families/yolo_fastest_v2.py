@@ -17,8 +17,8 @@ from .base import Family
 class YoloFastestV2Decoder(Family):
     output_roles = ("scores", "box_sigmoid")
 
-    def __init__(self, manifest) -> None:
-        super().__init__(manifest)
+    def __init__(self, manifest, input_spec=None) -> None:
+        super().__init__(manifest, input_spec)
         h, w = self.input_hw
         a = int(self.param("anchor_num"))
         anchors = np.asarray(self.param("anchors"), np.float32).reshape(-1, a, 2)

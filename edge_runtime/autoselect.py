@@ -1,0 +1,64 @@
+"""``--backend auto``: time each runnable artifact briefly on this host, pick the fastest, and
+remember the choice in the package (``autoselect.json``) so the next start is instant."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+
+import numpy as np
+
+from .backends import installed_backends, open_backend
+from .hostinfo import cpu_summary
+from .manifest import Artifact, Manifest
+
+log = logging.getLogger(__name__)
+CACHE_NAME = "autoselect.json"
+
+
+def _host_key(manifest: Manifest, candidates: list[Artifact], threads: int) -> str:
+    host = cpu_summary()
+    ident = json.dumps([host["cpu"], host["arch"], host["flags"], threads, sorted(a.sha256 for a in candidates)])
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def measure(manifest: Manifest, art: Artifact, threads: int, runs: int = 10) -> float:
+    """Median model-only latency (ms) of ``art`` on a zero input."""
+    spec = manifest.input_for(art)
+    backend = open_backend(manifest.artifact_path(art), art.format, threads, art.extra.get("backend_options"))
+    feed = {spec.name: np.zeros(spec.shape, np.float32)}
+    for _ in range(3):
+        backend.run(feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend.run(feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def fastest_artifact(manifest: Manifest, threads: int, precision: str | None = None) -> Artifact:
+    runnable = installed_backends()
+    candidates = [a for a in manifest.artifacts if a.format in runnable and precision in (None, a.precision)]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else manifest.artifact(None, precision)
+    key = _host_key(manifest, candidates, threads)
+    cache_path = manifest.root / CACHE_NAME
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    entry = cache.get(key)
+    if entry is None or entry.get("choice") not in {a.key for a in candidates}:
+        timings = {a.key: measure(manifest, a, threads) for a in candidates}
+        entry = {"choice": min(timings, key=timings.get), "median_ms": timings, "threads": threads,
+                 "host": cpu_summary()["cpu"], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        cache[key] = entry
+        log.info("auto backend: %s", ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(timings.items(), key=lambda kv: kv[1])))
+        try:
+            cache_path.write_text(json.dumps(cache, indent=2))
+        except OSError:  # a read-only package still works, it just measures again next time
+            log.debug("cannot cache the auto choice in %s", cache_path)
+    return next(a for a in candidates if a.key == entry["choice"])
