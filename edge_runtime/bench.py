@@ -58,7 +58,7 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
                   progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Benchmark each artifact of ``package``; ``isolate`` runs each in its own process."""
     manifest = load_manifest(package)
-    frame = read_image(Path(image)) if image else _synthetic_image(manifest.input.size_hw)
+    frame = read_image(Path(image)) if image else synthetic_image(manifest.input.size_hw)
     rows = []
     ctx = multiprocessing.get_context("spawn")
     for art in manifest.artifacts:
@@ -80,7 +80,7 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
             "host": cpu_summary(), "baseline": base["artifact"], "results": rows}
 
 
-def _synthetic_image(size_hw: tuple[int, int]) -> np.ndarray:
+def synthetic_image(size_hw: tuple[int, int]) -> np.ndarray:
     """A deterministic textured image, so that no file is needed to benchmark."""
     h, w = size_hw
     rng = np.random.default_rng(0)
