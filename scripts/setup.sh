@@ -8,5 +8,12 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[convert,onnx,dev]"
-python -c "import torch, onnxruntime, cv2; print('torch', torch.__version__, '| onnxruntime', onnxruntime.__version__, '| opencv', cv2.__version__)"
+python -m pip install -q -e ".[convert,onnx,openvino,tflite,dev]"
+# onnx2tf and tf-keras declare pins that fight numpy 2 and the rest of this environment; they run
+# fine without them (../shared/docs/toolchain.md), so they come without their dependencies
+python -m pip install -q --no-deps "onnx2tf==1.29.24" "tf-keras==2.21.0"
+python - <<'PY'
+import cv2, onnxruntime, openvino, tensorflow, torch
+print(f"torch {torch.__version__} | onnxruntime {onnxruntime.__version__} | openvino {openvino.__version__} "
+      f"| tensorflow {tensorflow.__version__} | opencv {cv2.__version__}")
+PY

@@ -183,17 +183,25 @@ def test_device_extra_pulls_no_host_libraries():
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    names = [dep.split(">")[0].split("=")[0].split("[")[0].strip().lower()
-             for dep in project["dependencies"] + project["optional-dependencies"]["onnx"]]
-    assert sorted(names) == ["numpy", "onnxruntime", "opencv-python-headless"]
-    assert "torch==2.13.0" in project["optional-dependencies"]["convert"]
+    extras = project["optional-dependencies"]
+
+    def names(deps: list[str]) -> list[str]:
+        return sorted(dep.split(">")[0].split("=")[0].split("[")[0].strip().lower() for dep in deps)
+
+    assert names(project["dependencies"]) == ["numpy", "opencv-python-headless"]
+    assert names(extras["onnx"]) == ["onnxruntime"]
+    assert names(extras["openvino"]) == ["openvino"]
+    assert names(extras["tflite"]) == ["ai-edge-litert"]
+    assert "torch==2.13.0" in extras["convert"]  # the only torch anywhere, pinned
+    assert not any(dep.startswith("torch") for name, deps in extras.items() if name != "convert" for dep in deps)
 
 
 def test_help_explains_every_command():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for command in ("export", "run", "bench", "targets", "info"):
+    for command in ("export", "convert", "run", "bench", "targets", "info"):
         assert command in proc.stdout
     run_help = run_cli("run", "--help").stdout
-    for flag in ("--source", "--save", "--json", "--show", "--threads", "--target"):
+    for flag in ("--source", "--save", "--json", "--show", "--threads", "--target", "--backend", "--device",
+                 "--delegate"):
         assert flag in run_help
