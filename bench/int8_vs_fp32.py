@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge_runtime.bench import synthetic_image, bench_package
+from edge_runtime.bench import bench_package, synthetic_image, time_calls
 from edge_runtime.hostinfo import cpu_summary, physical_cores
 from edge_runtime.manifest import load_manifest
 from edge_runtime.preprocess import ImagePreprocessor
@@ -45,14 +44,7 @@ def ncnn_latency(param: str, weights: str, tensor: np.ndarray, threads: int, war
         for name in NCNN_OUTPUTS:
             ex.extract(name)
 
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return summarize(times)
+    return summarize(time_calls(run, warmup, iters))
 
 
 def main() -> None:

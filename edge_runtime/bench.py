@@ -17,7 +17,8 @@ from .sources import read_image
 from .timing import format_table, summarize
 
 
-def _time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
+def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
+    """Milliseconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -39,8 +40,8 @@ def bench_artifact(package: str, fmt: str, precision: str, threads: int | None, 
     load_ms = (time.perf_counter() - t0) * 1e3
     tensor = det.family.preprocess(frame)[0].copy()
     outputs = [o.copy() for o in det.infer(tensor)]
-    model = summarize(_time_calls(lambda: det.infer(tensor), warmup, iters))
-    e2e = summarize(_time_calls(lambda: det(frame), 2, max(5, iters // 5)))
+    model = summarize(time_calls(lambda: det.infer(tensor), warmup, iters))
+    e2e = summarize(time_calls(lambda: det(frame), 2, max(5, iters // 5)))
     art = det.artifact
     return {"artifact": art.file, "format": art.format, "precision": art.precision, "backend": det.backend.describe(),
             "size_mb": (det.manifest.root / art.file).stat().st_size / 2**20, "load_ms": load_ms,
