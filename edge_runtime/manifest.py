@@ -116,11 +116,15 @@ class Manifest:
     def artifact_path(self, art: Artifact, verify: bool = True) -> Path:
         """Absolute path of ``art``; with ``verify`` its sha256 must match the manifest."""
         path = self.root / art.file
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: artifact listed in the manifest is missing")
-        if verify and sha256_file(path) != art.sha256:
-            raise ModelLoadError(f"{path}: checksum mismatch with manifest.json "
-                                 f"(file is truncated, corrupt or was replaced)")
+        files = [(path, art.sha256)]
+        if "weights_file" in art.extra:  # e.g. an OpenVINO IR's .bin next to its .xml
+            files.append((self.root / art.extra["weights_file"], art.extra.get("weights_sha256")))
+        for file, digest in files:
+            if not file.is_file():
+                raise ModelLoadError(f"{file}: artifact listed in the manifest is missing")
+            if verify and digest is not None and sha256_file(file) != digest:
+                raise ModelLoadError(f"{file}: checksum mismatch with manifest.json "
+                                     f"(file is truncated, corrupt or was replaced)")
         return path
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,157 @@
+"""LiteRT (TensorFlow Lite) backend: XNNPACK on CPU by default, or an external delegate library.
+
+Uses ``ai_edge_litert`` (numpy 2) and falls back to ``tflite_runtime`` when only that is installed.
+Quantised (int8/uint8) inputs and outputs are handled here: ``run`` takes and returns float32, quantising
+each input and dequantising each output with that tensor's own scale and zero point.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, ModelLoadError
+from .base import Backend, TensorSpec
+
+log = logging.getLogger(__name__)
+_QUANTIZED = ("int8", "uint8")
+
+
+def _import_litert(path: Path) -> tuple[Any, Any, str]:
+    """(Interpreter class, load_delegate, 'library version'); ai-edge-litert preferred."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+
+        return Interpreter, load_delegate, f"ai-edge-litert {_version('ai-edge-litert')}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter, load_delegate
+
+        return Interpreter, load_delegate, f"tflite-runtime {_version('tflite-runtime')}"
+    except ImportError:
+        raise BackendUnavailableError(f"{path}: a tflite artifact needs ai-edge-litert or tflite-runtime, neither "
+                                      f"is installed (pip install 'edge-runtime[tflite]')") from None
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    dtype = np.dtype(detail["dtype"]).name
+    scale = zero_point = None
+    if dtype in _QUANTIZED:
+        q_scale, q_zero = detail.get("quantization", (0.0, 0))
+        if q_scale:
+            scale, zero_point = float(q_scale), int(q_zero)
+    return TensorSpec(detail["name"], tuple(int(d) for d in detail["shape"]), dtype, scale, zero_point)
+
+
+class LiteRtBackend(Backend):
+    """Options: ``delegate`` (path or name of an external delegate library, e.g. libedgetpu.so.1) and
+    ``delegate_options`` (dict passed to it). A delegate that fails to load or to take the graph
+    leaves the model on the CPU (XNNPACK) with one warning; ``describe()`` says which one ran."""
+
+    name = "tflite"
+
+    def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
+        super().__init__(path, threads, options)
+        Interpreter, load_delegate, self._library = _import_litert(self.path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"{self.path}: TFLite model file not found")
+        self._accelerator = "XNNPACK"
+        self._fallback: str | None = None
+        delegate = self.options.get("delegate")
+        interpreter = None
+        if delegate:
+            name = Path(str(delegate)).name
+            try:
+                # check it with ctypes first: a library that is missing or is not a delegate then
+                # never reaches load_delegate (whose half-built Delegate object raises again when collected)
+                library = ctypes.CDLL(str(delegate))
+                for symbol in ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate"):
+                    if not hasattr(library, symbol):
+                        raise OSError(f"{delegate} is not a TFLite external delegate (no {symbol})")
+                loaded = load_delegate(str(delegate), dict(self.options.get("delegate_options") or {}))
+                interpreter = self._open(Interpreter, [loaded])
+                self._accelerator = f"delegate {name}"
+            except Exception as exc:  # missing library, no device, delegate rejects the graph
+                self._fallback = f"delegate {name} failed: CPU fallback"
+                log.warning("%s: delegate %s failed (%s); running on the CPU (XNNPACK) instead",
+                            self.path, delegate, _one_line(exc))
+        if interpreter is None:
+            interpreter = self._open(Interpreter, None)
+        self._interpreter = interpreter
+        self._inputs = [_spec(d) for d in interpreter.get_input_details()]
+        self._outputs = [_spec(d) for d in interpreter.get_output_details()]
+        self._input_index = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+        self._output_index = [(d["name"], d["index"]) for d in interpreter.get_output_details()]
+        self._input_specs = {s.name: s for s in self._inputs}
+        self._output_specs = {s.name: s for s in self._outputs}
+
+    def _open(self, Interpreter: Any, delegates: list[Any] | None) -> Any:
+        try:
+            interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads,
+                                      experimental_delegates=delegates)
+        except Exception as exc:  # ValueError for a file that is not a valid flatbuffer
+            if delegates:
+                raise RuntimeError(_one_line(exc)) from None
+            raise ModelLoadError(f"{self.path}: cannot load TFLite model (corrupt or truncated?): "
+                                 f"{_one_line(exc)}") from None
+        try:
+            interpreter.allocate_tensors()
+        except Exception as exc:
+            if delegates:
+                raise RuntimeError(_one_line(exc)) from None
+            raise ModelLoadError(f"{self.path}: cannot prepare TFLite model: {_one_line(exc)}") from None
+        return interpreter
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, index in self._input_index.items():
+            if name not in inputs:
+                raise ValueError(f"{self.path}: missing input {name!r} (got {', '.join(inputs) or 'none'})")
+            self._interpreter.set_tensor(index, self._quantize(self._input_specs[name], inputs[name]))
+        self._interpreter.invoke()
+        return {name: self._dequantize(self._output_specs[name], self._interpreter.get_tensor(index))
+                for name, index in self._output_index}
+
+    @staticmethod
+    def _quantize(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
+        if spec.dtype in _QUANTIZED and spec.scale:
+            info = np.iinfo(spec.dtype)
+            q = np.round(np.asarray(value, dtype=np.float32) / np.float32(spec.scale)) + spec.zero_point
+            return np.clip(q, info.min, info.max).astype(spec.dtype)
+        return np.ascontiguousarray(value, dtype=spec.dtype)
+
+    @staticmethod
+    def _dequantize(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
+        if spec.dtype in _QUANTIZED and spec.scale:
+            return (value.astype(np.float32) - np.float32(spec.zero_point)) * np.float32(spec.scale)
+        return np.array(value, dtype=np.float32, copy=True)
+
+    def describe(self) -> str:
+        text = f"{self._library} {self._accelerator}, {self.threads} threads"
+        return f"{text} ({self._fallback})" if self._fallback else text

@@ -1,0 +1,163 @@
+"""OpenVINO backend: an IR (.xml + .bin) or any file ``Core.read_model`` reads, on any OpenVINO device.
+
+Options (all optional):
+  ``device``               OpenVINO device string: "CPU" (default), "GPU", "GPU.1", "NPU", "AUTO", ...
+                           A physical device this machine lacks falls back to CPU with one warning.
+  ``inference_precision``  INFERENCE_PRECISION_HINT; on CPU (also when AUTO/MULTI/HETERO picks it) it
+                           defaults to "f32" so that FP32 and FP16 IRs are computed in f32 (the plugin would
+                           pick bf16/f16 on some CPUs); GPU/NPU keep their plugin default unless set.
+                           ``describe()`` reports the precision the compiled model actually uses.
+  ``performance_hint``     PERFORMANCE_HINT, default "LATENCY" (one stream, one request).
+  ``config``               further compile properties, passed as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, ModelLoadError
+from .base import Backend, TensorSpec
+
+log = logging.getLogger(__name__)
+
+# devices that choose or combine physical devices themselves: never "missing"
+_VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+
+def _device_available(device: str, available: list[str]) -> bool:
+    if device.split(":")[0].upper() in _VIRTUAL_DEVICES:
+        return True
+    if device in available:
+        return True
+    # "GPU" is there when "GPU.0"/"GPU.1" are listed
+    return "." not in device and any(d.split(".")[0] == device for d in available)
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of an OpenVINO exception (they start with 'Exception from <file>:<line>')."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))]
+    return ((useful or lines or [type(exc).__name__])[-1])[:200]
+
+
+def _looks_like_ir(path: Path) -> bool:
+    """An IR .xml starts with an XML declaration or the <net> element (checked before OpenVINO tries
+    every frontend on it, which prints parser noise for non-IR files)."""
+    with open(path, "rb") as f:
+        head = f.read(256).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith((b"<?xml", b"<net"))
+
+
+def _spec(port: Any) -> TensorSpec:
+    shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
+    try:
+        dtype = np.dtype(port.get_element_type().to_dtype()).name
+    except (RuntimeError, TypeError):  # element types numpy lacks (bf16, u4, ...)
+        dtype = port.get_element_type().get_type_name()
+    return TensorSpec(port.get_any_name(), shape, dtype)
+
+
+def _numpy_dtype(name: str) -> np.dtype | None:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        return None
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
+        super().__init__(path, threads, options)
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendUnavailableError(
+                f"{path}: openvino is not installed (pip install 'edge-runtime[openvino]')") from None
+        self._version = ".".join(ov.__version__.split("-")[0].split(".")[:2])
+        core = ov.Core()
+        requested = str(self.options.get("device") or "CPU")
+        available = list(core.available_devices)
+        device = requested
+        if not _device_available(requested, available):
+            log.warning("%s: OpenVINO device %r is not available on this machine (available: %s); "
+                        "running on CPU instead", path, requested, ", ".join(available) or "none")
+            device = "CPU"
+        self.device = device
+
+        if not self.path.is_file():
+            raise ModelLoadError(f"{path}: no such file")
+        if self.path.suffix.lower() == ".xml":
+            weights = self.path.with_suffix(".bin")
+            if not weights.is_file():
+                raise ModelLoadError(f"{path}: its weights file {weights.name} is missing")
+            if not _looks_like_ir(self.path):
+                raise ModelLoadError(f"{path}: not an OpenVINO IR (no XML <net> at the start; corrupt?)")
+        try:
+            model = core.read_model(str(self.path))
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with multi-line messages
+            raise ModelLoadError(f"{path}: cannot load OpenVINO model (corrupt or truncated?): {_reason(exc)}") from None
+
+        # CPU: our thread count, and f32 unless asked otherwise (the plugin would pick bf16/f16 on
+        # CPUs that have them). Other devices keep their own default precision unless options set one.
+        virtual = device.split(":")[0].upper() in _VIRTUAL_DEVICES
+        precision = self.options.get("inference_precision", "f32" if device == "CPU" or virtual else None)
+        cpu_config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads)}
+        if precision:
+            cpu_config["INFERENCE_PRECISION_HINT"] = str(precision)
+        config: dict[str, Any] = {}
+        if device == "CPU":
+            config.update(cpu_config)
+        elif virtual:  # applies when AUTO/MULTI/HETERO picks the CPU
+            config["DEVICE_PROPERTIES"] = {"CPU": cpu_config}
+        elif precision:
+            config["INFERENCE_PRECISION_HINT"] = str(precision)
+        hint = self.options.get("performance_hint", "LATENCY")
+        if hint:
+            config["PERFORMANCE_HINT"] = str(hint)
+        config.update(self.options.get("config") or {})
+        try:
+            self.compiled = core.compile_model(model, device, config)
+        except Exception as exc:  # noqa: BLE001 - any failure here means the model cannot run
+            raise ModelLoadError(f"{path}: OpenVINO cannot compile the model for {device}: {_reason(exc)}") from None
+        try:
+            executed = list(self.compiled.get_property("EXECUTION_DEVICES"))
+        except RuntimeError:
+            executed = []
+        if virtual and executed:
+            self.device = f"{device}->{','.join(executed)}"
+        try:  # the precision the plugin really computes in ("f32", "bf16", "f16")
+            used = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+            self.precision = used.get_type_name() if hasattr(used, "get_type_name") else str(used)
+        except RuntimeError:  # virtual devices and some plugins do not report it
+            self.precision = f"{precision} requested" if precision else "plugin default precision"
+        self._inputs = [_spec(p) for p in self.compiled.inputs]
+        self._outputs = [_spec(p) for p in self.compiled.outputs]
+        self._output_names = [o.name for o in self._outputs]
+        self._input_dtypes = {s.name: _numpy_dtype(s.dtype) for s in self._inputs}
+        self._request = self.compiled.create_infer_request()
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {}
+        for name, array in inputs.items():
+            want = self._input_dtypes.get(name)
+            feed[name] = np.ascontiguousarray(array, dtype=want) if want is not None else array
+        self._request.infer(feed, share_inputs=True, share_outputs=True)
+        # the request reuses its output buffers: hand back copies
+        return {name: np.array(self._request.get_output_tensor(i).data, copy=True)
+                for i, name in enumerate(self._output_names)}
+
+    def describe(self) -> str:
+        return f"openvino {self._version} {self.device} {self.precision}, {self.threads} threads"
