@@ -21,7 +21,8 @@ class TensorSpec:
 
 
 class Backend(ABC):
-    """One loaded artifact. Subclasses take (artifact path, threads, options) and nothing else."""
+    """One loaded artifact. Subclasses take (artifact path, threads, options) and nothing else,
+    and fill ``inputs``/``outputs`` with the graph's tensor specs when they load it."""
 
     name: str = "backend"
 
@@ -29,14 +30,8 @@ class Backend(ABC):
         self.path = Path(path)
         self.threads = threads
         self.options = dict(options or {})
-
-    @property
-    @abstractmethod
-    def inputs(self) -> list[TensorSpec]: ...
-
-    @property
-    @abstractmethod
-    def outputs(self) -> list[TensorSpec]: ...
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
 
     @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -97,12 +97,12 @@ class LiteRtBackend(Backend):
         if interpreter is None:
             interpreter = self._open(Interpreter, None)
         self._interpreter = interpreter
-        self._inputs = [_spec(d) for d in interpreter.get_input_details()]
-        self._outputs = [_spec(d) for d in interpreter.get_output_details()]
+        self.inputs = [_spec(d) for d in interpreter.get_input_details()]
+        self.outputs = [_spec(d) for d in interpreter.get_output_details()]
         self._input_index = {d["name"]: d["index"] for d in interpreter.get_input_details()}
         self._output_index = [(d["name"], d["index"]) for d in interpreter.get_output_details()]
-        self._input_specs = {s.name: s for s in self._inputs}
-        self._output_specs = {s.name: s for s in self._outputs}
+        self._input_specs = {s.name: s for s in self.inputs}
+        self._output_specs = {s.name: s for s in self.outputs}
 
     def _open(self, Interpreter: Any, delegates: list[Any] | None) -> Any:
         try:
@@ -120,14 +120,6 @@ class LiteRtBackend(Backend):
                 raise RuntimeError(_one_line(exc)) from None
             raise ModelLoadError(f"{self.path}: cannot prepare TFLite model: {_one_line(exc)}") from None
         return interpreter
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, index in self._input_index.items():

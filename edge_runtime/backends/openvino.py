@@ -135,19 +135,11 @@ class OpenVinoBackend(Backend):
             self.precision = used.get_type_name() if hasattr(used, "get_type_name") else str(used)
         except RuntimeError:  # virtual devices and some plugins do not report it
             self.precision = f"{precision} requested" if precision else "plugin default precision"
-        self._inputs = [_spec(p) for p in self.compiled.inputs]
-        self._outputs = [_spec(p) for p in self.compiled.outputs]
-        self._output_names = [o.name for o in self._outputs]
-        self._input_dtypes = {s.name: _numpy_dtype(s.dtype) for s in self._inputs}
+        self.inputs = [_spec(p) for p in self.compiled.inputs]
+        self.outputs = [_spec(p) for p in self.compiled.outputs]
+        self._output_names = [o.name for o in self.outputs]
+        self._input_dtypes = {s.name: _numpy_dtype(s.dtype) for s in self.inputs}
         self._request = self.compiled.create_infer_request()
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}
