@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge_runtime.errors import CheckpointError
+from edge_runtime.errors import CheckpointError, first_line
 
 from .models import ModelSpec
 
@@ -27,8 +27,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the weights-only unpickler fails in many ways on non-checkpoints
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({reason[:160]})") from None
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({first_line(exc, 160)})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state_dict of tensors (or {{'state_dict': ...}})")

@@ -44,7 +44,7 @@ def bench_artifact(package: str, fmt: str, precision: str, threads: int | None, 
     e2e = summarize(time_calls(lambda: det(frame), 2, max(5, iters // 5)))
     art = det.artifact
     return {"artifact": art.file, "format": art.format, "precision": art.precision, "backend": det.backend.describe(),
-            "size_mb": (det.manifest.root / art.file).stat().st_size / 2**20, "load_ms": load_ms,
+            "size_mb": det.manifest.artifact_mb(art), "load_ms": load_ms,
             "latency_ms": model, "fps": 1e3 / model["median"], "end_to_end_ms": e2e, "threads": det.threads,
             "outputs": outputs}
 

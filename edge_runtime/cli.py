@@ -184,9 +184,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise EdgeRuntimeError(str(exc)) from None
     from .timing import format_table
 
-    rows = [[a.file, a.format, a.precision, (manifest.root / a.file).stat().st_size / 2**20,
-             a.extra.get("fp32_agreement", {}).get("cosine", 1.0), a.extra.get("fp32_agreement", {}).get("max_abs_diff", 0.0)]
-            for a in manifest.artifacts]
+    rows = [[a.file, a.format, a.precision, manifest.artifact_mb(a),
+             f"{a.extra.get('fp32_agreement', {}).get('cosine', 1.0):.4f}",
+             f"{a.extra.get('fp32_agreement', {}).get('max_abs_diff', 0.0):.3g}"] for a in manifest.artifacts]
     print(format_table(["artifact", "format", "precision", "MB", "cosine vs fp32", "max|diff|"], rows))
     return 0
 
@@ -240,8 +240,8 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"{' ...' if len(m.class_names) > 8 else ''}")
     print(f"input {inp.name} {list(inp.shape)} {inp.layout} {inp.dtype} {inp.color}, resize {inp.resize}, "
           f"mean {list(inp.mean)} std {list(inp.std)}")
-    rows = [[a.file, a.format, a.precision, (m.root / a.file).stat().st_size / 2**20 if (m.root / a.file).exists()
-             else "missing", a.sha256[:12]] for a in m.artifacts]
+    rows = [[a.file, a.format, a.precision, m.artifact_mb(a) if (m.root / a.file).exists() else "missing",
+             a.sha256[:12]] for a in m.artifacts]
     print(format_table(["artifact", "format", "precision", "MB", "sha256"], rows))
     print("produced by: " + ", ".join(f"{k} {v}" for k, v in m.produced_by.items() if v))
     return 0

@@ -24,3 +24,9 @@ class CheckpointError(EdgeRuntimeError):
 
 class BackendUnavailableError(EdgeRuntimeError):
     """The backend an artifact needs is not installed on this machine."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A library exception's first line (or its type), to quote inside our one-line messages."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -108,6 +108,14 @@ class Manifest:
             override = {**override, "shape": tuple(int(v) for v in override["shape"])}
         return replace(self.input, **override)
 
+    def artifact_files(self, art: Artifact) -> list[Path]:
+        """Every file of ``art``: the model, plus e.g. an OpenVINO IR's .bin weights."""
+        extra = [self.root / art.extra["weights_file"]] if "weights_file" in art.extra else []
+        return [self.root / art.file, *extra]
+
+    def artifact_mb(self, art: Artifact) -> float:
+        return sum(p.stat().st_size for p in self.artifact_files(art) if p.exists()) / 2**20
+
     def with_artifact(self, art: Artifact) -> "Manifest":
         """A copy with ``art`` added, replacing any artifact with the same format and precision."""
         kept = tuple(a for a in self.artifacts if a.key != art.key)
@@ -116,9 +124,7 @@ class Manifest:
     def artifact_path(self, art: Artifact, verify: bool = True) -> Path:
         """Absolute path of ``art``; with ``verify`` its sha256 must match the manifest."""
         path = self.root / art.file
-        files = [(path, art.sha256)]
-        if "weights_file" in art.extra:  # e.g. an OpenVINO IR's .bin next to its .xml
-            files.append((self.root / art.extra["weights_file"], art.extra.get("weights_sha256")))
+        files = list(zip(self.artifact_files(art), (art.sha256, art.extra.get("weights_sha256"))))
         for file, digest in files:
             if not file.is_file():
                 raise ModelLoadError(f"{file}: artifact listed in the manifest is missing")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelLoadError
+from ..errors import BackendUnavailableError, ModelLoadError, first_line
 from .base import Backend, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ def _version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "?"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def _spec(detail: dict[str, Any]) -> TensorSpec:
@@ -93,7 +88,7 @@ class LiteRtBackend(Backend):
             except Exception as exc:  # missing library, no device, delegate rejects the graph
                 self._fallback = f"delegate {name} failed: CPU fallback"
                 log.warning("%s: delegate %s failed (%s); running on the CPU (XNNPACK) instead",
-                            self.path, delegate, _one_line(exc))
+                            self.path, delegate, first_line(exc))
         if interpreter is None:
             interpreter = self._open(Interpreter, None)
         self._interpreter = interpreter
@@ -110,15 +105,15 @@ class LiteRtBackend(Backend):
                                       experimental_delegates=delegates)
         except Exception as exc:  # ValueError for a file that is not a valid flatbuffer
             if delegates:
-                raise RuntimeError(_one_line(exc)) from None
+                raise RuntimeError(first_line(exc)) from None
             raise ModelLoadError(f"{self.path}: cannot load TFLite model (corrupt or truncated?): "
-                                 f"{_one_line(exc)}") from None
+                                 f"{first_line(exc)}") from None
         try:
             interpreter.allocate_tensors()
         except Exception as exc:
             if delegates:
-                raise RuntimeError(_one_line(exc)) from None
-            raise ModelLoadError(f"{self.path}: cannot prepare TFLite model: {_one_line(exc)}") from None
+                raise RuntimeError(first_line(exc)) from None
+            raise ModelLoadError(f"{self.path}: cannot prepare TFLite model: {first_line(exc)}") from None
         return interpreter
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

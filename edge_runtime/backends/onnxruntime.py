@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelLoadError
+from ..errors import BackendUnavailableError, ModelLoadError, first_line
 from .base import Backend, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"{path}: cannot load ONNX model (corrupt or truncated?): {reason[:200]}") from None
+            raise ModelLoadError(f"{path}: cannot load ONNX model (corrupt or truncated?): {first_line(exc)}") from None
         self._version = ort.__version__
         self.inputs = [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES.get(i.type, i.type))
                         for i in self.session.get_inputs()]
