@@ -17,11 +17,11 @@ import numpy as np
 
 import edge_runtime
 from edge_runtime.backends import open_backend
+from edge_runtime.compare import compare
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 
 from .calibration import CalibrationSet
-from .export_onnx import compare
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "openvino", "tflite")

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import sha256_file
 
 from .convert import ConvertJob, ConvertResult
@@ -43,16 +43,6 @@ from .convert import ConvertJob, ConvertResult
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
 _PRODUCERS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData"}
 _SKIP = {"Constant", "Parameter", "Result"}
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("openvino", "nncf"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def _is_bias_add(node: Any) -> bool:
@@ -172,7 +162,7 @@ def convert_openvino(job: ConvertJob) -> ConvertResult:
     if input_name != job.manifest.input.name:
         raise EdgeRuntimeError(f"{job.fp32_onnx}: OpenVINO reads input {input_name!r}, "
                                f"the manifest says {job.manifest.input.name!r}")
-    extra: dict[str, Any] = {"converter": {"tool": "openvino.convert_model", **_versions()}}
+    extra: dict[str, Any] = {"converter": {"tool": "openvino.convert_model", **{d: v for d in ("openvino", "nncf") if (v := package_version(d))}}}
     if job.precision == "int8":
         model, extra["quantization"] = _quantize(model, job, input_name)
         _fix_output_names(model, outputs, job.fp32_onnx)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.hostinfo import package_version
 
 from .convert import ConvertJob, ConvertResult
 
@@ -55,15 +56,6 @@ CALIBRATION_RANGES = ("mse", "minmax")
 # the file onnx2tf loads from its working directory (and downloads when absent)
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 _MSE_SAMPLES = 32768  # values per tensor kept for the range search
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,7 +216,7 @@ def _onnx2tf(job: ConvertJob, model: Any, samples: np.ndarray) -> Any:
 
 def _tf_graph(job: ConvertJob) -> _TfGraph:
     art = job.manifest.artifact("onnx", "fp32")
-    key = f"{art.sha256}:{_version('onnx2tf')}"
+    key = f"{art.sha256}:{package_version('onnx2tf')}"
     if key in _GRAPHS:
         return _GRAPHS[key]
     import tensorflow as tf
@@ -566,7 +558,7 @@ def convert_tflite(job: ConvertJob) -> ConvertResult:
     h, w = job.manifest.input.size_hw
     extra = {
         "input": {"name": graph.input_name, "shape": [1, h, w, 3], "layout": "NHWC"},
-        "converter": {"name": "onnx2tf", "onnx2tf": _version("onnx2tf"), "tensorflow": tf.__version__,
+        "converter": {"name": "onnx2tf", "onnx2tf": package_version("onnx2tf"), "tensorflow": tf.__version__,
                       "onnx_rewrites": graph.rewrites,
                       **({"outputs_transposed": graph.transposed} if graph.transposed else {})},
         **extra,

@@ -8,13 +8,15 @@ import logging
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 
 import edge_runtime
+from edge_runtime.compare import compare
 from edge_runtime.errors import CheckpointError
+from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import RESIZE_MODES, Artifact, InputSpec, Manifest, sha256_file
 
 from .checkpoints import load_model
@@ -45,16 +47,6 @@ def default_class_names(num_classes: int) -> list[str]:
         return list(COCO_CLASSES)
     log.warning("checkpoint has %d classes and no --classes file was given: naming them class_0..", num_classes)
     return [f"class_{i}" for i in range(num_classes)]
-
-
-def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict[str, float]:
-    """Worst max-abs-diff and worst cosine similarity over paired outputs."""
-    diffs, cosines = [], []
-    for ref, got in zip(reference, candidate):
-        a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-        diffs.append(float(np.abs(a - b).max()))
-        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)))
-    return {"max_abs_diff": max(diffs), "cosine": min(cosines)}
 
 
 def export_package(model: str, weights: str | Path, out: str | Path, imgsz: int | None = None,
@@ -115,18 +107,10 @@ def export_package(model: str, weights: str | Path, out: str | Path, imgsz: int 
                             extra={"opset": opset, "simplified": simplify, "parity_vs_torch": parity}),),
         produced_by={"edge_runtime": edge_runtime.__version__, "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                     "onnxslim": _version("onnxslim") if simplify else None,
+                     "onnxslim": package_version("onnxslim") if simplify else None,
                      "source_weights": Path(weights).name, "source_sha256": sha256_file(Path(weights))},
     )
     manifest.save()
     progress(f"wrote {manifest.path} ({json.dumps(parity)})")
     return manifest
 
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from .compare import compare
 from .hostinfo import cpu_summary
 from .manifest import load_manifest
 from .sources import read_image
@@ -49,11 +50,6 @@ def bench_artifact(package: str, fmt: str, precision: str, threads: int | None, 
             "outputs": outputs}
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-
-
 def bench_package(package: str | Path, threads: int | None = None, warmup: int = 5, iters: int = 50,
                   image: str | Path | None = None, isolate: bool = True, options: dict[str, Any] | None = None,
                   progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
@@ -73,7 +69,7 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
     base = next((r for r in rows if (r["format"], r["precision"]) == ("onnx", "fp32")), rows[0])
     for r in rows:
         r["speedup_vs_baseline"] = base["latency_ms"]["median"] / r["latency_ms"]["median"]
-        r["cosine_vs_baseline"] = min(_cosine(a, b) for a, b in zip(base["outputs"], r["outputs"]))
+        r["cosine_vs_baseline"] = compare(base["outputs"], r["outputs"])["cosine"]
     for r in rows:
         del r["outputs"]
     return {"package": str(manifest.root), "model": manifest.name, "input": list(manifest.input.shape),

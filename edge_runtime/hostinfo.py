@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 
 _INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "f16c", "fma",
                       "asimd", "asimddp", "asimdhp", "fphp", "neon")
@@ -16,6 +17,14 @@ def _cpuinfo() -> str:
             return f.read()
     except OSError:
         return ""
+
+
+def package_version(dist: str) -> str | None:
+    """Installed version of a distribution, or None when it is not installed."""
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 @lru_cache(maxsize=1)

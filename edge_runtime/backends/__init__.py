@@ -8,11 +8,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError
+from ..hostinfo import package_version
 from .base import Backend, TensorSpec
 
 
@@ -40,10 +40,7 @@ def installed_library(fmt: str) -> str | None:
         except (ImportError, ValueError):  # a broken install counts as missing
             found = False
         if found:
-            try:
-                return f"{dist} {version(dist)}"
-            except PackageNotFoundError:
-                return dist
+            return f"{dist} {ver}" if (ver := package_version(dist)) else dist
     return None
 
 

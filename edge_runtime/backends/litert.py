@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, ModelLoadError, first_line
+from ..hostinfo import package_version
 from .base import Backend, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -26,25 +27,16 @@ def _import_litert(path: Path) -> tuple[Any, Any, str]:
     try:
         from ai_edge_litert.interpreter import Interpreter, load_delegate
 
-        return Interpreter, load_delegate, f"ai-edge-litert {_version('ai-edge-litert')}"
+        return Interpreter, load_delegate, f"ai-edge-litert {package_version('ai-edge-litert') or '?'}"
     except ImportError:
         pass
     try:
         from tflite_runtime.interpreter import Interpreter, load_delegate
 
-        return Interpreter, load_delegate, f"tflite-runtime {_version('tflite-runtime')}"
+        return Interpreter, load_delegate, f"tflite-runtime {package_version('tflite-runtime') or '?'}"
     except ImportError:
         raise BackendUnavailableError(f"{path}: a tflite artifact needs ai-edge-litert or tflite-runtime, neither "
                                       f"is installed (pip install 'edge-runtime[tflite]')") from None
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
 
 
 def _spec(detail: dict[str, Any]) -> TensorSpec:
