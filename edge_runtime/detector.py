@@ -15,6 +15,7 @@ from .errors import ModelLoadError
 from .families import Family, make_family
 from .hostinfo import physical_cores
 from .manifest import Artifact, Manifest, load_manifest
+from .preprocess import ImageMeta
 
 
 def select_artifact(manifest: Manifest, backend: str, precision: str | None, threads: int) -> Artifact:
@@ -79,21 +80,34 @@ class Detector:
     def class_names(self) -> tuple[str, ...]:
         return self.manifest.class_names
 
+    def preprocess(self, image: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, ImageMeta]:
+        """One HxWx3 uint8 BGR image -> model input (written into ``out`` when given, see
+        ``new_input``) and the metadata that maps boxes back to the image."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be an HxWx3 uint8 BGR array, got {getattr(image, 'shape', image)!r}")
+        return self.family.preprocess(image, out)
+
+    def new_input(self) -> np.ndarray:
+        """A preallocated input buffer, so a pipeline can preprocess the next frame during inference."""
+        return self.family.preprocess.new_tensor()
+
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Run the backend on a prepared input tensor; outputs in the family's role order."""
         out = self.backend.run({self.input_name: tensor})
         return [out[name] for name in self.output_names]
 
+    def decode(self, outputs: list[np.ndarray], meta: ImageMeta) -> Detections:
+        """Raw outputs -> thresholded, class-wise NMS'd Detections in original-image pixels."""
+        return self.family.decode(outputs, meta)
+
     def __call__(self, image: np.ndarray) -> Detections:
         """Detect objects in one HxWx3 uint8 BGR image; per-stage times land in ``last_timings`` (ms)."""
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be an HxWx3 uint8 BGR array, got {getattr(image, 'shape', image)!r}")
         t0 = time.perf_counter()
-        tensor, meta = self.family.preprocess(image)
+        tensor, meta = self.preprocess(image)
         t1 = time.perf_counter()
         outputs = self.infer(tensor)
         t2 = time.perf_counter()
-        dets = self.family.decode(outputs, meta)
+        dets = self.decode(outputs, meta)
         t3 = time.perf_counter()
         self.last_timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
                              "postprocess": (t3 - t2) * 1e3}

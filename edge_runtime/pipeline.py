@@ -1,24 +1,46 @@
-"""Source -> Detector -> sinks (annotated images/video, JSON, window), with per-stage timing."""
+"""Source -> Detector -> sinks (annotated images/video, JSON, window, web view), with per-stage timing.
+
+Two schedules over the same per-frame stages (``_Stages``): ``sequential`` runs them one after the
+other; ``threaded`` (the default) overlaps them in three threads joined by one-slot queues:
+
+    reader: [rate limit] read + preprocess -> [1] -> inference: infer + decode -> [1] -> main: draw, write, show
+
+so the next frame is read and preprocessed while the current one is inferred, and the previous one is
+drawn and written. The one-slot queues bound what is in flight (three frames), so a live source's
+glass-to-result latency stays bounded: live sources drop stale frames in their capture thread.
+Drawing stays in the calling thread because OpenCV windows must be driven from it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
+from .detections import Detections
 from .detector import Detector
 from .draw import draw_detections, draw_fps
-from .sources import Source
-from .timing import StageTimes, format_table
+from .preprocess import ImageMeta
+from .sources import Frame, Source
+from .thermal import describe as describe_thermal
+from .thermal import thermal_state
+from .timing import StageTimes, format_table, summarize
 
 log = logging.getLogger(__name__)
 WINDOW = "edge-runtime"
+MODES = ("threaded", "sequential")
+#: ``on_result(annotated_frame, live_stats)``: called for every drawn frame (the web view uses it)
+ResultCallback = Callable[[np.ndarray, dict[str, Any]], None]
 
 
 def display_available() -> bool:
@@ -38,21 +60,32 @@ class RunSummary:
     stages: dict[str, dict[str, float]]
     detections: int
     outputs: dict[str, str] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)  # glass-to-result ms: capture -> drawn result
+    dropped: int = 0  # stale live frames skipped while the pipeline was busy
+    thermal: dict[str, Any] = field(default_factory=dict)  # cpu_temp_c / throttled, where the host reports them
+    mode: str = "sequential"
 
     @property
     def fps(self) -> float:
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
 
     def table(self) -> str:
-        rows = [[stage, s["mean"], s["median"], s["p90"]] for stage, s in self.stages.items()]
+        rows = [[stage, s["mean"], s["p50"], s["p95"]] for stage, s in self.stages.items()]
         total = sum(s["mean"] for s in self.stages.values())
         rows.append(["total", total, float("nan"), float("nan")])
-        text = format_table(["stage", "mean ms", "median ms", "p90 ms"], rows).replace("nan", "   ")
-        return f"{text}\n{self.frames} frames in {self.wall_s:.2f} s: {self.fps:.1f} FPS end to end"
+        text = format_table(["stage", "mean ms", "p50 ms", "p95 ms"], rows).replace("nan", "   ")
+        line = f"{self.frames} frames in {self.wall_s:.2f} s: {self.fps:.1f} FPS end to end ({self.mode})"
+        extras = [f"{self.dropped} stale frames dropped"] if self.dropped else []
+        extras += [describe_thermal(self.thermal)] if self.thermal else []
+        lines = [text, "; ".join([line, *extras])]
+        if self.latency.get("count"):
+            lines.append(f"glass-to-result latency: p50 {self.latency['p50']:.1f} ms, p95 {self.latency['p95']:.1f} ms")
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "wall_s": self.wall_s, "fps": self.fps, "detections": self.detections,
-                "stages_ms": self.stages, "outputs": self.outputs}
+        return {"frames": self.frames, "wall_s": self.wall_s, "fps": self.fps, "mode": self.mode,
+                "detections": self.detections, "dropped_frames": self.dropped, "stages_ms": self.stages,
+                "latency_ms": self.latency, **self.thermal, "outputs": self.outputs}
 
 
 class _VideoSink:
@@ -81,79 +114,284 @@ class _VideoSink:
             self.writer.release()
 
 
+class _Pacer:
+    """``max_fps``: spaces out reads; a pipeline that falls behind does not burst to catch up."""
+
+    def __init__(self, max_fps: float | None) -> None:
+        self.period = 1.0 / max_fps if max_fps else 0.0
+        self.next = 0.0
+
+    def wait(self) -> None:
+        if not self.period:
+            return
+        now = time.perf_counter()
+        if now < self.next:
+            time.sleep(self.next - now)
+            now = self.next
+        self.next = now + self.period
+
+
+@dataclass
+class _Job:
+    frame: Frame
+    tensor: np.ndarray
+    meta: ImageMeta
+
+
+class _Stages:
+    """The per-frame work, shared by both schedules. ``read``/``prepare`` run in the reader thread,
+    ``detect`` in the inference thread, ``finish`` in the caller's thread (sequentially: all in one)."""
+
+    def __init__(self, detector: Detector, source: Source, save_dir: Path | None, json_path: str | Path | None,
+                 show: bool, progress: bool, max_fps: float | None, on_result: ResultCallback | None) -> None:
+        self.detector, self.source = detector, source
+        self.save_dir, self.json_path, self.show, self.progress = save_dir, json_path, show, progress
+        self.on_result = on_result
+        self.pacer = _Pacer(max_fps)
+        self.times = StageTimes()
+        self.latency: list[float] = []
+        self.records: list[dict[str, Any]] = []
+        self.video = _VideoSink(save_dir / f"{Path(source.name).stem}_det", source.nominal_fps or 30.0) \
+            if save_dir and source.stream else None
+        self.frames = self.total_dets = 0
+        self.skipped = 0  # live frames preprocessed but replaced by a newer one before inference
+        self.fps_ema = 0.0
+        self.last = time.perf_counter()
+
+    def _timed(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.times.add(stage, (now - t0) * 1e3)
+        return now
+
+    def read(self, frames: Iterator[Frame]) -> Frame | None:
+        self.pacer.wait()
+        t0 = time.perf_counter()
+        frame = next(frames, None)
+        if frame is not None:
+            self._timed("read", t0)
+        return frame
+
+    def prepare(self, frame: Frame, out: np.ndarray | None) -> _Job:
+        t0 = time.perf_counter()
+        tensor, meta = self.detector.preprocess(frame.image, out)
+        self._timed("preprocess", t0)
+        return _Job(frame, tensor, meta)
+
+    def detect(self, job: _Job) -> tuple[Frame, Detections]:
+        t0 = time.perf_counter()
+        outputs = self.detector.infer(job.tensor)
+        t1 = self._timed("inference", t0)
+        dets = self.detector.decode(outputs, job.meta)
+        self._timed("postprocess", t1)
+        return job.frame, dets
+
+    def finish(self, frame: Frame, dets: Detections) -> bool:
+        """Draw, show, publish and write one result; False when the user asked to quit (q / Esc)."""
+        self.total_dets += len(dets)
+        if self.json_path:
+            self.records.append({"index": frame.index, "name": frame.name, "detections": dets.to_list()})
+        now = time.perf_counter()
+        rate = 1.0 / max(now - self.last, 1e-6)
+        self.fps_ema = rate if self.frames == 0 else 0.9 * self.fps_ema + 0.1 * rate
+        self.last = now
+        keep_going, canvas = True, None
+        if self.save_dir or self.show or self.on_result:
+            t0 = time.perf_counter()
+            canvas = draw_detections(frame.image.copy(), dets)
+            if self.source.stream:
+                draw_fps(canvas, self.fps_ema, (now - frame.timestamp) * 1e3)
+            self._timed("draw", t0)
+            if self.show:
+                cv2.imshow(WINDOW, canvas)
+                keep_going = cv2.waitKey(1) & 0xFF not in (27, ord("q"))
+        # glass to result: capture time to the moment the annotated frame (or, undrawn, the detections) exists
+        latency_ms = (time.perf_counter() - frame.timestamp) * 1e3
+        self.latency.append(latency_ms)
+        if self.on_result is not None and canvas is not None:
+            self.on_result(canvas, self.live_stats(frame, dets, latency_ms))
+        if self.save_dir and canvas is not None:
+            t0 = time.perf_counter()
+            if self.video is not None:
+                self.video.write(canvas)
+            else:
+                cv2.imwrite(str(self.save_dir / f"{Path(frame.name).stem}.jpg"), canvas)
+            self._timed("write", t0)
+        self.frames += 1
+        if self.progress:
+            of = f"/{self.source.length}" if self.source.length else ""
+            print(f"\r{self.frames}{of} frames  {self.fps_ema:5.1f} FPS", end="", file=sys.stderr, flush=True)
+        return keep_going
+
+    @property
+    def dropped(self) -> int:
+        return self.source.dropped + self.skipped
+
+    def live_stats(self, frame: Frame, dets: Detections, latency_ms: float) -> dict[str, Any]:
+        """What the web view shows while the run goes on: recent medians, not the whole history."""
+        recent = {stage: float(np.median(v[-30:])) for stage, v in list(self.times.samples.items()) if v}
+        return {"frame": frame.index, "frames": self.frames + 1, "fps": self.fps_ema,
+                "latency_ms": float(np.median(self.latency[-30:])) if self.latency else latency_ms,
+                "stages_ms": recent, "dropped_frames": self.dropped, "source": self.source.name,
+                "model": self.detector.manifest.name, "detections": dets.to_list()}
+
+
+def _run_sequential(stages: _Stages, frames: Iterator[Frame], max_frames: int | None) -> None:
+    while max_frames is None or stages.frames < max_frames:
+        frame = stages.read(frames)
+        if frame is None or not stages.finish(*stages.detect(stages.prepare(frame, None))):
+            break
+
+
+_END = object()  # end of stream, passed down the slots
+_EMPTY = object()
+
+
+class _Slot:
+    """A one-item hand-over between two threads; ``close`` wakes everyone (the run is stopping)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: object = _EMPTY
+        self._closed = False
+
+    def put(self, item: object) -> bool:
+        """Wait until the slot is free, then fill it; False when the run is stopping."""
+        with self._cond:
+            while self._item is not _EMPTY and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._item = item
+            self._cond.notify_all()
+            return True
+
+    def replace(self, item: object) -> object:
+        """Fill the slot at once, returning the item nobody took yet (``_EMPTY`` if none): the
+        newest frame wins, so a slow model never works on a stale one."""
+        with self._cond:
+            old, self._item = self._item, item
+            self._cond.notify_all()
+            return old
+
+    def get(self) -> object:
+        with self._cond:
+            while self._item is _EMPTY and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return _END
+            item, self._item = self._item, _EMPTY
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | None) -> None:
+    errors: list[BaseException] = []
+    prepared, detected = _Slot(), _Slot()
+    # in flight at most: one being preprocessed, one waiting, one in inference -> three input buffers,
+    # handed back after inference (a buffer is never rewritten while the backend reads it)
+    free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+    for _ in range(3):
+        free.put(stages.detector.new_input())
+    live = stages.source.live
+
+    def reader() -> None:
+        try:
+            count = 0
+            while max_frames is None or count < max_frames:
+                frame = stages.read(frames)
+                if frame is None:
+                    break
+                job = stages.prepare(frame, free.get())
+                count += 1
+                if not live:
+                    if not prepared.put(job):
+                        return
+                elif (stale := prepared.replace(job)) is not _EMPTY:
+                    free.put(stale.tensor)
+                    stages.skipped += 1
+                    count -= 1  # --max-frames counts frames processed, not frames skipped
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread, which raises it)
+            errors.append(exc)
+        prepared.put(_END)
+
+    def inference() -> None:
+        try:
+            while (job := prepared.get()) is not _END:
+                try:
+                    result = stages.detect(job)
+                finally:
+                    free.put(job.tensor)
+                if not detected.put(result):
+                    return
+        except BaseException as exc:  # noqa: BLE001 (as above)
+            errors.append(exc)
+        detected.put(_END)
+
+    threads = [threading.Thread(target=reader, name="pipeline-read", daemon=True),
+               threading.Thread(target=inference, name="pipeline-infer", daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        while (item := detected.get()) is not _END:
+            if not stages.finish(*item):
+                break
+    finally:
+        prepared.close()
+        detected.close()
+        if stages.source.live:  # wakes a reader waiting for the next camera frame
+            stages.source.close()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+
+
 def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None = None,
                  json_path: str | Path | None = None, show: bool = False, max_frames: int | None = None,
-                 progress: bool | None = None) -> RunSummary:
-    """Run ``detector`` on every frame of ``source``; returns timing and what was written.
+                 progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
+                 on_result: ResultCallback | None = None) -> RunSummary:
+    """Run ``detector`` on every frame of ``source`` (live sources: the newest frame each time);
+    returns timing and what was written.
 
-    Stages timed per frame: read, preprocess, inference, postprocess, draw, and write when saving.
+    Stages timed per frame: read, preprocess, inference, postprocess, draw and write (when drawing /
+    saving); glass-to-result latency from each frame's capture time. ``mode`` is "threaded" or
+    "sequential" (same detections, frame by frame); ``max_fps`` limits the rate; ``on_result``
+    receives every annotated frame with live statistics.
     """
-    times = StageTimes()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     save_dir = Path(save_dir) if save_dir else None
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
-    video = _VideoSink(save_dir / f"{Path(source.name).stem}_det", source.nominal_fps or 30.0) \
-        if save_dir and source.stream else None
-    records: list[dict[str, Any]] = []
-    progress = sys.stderr.isatty() if progress is None else progress
-    n = total_dets = 0
-    fps_ema = 0.0
-    start = last = time.perf_counter()
-    frames = iter(source)
+    stages = _Stages(detector, source, save_dir, json_path, show,
+                     sys.stderr.isatty() if progress is None else progress, max_fps, on_result)
+    start = time.perf_counter()
     try:
-        while max_frames is None or n < max_frames:
-            t0 = time.perf_counter()
-            frame = next(frames, None)
-            if frame is None:
-                break
-            times.add("read", (time.perf_counter() - t0) * 1e3)
-            dets = detector(frame.image)
-            times.update(detector.last_timings)
-            total_dets += len(dets)
-            if json_path:
-                records.append({"index": frame.index, "name": frame.name, "detections": dets.to_list()})
-            now = time.perf_counter()
-            fps_ema = 1.0 / max(now - last, 1e-6) if n == 0 else 0.9 * fps_ema + 0.1 / max(now - last, 1e-6)
-            last = now
-            if save_dir or show:
-                t0 = time.perf_counter()
-                canvas = draw_detections(frame.image.copy(), dets)
-                if source.stream:
-                    draw_fps(canvas, fps_ema, (now - frame.timestamp) * 1e3)
-                times.add("draw", (time.perf_counter() - t0) * 1e3)
-                if save_dir:
-                    t0 = time.perf_counter()
-                    if video is not None:
-                        video.write(canvas)
-                    else:
-                        cv2.imwrite(str(save_dir / f"{Path(frame.name).stem}.jpg"), canvas)
-                    times.add("write", (time.perf_counter() - t0) * 1e3)
-                if show:
-                    cv2.imshow(WINDOW, canvas)
-                    if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-                        break
-            n += 1
-            if progress:
-                of = f"/{source.length}" if source.length else ""
-                print(f"\r{n}{of} frames  {fps_ema:5.1f} FPS", end="", file=sys.stderr, flush=True)
+        (_run_threaded if mode == "threaded" else _run_sequential)(stages, iter(source), max_frames)
     finally:
         wall = time.perf_counter() - start
-        if progress:
+        if stages.progress:
             print(file=sys.stderr)
-        if video is not None:
-            video.close()
+        if stages.video is not None:
+            stages.video.close()
         source.close()
         if show:
             cv2.destroyAllWindows()
     outputs: dict[str, str] = {}
     if save_dir:
         outputs["save_dir"] = str(save_dir)
-    if video is not None and video.path is not None:
-        outputs["video"] = str(video.path)
+    if stages.video is not None and stages.video.path is not None:
+        outputs["video"] = str(stages.video.path)
     if json_path:
         json_path = Path(json_path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"package": str(detector.manifest.root), "artifact": detector.artifact.file,
-                                         "source": source.name, "frames": records}, indent=1))
+                                         "source": source.name, "frames": stages.records}, indent=1))
         outputs["json"] = str(json_path)
-    return RunSummary(n, wall, times.summary(), total_dets, outputs)
+    return RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
+                      latency=summarize(stages.latency), dropped=stages.dropped, thermal=thermal_state(), mode=mode)

@@ -49,11 +49,17 @@ class ImagePreprocessor:
         self._resized = np.empty((self.h, self.w, 3), np.uint8)
         self.nchw = spec.layout == "NCHW"
         shape = (1, 3, self.h, self.w) if self.nchw else (1, self.h, self.w, 3)
-        self._tensor = np.empty(shape, np.float32)
+        self.shape = shape
+        self._tensor = self.new_tensor()
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, ImageMeta]:
-        """``image``: HxWx3 uint8 BGR (as OpenCV reads it). Returns a tensor that is reused by the
-        next call (copy it to keep it) and the metadata to map boxes back."""
+    def new_tensor(self) -> np.ndarray:
+        """An empty model-input buffer, for callers that keep several frames in flight."""
+        return np.empty(self.shape, np.float32)
+
+    def __call__(self, image: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, ImageMeta]:
+        """``image``: HxWx3 uint8 BGR (as OpenCV reads it). Writes into ``out`` (from ``new_tensor``)
+        or else into an internal tensor that the next call reuses (copy it to keep it); returns the
+        tensor and the metadata to map boxes back. Not thread-safe: one caller per preprocessor."""
         ih, iw = image.shape[:2]
         m = resize_matrix((ih, iw), (self.h, self.w), self.spec.resize)
         if self.spec.resize == "resize":
@@ -62,9 +68,10 @@ class ImagePreprocessor:
             cv2.warpAffine(image, m, (self.w, self.h), dst=self._resized, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         # per-plane multiply-add on contiguous planes: ~5x faster than broadcasting over HxWx3
+        tensor = self._tensor if out is None else out
         planes = cv2.split(self._resized)
         for c, src in enumerate(self._src):
-            dst = self._tensor[0, c] if self.nchw else self._tensor[0, :, :, c]
+            dst = tensor[0, c] if self.nchw else tensor[0, :, :, c]
             np.multiply(planes[src], self._scale[c], out=dst)
             dst += self._bias[c]
-        return self._tensor, ImageMeta(ih, iw, cv2.invertAffineTransform(m))
+        return tensor, ImageMeta(ih, iw, cv2.invertAffineTransform(m))

@@ -1,4 +1,5 @@
-"""Frame sources: image file, folder of images, video file, camera index, RTSP/HTTP stream.
+"""Frame sources: image file, folder of images, video file, camera index, RTSP/HTTP stream,
+Raspberry Pi camera (picamera2).
 
 Live sources (camera, stream) read in their own thread and keep only the newest frame, so a slow
 model never works on a backlog of stale frames. A live source that stops delivering is reopened a
@@ -11,14 +12,14 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
-from .errors import SourceError
+from .errors import SourceError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,15 @@ class Source(ABC):
     @abstractmethod
     def __iter__(self) -> Iterator[Frame]: ...
 
+    @property
+    def dropped(self) -> int:
+        """Frames that arrived while the consumer was busy and were skipped (live sources only)."""
+        return 0
+
     def close(self) -> None:
         """Release devices and threads."""
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -147,7 +153,11 @@ class LatestFrameReader:
                 return False
             log.warning("%s: no frame, reconnecting (%d/%d)", self.name, attempt, self._attempts)
             time.sleep(self._delay)
-            cap = self._open()
+            try:
+                cap = self._open()
+            except Exception as exc:  # noqa: BLE001 (e.g. picamera2 raising while the camera is unplugged: keep trying)
+                log.debug("%s: reopen failed: %s", self.name, first_line(exc))
+                continue
             if cap is not None and cap.isOpened():
                 self._cap = cap
                 self.reconnects += 1
@@ -196,14 +206,19 @@ class LatestFrameReader:
 
 
 class LiveSource(Source):
-    """Camera index or network stream through ``LatestFrameReader``."""
+    """Camera index or network stream (or any capture-like opener) through ``LatestFrameReader``."""
 
     live = True
     stream = True
 
-    def __init__(self, target: int | str, name: str, **reader_options) -> None:
+    def __init__(self, target: int | str, name: str, open_capture: Callable[[], cv2.VideoCapture] | None = None,
+                 **reader_options) -> None:
         self.name = name
-        self.reader = LatestFrameReader(lambda: cv2.VideoCapture(target), name, **reader_options)
+        self.reader = LatestFrameReader(open_capture or (lambda: cv2.VideoCapture(target)), name, **reader_options)
+
+    @property
+    def dropped(self) -> int:
+        return self.reader.dropped
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
@@ -218,8 +233,52 @@ class LiveSource(Source):
         self.reader.close()
 
 
+class PicameraCapture:
+    """The Raspberry Pi camera through picamera2, shaped like ``cv2.VideoCapture`` for the reader."""
+
+    def __init__(self, size: tuple[int, int] = (640, 480)) -> None:
+        # Raspberry Pi OS only: imported when --source picam is asked for
+        from picamera2 import Picamera2
+
+        self.camera = Picamera2()
+        # libcamera's "RGB888" is B, G, R in memory: the order OpenCV uses
+        self.camera.configure(self.camera.create_video_configuration(main={"size": size, "format": "RGB888"}))
+        self.camera.start()
+        self._open = True
+
+    def isOpened(self) -> bool:  # cv2.VideoCapture's name
+        return self._open
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        try:
+            return True, self.camera.capture_array("main")
+        except RuntimeError:
+            return False, None
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            self.camera.stop()
+            self.camera.close()
+
+
+def open_picamera() -> LiveSource:
+    """``--source picam``: the Pi camera module, or one clear line saying what to install."""
+    try:
+        import picamera2  # noqa: F401
+    except ImportError:
+        raise SourceError("picam: picamera2 is not installed (on Raspberry Pi OS: sudo apt install python3-picamera2, "
+                          "and create the venv with --system-site-packages)") from None
+    try:
+        return LiveSource("picam", "picam", open_capture=PicameraCapture)
+    except (RuntimeError, IndexError) as exc:  # picamera2 raises these when no camera is attached
+        raise SourceError(f"picam: cannot be opened ({first_line(exc)})") from None
+
+
 def open_source(spec: str) -> Source:
-    """Open what a user typed after ``--source``: a path, a folder, a camera index or a URL."""
+    """Open what a user typed after ``--source``: a path, a folder, a camera index, a URL or picam."""
+    if spec == "picam":
+        return open_picamera()
     if spec.isdigit():
         try:
             return LiveSource(int(spec), f"camera {spec}")

@@ -28,9 +28,10 @@ class StageTimes:
 def summarize(values: Sequence[float]) -> dict[str, float]:
     arr = np.asarray(values, np.float64)
     if arr.size == 0:
-        return {"count": 0, "mean": 0.0, "median": 0.0, "p90": 0.0, "min": 0.0}
-    return {"count": int(arr.size), "mean": float(arr.mean()), "median": float(np.median(arr)),
-            "p90": float(np.percentile(arr, 90)), "min": float(arr.min())}
+        return {"count": 0, "mean": 0.0, "median": 0.0, "p50": 0.0, "p90": 0.0, "p95": 0.0, "min": 0.0}
+    p50, p90, p95 = (float(v) for v in np.percentile(arr, [50, 90, 95]))
+    return {"count": int(arr.size), "mean": float(arr.mean()), "median": p50, "p50": p50, "p90": p90, "p95": p95,
+            "min": float(arr.min())}
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
