@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   edge-runtime run pkg/ --source street.jpg --save out/ --json out/dets.json
   edge-runtime run pkg/ --source video.avi --save out/      # annotated video + FPS summary
   edge-runtime run pkg/ --source 0                           # webcam window with FPS overlay
+  edge-runtime run pkg/ --source 0 --serve 8080              # headless: live view at http://127.0.0.1:8080/
+  edge-runtime export --model nanodet-plus-m --weights official --out pkg/   # download the official checkpoint
   edge-runtime bench pkg/ --json bench.json
 """
 
@@ -77,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load an official checkpoint strictly (weights only, no pickled code), export "
                                    "a simplified FP32 ONNX graph, check it against torch and write manifest.json.")
     p.add_argument("--model", required=True, help="nanodet-plus-m, nanodet-plus-m-1.5x, nanodet-m, yolo-fastestv2")
-    p.add_argument("--weights", required=True, help=".ckpt (NanoDet) or .pth (state_dict) checkpoint")
+    p.add_argument("--weights", required=True,
+                   help=".ckpt (NanoDet) or .pth (state_dict) checkpoint; 'official' downloads the model's official "
+                        "COCO checkpoint for --imgsz (cached, sha256-checked), 'official:NAME' a named one "
+                        "(see 'edge-runtime fetch --list')")
     p.add_argument("--imgsz", type=int, default=None, help="square input size [model default: 416/320/352]")
     p.add_argument("--out", required=True, help="package folder to write")
     p.add_argument("--classes", default=None,
@@ -119,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold [manifest's]")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--summary-json", default=None, metavar="FILE", help="write the timing summary as JSON")
+    p.add_argument("--max-fps", type=float, default=None, metavar="N",
+                   help="read at most N frames a second (live sources drop the frames in between) [no limit]")
+    p.add_argument("--pipeline", choices=["threaded", "sequential"], default="threaded",
+                   help="threaded: read/preprocess, inference and drawing overlap; sequential: one after the "
+                        "other [threaded]")
+    p.add_argument("--serve", default=None, metavar="[HOST:]PORT",
+                   help="live web view of the annotated stream and statistics; PORT alone binds 127.0.0.1, "
+                        "other interfaces must be named (0.0.0.0:8080)")
+
+    p = sub.add_parser("fetch", help="download official pretrained weights into the cache (host)",
+                       description="Download official checkpoints (sha256-verified, cached in $EDGE_RUNTIME_CACHE or "
+                                   "~/.cache/edge-runtime) and print their paths.")
+    p.add_argument("names", nargs="*", help="names from --list")
+    p.add_argument("--list", action="store_true", help="list the registered official weights")
+
 
     p = sub.add_parser("bench", help="latency table of every artifact in a package",
                        description="Measure each artifact (warm-up, then timed runs): median/p90 latency, FPS, "
@@ -154,7 +174,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.opset < 13:
         raise EdgeRuntimeError(f"--opset {args.opset}: use 13 or newer")
     try:
-        manifest = export_package(args.model, args.weights, args.out, imgsz=args.imgsz, classes=args.classes,
+        weights = _official_weights(args) if args.weights.split(":")[0] == "official" else args.weights
+        manifest = export_package(args.model, weights, args.out, imgsz=args.imgsz, classes=args.classes,
                                   resize=args.resize, opset=args.opset, simplify=not args.no_simplify,
                                   progress=_progress)
     except ValueError as exc:  # unknown model name and similar argument errors
@@ -164,6 +185,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"package {manifest.root}: {manifest.name} ({len(manifest.class_names)} classes), input "
           f"{list(manifest.input.shape)}, {art.file} max|diff| vs torch {parity['max_abs_diff']:.2e}, "
           f"cosine {parity['cosine']:.6f}")
+    return 0
+
+
+def _official_weights(args: argparse.Namespace) -> Path:
+    """``--weights official[:NAME]`` -> the cached (downloaded when missing) checkpoint."""
+    from converters.official import fetch, resolve
+
+    entry = resolve(args.weights, args.model, args.imgsz)
+    _progress(f"official weights {entry.name}: {entry.description}")
+    return fetch(entry, progress=sys.stderr.isatty())[0]
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    try:
+        from converters.official import OFFICIAL, cached_path, fetch
+    except ImportError as exc:
+        raise EdgeRuntimeError(f"fetch needs the host tool chain ({exc.name} is missing): "
+                               f"pip install 'edge-runtime[convert]'") from None
+    from .timing import format_table
+
+    if args.list or not args.names:
+        rows = [[w.name, w.model or "(fetch only)", w.imgsz or "", "published" if all(f.sha256 for f in w.files)
+                 else "first use", "yes" if all(cached_path(w, f).exists() for f in w.files) else "no"]
+                for w in OFFICIAL.values()]
+        print(format_table(["name", "--model", "imgsz", "sha256", "cached"], rows))
+        return 0
+    unknown = [n for n in args.names if n not in OFFICIAL]
+    if unknown:
+        raise EdgeRuntimeError(f"{unknown[0]}: unknown official weights (known: {', '.join(OFFICIAL)})")
+    for name in args.names:
+        for path in fetch(OFFICIAL[name], progress=sys.stderr.isatty()):
+            print(path)
     return 0
 
 
@@ -192,21 +245,33 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
     from .detector import Detector
     from .pipeline import display_available, run_pipeline
     from .sources import open_source
 
-    backend, precision, threads = _runtime_choice(args)
-    detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
-                        options=_backend_options(args), score_threshold=args.conf, nms_iou=args.iou)
-    source = open_source(args.source)
-    show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
-    if args.show == "yes" and not display_available():
-        log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
-        show = False
-    print(f"{detector.describe()}\nsource: {args.source}{' (window)' if show else ''}", file=sys.stderr)
-    summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
-                           max_frames=args.max_frames)
+    if args.max_fps is not None and args.max_fps <= 0:
+        raise EdgeRuntimeError(f"--max-fps {args.max_fps:g}: must be above 0")
+    with ExitStack() as cleanup:
+        server = None
+        if args.serve:  # bind first: a busy port fails before the model and camera are opened
+            from .serve import FrameServer, parse_address
+
+            server = cleanup.enter_context(FrameServer(parse_address(args.serve)))
+            print(f"live view: {server.url}", file=sys.stderr, flush=True)
+        backend, precision, threads = _runtime_choice(args)
+        detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
+                            options=_backend_options(args), score_threshold=args.conf, nms_iou=args.iou)
+        source = open_source(args.source)
+        show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
+        if args.show == "yes" and not display_available():
+            log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
+            show = False
+        print(f"{detector.describe()}\nsource: {args.source}{' (window)' if show else ''}", file=sys.stderr)
+        summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
+                               max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
+                               on_result=server.publish if server else None)
     print(summary.table())
     for kind, path in summary.outputs.items():
         print(f"{kind}: {path}")
@@ -263,7 +328,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "targets": cmd_targets, "info": cmd_info}
+COMMANDS = {"export": cmd_export, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "targets": cmd_targets, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

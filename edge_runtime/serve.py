@@ -1,0 +1,182 @@
+"""Live web view for a headless device: the annotated stream as MJPEG plus live statistics.
+
+Standard library only (``http.server``). Routes: ``/`` (a page showing both), ``/stream.mjpg``
+(multipart/x-mixed-replace JPEG frames: always the newest frame, never a backlog) and
+``/stats.json``. Binds to 127.0.0.1 unless another address is given explicitly.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+import cv2
+import numpy as np
+
+from .errors import EdgeRuntimeError
+from .thermal import thermal_state
+
+log = logging.getLogger(__name__)
+DEFAULT_HOST = "127.0.0.1"
+BOUNDARY = "edge-runtime-frame"
+JPEG_QUALITY = 80
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>edge-runtime</title>
+<style>body{font-family:sans-serif;margin:1em;background:#111;color:#eee}img{max-width:100%}
+pre{font-size:14px}</style></head>
+<body><img src="/stream.mjpg" alt="live stream"><pre id="stats">waiting for the first frame...</pre>
+<script>
+async function poll() {
+  try {
+    const s = await (await fetch("/stats.json", {cache: "no-store"})).json();
+    const stages = Object.entries(s.stages_ms || {}).map(([k, v]) => k + " " + v.toFixed(1) + " ms").join(", ");
+    const dets = (s.detections || []).map(d => d.label + " " + d.score.toFixed(2)).join(", ");
+    document.getElementById("stats").textContent = (s.model || "") + " on " + (s.source || "") + "\\n" +
+      (s.fps || 0).toFixed(1) + " FPS, latency " + (s.latency_ms || 0).toFixed(1) + " ms, dropped " +
+      (s.dropped_frames || 0) + (s.cpu_temp_c !== undefined ? ", CPU " + s.cpu_temp_c + " C" : "") + "\\n" +
+      stages + "\\n" + dets;
+  } catch (e) { document.getElementById("stats").textContent = "run ended"; }
+}
+setInterval(poll, 1000); poll();
+</script></body></html>
+"""
+
+
+def parse_address(spec: str) -> tuple[str, int]:
+    """``--serve`` value -> (host, port): ``8080`` means 127.0.0.1:8080; any other interface
+    (``0.0.0.0:8080``) has to be named explicitly."""
+    host, _, port = spec.rpartition(":")
+    host = host.strip("[]") or DEFAULT_HOST
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise EdgeRuntimeError(f"--serve {spec}: expected PORT or HOST:PORT (e.g. 8080 or 0.0.0.0:8080)")
+    return host, int(port)
+
+
+class FrameServer:
+    """Holds the newest annotated frame and statistics; serves them over HTTP in its own threads.
+
+    >>> with FrameServer(("127.0.0.1", 8080)) as server:
+    ...     run_pipeline(detector, source, on_result=server.publish)
+    """
+
+    def __init__(self, address: tuple[str, int] = (DEFAULT_HOST, 8080)) -> None:
+        self._cond = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._seq = 0
+        self._jpeg: tuple[int, bytes] = (0, b"")
+        self._stats: dict[str, Any] = {}
+        self._closed = False
+        try:
+            self.httpd = ThreadingHTTPServer(address, self._handler_class())
+        except OSError as exc:
+            what = "address already in use (another program listens there; pick another port)" \
+                if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            raise EdgeRuntimeError(f"--serve {address[0]}:{address[1]}: {what}") from None
+        self.httpd.daemon_threads = True  # a viewer left open must not keep the process alive
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="web-view", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def publish(self, frame: np.ndarray, stats: dict[str, Any]) -> None:
+        """The pipeline's ``on_result``: keep the newest frame (encoded only when a viewer asks)."""
+        with self._cond:
+            self._frame, self._stats = frame, stats
+            self._seq += 1
+            self._cond.notify_all()
+
+    def next_jpeg(self, after: int, timeout: float = 1.0) -> tuple[int, bytes] | None:
+        """The newest frame newer than sequence number ``after`` as JPEG; None on timeout or close.
+        Each frame is encoded once, whatever the number of viewers."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._seq > after or self._closed, timeout) or self._closed:
+                return None
+            seq, frame = self._seq, self._frame
+            if self._jpeg[0] == seq:
+                return self._jpeg
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            return None
+        with self._cond:
+            if seq >= self._jpeg[0]:
+                self._jpeg = (seq, buf.tobytes())
+        return seq, buf.tobytes()
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            stats = dict(self._stats)
+        return {**stats, **thermal_state()}
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop serving: open streams end, the listening socket closes."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=2.0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # the base class's signature
+                log.debug("web view: " + format, *args)
+
+            def _send(self, body: bytes, content_type: str) -> None:
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # http.server's name
+                path = self.path.split("?", 1)[0]
+                if path == "/":
+                    self._send(PAGE.encode(), "text/html; charset=utf-8")
+                elif path == "/stats.json":
+                    self._send(json.dumps(server.stats()).encode(), "application/json")
+                elif path == "/stream.mjpg":
+                    self._stream()
+                else:
+                    self.send_error(HTTPStatus.NOT_FOUND)
+
+            def _stream(self) -> None:
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                seq = 0
+                try:
+                    while not server.closed:
+                        item = server.next_jpeg(seq)
+                        if item is None:
+                            continue
+                        seq, jpeg = item
+                        self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                                         f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):  # the viewer closed the page
+                    pass
+
+        return Handler
