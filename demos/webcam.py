@@ -3,17 +3,15 @@
     python demos/webcam.py pkg/            # camera 0
     python demos/webcam.py pkg/ video.avi  # any source `edge-runtime run` accepts
 
-Press q or Esc to quit. Without a display it prints the detections instead.
+With a display: a window (press q or Esc to quit). Headless (a Raspberry Pi over ssh): the annotated
+stream and live statistics at http://127.0.0.1:8080/ (Ctrl-C to stop).
 """
 
 import sys
-import time
-
-import cv2
 
 from edge_runtime import Detector, EdgeRuntimeError
-from edge_runtime.draw import draw_detections, draw_fps
-from edge_runtime.pipeline import display_available
+from edge_runtime.pipeline import display_available, run_pipeline
+from edge_runtime.serve import FrameServer
 from edge_runtime.sources import open_source
 
 
@@ -21,19 +19,12 @@ def main(package: str, source: str = "0") -> None:
     detector = Detector(package)
     print(detector.describe())
     window = display_available()
-    fps, last = 0.0, time.perf_counter()
-    with open_source(source) as frames:
-        for frame in frames:
-            dets = detector(frame.image)
-            now = time.perf_counter()
-            fps, last = 0.9 * fps + 0.1 / (now - last), now
-            if not window:
-                print(f"{frame.name}: {fps:5.1f} FPS", ", ".join(f"{d['label']} {d['score']:.2f}" for d in dets.to_list()))
-                continue
-            canvas = draw_fps(draw_detections(frame.image, dets), fps, (now - frame.timestamp) * 1e3)
-            cv2.imshow("edge-runtime demo", canvas)
-            if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-                break
+    with FrameServer(("127.0.0.1", 8080)) as server:
+        if not window:
+            print(f"live view: {server.url}")
+        # threaded: the next frame is read while this one is inferred and drawn; stale camera frames are dropped
+        summary = run_pipeline(detector, open_source(source), show=window, on_result=server.publish)
+    print(summary.table())
 
 
 if __name__ == "__main__":
@@ -43,3 +34,5 @@ if __name__ == "__main__":
         main(*sys.argv[1:3])
     except EdgeRuntimeError as exc:
         sys.exit(f"error: {exc}")
+    except KeyboardInterrupt:
+        pass
