@@ -119,11 +119,15 @@ class YoloFastestV2(nn.Module):
 
     strides = (16, 32)
 
-    def __init__(self, num_classes: int = 80, anchor_num: int = 3) -> None:
+    def __init__(self, num_classes: int = 80, anchor_num: int = 3,
+                 anchors: tuple[tuple[float, float], ...] = COCO_ANCHORS) -> None:
         super().__init__()
         out_depth = 72
         self.num_classes = num_classes
         self.anchor_num = anchor_num
+        # (w, h) in input pixels, anchor_num per level, stride-16 level first; not weights, so a
+        # model trained on other data carries its own anchors into the manifest through the spec
+        self.anchors = anchors
         self.backbone = ShuffleNetV2()
         self.fpn = LightFPN(96 + 192, 192, out_depth)
         self.output_reg_layers = nn.Conv2d(out_depth, 4 * anchor_num, 1)
