@@ -17,7 +17,14 @@ import pytest
 from test_cli import assert_one_line_error, run_cli
 
 from converters.download import DownloadError
-from converters.official import CACHE_ENV, MIRROR_ENV, OFFICIAL, cached_path, fetch, resolve
+from converters.official import (
+    CACHE_ENV,
+    MIRROR_ENV,
+    OFFICIAL,
+    cached_path,
+    fetch,
+    resolve,
+)
 
 YFV2 = "weights/yolo-fastestv2/coco2017-0.241078ap-model.pth"
 NANODET = "weights/nanodet-plus-m/nanodet-plus-m_coco.ckpt"
