@@ -49,21 +49,26 @@ def default_class_names(num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def export_package(model: str, weights: str | Path, out: str | Path, imgsz: int | None = None,
+def export_package(model: str, weights: str | Path | None, out: str | Path, imgsz: int | None = None,
                    classes: str | Path | None = None, resize: str | None = None, opset: int = DEFAULT_OPSET,
                    simplify: bool = True, progress: Callable[[str], None] = lambda msg: None) -> Manifest:
     """Build ``model`` from ``weights``, export FP32 ONNX to ``out/model.onnx`` and write the manifest.
 
     The exported graph is checked against torch on a random input before the manifest is written;
-    its max abs diff and cosine are recorded in the artifact entry.
+    its max abs diff and cosine are recorded in the artifact entry. ``weights`` None: the model's
+    bundled checkpoint (``demo-shapes``).
     """
     spec = get_spec(model)
+    if weights is None:
+        if spec.weights is None:
+            raise CheckpointError(f"{model}: has no bundled weights; pass a checkpoint (--weights)")
+        weights = spec.weights
     imgsz = imgsz or spec.default_imgsz
     if resize is not None and resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}")
     progress(f"loading {weights}")
     net, num_classes = load_model(spec, weights)
-    names = read_class_names(classes) if classes else default_class_names(num_classes)
+    names = read_class_names(classes) if classes else list(spec.class_names or default_class_names(num_classes))
     if len(names) != num_classes:
         raise CheckpointError(f"{classes}: lists {len(names)} class names, the checkpoint has {num_classes} classes")
     deploy = spec.deploy(net).eval()

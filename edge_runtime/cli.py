@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load an official checkpoint strictly (weights only, no pickled code), export "
                                    "a simplified FP32 ONNX graph, check it against torch and write manifest.json.")
     p.add_argument("--model", required=True, help="nanodet-plus-m, nanodet-plus-m-1.5x, nanodet-m, yolo-fastestv2")
-    p.add_argument("--weights", required=True,
-                   help=".ckpt (NanoDet) or .pth (state_dict) checkpoint; 'official' downloads the model's official "
+    p.add_argument("--weights", default=None,
+                   help="[the bundled file for demo-shapes] .ckpt (NanoDet) or .pth (state_dict) checkpoint; 'official' downloads the model's official "
                         "COCO checkpoint for --imgsz (cached, sha256-checked), 'official:NAME' a named one "
                         "(see 'edge-runtime fetch --list')")
     p.add_argument("--imgsz", type=int, default=None, help="square input size [model default: 416/320/352]")
@@ -155,6 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("targets", help="list the target profiles (targets/*.toml)")
     p.add_argument("--json", action="store_true", help="print them as JSON")
 
+    p = sub.add_parser("demo", help="offline demo: the bundled shapes detector on a generated clip, FPS per backend",
+                       description="Build the bundled demo-shapes package (FP32 + INT8 ONNX; OpenVINO and TFLite when "
+                                   "installed), generate a 10 s clip, run it through every artifact, print the FPS "
+                                   "table and write an annotated video with the fastest. No download, no fixtures.")
+    p.add_argument("--out", default="demo_out", help="folder for the package, clip and annotated video; a package "
+                                                    "already there is reused [demo_out]")
+    p.add_argument("--source", default=None,
+                   help="camera index (0), video or stream instead of the generated clip (a window shows the result "
+                        "when a display exists)")
+    p.add_argument("--to", default="onnx,openvino,tflite",
+                   help="formats to build and time, where their tools are installed [onnx,openvino,tflite]")
+    p.add_argument("--precision", default="fp32,int8", help="precisions, comma-separated [fp32,int8]")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per timed run [the whole clip or video; 150 for a camera or stream]")
+    p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
+    p.add_argument("--show", choices=["auto", "yes", "no"], default="auto",
+                   help="window for the annotated run: auto = for a camera or stream when a display exists [auto]")
+
     p = sub.add_parser("info", help="show what a package holds (model, input, artifacts, versions)")
     p.add_argument("package", help="package folder")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -174,7 +192,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.opset < 13:
         raise EdgeRuntimeError(f"--opset {args.opset}: use 13 or newer")
     try:
-        weights = _official_weights(args) if args.weights.split(":")[0] == "official" else args.weights
+        weights = _official_weights(args) if (args.weights or "").split(":")[0] == "official" else args.weights
         manifest = export_package(args.model, weights, args.out, imgsz=args.imgsz, classes=args.classes,
                                   resize=args.resize, opset=args.opset, simplify=not args.no_simplify,
                                   progress=_progress)
@@ -312,6 +330,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .pipeline import display_available
+
+    live = args.source is not None and (args.source.isdigit() or "://" in args.source or args.source == "picam")
+    show = args.show == "yes" or (args.show == "auto" and live)
+    if show and not display_available():
+        if args.show == "yes":
+            log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
+        show = False
+    table, outputs = run_demo(args.out, args.source, _split_list(args.to), _split_list(args.precision), args.frames,
+                              args.threads, show, progress=_progress)
+    print(table)
+    for kind, path in outputs.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -328,7 +368,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "targets": cmd_targets, "info": cmd_info}
+COMMANDS = {"export": cmd_export, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "targets": cmd_targets, "info": cmd_info,
+            "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

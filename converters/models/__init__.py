@@ -8,12 +8,14 @@ device without any Python model code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
+from ..demo_data import CLASS_NAMES as SHAPE_CLASSES
 from .nanodet import NanoDet, NanoDetDeploy, build_nanodet_plus, build_nanodet_v1
-from .yolo_fastest_v2 import COCO_ANCHORS, YoloFastestV2, YoloFastestV2Deploy
+from .yolo_fastest_v2 import YoloFastestV2, YoloFastestV2Deploy
 
 NANODET_MEAN = (103.53, 116.28, 123.675)
 NANODET_STD = (57.375, 57.12, 58.395)
@@ -34,6 +36,8 @@ class ModelSpec:
     color: str = "BGR"
     postprocess: dict[str, float] = field(default_factory=lambda: {
         "score_threshold": 0.35, "nms_iou": 0.6, "max_detections": 100, "multi_label": True})
+    class_names: tuple[str, ...] | None = None  # when the checkpoint's classes are known (bundled models)
+    weights: Path | None = None  # bundled default checkpoint: export needs no --weights
 
     def num_classes_from(self, state_dict: dict[str, Any]) -> int:
         """The class count a checkpoint was trained with, read from its classifier weights."""
@@ -50,11 +54,20 @@ def _nanodet_decoder(center_offset: float) -> Callable[[nn.Module], dict[str, An
 
 
 def _yolo_fastest_v2_decoder(model: YoloFastestV2) -> dict[str, Any]:
-    return {"strides": list(model.strides), "anchors": [list(a) for a in COCO_ANCHORS],
+    return {"strides": list(model.strides), "anchors": [list(a) for a in model.anchors],
             "anchor_num": model.anchor_num, "score_in_graph": "sigmoid(obj)*softmax(cls)",
             "box_in_graph": "sigmoid"}
 
 
+# k-means (IoU distance) of the boxes of 1500 generated training images, in 192x192 input pixels
+SHAPE_ANCHORS = ((22, 26), (23, 33), (29, 38), (37, 49), (46, 62), (59, 78))
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+_YOLO_FASTEST_V2_COMMON = dict(family="yolo-fastestv2", deploy=YoloFastestV2Deploy, mean=(0.0, 0.0, 0.0),
+                               std=(255.0, 255.0, 255.0), resize="resize", output_names=("scores", "box_sigmoid"),
+                               decoder=_yolo_fastest_v2_decoder,
+                               postprocess={"score_threshold": 0.3, "nms_iou": 0.4, "max_detections": 100,
+                                            "multi_label": False})
 _NANODET_COMMON = dict(family="nanodet", deploy=NanoDetDeploy, mean=NANODET_MEAN, std=NANODET_STD,
                        output_names=("scores", "distances"))
 
@@ -69,12 +82,12 @@ MODELS: dict[str, ModelSpec] = {
     "nanodet-m": ModelSpec(name="nanodet-m", build=lambda nc: build_nanodet_v1(nc, "1.0x", 96),
                            default_imgsz=320, resize="warp_affine_keep_ratio", decoder=_nanodet_decoder(0.0),
                            **_NANODET_COMMON),
-    "yolo-fastestv2": ModelSpec(name="yolo-fastestv2", family="yolo-fastestv2", build=lambda nc: YoloFastestV2(nc),
-                                deploy=YoloFastestV2Deploy, default_imgsz=352, mean=(0.0, 0.0, 0.0),
-                                std=(255.0, 255.0, 255.0), resize="resize", output_names=("scores", "box_sigmoid"),
-                                decoder=_yolo_fastest_v2_decoder,
-                                postprocess={"score_threshold": 0.3, "nms_iou": 0.4, "max_detections": 100,
-                                             "multi_label": False}),
+    "yolo-fastestv2": ModelSpec(name="yolo-fastestv2", build=lambda nc: YoloFastestV2(nc), default_imgsz=352,
+                                **_YOLO_FASTEST_V2_COMMON),
+    # trained by this project on generated shapes (python -m converters.demo_model train): works offline
+    "demo-shapes": ModelSpec(name="demo-shapes", build=lambda nc: YoloFastestV2(nc, anchors=SHAPE_ANCHORS),
+                             default_imgsz=192, class_names=SHAPE_CLASSES,
+                             weights=ASSETS / "yolo-fastestv2-shapes.pth", **_YOLO_FASTEST_V2_COMMON),
 }
 
 

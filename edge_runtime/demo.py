@@ -1,0 +1,129 @@
+"""``edge-runtime demo``: the bundled shapes detector, end to end, with no download and no fixtures.
+
+Builds the ``demo-shapes`` package once (FP32 ONNX + INT8 ONNX, and OpenVINO / TFLite when their
+tool chains are installed; calibration images from the generator), writes the generated clip,
+runs the clip (or a camera) through every artifact for an FPS table, then writes an annotated
+video with the fastest one (or shows it in a window for a camera). Building needs the host tool
+chain (torch); a package already built in the output folder is reused without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from .detector import Detector
+from .errors import BackendUnavailableError, EdgeRuntimeError
+from .manifest import Manifest, load_manifest, sha256_file
+from .pipeline import RunSummary, run_pipeline
+from .sources import open_source
+from .timing import format_table
+
+log = logging.getLogger(__name__)
+MODEL = "demo-shapes"
+CALIBRATION_IMAGES = 32
+# a format is built only when the libraries its converter needs are importable
+TOOLCHAINS = {"onnx": ("onnxruntime",), "openvino": ("openvino", "nncf"), "tflite": ("onnx2tf", "tensorflow")}
+
+
+def available_formats(wanted: list[str]) -> list[str]:
+    unknown = [f for f in wanted if f not in TOOLCHAINS]
+    if unknown:
+        raise EdgeRuntimeError(f"unknown format {unknown}; choose from {', '.join(TOOLCHAINS)}")
+    usable = [f for f in wanted if all(importlib.util.find_spec(m) for m in TOOLCHAINS[f])]
+    for f in set(wanted) - set(usable):
+        log.warning("skipping %s: %s not installed", f, " and ".join(TOOLCHAINS[f]))
+    return usable
+
+
+def build_package(root: Path, formats: list[str], precisions: list[str],
+                  progress: Callable[[str], None]) -> Manifest:
+    """The demo package under ``root/package``, exported/converted only where artifacts are missing."""
+    package = root / "package"
+    manifest = load_manifest(package) if (package / "manifest.json").is_file() else None
+    missing = [(f, p) for f in formats for p in precisions if (f, p) != ("onnx", "fp16")
+               and (manifest is None or not any(a.format == f and a.precision == p for a in manifest.artifacts))]
+    if manifest is not None and not missing:
+        return manifest
+    try:
+        from converters.convert import convert_package
+        from converters.demo_data import write_split
+        from converters.export_onnx import export_package
+        from converters.models import get_spec
+    except ImportError as exc:
+        raise EdgeRuntimeError(f"building the demo package needs the host tool chain ({exc.name} is missing): "
+                               f"pip install 'edge-runtime[convert]'") from None
+    bundled = get_spec(MODEL).weights
+    if manifest is None or manifest.produced_by.get("source_sha256") != sha256_file(bundled):
+        progress(f"exporting the bundled {MODEL} model to {package}")
+        manifest = export_package(MODEL, None, package, progress=progress)
+        missing = [(f, p) for f, p in missing if (f, p) != ("onnx", "fp32")]
+    if missing:
+        calib = root / "calibration"
+        if not (calib / "train").is_dir():
+            write_split(calib, "train", CALIBRATION_IMAGES)
+        for fmt in dict.fromkeys(f for f, _ in missing):
+            manifest = convert_package(package, [fmt], [p for f, p in missing if f == fmt], calib=calib / "train",
+                                       calib_size=CALIBRATION_IMAGES, progress=progress)
+    return manifest
+
+
+def demo_clip(root: Path) -> Path:
+    clip = root / "shapes.avi"
+    if not clip.is_file():
+        from converters.demo_data import write_clip
+
+        write_clip(clip)
+    return clip
+
+
+def _time_artifacts(manifest: Manifest, formats: list[str], precisions: list[str], source: str,
+                    frames: int | None, threads: int | None, progress: Callable[[str], None]
+                    ) -> list[tuple[str, str, RunSummary]]:
+    runs = []
+    for art in manifest.artifacts:
+        if art.format not in formats or art.precision not in precisions:
+            continue
+        try:
+            detector = Detector(manifest.root, backend=art.format, precision=art.precision, threads=threads)
+        except BackendUnavailableError as exc:
+            log.warning("skipping %s %s: %s", art.format, art.precision, exc)
+            continue
+        progress(f"running {detector.describe()}")
+        runs.append((art.format, art.precision, run_pipeline(detector, open_source(source), max_frames=frames)))
+    if not runs:
+        raise EdgeRuntimeError(f"{manifest.root}: no artifact can run here (install a backend: "
+                               f"pip install 'edge-runtime[onnx]')")
+    return runs
+
+
+def fps_table(runs: list[tuple[str, str, RunSummary]]) -> str:
+    rows = [[fmt, precision, s.frames, s.stages.get("inference", {}).get("mean", float("nan")), s.fps,
+             s.detections / max(s.frames, 1)] for fmt, precision, s in runs]
+    return format_table(["backend", "precision", "frames", "inference ms", "FPS end to end", "detections/frame"],
+                        rows)
+
+
+def run_demo(out: str | Path, source: str | None, formats: list[str], precisions: list[str],
+             frames: int | None, threads: int | None, show: bool,
+             progress: Callable[[str], None] = lambda msg: None) -> tuple[str, dict[str, str]]:
+    """Build, time every artifact, write the annotated result; returns (FPS table, outputs).
+
+    ``frames`` None: the whole clip or video file; 150 for a camera or stream (per timed artifact).
+    """
+    root = Path(out)
+    formats = available_formats(formats)
+    manifest = build_package(root, formats, precisions, progress)
+    if source is None:
+        source = str(demo_clip(root))
+    elif frames is None and (source.isdigit() or "://" in source or source == "picam"):
+        frames = 150
+    runs = _time_artifacts(manifest, formats, precisions, source, frames, threads, progress)
+    fmt, precision, _ = max(runs, key=lambda run: run[2].fps)
+    progress(f"annotating with the fastest: {fmt} {precision}")
+    detector = Detector(manifest.root, backend=fmt, precision=precision, threads=threads)
+    summary = run_pipeline(detector, open_source(source), save_dir=root / "annotated", show=show,
+                           max_frames=None if show else frames)
+    return fps_table(runs), summary.outputs
