@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -45,39 +46,52 @@ def _coco_images(path: Path) -> list[Path]:
 
 
 class CalibrationSet:
-    """Up to ``size`` preprocessed (1, 3, H, W) float32 tensors, spread over the source."""
+    """Up to ``size`` preprocessed (1, 3, H, W) float32 tensors, spread over the source.
 
-    def __init__(self, source: str | Path, input_spec: InputSpec, size: int = 100, progress: bool = True) -> None:
+    ``exclude`` (another set's ``used``) leaves those items out: held-out images for checking an
+    INT8 model come from the same source as its calibration images but are never among them.
+    """
+
+    def __init__(self, source: str | Path, input_spec: InputSpec, size: int = 100, progress: bool = True,
+                 exclude: Sequence[str] = (), desc: str = "calibration data") -> None:
         self.source = Path(source)
         prep = ImagePreprocessor(replace(input_spec, layout="NCHW", shape=(1, 3, *input_spec.size_hw)))
+        skip = set(exclude)
         if self.source.is_dir():
             self.kind = "folder"
-            frames = (read_image(p) for p in _spread(
-                sorted(p for p in self.source.iterdir() if p.suffix.lower() in IMAGE_EXTS), size))
+            paths = _spread([p for p in sorted(self.source.iterdir())
+                             if p.suffix.lower() in IMAGE_EXTS and str(p) not in skip], size)
+            self.used = [str(p) for p in paths]
+            frames = (read_image(p) for p in paths)
         elif self.source.suffix.lower() == ".json":
             self.kind = "coco"
-            frames = (read_image(p) for p in _spread(_coco_images(self.source), size))
+            paths = _spread([p for p in _coco_images(self.source) if str(p) not in skip], size)
+            self.used = [str(p) for p in paths]
+            frames = (read_image(p) for p in paths)
         elif self.source.is_file():
             self.kind = "video"
-            frames = self._video_frames(size)
+            frames = self._video_frames(size, skip)
         else:
             raise SourceError(f"{self.source}: no such calibration folder, video or COCO json")
         self.tensors: list[np.ndarray] = []
-        for image in tqdm(frames, total=size, desc="calibration data", unit="img", disable=not progress,
-                          leave=False):
+        for image in tqdm(frames, total=size, desc=desc, unit="img", disable=not progress, leave=False):
             self.tensors.append(prep(image)[0].copy())
         if not self.tensors:
-            raise SourceError(f"{self.source}: holds no images to calibrate with")
+            raise SourceError(f"{self.source}: holds no {'more ' if skip else ''}images to "
+                              f"{'hold out' if skip else 'calibrate with'}")
 
-    def _video_frames(self, size: int):
+    def _video_frames(self, size: int, skip: set[str]):
         cap = cv2.VideoCapture(str(self.source))
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         if not cap.isOpened() or count <= 0:
             raise SourceError(f"{self.source}: not a readable video")
         self.every = max(1, count // size)
+        # held-out frames sit half-way between the calibration ones
+        start = self.every // 2 if skip else 0
+        self.used = [f"frame {i}" for i in range(start, count, self.every)[:size] if f"frame {i}" not in skip]
         try:
-            for index in range(0, count, self.every)[:size]:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+            for name in self.used:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, int(name.split()[1]))
                 ok, frame = cap.read()
                 if ok:
                     yield frame

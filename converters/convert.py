@@ -21,6 +21,7 @@ from edge_runtime.compare import compare
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 
+from .accuracy import AccuracyBudget, CosineAgreement
 from .calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class ConvertJob:
     calibration: CalibrationSet | None
     options: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda msg: None
+    agreement: CosineAgreement | None = None  # with FP32 on held-out images, for converters' own choices
+    accuracy: AccuracyBudget | None = None  # INT8 only: keep layers in float until this is met
 
     @property
     def out_dir(self) -> Path:
@@ -71,27 +74,46 @@ def _to_layout(tensor: np.ndarray, layout: str) -> np.ndarray:
 
 def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray], threads: int = 2
                     ) -> dict[str, float]:
-    """Worst cosine and max abs diff of ``art`` against the FP32 ONNX artifact, output by output."""
+    """``art`` against the FP32 ONNX artifact: worst max abs diff, and per image the lowest cosine
+    over the outputs: its worst (``cosine``) and mean (``cosine_mean``) over the samples."""
     ref_art = manifest.artifact("onnx", "fp32")
     ref = open_backend(manifest.artifact_path(ref_art), "onnx", threads)
     got = open_backend(manifest.artifact_path(art), art.format, threads, art.extra.get("backend_options"))
     spec = manifest.input_for(art)
-    worst = {"max_abs_diff": 0.0, "cosine": 1.0}
+    diffs, cosines = [], []
     for tensor in samples:
         want = ref.run({manifest.input.name: tensor})
         have = got.run({spec.name: _to_layout(tensor, spec.layout)})
         result = compare([want[n] for n in ref_art.outputs], [have[n] for n in art.outputs])
-        worst = {"max_abs_diff": max(worst["max_abs_diff"], result["max_abs_diff"]),
-                 "cosine": min(worst["cosine"], result["cosine"])}
-    return worst
+        diffs.append(result["max_abs_diff"])
+        cosines.append(result["cosine"])
+    return {"max_abs_diff": max(diffs), "cosine": min(cosines), "cosine_mean": float(np.mean(cosines))}
+
+
+def _held_out(manifest: Manifest, calibration: CalibrationSet, val_images: str | Path | None, size: int
+              ) -> CalibrationSet | None:
+    """Images to check INT8 on: ``val_images``, else those of the calibration source it did not use."""
+    source = Path(val_images) if val_images is not None else calibration.source
+    exclude = calibration.used if source.resolve() == calibration.source.resolve() else ()
+    try:
+        return CalibrationSet(source, manifest.input, size, exclude=exclude, desc="held-out images")
+    except EdgeRuntimeError:
+        if val_images is not None:
+            raise
+        return None
 
 
 def convert_package(package: str | Path, formats: list[str], precisions: list[str],
                     calib: str | Path | None = None, calib_size: int = 100, options: dict[str, Any] | None = None,
-                    progress: Callable[[str], None] = lambda msg: None) -> Manifest:
+                    progress: Callable[[str], None] = lambda msg: None, int8_min_cosine: float | None = None,
+                    val_images: str | Path | None = None, val_size: int = 24) -> Manifest:
     """Convert the package's FP32 ONNX into every requested (format, precision) and update the manifest.
 
-    INT8 needs ``calib`` (a folder of images, a video or a COCO json). Returns the updated manifest.
+    INT8 needs ``calib`` (a folder of images, a video or a COCO json). Every new artifact is checked
+    against FP32 ONNX on held-out images (``val_images``, else images of ``calib`` not used to
+    calibrate; the calibration images themselves only when there are no others). With
+    ``int8_min_cosine`` INT8 is accuracy-aware: layers go back to float until the mean per-image
+    cosine with FP32 on the held-out images reaches it. Returns the updated manifest.
     """
     manifest = load_manifest(package)
     fp32 = manifest.artifact_path(manifest.artifact("onnx", "fp32"))
@@ -102,9 +124,29 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                                    f"choose from {', '.join(known)}")
     if "int8" in precisions and calib is None:
         raise EdgeRuntimeError("INT8 needs calibration images: pass --calib FOLDER|VIDEO|COCO_JSON")
+    if int8_min_cosine is not None and not 0 < int8_min_cosine <= 1:
+        raise EdgeRuntimeError(f"--int8-min-cosine must be in (0, 1], got {int8_min_cosine}")
     calibration = CalibrationSet(calib, manifest.input, calib_size) if calib is not None else None
-    samples = calibration.tensors[:: max(1, len(calibration) // 8)][:8] if calibration else [
-        np.random.default_rng(0).standard_normal((1, 3, *manifest.input.size_hw)).astype(np.float32)]
+    held_out = _held_out(manifest, calibration, val_images, val_size) if calibration is not None else None
+    agreement = budget = None
+    if held_out is not None and "int8" in precisions:
+        ref_art = manifest.artifact("onnx", "fp32")
+        ref = open_backend(fp32, "onnx", 2)
+        agreement = CosineAgreement(lambda t: [ref.run({manifest.input.name: t})[n] for n in ref_art.outputs],
+                                    held_out.tensors)
+    if int8_min_cosine is not None and "int8" in precisions:
+        if agreement is None:
+            raise EdgeRuntimeError(f"--int8-min-cosine needs held-out images: {calib} has none beyond the "
+                                   f"{len(calibration)} used to calibrate; pass --val-images DIR")
+        budget = AccuracyBudget(agreement, max_drop=1.0 - int8_min_cosine)
+    check = held_out if held_out is not None else calibration
+    if check is None:
+        samples = [np.random.default_rng(0).standard_normal((1, 3, *manifest.input.size_hw)).astype(np.float32)]
+        checked_on: dict[str, Any] = {"random_inputs": 1}
+    else:
+        samples = check.tensors if check is held_out else check.tensors[:: max(1, len(check) // 8)][:8]
+        checked_on = {"held_out_images" if check is held_out else "calibration_images": len(samples),
+                      "source": check.source.name}
     for fmt in formats:
         for precision in precisions:
             if (fmt, precision) == ("onnx", "fp32"):
@@ -119,13 +161,16 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                 raise EdgeRuntimeError(f"converting to {fmt} needs {exc.name}, not installed: "
                                        f"pip install 'edge-runtime[convert]'") from None
             progress(f"{fmt} {precision}: converting")
-            result = convert(ConvertJob(manifest, fp32, precision, calibration, dict(options or {}), progress))
+            int8 = precision == "int8"
+            result = convert(ConvertJob(manifest, fp32, precision, calibration, dict(options or {}), progress,
+                                        agreement if int8 else None, budget if int8 else None))
             path = manifest.root / result.file
             art = Artifact(file=result.file, format=fmt, precision=precision, sha256=sha256_file(path),
                            outputs=tuple(result.outputs), extra=result.extra)
             progress(f"{fmt} {precision}: checking against FP32 ONNX on {len(samples)} inputs")
             agreement = verify_artifact(manifest.with_artifact(art), art, samples)
-            art = Artifact(**{**art.__dict__, "extra": {**art.extra, "fp32_agreement": agreement}})
+            art = Artifact(**{**art.__dict__, "extra": {**art.extra, "fp32_agreement": {**agreement,
+                                                                                     "checked_on": checked_on}}})
             if calibration is not None and precision == "int8":
                 art.extra.setdefault("calibration", calibration.describe())
             manifest = manifest.with_artifact(art)

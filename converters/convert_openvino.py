@@ -34,15 +34,19 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import sha256_file
 
+from .accuracy import Runner, run_nncf_search
 from .convert import ConvertJob, ConvertResult
 
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
 _PRODUCERS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData"}
 _SKIP = {"Constant", "Parameter", "Result"}
+_CPU_F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # what the runtime backend pins on CPU
 
 
 def _is_bias_add(node: Any) -> bool:
@@ -104,8 +108,25 @@ def _fix_output_names(model: Any, names: list[str], where: Path) -> None:
             out.get_tensor().set_names({name})
 
 
+def float_convs(model: Any) -> list[str]:
+    """Convolutions of an NNCF-quantised model that read a float input (no FakeQuantize in front)."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _PRODUCERS
+            and op.input(0).get_source_output().get_node().get_type_name() != "FakeQuantize"]
+
+
+def _runner(compiled: Any, input_name: str, outputs: list[str]) -> Runner:
+    request = compiled.create_infer_request()
+    ports = [compiled.output(name) for name in outputs]
+
+    def run(tensor: np.ndarray) -> list[np.ndarray]:
+        result = request.infer({input_name: tensor})
+        return [result[port] for port in ports]
+    return run
+
+
 def _quantize(model: Any, job: ConvertJob, input_name: str) -> tuple[Any, dict[str, Any]]:
     import nncf
+    import openvino as ov
 
     if job.calibration is None or not len(job.calibration):
         raise EdgeRuntimeError("OpenVINO INT8 needs calibration images (--calib)")
@@ -141,11 +162,23 @@ def _quantize(model: Any, job: ConvertJob, input_name: str) -> tuple[Any, dict[s
     dataset = nncf.Dataset(tensors, lambda tensor: {input_name: tensor})
     job.progress(f"openvino int8: NNCF PTQ on {len(tensors)} calibration images, preset {preset_name}, "
                  f"{len(tail)} tail ops and {len(head)} first convolutions kept in float")
-    quantized = nncf.quantize(
-        model, dataset, preset=presets[preset_name], subset_size=len(tensors), fast_bias_correction=fast_bc,
-        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
-        advanced_parameters=AdvancedQuantizationParameters(**advanced), **extra_args)
-    return quantized, {"tool": "nncf.quantize", "preset": preset_name, "ignore_tail": ignore_tail,
+    settings = {"preset": presets[preset_name], "fast_bias_correction": fast_bc,
+                "ignored_scope": nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+                "advanced_quantization_parameters": AdvancedQuantizationParameters(**advanced), **extra_args}
+    quantized = nncf.quantize(model, dataset, subset_size=len(tensors), **{
+        k.replace("advanced_quantization_parameters", "advanced_parameters"): v for k, v in settings.items()})
+    info: dict[str, Any] = {}
+    if job.accuracy is not None:
+        budget = job.accuracy
+        outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
+        job.progress(f"openvino int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
+                     f"{len(budget.metric.images)} held-out images")
+        before = budget.metric(_runner(ov.compile_model(quantized, "CPU", _CPU_F32), input_name, outputs))
+        quantized = run_nncf_search(model, budget, input_name, tensors,
+                                    lambda compiled: _runner(compiled, input_name, outputs), **settings)
+        after = budget.metric(_runner(ov.compile_model(quantized, "CPU", _CPU_F32), input_name, outputs))
+        info["accuracy_control"] = budget.describe(before, after, float_convs(quantized))
+    return quantized, {**info, "tool": "nncf.quantize", "preset": preset_name, "ignore_tail": ignore_tail,
                        "ignored_tail_ops": len(tail), "float_first_convs": float_depth, "float_convs": head,
                        "fast_bias_correction": fast_bc, "smooth_quant": smooth_quant,
                        "overflow_fix": overflow_name, "subset_size": len(tensors)}

@@ -25,6 +25,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from .accuracy import run_nncf_search
 from .convert import ConvertJob, ConvertResult
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -53,15 +54,44 @@ class _TensorReader(CalibrationDataReader):
         return next(self._items, None)
 
 
+def float_convs(model: onnx.ModelProto) -> list[str]:
+    """Convolutions of a QDQ model that read a float input (no DequantizeLinear in front)."""
+    producer = {out: node.op_type for node in model.graph.node for out in node.output}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and producer.get(n.input[0]) != "DequantizeLinear"]
+
+
+def _runner(model: onnx.ModelProto, input_name: str, outputs: list[str]):
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda tensor: session.run(outputs, {input_name: tensor})
+
+
 def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path) -> dict:
     import nncf
 
-    dataset = nncf.Dataset(job.calibration.tensors, lambda t: {job.manifest.input.name: t})
-    quantized = nncf.quantize(model, dataset, subset_size=len(job.calibration), preset=nncf.QuantizationPreset.MIXED,
-                              fast_bias_correction=True, ignored_scope=nncf.IgnoredScope(names=excluded))
-    onnx.save(quantized, str(out))
-    return {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
+    name = job.manifest.input.name
+    settings = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": True,
+                "ignored_scope": nncf.IgnoredScope(names=excluded)}
+    info = {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
             "calibration_method": "minmax (nncf)"}
+    budget = job.accuracy
+    if budget is None:
+        dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
+        quantized = nncf.quantize(model, dataset, subset_size=len(job.calibration), **settings)
+    else:
+        outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
+        job.progress(f"onnx int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
+                     f"{len(budget.metric.images)} held-out images")
+        plain = nncf.quantize(model, nncf.Dataset(job.calibration.tensors, lambda t: {name: t}),
+                              subset_size=len(job.calibration), **settings)
+        before = budget.metric(_runner(plain, name, outputs))
+        quantized = run_nncf_search(model, budget, name, job.calibration.tensors,
+                                    lambda proto: _runner(proto, name, outputs), **settings)
+        after = budget.metric(_runner(quantized, name, outputs))
+        info["accuracy_control"] = budget.describe(before, after, float_convs(quantized))
+    onnx.save(quantized, str(out))
+    return info
 
 
 def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
@@ -89,6 +119,8 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
     quantizer = job.options.get("onnx_quantizer", "nncf")
     if quantizer not in ("nncf", "ort"):
         raise ValueError("onnx_quantizer must be nncf or ort")
+    if quantizer == "ort" and job.accuracy is not None:
+        raise ValueError("accuracy-aware INT8 runs on NNCF: drop onnx_quantizer=ort (--onnx-quantizer ort)")
     out_name = "model_int8.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", default=None,
                    help="INT8 calibration data: a folder of images, a video (every k-th frame) or a COCO json")
     p.add_argument("--calib-size", type=int, default=100, help="calibration images [100]")
+    p.add_argument("--int8-min-cosine", type=float, default=None, metavar="C",
+                   help="accuracy-aware INT8 (ONNX, OpenVINO, TFLite): keep the most sensitive layers in float until the "
+                        "mean per-image output cosine with FP32 on held-out images reaches C (e.g. 0.99)")
+    p.add_argument("--val-images", default=None, metavar="DIR",
+                   help="held-out images to check every artifact on [images of --calib not used to calibrate]")
+    p.add_argument("--val-size", type=int, default=24, help="held-out images to use [24]")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="calibration method of the 'ort' ONNX quantiser [minmax]")
     p.add_argument("--onnx-quantizer", default="nncf", choices=["nncf", "ort"],
@@ -138,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "~/.cache/edge-runtime) and print their paths.")
     p.add_argument("names", nargs="*", help="names from --list")
     p.add_argument("--list", action="store_true", help="list the registered official weights")
-
 
     p = sub.add_parser("bench", help="latency table of every artifact in a package",
                        description="Measure each artifact (warm-up, then timed runs): median/p90 latency, FPS, "
@@ -250,15 +255,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
                "ov_preset": args.ov_preset, "tflite_io": args.tflite_io}
     try:
         manifest = convert_package(args.package, formats, precisions, calib=args.calib, calib_size=args.calib_size,
-                                   options=options, progress=_progress)
+                                   options=options, progress=_progress, int8_min_cosine=args.int8_min_cosine,
+                                   val_images=args.val_images, val_size=args.val_size)
     except ValueError as exc:
         raise EdgeRuntimeError(str(exc)) from None
     from .timing import format_table
 
-    rows = [[a.file, a.format, a.precision, manifest.artifact_mb(a),
-             f"{a.extra.get('fp32_agreement', {}).get('cosine', 1.0):.4f}",
-             f"{a.extra.get('fp32_agreement', {}).get('max_abs_diff', 0.0):.3g}"] for a in manifest.artifacts]
-    print(format_table(["artifact", "format", "precision", "MB", "cosine vs fp32", "max|diff|"], rows))
+    rows = []
+    for a in manifest.artifacts:
+        agreement = a.extra.get("fp32_agreement", {})
+        control = a.extra.get("quantization", {}).get("accuracy_control")
+        rows.append([a.file, a.format, a.precision, manifest.artifact_mb(a),
+                     f"{agreement.get('cosine_mean', agreement.get('cosine', 1.0)):.4f}",
+                     f"{agreement.get('cosine', 1.0):.4f}", f"{agreement.get('max_abs_diff', 0.0):.3g}",
+                     "" if control is None else f"{'met' if control['met'] else 'NOT met'}, "
+                                                f"{len(control['float_layers'])} float convs"])
+    print(format_table(["artifact", "format", "precision", "MB", "cosine mean", "cosine worst", "max|diff|",
+                        "accuracy budget"], rows))
+    checked = next((a.extra["fp32_agreement"].get("checked_on") for a in manifest.artifacts
+                    if "checked_on" in a.extra.get("fp32_agreement", {})), None)
+    if checked:
+        print("cosine vs FP32 ONNX per image (lowest over outputs) on " +
+              ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in checked.items()))
     return 0
 
 

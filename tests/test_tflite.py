@@ -109,7 +109,8 @@ def test_manifest_lists_tflite_artifacts(tflite_packages, key):
         assert art.extra["input"] == {"name": "input", "shape": [1, h, w, 3], "layout": "NHWC"}
         spec = manifest.input_for(art)
         assert (spec.layout, spec.shape, spec.size_hw) == ("NHWC", (1, h, w, 3), (h, w))
-        assert set(art.extra["fp32_agreement"]) == {"max_abs_diff", "cosine"}
+        assert set(art.extra["fp32_agreement"]) == {"max_abs_diff", "cosine", "cosine_mean", "checked_on"}
+        assert art.extra["fp32_agreement"]["checked_on"] == {"held_out_images": 24, "source": "calib-coco-val2017"}
         converter = art.extra["converter"]
         assert converter["name"] == "onnx2tf" and converter["onnx2tf"] and converter["tensorflow"]
         # the exact rewrite ran (the padded stem MaxPool -> edge padding) and changed nothing
@@ -122,6 +123,9 @@ def test_manifest_lists_tflite_artifacts(tflite_packages, key):
         assert [t.shape for t in backend.inputs] == [(1, h, w, 3)]
     int8 = manifest.artifact("tflite", "int8")
     assert int8.extra["quantization"]["io_dtype"] == "float32"
+    correction = int8.extra["quantization"]["bias_correction"]  # kept only where it measured better
+    cosines = correction["held_out_cosine"]
+    assert correction["layers"] > 10 and correction["applied"] == (cosines["with"] > cosines["without"])
     assert int8.extra["calibration"] == {"source": "calib-coco-val2017", "kind": "folder", "images": 32}
     assert manifest.artifact("tflite", "fp32").extra["fp32_agreement"]["max_abs_diff"] < 1e-3
     # integer weights really: the INT8 file is well under the FP32 one, FP16 about half
