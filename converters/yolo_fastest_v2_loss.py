@@ -5,9 +5,9 @@ goes to every anchor whose width and height ratios to it are both within ``ANCHO
 own grid cell and in the two neighbouring cells its centre is closest to (offset 0.5).
 
 Loss (as the official ``compute_loss``): CIoU on the decoded boxes (xy = 2*sigmoid - 0.5 around the
-cell, wh = (2*sigmoid)^2 * anchor), BCE objectness over every anchor of every cell with target 1 at
-the assigned ones (level weights 1.0 / 0.4), cross-entropy on the class map (shared by the anchors
-of a cell) divided by the class count; weighted 3.2, 64 and 32.
+cell, wh = (2*sigmoid)^2 * anchor), BCE objectness over every anchor of every cell with target the
+detached CIoU (clamped at 0) at the assigned ones (level weights 1.0 / 0.4), cross-entropy on the
+class map (shared by the anchors of a cell) divided by the class count; weighted 3.2, 64 and 32.
 """
 
 from __future__ import annotations
@@ -87,8 +87,11 @@ def yolo_fastest_v2_loss(outputs: tuple[torch.Tensor, ...], targets: torch.Tenso
         if len(img):
             p = reg[img, anc, row, col].sigmoid()
             pred_box = torch.cat((p[:, :2] * 2 - 0.5, (p[:, 2:] * 2) ** 2 * anchors_px[level][anc] / stride), 1)
-            box_loss = box_loss + (1 - ciou(pred_box, box)).mean()
-            tobj[img, anc, row, col] = 1.0
+            iou = ciou(pred_box, box)
+            box_loss = box_loss + (1 - iou).mean()
+            # objectness learns the box's quality, not just "object here": scores then rank
+            # well-placed boxes first, which is what mAP over IoU .5:.95 rewards
+            tobj[img, anc, row, col] = iou.detach().clamp(0)
             logits = cls.permute(0, 2, 3, 1)[img, row, col]
             cls_loss = cls_loss + F.cross_entropy(logits, cls_ids) / cls.shape[1]
         obj_loss = obj_loss + F.binary_cross_entropy_with_logits(obj, tobj) * LEVEL_BALANCE[level]

@@ -113,7 +113,9 @@ def test_training_smoke_run_lowers_the_loss(tmp_path):
     from converters.checkpoints import load_model
     from converters.demo_model import train
 
-    summary = train(tmp_path / "w.pth", images=8, steps=20, batch=8, workers=1, progress=False)
+    # 30 steps: since the objectness target became the box's IoU (near 0 until boxes improve),
+    # 20 steps lowered the loss by only about 13%; 30 lower it by about a third
+    summary = train(tmp_path / "w.pth", images=8, steps=30, batch=8, workers=1, progress=False)
     assert summary["last_loss"] < 0.85 * summary["first_loss"], summary
     _, num_classes = load_model(get_spec("demo-shapes"), tmp_path / "w.pth")
     assert num_classes == len(CLASS_NAMES)
