@@ -55,6 +55,7 @@ class AccuracyBudget:
         return self.fp32_value - self.max_drop
 
     def describe(self, before: float, after: float, float_layers: list[str]) -> dict[str, Any]:
+        """``float_layers``: the layers the search put back in float (beyond the converter's defaults)."""
         met = after >= self.target - 1e-9
         if not met:
             log.warning("INT8 accuracy budget not met: %s %.4f after keeping %d layers in float, target %.4f",

@@ -168,14 +168,14 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
             art = Artifact(file=result.file, format=fmt, precision=precision, sha256=sha256_file(path),
                            outputs=tuple(result.outputs), extra=result.extra)
             progress(f"{fmt} {precision}: checking against FP32 ONNX on {len(samples)} inputs")
-            agreement = verify_artifact(manifest.with_artifact(art), art, samples)
-            art = Artifact(**{**art.__dict__, "extra": {**art.extra, "fp32_agreement": {**agreement,
-                                                                                     "checked_on": checked_on}}})
+            checked = verify_artifact(manifest.with_artifact(art), art, samples)
+            art = Artifact(**{**art.__dict__, "extra": {**art.extra,
+                                                        "fp32_agreement": {**checked, "checked_on": checked_on}}})
             if calibration is not None and precision == "int8":
                 art.extra.setdefault("calibration", calibration.describe())
             manifest = manifest.with_artifact(art)
             manifest.produced_by.setdefault("converters", {})[f"{fmt}-{precision}"] = edge_runtime.__version__
             manifest.save()
-            progress(f"{fmt} {precision}: {result.file} cosine {agreement['cosine']:.5f} "
-                     f"max|diff| {agreement['max_abs_diff']:.3g}")
+            progress(f"{fmt} {precision}: {result.file} cosine {checked['cosine']:.5f} "
+                     f"max|diff| {checked['max_abs_diff']:.3g}")
     return manifest

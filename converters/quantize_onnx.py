@@ -89,7 +89,8 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
         quantized = run_nncf_search(model, budget, name, job.calibration.tensors,
                                     lambda proto: _runner(proto, name, outputs), **settings)
         after = budget.metric(_runner(quantized, name, outputs))
-        info["accuracy_control"] = budget.describe(before, after, float_convs(quantized))
+        reverted = sorted(set(float_convs(quantized)) - set(float_convs(plain)))
+        info["accuracy_control"] = budget.describe(before, after, reverted)
     onnx.save(quantized, str(out))
     return info
 
