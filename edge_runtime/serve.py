@@ -37,10 +37,13 @@ async function poll() {
     const s = await (await fetch("/stats.json", {cache: "no-store"})).json();
     const stages = Object.entries(s.stages_ms || {}).map(([k, v]) => k + " " + v.toFixed(1) + " ms").join(", ");
     const dets = (s.detections || []).map(d => d.label + " " + d.score.toFixed(2)).join(", ");
+    const totals = s.class_totals || {};
+    const classes = Object.keys(totals).sort().map(k => k + " " + ((s.class_counts || {})[k] || 0) +
+      " (run " + totals[k] + ")").join(", ");
     document.getElementById("stats").textContent = (s.model || "") + " on " + (s.source || "") + "\\n" +
       (s.fps || 0).toFixed(1) + " FPS, latency " + (s.latency_ms || 0).toFixed(1) + " ms, dropped " +
       (s.dropped_frames || 0) + (s.cpu_temp_c !== undefined ? ", CPU " + s.cpu_temp_c + " C" : "") + "\\n" +
-      stages + "\\n" + dets;
+      stages + "\\n" + "per class: " + classes + "\\n" + dets;
   } catch (e) { document.getElementById("stats").textContent = "run ended"; }
 }
 setInterval(poll, 1000); poll();

@@ -82,6 +82,8 @@ def test_server_streams_jpeg_and_stats_during_a_run(yolo_fastestv2_package, fixt
         assert stats["model"] == "yolo-fastestv2" and stats["source"] == "vtest.avi"
         assert stats["fps"] > 0 and stats["latency_ms"] > 0 and stats["stages_ms"]["inference"] > 0
         assert {"box", "score", "label"} <= set(stats["detections"][0])
+        assert sum(stats["class_counts"].values()) == len(stats["detections"])  # counts of the latest frame
+        assert stats["class_totals"]["person"] >= stats["class_counts"].get("person", 0)
         frame = read_mjpeg_frame(base + "stream.mjpg")
         assert frame.shape == (576, 768, 3)
         assert run.is_alive()  # all of this happened while the run was in progress
