@@ -17,3 +17,15 @@ import cv2, onnxruntime, openvino, tensorflow, torch
 print(f"torch {torch.__version__} | onnxruntime {onnxruntime.__version__} | openvino {openvino.__version__} "
       f"| tensorflow {tensorflow.__version__} | opencv {cv2.__version__}")
 PY
+# Debian's chromium drives the headless web-view test (tests/test_web_view.py skips without it); only
+# where apt-get exists and we are root or sudo needs no password, and never a reason for setup to fail
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then AS_ROOT=(); else AS_ROOT=(sudo -n); fi
+  if command -v apt-get >/dev/null && "${AS_ROOT[@]}" true 2>/dev/null; then
+    { "${AS_ROOT[@]}" apt-get update -qq &&
+      "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } ||
+      echo "note: apt-get could not install chromium; the web view test will be skipped"
+  else
+    echo "note: chromium is not installed (needs apt-get and root or passwordless sudo); the web view test will be skipped"
+  fi
+fi

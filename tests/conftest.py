@@ -7,6 +7,7 @@ collect on a device without torch; the export fixtures skip there instead.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -103,6 +104,18 @@ def yolo_fastestv2_package(export) -> Path:
 @pytest.fixture(scope="session")
 def nanodet_m_package(export) -> Path:
     return export("nanodet-m-custom")
+
+
+@pytest.fixture(scope="session")
+def demo_package(tmp_path_factory) -> Path:
+    """``edge-runtime export --model demo-shapes`` with no --weights (the bundled file): no fixtures needed."""
+    pytest.importorskip("torch", reason="exporting a package needs torch (host-side converters)")
+    out = tmp_path_factory.mktemp("demo-shapes") / "pkg"
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "export", "--model", "demo-shapes", "--out",
+                           str(out)], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    return out
 
 
 @pytest.fixture

@@ -82,16 +82,6 @@ def test_bundled_weights_load_strictly_and_are_small():
     assert num_classes == len(CLASS_NAMES) and model.anchors == spec.build(num_classes).anchors
 
 
-@pytest.fixture(scope="module")
-def demo_package(tmp_path_factory) -> Path:
-    """``edge-runtime export --model demo-shapes`` with no --weights: the bundled file."""
-    out = tmp_path_factory.mktemp("demo-shapes") / "pkg"
-    proc = subprocess.run([*CLI, "export", "--model", "demo-shapes", "--out", str(out)], check=False, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 def test_export_without_weights_writes_a_normal_package(demo_package):
     from edge_runtime.manifest import load_manifest
 
