@@ -6,13 +6,14 @@ byte-identical images and labels, and a scene can be re-rendered without its obj
 use that to check that every label covers drawn pixels). Only numpy and OpenCV: no torch.
 
     python -m converters.demo_data --out shapes/ --train 400 --val 200     # images + COCO json
-    python -m converters.demo_data --out shapes/ --clip                    # also the 10 s demo video
+    python -m converters.demo_data --out shapes/ --clip                    # also the 10 s demo video + COCO json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -296,22 +297,31 @@ def coco_categories() -> list[dict]:
     return [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)]
 
 
+def coco_ground_truth(file_names: list[str], labels: list[list[tuple[int, list[float]]]], size: tuple[int, int],
+                      description: str) -> dict:
+    """COCO ground truth of images ``file_names`` (ids 1, 2, ...) with ``render_scene`` labels; ``size`` (w, h)."""
+    entries, annotations = [], []
+    for image_id, (name, image_labels) in enumerate(zip(file_names, labels), 1):
+        entries.append({"id": image_id, "file_name": name, "width": size[0], "height": size[1]})
+        for class_id, box in image_labels:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": class_id + 1,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    return {"images": entries, "annotations": annotations, "categories": coco_categories(),
+            "info": {"description": description}}
+
+
 def coco_split(split: str, count: int, seed: int = 0, progress: bool = True) -> tuple[list[np.ndarray], dict]:
     """Images 0..count-1 of ``split`` and their COCO ground truth (file names ``<split>/<index>.png``).
 
     COCO category ids are 1-based: class ``i`` of ``CLASS_NAMES`` is category ``i + 1``.
     """
-    images, entries, annotations = [], [], []
+    images, labels = [], []
     for index in tqdm(range(count), desc=f"generating {split}", unit="img", disable=not progress, leave=False):
-        image, labels = make_image(seed, split, index)
+        image, image_labels = make_image(seed, split, index)
         images.append(image)
-        entries.append({"id": index + 1, "file_name": f"{split}/{index:06d}.png", "width": image.shape[1],
-                        "height": image.shape[0]})
-        for class_id, box in labels:
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": class_id + 1,
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
-    return images, {"images": entries, "annotations": annotations, "categories": coco_categories(),
-                    "info": {"description": f"edge-runtime demo shapes, {split}, seed {seed}"}}
+        labels.append(image_labels)
+    return images, coco_ground_truth([f"{split}/{index:06d}.png" for index in range(count)], labels,
+                                     IMAGE_SIZE, f"edge-runtime demo shapes, {split}, seed {seed}")
 
 
 def write_split(out: str | Path, split: str, count: int, seed: int = 0, progress: bool = True) -> Path:
@@ -326,8 +336,10 @@ def write_split(out: str | Path, split: str, count: int, seed: int = 0, progress
     return path
 
 
-def clip_frames(seed: int = 0, seconds: float = 10.0, fps: int = 15, size: tuple[int, int] = CLIP_SIZE):
-    """Frames of the demo clip: shapes drifting, turning and bouncing over one textured background."""
+def clip_labelled(seed: int = 0, seconds: float = 10.0, fps: int = 15, size: tuple[int, int] = CLIP_SIZE
+                  ) -> Iterator[tuple[np.ndarray, list[tuple[int, list[float]]]]]:
+    """Frames of the demo clip with their labels (as ``render_scene``): shapes drifting, turning and
+    bouncing over one textured background."""
     rng = np.random.default_rng([seed, 2])
     w, h = size
     scene = sample_scene(rng, w, h, max_objects=7)
@@ -336,8 +348,7 @@ def clip_frames(seed: int = 0, seconds: float = 10.0, fps: int = 15, size: tuple
     objects = list(scene.objects)
     background = scene_background(scene)
     for index in range(int(seconds * fps)):
-        yield render_scene(replace(scene, objects=tuple(objects), noise_seed=scene.noise_seed + index),
-                           background)[0]
+        yield render_scene(replace(scene, objects=tuple(objects), noise_seed=scene.noise_seed + index), background)
         for i, obj in enumerate(objects):
             vx, vy, va = speed[i]
             nx, ny = obj.cx + vx / fps, obj.cy + vy / fps
@@ -348,20 +359,37 @@ def clip_frames(seed: int = 0, seconds: float = 10.0, fps: int = 15, size: tuple
             objects[i] = obj.moved(speed[i, 0] / fps, speed[i, 1] / fps, va / fps)
 
 
+def clip_frames(seed: int = 0, seconds: float = 10.0, fps: int = 15, size: tuple[int, int] = CLIP_SIZE
+                ) -> Iterator[np.ndarray]:
+    """Frames of the demo clip alone."""
+    return (image for image, _ in clip_labelled(seed, seconds, fps, size))
+
+
+def clip_ground_truth(name: str, labels: list[list[tuple[int, list[float]]]], size: tuple[int, int] = CLIP_SIZE
+                      ) -> dict:
+    """COCO ground truth of a clip: image id ``i + 1`` is frame ``i`` (file name ``<name>#<i>``)."""
+    return coco_ground_truth([f"{name}#{index}" for index in range(len(labels))], labels, size,
+                             f"edge-runtime demo clip {name}, one image per frame")
+
+
 def write_clip(path: str | Path, seed: int = 0, seconds: float = 10.0, fps: int = 15,
                size: tuple[int, int] = CLIP_SIZE, progress: bool = True) -> Path:
-    """Write the demo clip as MJPG .avi (an encoder every OpenCV build has)."""
+    """Write the demo clip as MJPG .avi (an encoder every OpenCV build has) and its COCO ground truth
+    next to it (same name, .json)."""
     path = Path(path).with_suffix(".avi")
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
     if not writer.isOpened():
         raise OSError(f"{path}: OpenCV cannot write an MJPG video here")
+    labels = []
     try:
-        for frame in tqdm(clip_frames(seed, seconds, fps, size), total=int(seconds * fps), desc="demo clip",
-                          unit="frame", disable=not progress, leave=False):
+        for frame, frame_labels in tqdm(clip_labelled(seed, seconds, fps, size), total=int(seconds * fps),
+                                        desc="demo clip", unit="frame", disable=not progress, leave=False):
             writer.write(frame)
+            labels.append(frame_labels)
     finally:
         writer.release()
+    path.with_suffix(".json").write_text(json.dumps(clip_ground_truth(path.name, labels, size)))
     return path
 
 
@@ -371,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", type=int, default=0, help="training images [0]")
     p.add_argument("--val", type=int, default=200, help="held-out images [200]")
-    p.add_argument("--clip", action="store_true", help="also write the 10 s demo clip (shapes.avi)")
+    p.add_argument("--clip", action="store_true",
+                   help="also write the 10 s demo clip (shapes.avi) and its COCO ground truth (shapes.json)")
     args = p.parse_args(argv)
     for split, count in (("train", args.train), ("val", args.val)):
         if count:

@@ -3,6 +3,7 @@ the runtime, a training smoke run and ``edge-runtime demo``. Nothing here reads 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,11 +17,14 @@ pytest.importorskip("pycocotools", reason="mAP needs pycocotools")
 
 from converters.demo_data import (
     CLASS_NAMES,
+    clip_ground_truth,
+    clip_labelled,
     coco_split,
     make_image,
     render_scene,
     sample_scene,
     scene_rng,
+    write_clip,
 )
 from converters.models import get_spec
 
@@ -28,6 +32,11 @@ CLI = [sys.executable, "-m", "edge_runtime.cli"]
 # measured on the bundled weights (3000 steps on 6000 images, 18.4 min on 2 shared cores): FP32 ONNX
 # through the runtime, 200 held-out images, seed 0: mAP@.5:.95 0.634, AP50 0.931, AP75 0.748
 MAP_FLOOR, AP50_FLOOR = 0.55, 0.85
+# the same package on all 150 frames of the demo clip (seed 0): mAP@.5:.95 0.413, AP50 0.684. Lower than on
+# held-out images because the clip's shapes drift through each other: 139 of its frames have a pair of
+# boxes overlapping by 20% or more (mAP 0.414 there), the 11 frames without score 0.629, as held-out
+# images do (training scenes keep shapes apart). Floors below the measurement for ONNX Runtime versions.
+CLIP_MAP_FLOOR, CLIP_AP50_FLOOR = 0.35, 0.6
 
 
 def test_generator_is_deterministic_per_seed():
@@ -97,6 +106,27 @@ def test_package_detects_held_out_shapes(demo_package):
 
     stats = evaluate_package(demo_package, count=200, progress=False)
     assert stats["map"] > MAP_FLOOR and stats["map50"] > AP50_FLOOR, stats
+
+
+def test_package_finds_the_shapes_of_the_demo_clip(demo_package):
+    from edge_runtime import Detector
+    from edge_runtime.metrics import category_ids_for, coco_map, detections_to_coco
+
+    frames, labels = zip(*clip_labelled())
+    truth = clip_ground_truth("shapes.avi", list(labels))
+    detector = Detector(demo_package, backend="onnx", precision="fp32", score_threshold=0.01)
+    categories = category_ids_for(truth, detector.class_names)
+    results = [r for i, frame in enumerate(frames) for r in detections_to_coco(detector(frame), i + 1, categories)]
+    stats = coco_map(truth, results)
+    assert stats["map"] > CLIP_MAP_FLOOR and stats["map50"] > CLIP_AP50_FLOOR, stats
+
+
+def test_clip_ground_truth_is_written_next_to_the_clip(tmp_path):
+    clip = write_clip(tmp_path / "clip.avi", seconds=0.2, progress=False)
+    truth = json.loads(clip.with_suffix(".json").read_text())
+    first_labels = next(clip_labelled(seconds=0.2))[1]
+    assert [e["file_name"] for e in truth["images"]] == ["clip.avi#0", "clip.avi#1", "clip.avi#2"]
+    assert [(a["category_id"] - 1, a["bbox"]) for a in truth["annotations"] if a["image_id"] == 1] == first_labels
 
 
 def test_training_smoke_run_lowers_the_loss(tmp_path):
