@@ -92,32 +92,35 @@ def run_nncf_search(model: Any, budget: AccuracyBudget, input_name: str, calibra
         **kwargs)
 
 
-def greedy_float_search(build: Callable[[list[str]], Runner], candidates: Sequence[str], budget: AccuracyBudget,
-                        ranking_images: int = 8, max_float_layers: int = 16,
-                        progress: Callable[[str], None] = lambda msg: None) -> tuple[list[str], float, float]:
+def float_prefix_search(build: Callable[[list[str]], Runner], levels: Sequence[Sequence[str]], budget: AccuracyBudget,
+                        progress: Callable[[str], None] = lambda msg: None) -> tuple[list[str], float]:
     """For converters without a library search (TFLite): ``build(float_layers)`` quantises the model
-    with those layers left in float and returns its runner.
+    with those layers left in float and returns its runner; ``levels`` groups the layers by depth
+    from the input.
 
-    Each candidate is ranked once by how much keeping it alone in float raises the metric on a few
-    held-out images; then the best ones are added to the float set one by one until the budget is
-    met or ``max_float_layers`` are float. Returns (float layers, metric before, metric after).
+    Finds the fewest leading levels to keep in float for the budget (doubling, then bisection).
+    Whole regions, because a float layer between integer ones still reads and writes quantised
+    activations (measured on NanoDet-Plus-m TFLite: no single convolution in float gains more than
+    0.002 cosine, all 77 plain convolutions together 0.004, all ops of the first 13 of 77 levels 0.010),
+    and from the input, where the activations are widest and every later layer inherits the error.
+    Returns (float layers, metric after); all levels float when even that misses the budget.
     """
     metric = budget.metric
-    before = after = metric(build([]))
-    if before >= budget.target:
-        return [], before, after
-    subset = sorted({int(i) for i in np.linspace(0, len(metric.images) - 1, min(ranking_images, len(metric.images)))})
-    base = float(np.mean(metric.per_image(build([]), subset)))
-    gains = {}
-    for number, layer in enumerate(candidates, 1):
-        if number % 10 == 1:
-            progress(f"ranking layers by sensitivity: {number}/{len(candidates)}")
-        gains[layer] = float(np.mean(metric.per_image(build([layer]), subset))) - base
-    chosen: list[str] = []
-    for layer in sorted((c for c in gains if gains[c] > 0), key=gains.get, reverse=True)[:max_float_layers]:
-        chosen.append(layer)
-        after = metric(build(chosen))
-        progress(f"{len(chosen)} layers in float: {metric.name} {after:.4f} (target {budget.target:.4f})")
-        if after >= budget.target:
-            break
-    return chosen, before, after
+
+    def value(k: int) -> float:
+        got = metric(build([name for level in levels[:k] for name in level]))
+        progress(f"first {k} of {len(levels)} levels in float: {metric.name} {got:.4f} (target {budget.target:.4f})")
+        return got
+
+    low, high, high_value = 0, 1, value(1)
+    while high_value < budget.target and high < len(levels):
+        low, high = high, min(2 * high, len(levels))
+        high_value = value(high)
+    while high - low > 1 and high_value >= budget.target:
+        middle = (low + high) // 2
+        middle_value = value(middle)
+        if middle_value >= budget.target:
+            high, high_value = middle, middle_value
+        else:
+            low = middle
+    return [name for level in levels[:high] for name in level], high_value

@@ -48,7 +48,7 @@ import numpy as np
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.hostinfo import package_version
 
-from .accuracy import Runner, greedy_float_search
+from .accuracy import Runner, float_prefix_search
 from .convert import ConvertJob, ConvertResult
 
 log = logging.getLogger(__name__)
@@ -457,25 +457,43 @@ def _channel_means(content: bytes, data: list[np.ndarray], names: list[str]) -> 
     return {n: v / len(data) for n, v in sums.items()}
 
 
-def _integer_convs(model: Any) -> list[list[tuple[str, Any]]]:
-    """(output name, bias tensor) of each integer convolution, grouped by depth (convolutions on the
-    longest path from the input): no convolution depends on another of its own group."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
+def _depths(model: Any) -> list[tuple[Any, int, bool]]:
+    """(operator, convolutions on the longest path from the input up to and including it, is it a
+    convolution) in execution order (the flatbuffer's operator order)."""
     names = _opnames()
-    sg = model.subgraphs[0]
-    depth: dict[int, int] = {}  # tensor -> convolutions above it
-    levels: dict[int, list[tuple[str, Any]]] = {}
-    for op in sg.operators:  # flatbuffer operators are in execution order
+    depth: dict[int, int] = {}
+    found = []
+    for op in model.subgraphs[0].operators:
         code = model.operatorCodes[op.opcodeIndex]
         is_conv = names.get(max(code.builtinCode, code.deprecatedBuiltinCode)) in ("CONV_2D", "DEPTHWISE_CONV_2D")
         here = max((depth.get(int(i), 0) for i in op.inputs if i >= 0), default=0) + is_conv
         for o in op.outputs:
             depth[int(o)] = here
+        found.append((op, here, is_conv))
+    return found
+
+
+def _levels(model: Any) -> list[list[str]]:
+    """Output tensor names of every operator, grouped by convolution depth from the input."""
+    sg = model.subgraphs[0]
+    levels: dict[int, list[str]] = {}
+    for op, depth, _ in _depths(model):
+        levels.setdefault(depth, []).extend(sg.tensors[int(o)].name.decode() for o in op.outputs)
+    return [levels[d] for d in sorted(levels)]
+
+
+def _integer_convs(model: Any) -> list[list[tuple[str, Any]]]:
+    """(output name, bias tensor) of each integer convolution, grouped by depth: no convolution
+    depends on another of its own group."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    sg = model.subgraphs[0]
+    levels: dict[int, list[tuple[str, Any]]] = {}
+    for op, depth, is_conv in _depths(model):
         if is_conv and len(op.inputs) > 2 and op.inputs[2] >= 0:
             out, bias = sg.tensors[int(op.outputs[0])], sg.tensors[int(op.inputs[2])]
             if out.type == schema.TensorType.INT8 and bias.type == schema.TensorType.INT32:
-                levels.setdefault(here, []).append((out.name.decode(), bias))
+                levels.setdefault(depth, []).append((out.name.decode(), bias))
     return [levels[d] for d in sorted(levels)]
 
 
@@ -541,11 +559,11 @@ def _runner(content: bytes, graph: _TfGraph, role_order: list[str], path: Path) 
 
 def _bias_correction(job: ConvertJob, quantized: bytes, fp32: bytes, data: list[np.ndarray], graph: _TfGraph,
                      role_order: list[str]) -> tuple[bytes, dict[str, Any]]:
-    """``tflite_bias_correction``: "auto" (default) keeps the corrected model only when it agrees
-    better with FP32 on the held-out images: on the sample photos it lifted YOLO-FastestV2 (worst-image
-    cosine 0.987 -> 0.990) but lowered NanoDet-Plus-m (mean 0.986 -> 0.977), so it is measured, not
-    assumed. True / False force it."""
-    mode = job.options.get("tflite_bias_correction", "auto")
+    """``tflite_bias_correction``: False (default), "auto" (keep the corrected model only when it
+    agrees better with FP32 on the held-out images) or True. Off by default: on the sample photos it
+    lifted YOLO-FastestV2 (worst-image cosine 0.987 -> 0.990) but lowered NanoDet-Plus-m (mean
+    0.986 -> 0.977), and its level-by-level passes take minutes on a NanoDet-sized graph."""
+    mode = job.options.get("tflite_bias_correction", False)
     if mode is False or (mode == "auto" and job.agreement is None):
         return quantized, {"applied": False, "why": "off" if mode is False else "no held-out images to judge it"}
     job.progress("tflite int8: bias correction, level by level")
@@ -609,21 +627,17 @@ def _int8(graph: _TfGraph, job: ConvertJob, fp32: bytes, io_type: str) -> tuple[
         with tempfile.TemporaryDirectory() as tmp:
             before = budget.metric(_runner(quantized, graph, role_order, Path(tmp) / "base.tflite"))
             if before < budget.target:
-                candidates = [sg.tensors[int(op.outputs[0])].name.decode() for op in sg.operators
-                              if _opnames().get(max(model.operatorCodes[op.opcodeIndex].builtinCode,
-                                                    model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode))
-                              in ("CONV_2D", "DEPTHWISE_CONV_2D") and sg.tensors[int(op.outputs[0])].name.decode()
-                              not in deny]
+                levels = [[name for name in level if name not in deny] for level in _levels(model)]
                 job.progress(f"tflite int8: {budget.metric.name} {before:.4f} < {budget.target:.4f} on "
-                             f"{len(budget.metric.images)} held-out images: ranking {len(candidates)} convolutions")
-                float_layers, _, _ = greedy_float_search(
+                             f"{len(budget.metric.images)} held-out images: searching float levels")
+                float_layers, _ = float_prefix_search(
                     lambda layers: _runner(quantize(layers), graph, role_order, Path(tmp) / "candidate.tflite"),
-                    candidates, budget, progress=job.progress)
+                    levels, budget, progress=job.progress)
                 quantized, correction = _bias_correction(job, quantize(float_layers), fp32, data, graph, role_order)
             after = budget.metric(_runner(quantized, graph, role_order, Path(tmp) / "final.tflite"))
         control = budget.describe(before, after, float_layers)
     float_ops = [what for what, on in (("stem convolution", bool(stem)), ("decode tail", float_tail and bool(tail)),
-                                       (f"{len(float_layers)} sensitive convolutions", bool(float_layers))) if on]
+                                       (f"{len(float_layers)} ops nearest the input", bool(float_layers))) if on]
     info = {"io_dtype": io_type, "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor",
             "calibration_ranges": stats["ranges"], "ranges_narrowed": stats["narrowed"],
             "float_ops": float_ops or "none (full integer)"}

@@ -269,7 +269,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      f"{agreement.get('cosine_mean', agreement.get('cosine', 1.0)):.4f}",
                      f"{agreement.get('cosine', 1.0):.4f}", f"{agreement.get('max_abs_diff', 0.0):.3g}",
                      "" if control is None else f"{'met' if control['met'] else 'NOT met'}, "
-                                                f"{len(control['float_layers'])} float convs"])
+                                                f"{len(control['float_layers'])} layers in float"])
     print(format_table(["artifact", "format", "precision", "MB", "cosine mean", "cosine worst", "max|diff|",
                         "accuracy budget"], rows))
     checked = next((a.extra["fp32_agreement"].get("checked_on") for a in manifest.artifacts

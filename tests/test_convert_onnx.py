@@ -39,9 +39,10 @@ def int8_packages(export, tmp_path_factory):
 
 
 CALIB_SIZE = {"nanodet-plus-m": 32, "yolo-fastestv2": 64}
-# measured with these calibration sets: NanoDet-Plus-m scores 0.973 / distances 0.995,
-# YOLO-FastestV2 scores 0.986 / boxes 0.997 (see the README's INT8 table)
-MIN_COSINE = {"nanodet-plus-m": 0.96, "yolo-fastestv2": 0.975}
+# (worst, mean) per-image cosine on the 24 held-out photos, plain NNCF INT8 (no accuracy budget);
+# measured NanoDet-Plus-m 0.968 / 0.992, YOLO-FastestV2 0.840 / 0.982: one crowded photo drags
+# YOLO-FastestV2's worst down (tests/test_int8_accuracy.py covers the accuracy-aware path)
+MIN_COSINE = {"nanodet-plus-m": (0.95, 0.985), "yolo-fastestv2": (0.8, 0.975)}
 
 
 @pytest.mark.parametrize("key", ["nanodet-plus-m", "yolo-fastestv2"])
@@ -52,7 +53,10 @@ def test_onnx_int8_artifact_is_recorded_and_close_to_fp32(int8_packages, key):
     quant = art.extra["quantization"]
     assert quant["format"] == "QDQ" and quant["quantizer"] == "nncf" and quant["float_nodes"]
     assert art.extra["calibration"] == {"source": "calib-coco-val2017", "kind": "folder", "images": CALIB_SIZE[key]}
-    assert art.extra["fp32_agreement"]["cosine"] > MIN_COSINE[key]
+    worst, mean = MIN_COSINE[key]
+    agreement = art.extra["fp32_agreement"]
+    assert agreement["cosine"] > worst and agreement["cosine_mean"] > mean, agreement
+    assert agreement["checked_on"] == {"held_out_images": 24, "source": "calib-coco-val2017"}
     # the graph really holds integer weights: its file is well under the FP32 size
     assert (manifest.root / art.file).stat().st_size < 0.7 * (manifest.root / "model.onnx").stat().st_size
 
@@ -104,7 +108,7 @@ def test_ort_quantizer_with_selectable_calibration(export, tmp_path):
         art = manifest.artifact("onnx", "int8")
         assert art.extra["quantization"]["calibration_method"] == method
         # plain static quantisation keeps less than NNCF's bias-corrected one (0.96 vs 0.986 here)
-        assert art.extra["fp32_agreement"]["cosine"] > 0.85
+        assert art.extra["fp32_agreement"]["cosine_mean"] > 0.9, art.extra["fp32_agreement"]
 
 
 def _write_clip(path: Path, images: list[Path]) -> None:
