@@ -9,8 +9,9 @@ model may lose at most ``max_drop`` of, against the FP32 model:
 ONNX and OpenVINO hand the search to NNCF's ``quantize_with_accuracy_control``: it quantises
 everything, ranks each quantiser group by how much reverting it restores the metric on a subset of
 the images, reverts the worst groups to float and re-ranks until the drop fits (or nothing is left
-to revert). ``run_nncf_search`` adapts a metric to it; the converter records which convolutions
-ended in float and the metric before and after.
+to revert). ``run_nncf_search`` adapts a metric to it. TFLite has no such search:
+``float_prefix_search`` keeps the fewest leading levels of the network in float instead. The
+converters record the layers put back in float and the metric before and after.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class AccuracyBudget:
                 "validation_images": len(self.metric.images), "float_layers": float_layers}
 
 
-def run_nncf_search(model: Any, budget: AccuracyBudget, input_name: str, calibration: Sequence[np.ndarray], runner_of: Callable[[Any], Runner],
-                    ranking_images: int = 8, **kwargs: Any) -> Any:
+def run_nncf_search(model: Any, budget: AccuracyBudget, input_name: str, calibration: Sequence[np.ndarray],
+                    runner_of: Callable[[Any], Runner], ranking_images: int = 8, **kwargs: Any) -> Any:
     """Call NNCF's accuracy-aware quantiser with ``budget.metric`` as its validation function.
 
     ``runner_of`` turns the model object NNCF validates (an ``onnx.ModelProto`` or an OpenVINO

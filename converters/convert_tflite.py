@@ -603,17 +603,11 @@ def _int8(graph: _TfGraph, job: ConvertJob, fp32: bytes, io_type: str) -> tuple[
     stem = {sg.tensors[i].name.decode() for i in _stem(model)} if float_stem else set()
     deny = (tail if float_tail else set()) | stem
 
-    def quantize(extra_float: list[str]) -> bytes:
+    def quantize(extra_float: list[str]) -> bytes:  # float I/O; bias correction and the search run on this
         with _native_stdout_silenced():
-            content = tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
-                                                input_data_type=tf.float32, output_data_type=tf.float32,
-                                                denylisted_nodes=sorted(deny | set(extra_float)) or None)
-        if io_type != "float32":  # drop the float QUANTIZE/DEQUANTIZE at the edges: integer I/O
-            from tensorflow.lite.python.util import modify_model_io_type
-
-            dtype = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
-            content = modify_model_io_type(content, dtype, dtype)
-        return content
+            return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
+                                             input_data_type=tf.float32, output_data_type=tf.float32,
+                                             denylisted_nodes=sorted(deny | set(extra_float)) or None)
 
     role_order = list(job.manifest.artifact("onnx", "fp32").outputs)
     if job.accuracy is not None and io_type != "float32":
@@ -636,6 +630,11 @@ def _int8(graph: _TfGraph, job: ConvertJob, fp32: bytes, io_type: str) -> tuple[
                 quantized, correction = _bias_correction(job, quantize(float_layers), fp32, data, graph, role_order)
             after = budget.metric(_runner(quantized, graph, role_order, Path(tmp) / "final.tflite"))
         control = budget.describe(before, after, float_layers)
+    if io_type != "float32":  # drop the float QUANTIZE/DEQUANTIZE at the edges: integer I/O
+        from tensorflow.lite.python.util import modify_model_io_type
+
+        dtype = {"int8": tf.int8, "uint8": tf.uint8}[io_type]
+        quantized = modify_model_io_type(quantized, dtype, dtype)
     float_ops = [what for what, on in (("stem convolution", bool(stem)), ("decode tail", float_tail and bool(tail)),
                                        (f"{len(float_layers)} ops nearest the input", bool(float_layers))) if on]
     info = {"io_dtype": io_type, "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor",

@@ -75,22 +75,19 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
                 "ignored_scope": nncf.IgnoredScope(names=excluded)}
     info = {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
             "calibration_method": "minmax (nncf)"}
+    quantized = nncf.quantize(model, nncf.Dataset(job.calibration.tensors, lambda t: {name: t}),
+                              subset_size=len(job.calibration), **settings)
     budget = job.accuracy
-    if budget is None:
-        dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
-        quantized = nncf.quantize(model, dataset, subset_size=len(job.calibration), **settings)
-    else:
+    if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
         job.progress(f"onnx int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
                      f"{len(budget.metric.images)} held-out images")
-        plain = nncf.quantize(model, nncf.Dataset(job.calibration.tensors, lambda t: {name: t}),
-                              subset_size=len(job.calibration), **settings)
-        before = budget.metric(_runner(plain, name, outputs))
+        before = budget.metric(_runner(quantized, name, outputs))
+        plain_float = set(float_convs(quantized))
         quantized = run_nncf_search(model, budget, name, job.calibration.tensors,
                                     lambda proto: _runner(proto, name, outputs), **settings)
         after = budget.metric(_runner(quantized, name, outputs))
-        reverted = sorted(set(float_convs(quantized)) - set(float_convs(plain)))
-        info["accuracy_control"] = budget.describe(before, after, reverted)
+        info["accuracy_control"] = budget.describe(before, after, sorted(set(float_convs(quantized)) - plain_float))
     onnx.save(quantized, str(out))
     return info
 
