@@ -35,9 +35,12 @@ class CosineAgreement:
 
     def __init__(self, reference: Runner, images: Sequence[np.ndarray]) -> None:
         self.images = list(images)
-        self._reference = [reference(t) for t in self.images]
+        self._run_reference = reference
+        self._reference: list[list[np.ndarray]] | None = None  # FP32 outputs, on first use only
 
     def per_image(self, run: Runner, indices: Sequence[int] | None = None) -> list[float]:
+        if self._reference is None:
+            self._reference = [self._run_reference(t) for t in self.images]
         indices = range(len(self.images)) if indices is None else indices
         return [compare(self._reference[i], run(self.images[i]))["cosine"] for i in indices]
 
