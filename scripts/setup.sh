@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[convert,onnx,openvino,tflite,dev]"
+python -m pip install -q -e ".[convert,onnx,openvino,tflite,validate,dev]"
 # onnx2tf and tf-keras declare pins that fight numpy 2 and the rest of this environment; they run
 # fine without them (../shared/docs/toolchain.md), so they come without their dependencies
 python -m pip install -q --no-deps "onnx2tf==1.29.24" "tf-keras==2.21.0"
