@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   edge-runtime run pkg/ --source 0 --serve 8080              # headless: live view at http://127.0.0.1:8080/
   edge-runtime export --model nanodet-plus-m --weights official --out pkg/   # download the official checkpoint
   edge-runtime bench pkg/ --json bench.json
+  edge-runtime validate pkg/ --data coco.json --images val/  # mAP of every artifact on this device
 """
 
 
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", default=None, metavar="DIR",
                    help="held-out images to check every artifact on [images of --calib not used to calibrate]")
     p.add_argument("--val-size", type=int, default=24, help="held-out images to use [24]")
+    p.add_argument("--max-map-drop", type=float, default=None, metavar="POINTS",
+                   help="accuracy-aware INT8 against labels: keep the most sensitive layers in float until the COCO "
+                        "mAP on --val-data/--val-images is at most POINTS below FP32's (e.g. 0.5)")
+    p.add_argument("--val-data", default=None, metavar="LABELS",
+                   help="labels for --max-map-drop: COCO json or a folder of YOLO/VOC/txt labels (as validate --data)")
+    p.add_argument("--val-format", default="auto", choices=["auto", "coco", "yolo", "voc", "txt"],
+                   help="format of --val-data [auto]")
+    p.add_argument("--class-map", default=None, metavar="JSON", help="label class -> model class names (as validate)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="calibration method of the 'ort' ONNX quantiser [minmax]")
     p.add_argument("--onnx-quantizer", default="nncf", choices=["nncf", "ort"],
@@ -156,6 +165,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--no-isolate", action="store_true",
                    help="measure every artifact in this process (faster start, less fair between runtimes)")
+
+    p = sub.add_parser(
+        "validate", help="accuracy on this device: mAP of every artifact against labels, or agreement with FP32",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every artifact of the package (or --backend/--precision) on labelled images and report COCO "
+                    "mAP@[.5:.95], AP50, AP small/medium/large, the drop against the FP32 artifact and latency.\n"
+                    "Label classes are matched to the model's by name (built-in COCO<->VOC aliases such as "
+                    "tvmonitor/tv, --class-map for others); classes the model does not have are reported and left "
+                    "out. Without --data, the FP32 artifact's detections (score >= --pseudo-threshold) are the "
+                    "ground truth and each output's cosine against FP32 is added.",
+        epilog="examples:\n"
+               "  edge-runtime validate pkg/ --data coco.json --images val/\n"
+               "  edge-runtime validate pkg/ --data labels/ --images val/ --format yolo --names classes.txt\n"
+               "  edge-runtime validate pkg/ --images val/ --reference fp32          # no labels\n"
+               "  edge-runtime validate pkg/ --data gt/ --images val/ --per-class --json val.json --plot val.png")
+    p.add_argument("package", help="package folder")
+    p.add_argument("--data", default=None,
+                   help="labels: COCO json, or a folder of YOLO txt / Pascal VOC xml / '<class> l t r b' txt files")
+    p.add_argument("--images", default=None, help="image folder [COCO: the json's folder; VOC: ../JPEGImages]")
+    p.add_argument("--format", default="auto", choices=["auto", "coco", "yolo", "voc", "txt"],
+                   help="label format [auto: from the files]")
+    p.add_argument("--names", default=None, help="YOLO class names file (one per line) [classes.txt / *.names / data.yaml]")
+    p.add_argument("--class-map", default=None, metavar="JSON",
+                   help='{"label class": "model class" or null} for names the built-in aliases do not cover')
+    p.add_argument("--backend", default="all", help="artifact format to validate: onnx, openvino, tflite or all [all]")
+    p.add_argument("--precision", default=None, help="artifact precision to validate: fp32, fp16, int8 [all]")
+    p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
+    p.add_argument("--reference", default="fp32",
+                   help="the artifact drops are measured against (label-free: the ground truth): fp32 (FP32 ONNX, "
+                        "else the first FP32 artifact) or FORMAT:PRECISION [fp32]")
+    p.add_argument("--pseudo-threshold", type=float, default=0.3,
+                   help="label-free: reference detections scoring at least this are the ground truth [0.3]")
+    p.add_argument("--conf", type=float, default=0.001, help="score threshold for evaluation [0.001]")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold [manifest's]")
+    p.add_argument("--max-dets", type=int, default=100, help="detections kept per image [100]")
+    p.add_argument("--engine", default=None, choices=["faster-coco-eval", "pycocotools"],
+                   help="COCO evaluator [faster-coco-eval when installed, else pycocotools]")
+    p.add_argument("--per-class", action="store_true", help="add a per-class AP table")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the whole report as JSON")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write a chart: mAP per artifact and PR curves at IoU 0.5")
 
     p = sub.add_parser("targets", help="list the target profiles (targets/*.toml)")
     p.add_argument("--json", action="store_true", help="print them as JSON")
@@ -256,7 +305,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         manifest = convert_package(args.package, formats, precisions, calib=args.calib, calib_size=args.calib_size,
                                    options=options, progress=_progress, int8_min_cosine=args.int8_min_cosine,
-                                   val_images=args.val_images, val_size=args.val_size)
+                                   val_images=args.val_images, val_size=args.val_size,
+                                   max_map_drop=args.max_map_drop, val_data=args.val_data,
+                                   val_format=args.val_format, class_map=args.class_map)
     except ValueError as exc:
         raise EdgeRuntimeError(str(exc)) from None
     from .timing import format_table
@@ -268,8 +319,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         rows.append([a.file, a.format, a.precision, manifest.artifact_mb(a),
                      f"{agreement.get('cosine_mean', agreement.get('cosine', 1.0)):.4f}",
                      f"{agreement.get('cosine', 1.0):.4f}", f"{agreement.get('max_abs_diff', 0.0):.3g}",
-                     "" if control is None else f"{'met' if control['met'] else 'NOT met'}, "
-                                                f"{len(control['float_layers'])} layers in float"])
+                     "" if control is None else _budget_cell(control)])
     print(format_table(["artifact", "format", "precision", "MB", "cosine mean", "cosine worst", "max|diff|",
                         "accuracy budget"], rows))
     checked = next((a.extra["fp32_agreement"].get("checked_on") for a in manifest.artifacts
@@ -278,6 +328,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print("cosine vs FP32 ONNX per image (lowest over outputs) on " +
               ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in checked.items()))
     return 0
+
+
+def _budget_cell(control: dict) -> str:
+    """'met, mAP drop 0.31 pts, 4 layers in float' (the drop in the metric's own units)."""
+    drop = (f"mAP drop {100 * control['drop']:.2f} pts" if control["metric"] == "map"
+            else f"{control['metric']} {control['after']:.4f}")
+    return f"{'met' if control['met'] else 'NOT met'}, {drop}, {len(control['float_layers'])} layers in float"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -366,6 +423,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .labels import load_class_map, read_labels
+    from .manifest import load_manifest
+    from .validate import EvaluationSet, Protocol, report_table, validate_package
+
+    data = None
+    if args.data:
+        labelled = read_labels(args.data, args.images, args.format, args.names)
+        class_map = load_class_map(args.class_map) if args.class_map else None
+        data = EvaluationSet.from_labels(labelled, load_manifest(args.package).class_names, class_map)
+    elif not args.images:
+        raise EdgeRuntimeError("validate needs --data LABELS (with --images) or --images DIR alone (label-free)")
+    report = validate_package(args.package, data, args.images, None if args.backend == "all" else args.backend,
+                              args.precision, args.threads, Protocol(args.conf, args.iou, args.max_dets),
+                              args.reference, args.pseudo_threshold, args.engine, progress=sys.stderr.isatty())
+    print(report_table(report, args.per_class))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"json: {args.json}")
+    if args.plot:
+        from .plot import validation_chart
+
+        print(f"plot: {validation_chart(report, args.plot)}")
+    return 0
+
+
 def _split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -386,7 +469,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "targets": cmd_targets, "info": cmd_info,
+COMMANDS = {"export": cmd_export, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "validate": cmd_validate, "targets": cmd_targets, "info": cmd_info,
             "demo": cmd_demo}
 
 

@@ -1,4 +1,5 @@
-"""A real device-side install: a fresh venv with `pip install .[onnx]` gets no torch/onnx and runs a package."""
+"""A real device-side install: a fresh venv with `pip install .[onnx,validate]` gets no torch/onnx, runs a
+package and validates it against labels (issue 4: validation runs on the device install)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_onnx_extra_installs_a_torch_free_runtime(nanodet_plus_package, fixtures
     env_dir = tmp_path / "device-venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[onnx]"],
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[onnx,validate]"],
                              capture_output=True, text=True, timeout=900)
     if install.returncode != 0 and ("Could not find" in install.stderr or "connection" in install.stderr.lower()):
         pytest.skip(f"no package index reachable for a fresh venv: {install.stderr.strip().splitlines()[-1]}")
@@ -25,7 +26,7 @@ def test_onnx_extra_installs_a_torch_free_runtime(nanodet_plus_package, fixtures
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
                             check=True).stdout
     installed = {p["name"].lower() for p in json.loads(listed)}
-    assert {"numpy", "opencv-python-headless", "onnxruntime", "edge-runtime"} <= installed
+    assert {"numpy", "opencv-python-headless", "onnxruntime", "edge-runtime", "faster-coco-eval"} <= installed
     assert not installed & HOST_ONLY, installed & HOST_ONLY
     out = tmp_path / "dets.json"
     run = subprocess.run([str(env_dir / "bin" / "edge-runtime"), "run", str(nanodet_plus_package), "--source",
@@ -34,3 +35,11 @@ def test_onnx_extra_installs_a_torch_free_runtime(nanodet_plus_package, fixtures
     assert run.returncode == 0, run.stderr
     labels = {d["label"] for d in json.loads(out.read_text())["frames"][0]["detections"]}
     assert {"dog", "bicycle"} <= labels
+    voc = fixtures("datasets/voc-indoor-85")
+    report = tmp_path / "val.json"
+    val = subprocess.run([str(env_dir / "bin" / "edge-runtime"), "validate", str(nanodet_plus_package), "--data",
+                          str(voc / "ground-truth"), "--images", str(voc / "images"), "--json", str(report)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert val.returncode == 0, val.stderr
+    fp32 = json.loads(report.read_text())["artifacts"][0]
+    assert fp32["engine"] == "faster-coco-eval" and 0.22 < fp32["map"] < 0.34, fp32
