@@ -5,9 +5,11 @@ model may lose at most ``max_drop`` of, against the FP32 model:
 
 - ``CosineAgreement``: per image, the lowest cosine over the model's outputs against the FP32 ONNX
   outputs, averaged over the images. FP32 scores 1.0, so ``--int8-min-cosine 0.99`` is a drop of 0.01.
+- ``MapMetric``: COCO mAP@[.5:.95] of the decoded detections on labelled images, the same protocol
+  as ``edge-runtime validate``; ``--max-map-drop 0.5`` is a drop of 0.005 (half a point).
 
 ONNX and OpenVINO hand the search to NNCF's ``quantize_with_accuracy_control``: it quantises
-everything, ranks each quantiser group by how much reverting it restores the metric on a subset of
+everything, ranks each quantiser group by how much reverting it restores the model on a subset of
 the images, reverts the worst groups to float and re-ranks until the drop fits (or nothing is left
 to revert). ``run_nncf_search`` adapts a metric to it. TFLite has no such search:
 ``float_prefix_search`` keeps the fewest leading levels of the network in float instead. The
@@ -17,12 +19,16 @@ converters record the layers put back in float and the metric before and after.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from edge_runtime.compare import compare
+from edge_runtime.families import Family
+from edge_runtime.metrics import coco_evaluate
+from edge_runtime.validate import EvaluationSet
 
 log = logging.getLogger(__name__)
 Runner = Callable[[np.ndarray], list[np.ndarray]]  # NCHW tensor -> outputs in the FP32 artifact's order
@@ -32,6 +38,7 @@ class CosineAgreement:
     """Agreement with the FP32 model: higher is better, 1.0 is identical outputs."""
 
     name = "cosine"
+    fp32_value = 1.0
 
     def __init__(self, reference: Runner, images: Sequence[np.ndarray]) -> None:
         self.images = list(images)
@@ -44,15 +51,67 @@ class CosineAgreement:
         indices = range(len(self.images)) if indices is None else indices
         return [compare(self._reference[i], run(self.images[i]))["cosine"] for i in indices]
 
+    def evaluate(self, run: Runner, indices: Sequence[int] | None = None) -> tuple[float, list[float]]:
+        """(metric, per-image values): NNCF ranks quantiser groups by the metric on its worst images."""
+        values = self.per_image(run, indices)
+        return float(np.mean(values)), values
+
     def __call__(self, run: Runner) -> float:
-        return float(np.mean(self.per_image(run)))
+        return self.evaluate(run)[0]
+
+
+class MapMetric:
+    """COCO mAP@[.5:.95] (0..1) of decoded detections on labelled images, as ``edge-runtime validate``
+    computes it (score >= 0.001, the package's NMS, top 100)."""
+
+    name = "map"
+
+    def __init__(self, reference: Runner, data: EvaluationSet, family: Family) -> None:
+        self.data, self.family = data, family
+        family.postprocess.update(score_threshold=0.001, max_detections=100)
+        self.images, self.metas = [], []
+        for image in data.images():
+            tensor, meta = family.preprocess(image)
+            self.images.append(tensor.copy())  # the preprocessor reuses its buffer
+            self.metas.append(meta)
+        self._run_reference = reference
+        self._reference: list[list[np.ndarray]] | None = None  # FP32 outputs, on first use
+        self._fp32: float | None = None
+
+    @property
+    def fp32_value(self) -> float:
+        if self._fp32 is None:
+            self._fp32 = self(self._run_reference)
+        return self._fp32
+
+    def evaluate(self, run: Runner, indices: Sequence[int] | None = None) -> tuple[float, list[float]]:
+        """(metric, per-image output cosine with FP32). On all images the metric is their mAP. NNCF
+        also calls this on a few of its worst images to rank each quantiser group by how much
+        reverting it helps; there the metric is the mean cosine, because the mAP of a handful of
+        images moves in steps too coarse to rank dozens of groups by (its NMSE ranking, the
+        library's smooth alternative, exists only for OpenVINO models)."""
+        indices = list(range(len(self.images)) if indices is None else indices)
+        if self._reference is None:
+            self._reference = [self._run_reference(t) for t in self.images]
+        outputs = [run(self.images[i]) for i in indices]
+        cosines = [compare(self._reference[i], out)["cosine"] for i, out in zip(indices, outputs)]
+        if len(indices) < len(self.images):
+            return float(np.mean(cosines)), cosines
+        dets = [self.family.decode(out, self.metas[i]) for i, out in zip(indices, outputs)]
+        return coco_evaluate(self.data.ground_truth, self.data.results(dets)).stats["map"], cosines
+
+    def __call__(self, run: Runner) -> float:
+        return self.evaluate(run)[0]
 
 
 @dataclass
 class AccuracyBudget:
-    metric: CosineAgreement
-    max_drop: float  # absolute drop of the metric allowed against FP32 (1.0 for the cosine metric)
-    fp32_value: float = 1.0
+    metric: CosineAgreement | MapMetric
+    max_drop: float  # absolute drop of the metric allowed against FP32 (cosine: 1.0 - C; mAP: points / 100)
+
+    @property
+    def fp32_value(self) -> float:
+        return self.metric.fp32_value
 
     @property
     def target(self) -> float:
@@ -62,11 +121,12 @@ class AccuracyBudget:
         """``float_layers``: the layers the search put back in float (beyond the converter's defaults)."""
         met = after >= self.target - 1e-9
         if not met:
-            log.warning("INT8 accuracy budget not met: %s %.4f after keeping %d layers in float, target %.4f",
-                        self.metric.name, after, len(float_layers), self.target)
-        return {"metric": self.metric.name, "target": round(self.target, 6), "fp32": self.fp32_value,
-                "before": round(before, 6), "after": round(after, 6), "met": met,
-                "validation_images": len(self.metric.images), "float_layers": float_layers}
+            log.warning("INT8 accuracy budget not met: %s %.4f after keeping %d layers in float, target %.4f "
+                        "(FP32 %.4f)", self.metric.name, after, len(float_layers), self.target, self.fp32_value)
+        return {"metric": self.metric.name, "target": round(self.target, 6), "fp32": round(self.fp32_value, 6),
+                "before": round(before, 6), "after": round(after, 6), "drop": round(self.fp32_value - after, 6),
+                "max_drop": self.max_drop, "met": met, "validation_images": len(self.metric.images),
+                "float_layers": float_layers}
 
 
 def run_nncf_search(model: Any, budget: AccuracyBudget, input_name: str, calibration: Sequence[np.ndarray],
@@ -81,10 +141,8 @@ def run_nncf_search(model: Any, budget: AccuracyBudget, input_name: str, calibra
 
     metric = budget.metric
 
-    def validate(model_for_inference: Any, items: Any) -> tuple[float, list[float]]:
-        run = runner_of(model_for_inference)
-        values = metric.per_image(run, [index for index, _ in items])
-        return float(np.mean(values)), values
+    def validate(model_for_inference: Any, items: Any) -> tuple[float, list[Any]]:
+        return metric.evaluate(runner_of(model_for_inference), [index for index, _ in items])
 
     to_input = lambda item: {input_name: item[1]}  # items carry their index for the metric
     return nncf.quantize_with_accuracy_control(

@@ -19,9 +19,12 @@ import edge_runtime
 from edge_runtime.backends import open_backend
 from edge_runtime.compare import compare
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.families import make_family
+from edge_runtime.labels import load_class_map, read_labels
 from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
+from edge_runtime.validate import EvaluationSet
 
-from .accuracy import AccuracyBudget, CosineAgreement
+from .accuracy import AccuracyBudget, CosineAgreement, MapMetric
 from .calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
@@ -103,17 +106,34 @@ def _held_out(manifest: Manifest, calibration: CalibrationSet, val_images: str |
         return None
 
 
+def _map_metric(manifest: Manifest, data: str | Path, images: str | Path | None, fmt: str,
+                class_map: str | Path | None, progress: Callable[[str], None]) -> MapMetric:
+    """mAP of the FP32 ONNX model's family decoder on labelled images: the --max-map-drop budget."""
+    labelled = read_labels(data, images, fmt)
+    evaluation = EvaluationSet.from_labels(labelled, manifest.class_names,
+                                           load_class_map(class_map) if class_map else None)
+    progress(evaluation.note)
+    ref_art = manifest.artifact("onnx", "fp32")
+    ref = open_backend(manifest.artifact_path(ref_art), "onnx", 2)
+    return MapMetric(lambda t: [ref.run({manifest.input.name: t})[n] for n in ref_art.outputs], evaluation,
+                     make_family(manifest))
+
+
 def convert_package(package: str | Path, formats: list[str], precisions: list[str],
                     calib: str | Path | None = None, calib_size: int = 100, options: dict[str, Any] | None = None,
                     progress: Callable[[str], None] = lambda msg: None, int8_min_cosine: float | None = None,
-                    val_images: str | Path | None = None, val_size: int = 24) -> Manifest:
+                    val_images: str | Path | None = None, val_size: int = 24, max_map_drop: float | None = None,
+                    val_data: str | Path | None = None, val_format: str = "auto",
+                    class_map: str | Path | None = None) -> Manifest:
     """Convert the package's FP32 ONNX into every requested (format, precision) and update the manifest.
 
     INT8 needs ``calib`` (a folder of images, a video or a COCO json). Every new artifact is checked
     against FP32 ONNX on held-out images (``val_images``, else images of ``calib`` not used to
     calibrate; the calibration images themselves only when there are no others). With
     ``int8_min_cosine`` INT8 is accuracy-aware: layers go back to float until the mean per-image
-    cosine with FP32 on the held-out images reaches it. Returns the updated manifest.
+    cosine with FP32 on the held-out images reaches it; with ``max_map_drop`` (mAP points) until
+    the COCO mAP on the labelled ``val_data`` / ``val_images`` is within that of FP32's. Returns the
+    updated manifest.
     """
     manifest = load_manifest(package)
     fp32 = manifest.artifact_path(manifest.artifact("onnx", "fp32"))
@@ -126,6 +146,12 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
         raise EdgeRuntimeError("INT8 needs calibration images: pass --calib FOLDER|VIDEO|COCO_JSON")
     if int8_min_cosine is not None and not 0 < int8_min_cosine <= 1:
         raise EdgeRuntimeError(f"--int8-min-cosine must be in (0, 1], got {int8_min_cosine}")
+    if max_map_drop is not None:
+        if int8_min_cosine is not None:
+            raise EdgeRuntimeError("choose one INT8 budget: --max-map-drop or --int8-min-cosine")
+        if max_map_drop < 0 or val_data is None:
+            raise EdgeRuntimeError("--max-map-drop needs a drop >= 0 (mAP points) and labelled images: "
+                                   "--val-data LABELS --val-images DIR")
     calibration = CalibrationSet(calib, manifest.input, calib_size) if calib is not None else None
     held_out = _held_out(manifest, calibration, val_images, val_size) if calibration is not None else None
     agreement = budget = None
@@ -139,6 +165,9 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
             raise EdgeRuntimeError(f"--int8-min-cosine needs held-out images: {calib} has none beyond the "
                                    f"{len(calibration)} used to calibrate; pass --val-images DIR")
         budget = AccuracyBudget(agreement, max_drop=1.0 - int8_min_cosine)
+    if max_map_drop is not None and "int8" in precisions:
+        budget = AccuracyBudget(_map_metric(manifest, val_data, val_images, val_format, class_map, progress),
+                                max_drop=max_map_drop / 100)
     check = held_out if held_out is not None else calibration
     if check is None:
         samples = [np.random.default_rng(0).standard_normal((1, 3, *manifest.input.size_hw)).astype(np.float32)]

@@ -1,0 +1,190 @@
+"""On-device validation (issue 4) on real labelled photos: voc-indoor-85 (85 VOC photos, Cartucho
+``<class> l t r b`` labels) with the COCO NanoDet-Plus-m-416 checkpoint, every INT8 artifact, the
+label-free mode, the CLI (table, JSON, plot) and accuracy-aware INT8 against an mAP budget."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import PACKAGES, fixture_path
+from test_cli import assert_one_line_error, run_cli
+
+from edge_runtime.labels import read_labels
+from edge_runtime.manifest import load_manifest
+from edge_runtime.metrics import coco_evaluate
+from edge_runtime.validate import EvaluationSet, Protocol, validate_package
+
+VOC = "datasets/voc-indoor-85"
+CALIB = "images/calib-coco-val2017"
+FORMATS = ("onnx", "openvino", "tflite")
+
+
+@pytest.fixture(scope="session")
+def voc() -> tuple[Path, Path]:
+    return fixture_path(VOC, "ground-truth"), fixture_path(VOC, "images")
+
+
+@pytest.fixture(scope="session")
+def int8_package(export, tmp_path_factory) -> Path:
+    """NanoDet-Plus-m-416 with plain (no budget) INT8 for every format, calibrated on 32 COCO photos."""
+    for library in ("nncf", "openvino", "onnx2tf"):
+        pytest.importorskip(library)
+    from converters.convert import convert_package
+
+    pkg = tmp_path_factory.mktemp("validate") / "nanodet-plus-m"
+    shutil.copytree(export("nanodet-plus-m"), pkg)
+    convert_package(pkg, list(FORMATS), ["int8"], calib=fixture_path(CALIB), calib_size=32)
+    return pkg
+
+
+@pytest.fixture(scope="session")
+def voc_set(int8_package, voc) -> EvaluationSet:
+    return EvaluationSet.from_labels(read_labels(*voc), load_manifest(int8_package).class_names)
+
+
+@pytest.fixture(scope="session")
+def report(int8_package, voc_set) -> dict:
+    return validate_package(int8_package, voc_set)
+
+
+def rows_by_key(report: dict) -> dict[tuple[str, str], dict]:
+    return {(r["format"], r["precision"]): r for r in report["artifacts"]}
+
+
+def test_class_mapping_and_protocol_are_reported(report):
+    assert report["mode"] == "labels" and report["protocol"]["images"] == 85
+    assert report["protocol"]["score_threshold"] == 0.001 and report["protocol"]["max_detections"] == 100
+    assert "score >= 0.001" in report["protocol"]["text"] and "85 images" in report["protocol"]["text"]
+    # VOC names reach the COCO model by spelling and alias; classes it lacks are left out, not misses
+    assert {"couch", "tv", "dining table", "potted plant", "chair", "person"} <= set(report["classes_evaluated"])
+    assert report["left_out"]["cabinetry"] == 52 and report["left_out"]["pillow"] == 45
+    assert "sofa->couch" in report["data"] and "tvmonitor->tv" in report["data"]
+
+
+def test_fp32_map_is_sane_and_equals_the_torch_model(report, int8_package, voc_set):
+    """The ONNX FP32 mAP is the torch checkpoint's mAP through the same decoder (max abs diff of the
+    raw outputs ~1e-5, so the statistics agree to 1e-4). Measured: mAP 0.277, AP50 0.477 (indoor
+    clutter, books and sinks: far below the 0.54 of a mixed VOC subset in the fixtures' README)."""
+    torch = pytest.importorskip("torch")
+    from reference_decode import load_torch_model
+
+    from converters.models import get_spec
+    from edge_runtime.families import make_family
+
+    fp32 = rows_by_key(report)["onnx", "fp32"]
+    assert 0.22 < fp32["map"] < 0.34 and 0.40 < fp32["map50"] < 0.56, fp32
+    cfg = PACKAGES["nanodet-plus-m"]
+    model = get_spec(cfg["model"]).deploy(load_torch_model(cfg["model"], str(fixture_path(cfg["weights"])))).eval()
+    family = make_family(load_manifest(int8_package))
+    family.postprocess.update(score_threshold=0.001, max_detections=100)
+    dets = []
+    with torch.no_grad():
+        for image in voc_set.images():
+            tensor, meta = family.preprocess(image)
+            dets.append(family.decode([t.numpy() for t in model(torch.from_numpy(tensor))], meta))
+    torch_stats = coco_evaluate(voc_set.ground_truth, voc_set.results(dets)).stats
+    for stat in ("map", "map50", "map_small", "map_medium", "map_large"):
+        assert torch_stats[stat] == pytest.approx(fp32[stat], abs=1e-4), stat
+
+
+def test_int8_drops_are_reported(report):
+    """Measured drops (points): ONNX 0.58, OpenVINO -0.30, TFLite 1.26 (plain INT8, 32 COCO photos)."""
+    rows = rows_by_key(report)
+    fp32 = rows["onnx", "fp32"]
+    assert report["reference"] == fp32["artifact"] and fp32["map_drop_points"] == 0
+    for fmt in FORMATS:
+        row = rows[fmt, "int8"]
+        assert row["map_drop_points"] == pytest.approx(100 * (fp32["map"] - row["map"]), abs=1e-3)
+        assert -1.5 < row["map_drop_points"] < 3.0, (fmt, row["map_drop_points"])
+        assert row["latency_ms"] > 0 and set(row["per_class_ap"]) == set(report["classes_evaluated"])
+
+
+def test_engines_agree(report, int8_package, voc_set):
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("faster_coco_eval")
+    from edge_runtime import Detector
+
+    det = Detector(int8_package, backend="onnx", precision="fp32", score_threshold=0.001)
+    results = voc_set.results([det(image) for image in voc_set.images()])
+    slow = coco_evaluate(voc_set.ground_truth, results, "pycocotools")
+    fast = coco_evaluate(voc_set.ground_truth, results, "faster-coco-eval")
+    for stat, value in slow.stats.items():
+        assert fast.stats[stat] == pytest.approx(value, abs=1e-6), stat
+    assert slow.stats["map"] == pytest.approx(rows_by_key(report)["onnx", "fp32"]["map"], abs=1e-4)
+
+
+def test_label_free_agreement_with_fp32(int8_package):
+    """No labels: FP32's detections scoring >= 0.3 are the ground truth, so FP32 scores 1.0 against
+    itself by construction and each INT8 artifact's mAP measures how far its detections moved."""
+    report = validate_package(int8_package, images=fixture_path("images/samples"))
+    assert report["mode"] == "label-free" and "label-free" in report["data"]
+    rows = rows_by_key(report)
+    assert rows["onnx", "fp32"]["map"] == pytest.approx(1.0, abs=1e-6)
+    for fmt in FORMATS:
+        row = rows[fmt, "int8"]
+        assert 0.5 < row["map"] < 1.0, (fmt, row["map"])
+        assert set(row["cosine"]) == {"scores", "distances"}
+        for role, cos in row["cosine"].items():
+            assert 0.9 < cos["worst"] <= cos["mean"] < 1.0 and cos["images"] == 11, (fmt, role, cos)
+
+
+def test_cli_table_json_and_plot(int8_package, voc, tmp_path):
+    out, png = tmp_path / "val.json", tmp_path / "val.png"
+    proc = run_cli("validate", str(int8_package), "--data", str(voc[0]), "--images", str(voc[1]), "--backend", "onnx",
+                   "--per-class", "--json", str(out), "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("protocol: score >= 0.001", "85 images", "drop vs FP32", "per-class AP", "left out", "cabinetry"):
+        assert needle in proc.stdout, needle
+    report = json.loads(out.read_text())
+    assert [(r["format"], r["precision"]) for r in report["artifacts"]] == [("onnx", "fp32"), ("onnx", "int8")]
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[0] > 400 and image.shape[1] > 800
+    assert (image < 250).mean() > 0.02  # bars and curves, not a blank canvas
+
+
+def test_cli_errors_are_one_line(int8_package, voc, tmp_path):
+    bad = tmp_path / "labels"
+    bad.mkdir()
+    (bad / "2007_000027.txt").write_text("chair 10 20 x 40\n")
+    assert_one_line_error(run_cli("validate", str(int8_package), "--data", str(bad), "--images", str(voc[1])),
+                          "2007_000027.txt", "line 1")
+    assert_one_line_error(run_cli("validate", str(int8_package)), "--images")
+    none_match = tmp_path / "other"
+    none_match.mkdir()
+    (none_match / "2007_000027.txt").write_text("cabinetry 10 20 30 40\n")
+    assert_one_line_error(run_cli("validate", str(int8_package), "--data", str(none_match), "--images", str(voc[1])),
+                          "--class-map")
+
+
+def test_accuracy_aware_int8_lowers_the_map_drop(int8_package, voc, export, tmp_path_factory):
+    """``--max-map-drop 0.5`` on TFLite, searched on half of the photos and checked on the other
+    half. Measured: plain TFLite INT8 loses 1.25 / 0.94 points on the halves; the search keeps the
+    first 12 of 78 levels in float, leaving 0.32 on the searched half and -0.10 on the unseen one."""
+    from converters.convert import convert_package
+
+    root = tmp_path_factory.mktemp("map-budget")
+    halves = {name: root / name for name in ("search", "check")}
+    for folder in halves.values():
+        folder.mkdir()
+    for i, label in enumerate(sorted(voc[0].glob("*.txt"))):  # small label files only; the photos stay put
+        shutil.copy(label, halves["search" if i % 2 == 0 else "check"])
+    pkg = root / "pkg"
+    shutil.copytree(export("nanodet-plus-m"), pkg)
+    convert_package(pkg, ["tflite"], ["int8"], calib=fixture_path(CALIB), calib_size=32, max_map_drop=0.5,
+                    val_data=halves["search"], val_images=voc[1])
+    control = load_manifest(pkg).artifact("tflite", "int8").extra["quantization"]["accuracy_control"]
+    assert control["metric"] == "map" and control["met"] and control["validation_images"] == 43, control
+    assert control["drop"] <= 0.005 + 1e-9 and control["before"] < control["after"] and control["float_layers"]
+
+    def drop(package: Path, half: str) -> float:
+        data = EvaluationSet.from_labels(read_labels(halves[half], voc[1]), load_manifest(package).class_names)
+        return rows_by_key(validate_package(package, data, backend="tflite", protocol=Protocol()))[
+            "tflite", "int8"]["map_drop_points"]
+
+    plain, budgeted = drop(int8_package, "check"), drop(pkg, "check")
+    assert budgeted < plain - 0.3, (plain, budgeted)
+    assert budgeted <= 0.5, budgeted
