@@ -1,7 +1,8 @@
 """INT8 accuracy on both COCO models with accuracy-aware INT8 (``--int8-min-cosine``).
 
-Calibration on 32/64 COCO photos, the budget (mean per-image output cosine with FP32 >= 0.99) on 24
-other photos of the same folder, and the proof on the 11 sample photos, which neither step saw.
+Calibration on 32/64 COCO photos, the budget (mean per-image output cosine with FP32 >= 0.99 for
+NanoDet-Plus-m, 0.995 for YOLO-FastestV2, see ``MIN_COSINE``) on 24 other photos of the same folder,
+and the proof on the 11 sample photos, which neither step saw.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from edge_runtime.manifest import load_manifest
 CALIB = "images/calib-coco-val2017"
 CALIB_SIZE = {"nanodet-plus-m": 32, "yolo-fastestv2": 64}
 FORMATS = ("onnx", "openvino", "tflite")
-MIN_COSINE = 0.99
+# The budget per model and format. YOLO-FastestV2 at 0.99 met it but, on horses.jpg, where FP32 itself
+# is torn between cow 0.49 and horse 0.43 for one animal, dropped the horse below 0.3 on some CPUs
+# (TFLite on AMD EPYC, ONNX on Intel Xeon); at 0.995 (9-10 layers in float for ONNX/OpenVINO, 55 ops
+# for TFLite, no slower) every artifact keeps both.
+MIN_COSINE = {"nanodet-plus-m": {"onnx": 0.99, "openvino": 0.99, "tflite": 0.99},
+              "yolo-fastestv2": {"onnx": 0.995, "openvino": 0.995, "tflite": 0.995}}
 
 
 @pytest.fixture(scope="session", params=list(CALIB_SIZE))
@@ -33,8 +39,10 @@ def budget_package(request, export, tmp_path_factory) -> Path:
     key = request.param
     pkg = tmp_path_factory.mktemp("int8-budget") / key
     shutil.copytree(export(key), pkg)
-    convert_package(pkg, list(FORMATS), ["int8"], calib=fixture_path(CALIB), calib_size=CALIB_SIZE[key],
-                    int8_min_cosine=MIN_COSINE, val_size=24)
+    budgets = MIN_COSINE[key]
+    for budget in sorted(set(budgets.values())):
+        convert_package(pkg, [f for f in FORMATS if budgets[f] == budget], ["int8"], calib=fixture_path(CALIB),
+                        calib_size=CALIB_SIZE[key], int8_min_cosine=budget, val_size=24)
     return pkg
 
 
@@ -48,13 +56,14 @@ def test_budget_is_met_and_recorded(budget_package):
     for fmt in FORMATS:
         extra = manifest.artifact(fmt, "int8").extra
         control = extra["quantization"]["accuracy_control"]
-        assert control["metric"] == "cosine" and control["target"] == pytest.approx(MIN_COSINE)
-        assert control["met"] and control["after"] >= MIN_COSINE, (fmt, control)
+        budget = MIN_COSINE[budget_package.name][fmt]
+        assert control["metric"] == "cosine" and control["target"] == pytest.approx(budget)
+        assert control["met"] and control["after"] >= budget, (fmt, control)
         assert control["validation_images"] == 24 and control["after"] >= control["before"] - 1e-6
         assert isinstance(control["float_layers"], list)
         # the check after conversion runs on the same held-out photos, never the calibration ones
         assert extra["fp32_agreement"]["checked_on"] == {"held_out_images": 24, "source": "calib-coco-val2017"}
-        assert extra["fp32_agreement"]["cosine_mean"] >= MIN_COSINE - 1e-6, (fmt, extra["fp32_agreement"])
+        assert extra["fp32_agreement"]["cosine_mean"] >= budget - 1e-6, (fmt, extra["fp32_agreement"])
 
 
 def test_raw_outputs_on_unseen_photos(budget_package, samples):
@@ -89,12 +98,4 @@ def test_detections_agree_with_fp32(budget_package, samples):
             want, have = fp32(image), int8(image)
             lost = unmatched(want, have) and unmatched(want, int8_all(image))
             extra = unmatched(have, want) and unmatched(have, fp32_all(image))
-            if (budget_package.name, fmt, name) in KNOWN_CLASS_FLIPS:
-                continue
             assert not lost and not extra, f"{budget_package.name} {fmt} int8 {name}: lost {lost}, extra {extra}"
-
-
-# The one INT8 disagreement that is not an NMS tie: FP32 itself is torn between two classes for the
-# animal in horses.jpg (cow 0.49, horse 0.43 on the same box); TFLite INT8 keeps cow 0.47 but drops
-# horse to 0.29. The issue stays open on it.
-KNOWN_CLASS_FLIPS = {("yolo-fastestv2", "tflite", "horses.jpg")}
