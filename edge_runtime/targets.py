@@ -1,15 +1,24 @@
-"""Target profiles: small TOML files (``targets/*.toml``) describing a device: threads and the
-backend/precision order to prefer. A user adds a device by dropping a file, no code."""
+"""Target profiles: small TOML files (``targets/*.toml``) describing a device: threads, the
+backend/precision order to prefer, and how to reach its accelerator (TFLite delegate, ONNX Runtime
+execution provider, OpenVINO device). A user adds a device by dropping a file, no code."""
 
 from __future__ import annotations
 
 import sys
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .errors import EdgeRuntimeError
+from .errors import EdgeRuntimeError, first_line
 from .hostinfo import physical_cores
+from .timing import format_table
+
+BACKENDS = ("onnx", "openvino", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8")
+TFLITE_IO = ("float32", "int8", "uint8")  # the converter's tflite_io values
+STATUSES = ("supported", "future")
 
 
 def search_dirs() -> list[Path]:
@@ -21,15 +30,64 @@ def search_dirs() -> list[Path]:
 
 @dataclass(frozen=True)
 class Target:
+    """One device profile. Fields past ``precisions`` are optional in the file.
+
+    ``backends``/``precisions`` are preference orders (first = expected fastest). ``peak_gflops``
+    maps a precision to the device's peak GFLOP/s (GOP/s for int8), for :func:`efficiency`.
+    ``status`` "future" marks a documentation-only profile that nothing can run yet.
+    """
+
     name: str
     arch: str
     description: str
     threads: int
     backends: tuple[str, ...]
     precisions: tuple[str, ...]
+    cpu: str = ""
+    delegate: str | None = None
+    delegate_options: dict[str, str] = field(default_factory=dict)
+    execution_provider: str | None = None
+    provider_options: dict[str, str] = field(default_factory=dict)
+    openvino_device: str | None = None
+    tflite_io: str | None = None
+    peak_gflops: dict[str, float] = field(default_factory=dict)
+    status: str = "supported"
+    notes: str = ""
+
+    def backend_options(self, backend: str) -> dict[str, Any]:
+        """Options for ``open_backend`` on this target (delegate, execution provider or device)."""
+        if backend == "tflite" and self.delegate:
+            return {"delegate": self.delegate, "delegate_options": dict(self.delegate_options)}
+        if backend == "onnx" and self.execution_provider:
+            return {"device": self.execution_provider, "provider_options": dict(self.provider_options)}
+        if backend == "openvino" and self.openvino_device:
+            return {"device": self.openvino_device}
+        return {}
+
+    def require_runnable(self) -> None:
+        """Raise a one-line error when this profile is documentation only (status "future")."""
+        if self.status == "future":
+            raise EdgeRuntimeError(f"target {self.name!r} is documentation only (status \"future\"): "
+                                   f"{self.notes or 'nothing in this project runs it yet'}")
+
+    @property
+    def accelerator(self) -> str:
+        """The delegate, execution provider and/or OpenVINO device, '' for CPU-only profiles."""
+        return ", ".join(v for v in (self.delegate, self.execution_provider, self.openvino_device) if v)
+
+
+def efficiency(macs: float, latency_ms: float, peak_gflops: float) -> float:
+    """Percentage of ``peak_gflops`` reached by a model of ``macs`` multiply-accumulates per
+    inference running in ``latency_ms``: one MAC counts as 2 FLOPs (the roofline convention), so
+    0.9 GMACs in 10 ms is 180 GFLOP/s, i.e. 100 % of a 180 GFLOP/s peak."""
+    if latency_ms <= 0 or peak_gflops <= 0:
+        raise ValueError(f"latency_ms and peak_gflops must be positive (got {latency_ms}, {peak_gflops})")
+    achieved_gflops = 2.0 * macs / (latency_ms * 1e-3) / 1e9
+    return 100.0 * achieved_gflops / peak_gflops
 
 
 def available_targets() -> dict[str, Path]:
+    """Profile name -> file; an earlier search dir wins over a later one with the same name."""
     found: dict[str, Path] = {}
     for folder in search_dirs():
         for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
@@ -38,17 +96,151 @@ def available_targets() -> dict[str, Path]:
 
 
 def load_target(name_or_path: str) -> Target:
+    """A profile by name (see :func:`available_targets`) or by path to a .toml file."""
     path = Path(name_or_path)
     if not path.is_file():
         known = available_targets()
         if name_or_path not in known:
+            if path.suffix == ".toml" or "/" in name_or_path:
+                raise EdgeRuntimeError(f"{path}: target profile file not found")
             raise EdgeRuntimeError(f"target {name_or_path!r}: no such profile (known: {', '.join(known) or 'none'})")
         path = known[name_or_path]
     try:
         data = tomllib.loads(path.read_text())
-        threads = data.get("threads", "physical")
-        return Target(name=data["name"], arch=data["arch"], description=data.get("description", ""),
-                      threads=physical_cores() if threads == "physical" else int(threads),
-                      backends=tuple(data["backends"]), precisions=tuple(data["precisions"]))
-    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise EdgeRuntimeError(f"{path}: not a valid target profile ({type(exc).__name__}: {exc})") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise EdgeRuntimeError(f"{path}: not a valid target profile ({first_line(exc)})") from None
+    return _parse(path, data)
+
+
+def all_targets() -> list[Target]:
+    """Every available profile, loaded (a broken one raises, naming its file)."""
+    return [load_target(str(path)) for path in available_targets().values()]
+
+
+def targets_table(targets: list[Target]) -> str:
+    """Plain-text table of profiles for ``edge-runtime targets``."""
+    rows = [[t.name, t.arch, t.cpu or "-", t.threads, ",".join(t.backends), ",".join(t.precisions),
+             t.accelerator or "-", t.status] for t in targets]
+    return format_table(["target", "arch", "cpu", "threads", "backends", "precisions", "delegate/EP/device",
+                         "status"], rows)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+def _string(path: Path, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise EdgeRuntimeError(f"{path}: {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _text(path: Path, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise EdgeRuntimeError(f"{path}: {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _threads(path: Path, key: str, value: object) -> int:
+    if value == "physical":
+        return physical_cores()
+    # bool is an int subclass: `threads = true` is a typo, not 1 thread
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise EdgeRuntimeError(f"{path}: {key!r} must be a positive integer or \"physical\", got {value!r}")
+
+
+def _choices(allowed: tuple[str, ...]) -> Callable[[Path, str, object], str]:
+    def check(path: Path, key: str, value: object) -> str:
+        if value not in allowed:
+            raise EdgeRuntimeError(f"{path}: {key!r} must be one of {', '.join(allowed)}, got {value!r}")
+        return str(value)
+    return check
+
+
+def _string_list(path: Path, key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise EdgeRuntimeError(f"{path}: {key!r} must be a non-empty list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _string_table(path: Path, key: str, value: object) -> dict[str, str]:
+    # delegate and provider options reach C APIs that take strings: '2' rather than 2 keeps
+    # what the user wrote and what the library receives the same
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise EdgeRuntimeError(f"{path}: {key!r} must be a table of string values, got {value!r}")
+    return dict(value)
+
+
+def _peaks(path: Path, key: str, value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise EdgeRuntimeError(f"{path}: {key!r} must be a table precision = GFLOP/s, got {value!r}")
+    peaks: dict[str, float] = {}
+    for precision, peak in value.items():
+        if precision not in PRECISIONS:
+            raise EdgeRuntimeError(f"{path}: {key!r} has unknown precision {precision!r} "
+                                   f"(known: {', '.join(PRECISIONS)})")
+        if isinstance(peak, bool) or not isinstance(peak, (int, float)) or peak <= 0:
+            raise EdgeRuntimeError(f"{path}: {key}.{precision} must be a positive number, got {peak!r}")
+        peaks[precision] = float(peak)
+    return peaks
+
+
+# key -> (checker, required); the order is the order of the "known keys" in error messages
+_FIELDS: dict[str, tuple[Callable[[Path, str, object], Any], bool]] = {
+    "name": (_string, True),
+    "arch": (_string, True),
+    "description": (_text, False),
+    "threads": (_threads, False),
+    "backends": (_string_list, True),
+    "precisions": (_string_list, True),
+    "cpu": (_text, False),
+    "delegate": (_string, False),
+    "delegate_options": (_string_table, False),
+    "execution_provider": (_string, False),
+    "provider_options": (_string_table, False),
+    "openvino_device": (_string, False),
+    "tflite_io": (_choices(TFLITE_IO), False),
+    "peak_gflops": (_peaks, False),
+    "status": (_choices(STATUSES), False),
+    "notes": (_text, False),
+}
+
+
+def _parse(path: Path, data: dict[str, Any]) -> Target:
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise EdgeRuntimeError(f"{path}: unknown key {', '.join(map(repr, unknown))} "
+                               f"(known: {', '.join(_FIELDS)})")
+    missing = [key for key, (_, required) in _FIELDS.items() if required and key not in data]
+    if missing:
+        raise EdgeRuntimeError(f"{path}: missing required key {', '.join(map(repr, missing))}")
+    values = {key: check(path, key, data[key]) for key, (check, _) in _FIELDS.items() if key in data}
+    values.setdefault("description", "")
+    values.setdefault("threads", physical_cores())
+    target = Target(**values)
+    _check_consistency(path, target)
+    return target
+
+
+def _check_consistency(path: Path, t: Target) -> None:
+    """Cross-field rules: a profile in a search dir is found by its file name, so its name must be
+    that too; an accelerator setting needs its backend. A file given by path may be named freely."""
+    if t.name != path.stem and path.resolve().parent in {d.resolve() for d in search_dirs()}:
+        raise EdgeRuntimeError(f"{path}: name {t.name!r} must match the file name, or "
+                               f"'--target {t.name}' would not find it (rename the file to {t.name}.toml)")
+    # a documentation-only profile may name a backend this project does not have yet (rknn)
+    bad = [b for b in t.backends if b not in BACKENDS] if t.status != "future" else []
+    if bad:
+        raise EdgeRuntimeError(f"{path}: unknown backend {', '.join(map(repr, bad))} (known: {', '.join(BACKENDS)})")
+    bad = [p for p in t.precisions if p not in PRECISIONS]
+    if bad:
+        raise EdgeRuntimeError(f"{path}: unknown precision {', '.join(map(repr, bad))} "
+                               f"(known: {', '.join(PRECISIONS)})")
+    for key, backend in (("delegate", "tflite"), ("delegate_options", "tflite"), ("tflite_io", "tflite"),
+                         ("execution_provider", "onnx"), ("provider_options", "onnx"),
+                         ("openvino_device", "openvino")):
+        if getattr(t, key) and backend not in t.backends:
+            raise EdgeRuntimeError(f"{path}: {key!r} is set but {backend!r} is not in backends")
+    if t.delegate_options and not t.delegate:
+        raise EdgeRuntimeError(f"{path}: 'delegate_options' is set without a 'delegate'")
+    if t.provider_options and not t.execution_provider:
+        raise EdgeRuntimeError(f"{path}: 'provider_options' is set without an 'execution_provider'")
