@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import __version__
 from .errors import EdgeRuntimeError
@@ -55,6 +55,7 @@ def _runtime_choice(args: argparse.Namespace) -> tuple[str, str | None, int | No
     from .targets import load_target
 
     target, artifacts = load_target(args.target), load_manifest(args.package).artifacts
+    target.require_runnable()
     backend = args.backend if args.backend != "auto" else next(
         (b for b in target.backends if any(a.format == b for a in artifacts)), "auto")
     precision = args.precision or next(
@@ -63,8 +64,26 @@ def _runtime_choice(args: argparse.Namespace) -> tuple[str, str | None, int | No
     return backend, precision, args.threads or target.threads
 
 
-def _backend_options(args: argparse.Namespace) -> dict[str, str]:
-    return {k: v for k, v in (("device", args.device), ("delegate", args.delegate)) if v}
+def _backend_options(args: argparse.Namespace, backend: str = "auto") -> dict[str, Any]:
+    """--device / --delegate, over the target profile's delegate, execution provider or device."""
+    options: dict[str, Any] = {}
+    if args.target and backend != "auto":
+        from .targets import load_target
+
+        options.update(load_target(args.target).backend_options(backend))
+    options.update({k: v for k, v in (("device", args.device), ("delegate", args.delegate)) if v})
+    return options
+
+
+def _report_float_ops(detector: Any) -> None:
+    """A delegate that runs only integer ops (Edge TPU, NXP VX) hands every float op back to the CPU."""
+    if detector.artifact.format != "tflite" or not detector.backend.options.get("delegate"):
+        return
+    from .tflite_ops import tflite_op_report
+
+    report = tflite_op_report(detector.manifest.artifact_path(detector.artifact))
+    if not (report.full_integer and report.integer_io):
+        log.warning("%s (a full-integer delegate runs the rest on the CPU)", report.describe())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,8 +225,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write the whole report as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a chart: mAP per artifact and PR curves at IoU 0.5")
 
-    p = sub.add_parser("targets", help="list the target profiles (targets/*.toml)")
-    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p = sub.add_parser("targets", help="list the target profiles (targets/*.toml), or describe this host",
+                       description="Target profiles are TOML files (targets/, ~/.config/edge-runtime/targets/): "
+                                   "threads, backend and precision order, delegate / execution provider / OpenVINO "
+                                   "device, peak GFLOP/s. --detect reads this host's CPU features, board and "
+                                   "accelerator libraries and suggests a profile.")
+    p.add_argument("--detect", action="store_true", help="describe this host and suggest a target profile")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = sub.add_parser("package", help="self-contained bundle for a target: its artifacts, the edge-runtime wheel, "
+                                       "pinned device requirements, install.sh/run.sh, SHA256SUMS",
+                       description="Write a .tar.gz holding what the target runs: the package with only the "
+                                   "artifacts the target's profile uses, the edge-runtime wheel, "
+                                   "requirements-<target>.txt (device side only, pinned), install.sh and run.sh "
+                                   "(both verify SHA256SUMS first). For full-integer targets (a TFLite delegate) "
+                                   "any float op in the .tflite is reported.")
+    p.add_argument("package", help="package folder")
+    p.add_argument("--target", required=True, help="target profile name or .toml path")
+    p.add_argument("-o", "--out", required=True, help="bundle to write (.tar.gz)")
+    p.add_argument("--wheel-dir", default=None, help="take the edge-runtime wheel from here [build it]")
+
+    p = sub.add_parser("deploy", help="copy a bundle to a device over ssh, install it in a venv there, smoke-run it",
+                       description="scp the bundle, untar, run install.sh (venv + pinned device requirements) and "
+                                   "run.sh (checksums, then a short bench) on the device; prints FPS per artifact.")
+    p.add_argument("bundle", help="bundle made by 'edge-runtime package'")
+    p.add_argument("--host", required=True, help="user@host")
+    p.add_argument("--port", type=int, default=22, help="ssh port [22]")
+    p.add_argument("--identity", default=None, help="ssh private key [ssh's default]")
+    p.add_argument("--remote-dir", default="edge-runtime", help="folder on the device [~/edge-runtime]")
+    p.add_argument("-o", dest="ssh_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra ssh option, repeatable (e.g. -o StrictHostKeyChecking=accept-new)")
+    p.add_argument("--smoke-iters", type=int, default=10, help="timed runs per artifact in the smoke bench [10]")
+    p.add_argument("--remote-python", default="python3", help="Python on the device [python3]")
+    p.add_argument("--pip-index-url", default=None, help="package index for the device's pip (a local mirror)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the result as JSON")
 
     p = sub.add_parser("demo", help="offline demo: the bundled shapes detector on a generated clip, FPS per backend",
                        description="Build the bundled demo-shapes package (FP32 + INT8 ONNX; OpenVINO and TFLite when "
@@ -355,7 +406,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"live view: {server.url}", file=sys.stderr, flush=True)
         backend, precision, threads = _runtime_choice(args)
         detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
-                            options=_backend_options(args), score_threshold=args.conf, nms_iou=args.iou)
+                            options=_backend_options(args, backend), score_threshold=args.conf, nms_iou=args.iou)
+        _report_float_ops(detector)
         source = open_source(args.source)
         show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
         if args.show == "yes" and not display_available():
@@ -456,20 +508,55 @@ def _split_list(text: str) -> list[str]:
 def cmd_targets(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .targets import available_targets, load_target
-    from .timing import format_table
+    from .targets import all_targets, targets_table
 
-    targets = [load_target(str(path)) for path in available_targets().values()]
-    if args.json:
-        print(json.dumps([asdict(t) for t in targets], indent=2))
+    if args.detect:
+        from .hostinfo import detect_host
+
+        host = detect_host()
+        print(json.dumps(host.to_dict(), indent=2) if args.json else "\n".join(host.describe()))
         return 0
-    print(format_table(["target", "arch", "threads", "backends", "precisions", "description"],
-                       [[t.name, t.arch, t.threads, ",".join(t.backends), ",".join(t.precisions), t.description]
-                        for t in targets]))
+    targets = all_targets()
+    print(json.dumps([asdict(t) for t in targets], indent=2) if args.json else targets_table(targets))
     return 0
 
 
-COMMANDS = {"export": cmd_export, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "validate": cmd_validate, "targets": cmd_targets, "info": cmd_info,
+def cmd_package(args: argparse.Namespace) -> int:
+    from .bundle import make_bundle
+    from .manifest import load_manifest
+    from .targets import load_target
+
+    target = load_target(args.target)
+    target.require_runnable()
+    if target.delegate:  # full-integer accelerators: say before deployment what would fall back to the CPU
+        from .tflite_ops import tflite_op_report
+
+        manifest = load_manifest(args.package)
+        for art in manifest.artifacts:
+            if art.format == "tflite" and art.precision in target.precisions:
+                print(tflite_op_report(manifest.artifact_path(art)).describe())
+    out = make_bundle(Path(args.package), args.target, Path(args.out),
+                      Path(args.wheel_dir) if args.wheel_dir else None, progress=_progress)
+    print(f"bundle: {out}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .deploy import deploy
+
+    result = deploy(Path(args.bundle), args.host, args.port, Path(args.identity) if args.identity else None,
+                    args.remote_dir, args.ssh_options, args.smoke_iters, args.remote_python,
+                    {"PIP_INDEX_URL": args.pip_index_url} if args.pip_index_url else None, progress=_progress)
+    for artifact, fps in result["fps"].items():
+        print(f"{artifact}: {fps:.1f} FPS on {args.host}")
+    print(f"install {result['install_s']:.0f} s, smoke run {result['run_s']:.0f} s, in {result['bundle_dir']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "validate": cmd_validate, "targets": cmd_targets,
+            "package": cmd_package, "deploy": cmd_deploy, "info": cmd_info,
             "demo": cmd_demo}
 
 

@@ -249,3 +249,38 @@ def test_truncated_tflite_is_a_model_load_error(tflite_packages, tmp_path):
     garbage.write_bytes(b"not a flatbuffer at all" * 10)
     with pytest.raises(ModelLoadError, match="garbage.tflite"):
         open_backend(garbage, "tflite", 2)
+
+
+def test_float_op_report_reads_the_graph_before_deployment(tflite_packages, yolo_int8_io_package):
+    """What a full-integer target (Edge TPU, NXP VX) would hand back to the CPU, read from the file."""
+    from edge_runtime.tflite_ops import tflite_op_report
+
+    fp32 = tflite_op_report(tflite_packages["nanodet-plus-m"] / "model_fp32.tflite")
+    assert len(fp32.float_ops) == fp32.ops > 300 and not fp32.full_integer
+    # float I/O INT8 keeps the stem convolution and the decode tail (sigmoid, softmax) in float by design
+    mixed = tflite_op_report(tflite_packages["nanodet-plus-m"] / "model_int8.tflite")
+    kinds = {op["op"] for op in mixed.float_ops}
+    assert not mixed.full_integer and {"CONV_2D", "LOGISTIC", "SOFTMAX"} <= kinds, mixed.describe()
+    assert len(mixed.float_ops) < 0.1 * mixed.ops and "float ops" in mixed.describe()
+    full = tflite_op_report(yolo_int8_io_package / "model_int8.tflite")
+    assert full.full_integer and full.integer_io, full.describe()
+    assert "all integer" in full.describe() and full.to_dict()["full_integer"]
+
+
+def test_edgetpu_target_without_the_library_falls_back_and_reports_float_ops(tflite_packages, tmp_path):
+    """``run --target edgetpu`` picks the TFLite INT8 artifact and the Coral delegate from the profile;
+    with no libedgetpu here it runs on the CPU with one warning, and says which ops are float."""
+    from test_cli import run_cli
+
+    if ctypes.util.find_library("edgetpu"):
+        pytest.skip("an Edge TPU runtime is installed here")
+    out = tmp_path / "dets.json"
+    proc = run_cli("run", str(tflite_packages["nanodet-plus-m"]), "--target", "edgetpu", "--source",
+                   str(fixture_path("images/samples/dog.jpg")), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "model_int8.tflite" in proc.stderr and "delegate libedgetpu.so.1 failed: CPU fallback" in proc.stderr
+    assert "float ops" in proc.stderr and "full-integer delegate" in proc.stderr
+    import json
+
+    labels = {d["label"] for d in json.loads(out.read_text())["frames"][0]["detections"]}
+    assert {"dog", "bicycle"} <= labels

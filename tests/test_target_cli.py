@@ -1,0 +1,31 @@
+"""The targets command: every profile in a table and as JSON, and this host described."""
+
+from __future__ import annotations
+
+import json
+
+from test_cli import assert_one_line_error, run_cli
+
+
+def test_targets_table_and_json():
+    table = run_cli("targets")
+    assert table.returncode == 0, table.stderr
+    for name in ("x86", "x86-vnni", "arm64", "rpi4", "rpi5", "edgetpu", "npu-vx", "openvino-npu", "ort-qnn",
+                 "rknn-lite"):
+        assert f"\n{name} " in "\n" + table.stdout, name
+    profiles = {t["name"]: t for t in json.loads(run_cli("targets", "--json").stdout)}
+    assert profiles["edgetpu"]["delegate"] == "libedgetpu.so.1" and profiles["edgetpu"]["tflite_io"] == "uint8"
+    assert profiles["rpi4"]["threads"] == 4 and profiles["rknn-lite"]["status"] == "future"
+
+
+def test_detect_describes_this_host():
+    text = run_cli("targets", "--detect")
+    assert text.returncode == 0 and "Suggested target:" in text.stdout, text.stderr
+    info = json.loads(run_cli("targets", "--detect", "--json").stdout)
+    assert info["suggested_target"] and info["arch"] and info["cores"] >= 1
+
+
+def test_future_profile_is_refused_in_one_line(nanodet_plus_package, fixtures):
+    proc = run_cli("run", str(nanodet_plus_package), "--target", "rknn-lite", "--source",
+                   str(fixtures("images/samples/dog.jpg")))
+    assert_one_line_error(proc, "rknn-lite", "future")
