@@ -17,15 +17,24 @@ import cv2, onnxruntime, openvino, tensorflow, torch
 print(f"torch {torch.__version__} | onnxruntime {onnxruntime.__version__} | openvino {openvino.__version__} "
       f"| tensorflow {tensorflow.__version__} | opencv {cv2.__version__}")
 PY
-# Debian's chromium drives the headless web-view test (tests/test_web_view.py skips without it); only
-# where apt-get exists and we are root or sudo needs no password, and never a reason for setup to fail
-if ! command -v chromium >/dev/null; then
+# Debian packages some tests drive for real (each test skips with the reason when its tool is absent):
+# chromium (headless web-view test), openssh-server (deploy over ssh to a loopback sshd),
+# debootstrap + qemu-user-static (the emulated arm64 Debian of tests/test_arm64.py). Only where apt-get
+# exists and we are root or sudo needs no password, and never a reason for set-up to fail.
+APT_WANTED=()
+command -v chromium >/dev/null || APT_WANTED+=(chromium)
+[ -x /usr/sbin/sshd ] || APT_WANTED+=(openssh-server)
+command -v ssh >/dev/null || APT_WANTED+=(openssh-client)
+command -v debootstrap >/dev/null || APT_WANTED+=(debootstrap)
+command -v qemu-aarch64-static >/dev/null || APT_WANTED+=(qemu-user-static)
+if [ "${#APT_WANTED[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then AS_ROOT=(); else AS_ROOT=(sudo -n); fi
   if command -v apt-get >/dev/null && "${AS_ROOT[@]}" true 2>/dev/null; then
     { "${AS_ROOT[@]}" apt-get update -qq &&
-      "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } ||
-      echo "note: apt-get could not install chromium; the web view test will be skipped"
+      "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        "${APT_WANTED[@]}"; } ||
+      echo "note: apt-get could not install ${APT_WANTED[*]}; the tests that need them will be skipped"
   else
-    echo "note: chromium is not installed (needs apt-get and root or passwordless sudo); the web view test will be skipped"
+    echo "note: ${APT_WANTED[*]} not installed (needs apt-get and root or passwordless sudo); their tests will be skipped"
   fi
 fi

@@ -136,15 +136,24 @@ def _deploy(bundle: Path, sshd: Sshd, remote_dir: Path, **kw) -> dict:
 
 
 @pytest.fixture(scope="session")
-def deployed(bundle, sshd, tmp_path_factory) -> dict:
-    """One full deploy: probe, copy, unpack, install.sh (a real venv), run.sh --iters 3."""
-    remote = tmp_path_factory.mktemp("remote") / "edge-runtime"
-    try:
-        return _deploy(bundle, sshd, remote)
-    except EdgeRuntimeError as exc:
-        if "install.sh failed" in str(exc) and any(s in str(exc) for s in NO_INDEX):
-            pytest.skip(f"no package index or cached wheels for the device venv: {exc}")
-        raise
+def deployed(nanodet_plus_package, wheel_dir, sshd, tmp_path_factory) -> dict:
+    """One full deploy through the CLI, the README's Raspberry Pi commands with this sshd's address:
+    package (x86 profile) then deploy (probe, copy, unpack, install.sh in a real venv, run.sh)."""
+    from test_cli import run_cli
+
+    root = tmp_path_factory.mktemp("remote")
+    bundle, result = root / "nanodet-x86.tar.gz", root / "deploy.json"
+    made = run_cli("package", str(nanodet_plus_package), "--target", "x86", "-o", str(bundle),
+                   "--wheel-dir", str(wheel_dir))
+    assert made.returncode == 0, made.stderr
+    options = [arg for option in CLIENT_OPTIONS for arg in ("-o", option)]
+    proc = run_cli("deploy", str(bundle), "--host", sshd.host, "--port", str(sshd.port), "--identity", str(sshd.key),
+                   "--remote-dir", str(root / "edge-runtime"), *options, "--smoke-iters", "3", "--json", str(result))
+    if proc.returncode != 0 and "install.sh failed" in proc.stderr and any(s in proc.stderr for s in NO_INDEX):
+        pytest.skip(f"no package index or cached wheels for the device venv: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    assert "FPS on" in proc.stdout, proc.stdout
+    return json.loads(result.read_text())
 
 
 def _one_line_error(excinfo) -> str:
