@@ -117,8 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "artifact is run by the device-side backend and compared with FP32 ONNX before "
                                    "it is written into manifest.json (cosine and max abs diff recorded).")
     p.add_argument("package", help="package folder made by 'edge-runtime export'")
-    p.add_argument("--to", default="onnx,openvino,tflite", help="formats, comma-separated [onnx,openvino,tflite]")
-    p.add_argument("--precision", default="fp32,fp16,int8", help="precisions, comma-separated [fp32,fp16,int8]")
+    p.add_argument("--to", default=None, help="formats, comma-separated [onnx,openvino,tflite; --target: its backends]")
+    p.add_argument("--precision", default=None,
+                   help="precisions, comma-separated [fp32,fp16,int8; --target: its precisions]")
+    p.add_argument("--target", default=None,
+                   help="target profile: convert exactly what it runs (its backends x precisions, its TFLite I/O "
+                        "type for full-integer delegates)")
     p.add_argument("--calib", default=None,
                    help="INT8 calibration data: a folder of images, a video (every k-th frame) or a COCO json")
     p.add_argument("--calib-size", type=int, default=100, help="calibration images [100]")
@@ -142,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX INT8 by NNCF (bias correction, more accurate) or ONNX Runtime's quantize_static [nncf]")
     p.add_argument("--ov-preset", default="mixed", choices=["mixed", "performance"],
                    help="NNCF preset for OpenVINO INT8 [mixed]")
-    p.add_argument("--tflite-io", default="float32", choices=["float32", "int8", "uint8"],
-                   help="TFLite INT8 input/output tensor type (int8/uint8 for NPU delegates) [float32]")
+    p.add_argument("--tflite-io", default=None, choices=["float32", "int8", "uint8"],
+                   help="TFLite INT8 input/output tensor type (int8/uint8 for NPU delegates) [float32; --target: "
+                        "its tflite_io]")
 
     p = sub.add_parser("run", help="detect on an image, folder, video, camera index or RTSP/HTTP URL",
                        description="Run a package on a source; print a per-stage timing table at the end.")
@@ -349,10 +354,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise EdgeRuntimeError(f"convert needs the host tool chain ({exc.name} is missing): "
                                f"pip install 'edge-runtime[convert]'") from None
-    formats = [f.strip() for f in args.to.split(",") if f.strip()]
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    formats, precisions, tflite_io = _split_list(args.to or ""), _split_list(args.precision or ""), args.tflite_io
+    if args.target:
+        from .targets import load_target
+
+        target = load_target(args.target)
+        target.require_runnable()
+        formats, precisions = formats or list(target.backends), precisions or list(target.precisions)
+        tflite_io = tflite_io or target.tflite_io
+        _progress(f"target {target.name}: {','.join(formats)} x {','.join(precisions)}"
+                  + (f", TFLite I/O {tflite_io}" if tflite_io else ""))
+    formats = formats or ["onnx", "openvino", "tflite"]
+    precisions = precisions or ["fp32", "fp16", "int8"]
     options = {"calib_method": args.calib_method, "onnx_quantizer": args.onnx_quantizer,
-               "ov_preset": args.ov_preset, "tflite_io": args.tflite_io}
+               "ov_preset": args.ov_preset, "tflite_io": tflite_io or "float32"}
     try:
         manifest = convert_package(args.package, formats, precisions, calib=args.calib, calib_size=args.calib_size,
                                    options=options, progress=_progress, int8_min_cosine=args.int8_min_cosine,

@@ -29,3 +29,29 @@ def test_future_profile_is_refused_in_one_line(nanodet_plus_package, fixtures):
     proc = run_cli("run", str(nanodet_plus_package), "--target", "rknn-lite", "--source",
                    str(fixtures("images/samples/dog.jpg")))
     assert_one_line_error(proc, "rknn-lite", "future")
+
+
+def test_convert_for_the_edgetpu_target_makes_a_full_integer_uint8_model(export, tmp_path):
+    """``convert --target edgetpu``: exactly the profile's artifact (TFLite INT8, uint8 I/O), and the
+    float-op report read from the file finds nothing for the Edge TPU to hand back to the CPU."""
+    import shutil
+
+    import pytest
+
+    from conftest import fixture_path
+    from edge_runtime.manifest import load_manifest
+    from edge_runtime.tflite_ops import tflite_op_report
+
+    pytest.importorskip("onnx2tf")
+    pkg = tmp_path / "yf"
+    shutil.copytree(export("yolo-fastestv2"), pkg)
+    proc = run_cli("convert", str(pkg), "--target", "edgetpu", "--calib", str(fixture_path("images/calib-coco-val2017")),
+                   "--calib-size", "16")
+    assert proc.returncode == 0, proc.stderr
+    assert "target edgetpu: tflite x int8, TFLite I/O uint8" in proc.stderr
+    manifest = load_manifest(pkg)
+    assert sorted(a.key for a in manifest.artifacts) == sorted(["onnx-fp32", "tflite-int8"]), manifest.artifacts
+    art = manifest.artifact("tflite", "int8")
+    assert art.extra["quantization"]["io_dtype"] == "uint8"
+    report = tflite_op_report(manifest.artifact_path(art))
+    assert report.full_integer and report.integer_io, report.describe()
