@@ -8,7 +8,7 @@ import logging
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import RESIZE_MODES, Artifact, InputSpec, Manifest, sha256_file
 
 from .checkpoints import load_model
+from .macs import count_macs
 from .coco import COCO_CLASSES
 from .models import get_spec
 
@@ -109,7 +110,8 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
         decoder=spec.decoder(net), postprocess=dict(spec.postprocess),
         artifacts=(Artifact(file=onnx_path.name, format="onnx", precision="fp32", sha256=sha256_file(onnx_path),
                             outputs=tuple(spec.output_names),
-                            extra={"opset": opset, "simplified": simplify, "parity_vs_torch": parity}),),
+                            extra={"opset": opset, "simplified": simplify, "parity_vs_torch": parity,
+                                   **_arithmetic(graph)}),),
         produced_by={"edge_runtime": edge_runtime.__version__, "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                      "onnxslim": package_version("onnxslim") if simplify else None,
@@ -119,3 +121,8 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
     progress(f"wrote {manifest.path} ({json.dumps(parity)})")
     return manifest
 
+
+def _arithmetic(graph: Any) -> dict[str, int]:  # an onnx.ModelProto (onnx is imported lazily)
+    """MACs and weight count of the exported graph, for bench's roofline line (read on the device)."""
+    counted = count_macs(graph)
+    return {"macs": counted["macs"], "params": counted["params"]}

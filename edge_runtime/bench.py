@@ -14,6 +14,7 @@ import numpy as np
 from .compare import compare
 from .hostinfo import cpu_summary
 from .manifest import load_manifest
+from .targets import Target, efficiency
 from .sources import read_image
 from .timing import format_table, summarize
 
@@ -52,15 +53,17 @@ def bench_artifact(package: str, fmt: str, precision: str, threads: int | None, 
 
 def bench_package(package: str | Path, threads: int | None = None, warmup: int = 5, iters: int = 50,
                   image: str | Path | None = None, isolate: bool = True, options: dict[str, Any] | None = None,
-                  progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Benchmark each artifact of ``package``; ``isolate`` runs each in its own process."""
+                  progress: Callable[[str], None] = lambda msg: None, target: Target | None = None) -> dict[str, Any]:
+    """Benchmark each artifact of ``package``; ``isolate`` runs each in its own process. ``target``
+    adds its delegate / execution provider / device to each backend's options."""
     manifest = load_manifest(package)
     frame = read_image(Path(image)) if image else synthetic_image(manifest.input.size_hw)
     rows = []
     ctx = multiprocessing.get_context("spawn")
     for art in manifest.artifacts:
         progress(f"benchmarking {art.file} ({art.format} {art.precision})")
-        args = (str(package), art.format, art.precision, threads, warmup, iters, frame, options)
+        art_options = {**(target.backend_options(art.format) if target else {}), **(options or {})}
+        args = (str(package), art.format, art.precision, threads, warmup, iters, frame, art_options)
         if isolate:
             with ctx.Pool(1) as pool:
                 rows.append(pool.apply(bench_artifact, args))
@@ -72,9 +75,29 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
         r["cosine_vs_baseline"] = compare(base["outputs"], r["outputs"])["cosine"]
     for r in rows:
         del r["outputs"]
+    macs = next((a.extra.get("macs") for a in manifest.artifacts if a.format == "onnx" and a.precision == "fp32"), None)
     return {"package": str(manifest.root), "model": manifest.name, "input": list(manifest.input.shape),
             "threads": rows[0]["threads"], "warmup": warmup, "iters": iters, "isolated": isolate,
-            "host": cpu_summary(), "baseline": base["artifact"], "results": rows}
+            "host": cpu_summary(), "baseline": base["artifact"], "macs": macs, "results": rows}
+
+
+def roofline(report: dict[str, Any], target: Target) -> list[str]:
+    """Per artifact: the arithmetic rate it reached against the target profile's peak for its precision
+    (2 FLOPs per MAC). A low percentage on a board says memory or overheads, not arithmetic, set the speed."""
+    if not report.get("macs"):
+        return ["roofline: the package records no MAC count (exported before it was recorded: export again)"]
+    lines = []
+    for r in report["results"]:
+        peak = target.peak_gflops.get(r["precision"])
+        rate = 2 * report["macs"] / (r["latency_ms"]["median"] * 1e6)
+        if peak:
+            lines.append(f"roofline {r['artifact']}: {report['macs'] / 1e9:.3f} GMACs in "
+                         f"{r['latency_ms']['median']:.2f} ms = {rate:.1f} GFLOP/s, "
+                         f"{efficiency(report['macs'], r['latency_ms']['median'], peak):.1f} % of {target.name}'s "
+                         f"{peak:g} GFLOP/s {r['precision']} peak")
+        else:
+            lines.append(f"roofline {r['artifact']}: {rate:.1f} GFLOP/s ({target.name} gives no {r['precision']} peak)")
+    return lines
 
 
 def synthetic_image(size_hw: tuple[int, int]) -> np.ndarray:
@@ -93,8 +116,8 @@ def bench_table(report: dict[str, Any]) -> str:
             f"{', one process per artifact' if report['isolated'] else ''}")
     rows = [[r["artifact"], r["format"], r["precision"], r["size_mb"], r["latency_ms"]["median"],
              r["latency_ms"]["p90"], r["fps"], r["end_to_end_ms"]["median"], f"{r['speedup_vs_baseline']:.2f}x",
-             f"{r['cosine_vs_baseline']:.4f}"]
+             f"{r['cosine_vs_baseline']:.4f}", r["backend"]]
             for r in report["results"]]
     table = format_table(["artifact", "format", "precision", "MB", "median ms", "p90 ms", "FPS", "e2e ms",
-                          f"speed vs {report['baseline']}", "cosine"], rows)
+                          f"speed vs {report['baseline']}", "cosine", "ran on"], rows)
     return f"{head}\n{table}"

@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--no-isolate", action="store_true",
                    help="measure every artifact in this process (faster start, less fair between runtimes)")
+    p.add_argument("--target", default=None,
+                   help="target profile: its delegate / execution provider / device, and a roofline line per "
+                        "artifact (GFLOP/s reached vs the profile's peak)")
 
     p = sub.add_parser(
         "validate", help="accuracy on this device: mAP of every artifact against labels, or agreement with FP32",
@@ -443,9 +446,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_package, bench_table
 
-    report = bench_package(args.package, threads=args.threads, warmup=args.warmup, iters=args.iters,
-                           image=args.image, isolate=not args.no_isolate, progress=_progress)
+    target = None
+    if args.target:
+        from .targets import load_target
+
+        target = load_target(args.target)
+        target.require_runnable()
+    report = bench_package(args.package, threads=args.threads or (target.threads if target else None),
+                           warmup=args.warmup, iters=args.iters, image=args.image, isolate=not args.no_isolate,
+                           progress=_progress, target=target)
     print(bench_table(report))
+    if target is not None:
+        from .bench import roofline
+
+        print("\n".join(roofline(report, target)))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"json: {args.json}")

@@ -55,3 +55,19 @@ def test_convert_for_the_edgetpu_target_makes_a_full_integer_uint8_model(export,
     assert art.extra["quantization"]["io_dtype"] == "uint8"
     report = tflite_op_report(manifest.artifact_path(art))
     assert report.full_integer and report.integer_io, report.describe()
+
+
+def test_export_records_macs_and_bench_prints_the_roofline(nanodet_plus_package, yolo_fastestv2_package):
+    """MACs counted from the ONNX graph match the published figures (GFLOPs = 2 x GMACs): NanoDet-Plus-m
+    416 1.52 GFLOPs, YOLO-FastestV2 352 0.212 BFLOPs, within 5 %."""
+    from edge_runtime.manifest import load_manifest
+
+    for pkg, published_gflops in ((nanodet_plus_package, 1.52), (yolo_fastestv2_package, 0.212)):
+        macs = load_manifest(pkg).artifact("onnx", "fp32").extra["macs"]
+        assert abs(2 * macs / 1e9 - published_gflops) / published_gflops < 0.05, (pkg.name, macs)
+    proc = run_cli("bench", str(yolo_fastestv2_package), "--target", "rpi4", "--iters", "5", "--warmup", "1",
+                   "--no-isolate")
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("roofline model.onnx"))
+    assert "GMACs in" in line and "% of rpi4's 48 GFLOP/s fp32 peak" in line, line
+    assert "ran on" in proc.stdout and "CPUExecutionProvider" in proc.stdout
