@@ -221,7 +221,7 @@ def test_unusable_delegate_falls_back_to_cpu_with_one_warning(tflite_packages, c
     x = {"input": np.random.default_rng(0).random((1, 352, 352, 3), dtype=np.float32)}
     got, want = backend.run(x), plain.run(x)
     assert all(np.array_equal(got[n], want[n]) for n in art.outputs)
-    assert "failed" not in plain.describe() and plain.describe().endswith("XNNPACK, 2 threads")
+    assert "failed" not in plain.describe() and "XNNPACK (" in plain.describe() and plain.describe().endswith(", 2 threads")
 
 
 def test_run_returns_fresh_float32_arrays(tflite_packages):
@@ -284,3 +284,20 @@ def test_edgetpu_target_without_the_library_falls_back_and_reports_float_ops(tfl
 
     labels = {d["label"] for d in json.loads(out.read_text())["frames"][0]["detections"]}
     assert {"dog", "bicycle"} <= labels
+
+
+def test_delegated_share_of_the_graph_is_reported(tflite_packages):
+    """``describe`` says how many ops the delegate (XNNPACK here) took and names those left on the
+    reference kernels; with no delegate at all, every op is left."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edge_runtime.tflite_ops import undelegated_ops
+
+    path = tflite_packages["nanodet-plus-m"] / "model_int8.tflite"
+    det = Detector(tflite_packages["nanodet-plus-m"], backend="tflite", precision="int8", threads=2)
+    total, left = undelegated_ops(det.backend._interpreter)
+    assert total > 300 and not left, left  # XNNPACK runs all of NanoDet-Plus-m INT8
+    assert f"XNNPACK (all {total} ops)" in det.describe()
+    bare = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    bare.allocate_tensors()
+    assert undelegated_ops(bare) == (total, [op["op_name"] for op in bare._get_ops_details()])

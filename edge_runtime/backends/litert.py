@@ -132,5 +132,14 @@ class LiteRtBackend(Backend):
         return np.array(value, dtype=np.float32, copy=True)
 
     def describe(self) -> str:
-        text = f"{self._library} {self._accelerator}, {self.threads} threads"
+        """Library, accelerator, threads, how much of the graph the delegates took and any fallback."""
+        from collections import Counter
+
+        from ..tflite_ops import undelegated_ops
+
+        total, left = undelegated_ops(self._interpreter)
+        share = f"all {total} ops" if not left else (
+            f"{total - len(left)} of {total} ops; not delegated: "
+            + ", ".join(f"{op} x{n}" for op, n in Counter(left).most_common()))
+        text = f"{self._library} {self._accelerator} ({share}), {self.threads} threads"
         return f"{text} ({self._fallback})" if self._fallback else text
