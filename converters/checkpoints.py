@@ -44,7 +44,10 @@ def load_model(spec: ModelSpec, weights: str | Path) -> tuple[nn.Module, int]:
     """Build ``spec``'s model with the class count found in ``weights`` and load them strictly.
 
     Returns the model in eval mode and its class count. Any missing or unexpected key is an error.
+    Specs with their own loader (darknet: architecture from the .cfg beside the .weights) use it.
     """
+    if spec.load is not None:
+        return spec.load(Path(weights))
     state = read_state_dict(weights)
     try:
         num_classes = spec.num_classes_from(state)

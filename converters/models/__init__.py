@@ -13,6 +13,9 @@ from typing import Any, Callable
 
 from torch import nn
 
+from edge_runtime.errors import CheckpointError
+
+from ..darknet import YoloV3Deploy, load_darknet, yolov3_decoder_params
 from ..demo_data import CLASS_NAMES as SHAPE_CLASSES
 from .nanodet import NanoDet, NanoDetDeploy, build_nanodet_plus, build_nanodet_v1
 from .yolo_fastest_v2 import YoloFastestV2, YoloFastestV2Deploy
@@ -38,6 +41,8 @@ class ModelSpec:
         "score_threshold": 0.35, "nms_iou": 0.6, "max_detections": 100, "multi_label": True})
     class_names: tuple[str, ...] | None = None  # when the checkpoint's classes are known (bundled models)
     weights: Path | None = None  # bundled default checkpoint: export needs no --weights
+    # loads weights whose architecture comes from a file beside them (darknet .cfg), instead of build + state_dict
+    load: Callable[[Path], tuple[nn.Module, int]] | None = None
 
     def num_classes_from(self, state_dict: dict[str, Any]) -> int:
         """The class count a checkpoint was trained with, read from its classifier weights."""
@@ -68,6 +73,19 @@ _YOLO_FASTEST_V2_COMMON = dict(family="yolo-fastestv2", deploy=YoloFastestV2Depl
                                decoder=_yolo_fastest_v2_decoder,
                                postprocess={"score_threshold": 0.3, "nms_iou": 0.4, "max_detections": 100,
                                             "multi_label": False})
+
+
+def _darknet_build(num_classes: int) -> nn.Module:
+    raise CheckpointError("darknet models are built from the .cfg beside their .weights, not from a class count")
+
+
+# YOLO-Fastest v1.1 cfgs: 320x320, darknet letterbox=0 (plain resize), RGB /255 as OpenCV's blobFromImage
+_DARKNET_YOLOV3_COMMON = dict(family="yolov3", build=_darknet_build, deploy=YoloV3Deploy, load=load_darknet,
+                              default_imgsz=320, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), resize="resize",
+                              color="RGB", output_names=("scores", "box_terms"), decoder=yolov3_decoder_params,
+                              # darknet `detector test` defaults: -thresh .25, nms .45
+                              postprocess={"score_threshold": 0.25, "nms_iou": 0.45, "max_detections": 100,
+                                           "multi_label": False})
 _NANODET_COMMON = dict(family="nanodet", deploy=NanoDetDeploy, mean=NANODET_MEAN, std=NANODET_STD,
                        output_names=("scores", "distances"))
 
@@ -84,6 +102,9 @@ MODELS: dict[str, ModelSpec] = {
                            **_NANODET_COMMON),
     "yolo-fastestv2": ModelSpec(name="yolo-fastestv2", build=lambda nc: YoloFastestV2(nc), default_imgsz=352,
                                 **_YOLO_FASTEST_V2_COMMON),
+    # darknet .weights with the same-stem .cfg beside them (dog-qiuqiu/Yolo-Fastest ModelZoo)
+    "yolo-fastest-1.1": ModelSpec(name="yolo-fastest-1.1", **_DARKNET_YOLOV3_COMMON),
+    "yolo-fastest-1.1-xl": ModelSpec(name="yolo-fastest-1.1-xl", **_DARKNET_YOLOV3_COMMON),
     # trained by this project on generated shapes (python -m converters.demo_model train): works offline
     "demo-shapes": ModelSpec(name="demo-shapes", build=lambda nc: YoloFastestV2(nc, anchors=SHAPE_ANCHORS),
                              default_imgsz=192, class_names=SHAPE_CLASSES,

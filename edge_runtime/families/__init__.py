@@ -7,10 +7,12 @@ from ..manifest import InputSpec, Manifest
 from .base import Family
 from .nanodet import NanoDetDecoder
 from .yolo_fastest_v2 import YoloFastestV2Decoder
+from .yolov3 import YoloV3Decoder
 
 FAMILIES: dict[str, type[Family]] = {
     "nanodet": NanoDetDecoder,  # NanoDet v1 and NanoDet-Plus share the GFL output layout
     "yolo-fastestv2": YoloFastestV2Decoder,
+    "yolov3": YoloV3Decoder,  # darknet YOLOv3-style heads: YOLO-Fastest v1.1 / 1.1-XL
 }
 
 
