@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="checkpoint -> package folder with FP32 ONNX + manifest.json (host: needs torch)",
                        description="Load an official checkpoint strictly (weights only, no pickled code), export "
                                    "a simplified FP32 ONNX graph, check it against torch and write manifest.json.")
-    p.add_argument("--model", required=True, help="nanodet-plus-m, nanodet-plus-m-1.5x, nanodet-m, yolo-fastestv2")
+    p.add_argument("--model", required=True, help="nanodet-plus-m, nanodet-plus-m-1.5x, nanodet-m, yolo-fastestv2, demo-shapes, yolo-fastest-1.1, yolo-fastest-1.1-xl (darknet .weights with the same-stem .cfg beside it)")
     p.add_argument("--weights", default=None,
                    help="[the bundled file for demo-shapes] .ckpt (NanoDet) or .pth (state_dict) checkpoint; 'official' downloads the model's official "
                         "COCO checkpoint for --imgsz (cached, sha256-checked), 'official:NAME' a named one "
