@@ -6,13 +6,22 @@ from ..errors import ManifestError
 from ..manifest import InputSpec, Manifest
 from .base import Family
 from .nanodet import NanoDetDecoder
+from .nanodet_plus import NanoDetPlusDecoder
 from .yolo_fastest_v2 import YoloFastestV2Decoder
 from .yolov3 import YoloV3Decoder
+from .yolov5 import YoloV5Decoder
+from .yolov8 import YoloV8Decoder
+from .yolox import YoloxDecoder
 
 FAMILIES: dict[str, type[Family]] = {
     "nanodet": NanoDetDecoder,  # NanoDet v1 and NanoDet-Plus share the GFL output layout
     "yolo-fastestv2": YoloFastestV2Decoder,
     "yolov3": YoloV3Decoder,  # darknet YOLOv3-style heads: YOLO-Fastest v1.1 / 1.1-XL
+    # foreign exports with one prediction tensor, brought in by `edge-runtime import` (importer.py)
+    "yolox": YoloxDecoder,
+    "yolov5": YoloV5Decoder,
+    "yolov8": YoloV8Decoder,
+    "nanodet-plus": NanoDetPlusDecoder,  # official NanoDet-Plus ONNX: scores + raw GFL logits in one tensor
 }
 
 
