@@ -112,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13) [17]")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
 
+    p = sub.add_parser("import", help="wrap a detector exported elsewhere (.onnx / .tflite) in a package",
+                       description="Write a package around an existing ONNX or TFLite detector after checking its "
+                                   "input and output shapes against the family's layout, so run, bench and validate "
+                                   "work on it. Families: yolox (raw grid outputs), yolov5 (decoded, objectness), "
+                                   "yolov8 (decoded, no objectness, (1, 4+C, N)), nanodet-plus (the official "
+                                   "single-output export). Runs on the device install: no torch, no onnx.")
+    p.add_argument("model", help=".onnx or .tflite file")
+    p.add_argument("--family", required=True, choices=["yolox", "yolov5", "yolov8", "nanodet-plus"],
+                   help="output layout of the model")
+    p.add_argument("--classes", default="coco", help="'coco' (the 80 COCO names) or a .txt with one name per line [coco]")
+    p.add_argument("-o", "--out", required=True, help="package folder to write (new or empty)")
+    p.add_argument("--imgsz", type=int, default=None, help="input size when the model's input is dynamic")
+    p.add_argument("--color", default=None, choices=["BGR", "RGB"], help="input colour order [the family's]")
+    p.add_argument("--mean", type=float, nargs=3, default=None, help="per-channel mean [the family's]")
+    p.add_argument("--std", type=float, nargs=3, default=None, help="per-channel std [the family's]")
+    p.add_argument("--resize", default=None, choices=["resize", "warp_affine", "warp_affine_keep_ratio"],
+                   help="resize mode [the family's: keep-ratio letterbox]")
+    p.add_argument("--strides", type=int, nargs="+", default=None, help="output strides [the family's]")
+    p.add_argument("--conf", type=float, default=None, help="score threshold to store [the family's]")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold to store [the family's]")
+
     p = sub.add_parser("convert", help="add ONNX INT8, OpenVINO and TFLite artifacts to a package (host)",
                        description="Convert the package's FP32 ONNX into more formats and precisions. Every new "
                                    "artifact is run by the device-side backend and compared with FP32 ONNX before "
@@ -351,6 +372,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import import_model
+
+    manifest = import_model(args.model, args.family, args.out, classes=args.classes, input_size=args.imgsz,
+                            color=args.color, mean=tuple(args.mean) if args.mean else None,
+                            std=tuple(args.std) if args.std else None, resize=args.resize,
+                            score_threshold=args.conf, nms_iou=args.iou, strides=args.strides)
+    art = manifest.artifacts[0]
+    print(f"package {manifest.root}: {args.family}, {len(manifest.class_names)} classes, input "
+          f"{list(manifest.input_for(art).shape)} {manifest.input_for(art).layout}, artifact {art.file} ({art.format})")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     try:
         from converters.convert import convert_package
@@ -584,7 +618,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "validate": cmd_validate, "targets": cmd_targets,
+COMMANDS = {"export": cmd_export, "import": cmd_import, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "validate": cmd_validate, "targets": cmd_targets,
             "package": cmd_package, "deploy": cmd_deploy, "info": cmd_info,
             "demo": cmd_demo}
 

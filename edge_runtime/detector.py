@@ -68,13 +68,9 @@ class Detector:
         if len(self.artifact.outputs) != len(self.family.output_roles):
             raise ModelLoadError(f"{path}: family {self.manifest.family} reads {len(self.family.output_roles)} "
                                  f"outputs {self.family.output_roles}, manifest lists {list(self.artifact.outputs)}")
-        scores = next(t.shape for t in self.backend.outputs if t.name == self.artifact.outputs[0])
-        if len(scores) == 3:
-            for axis, want, what in ((1, self.family.num_candidates, "candidate boxes, the decoder parameters imply"),
-                                     (2, len(self.manifest.class_names), "classes, model.class_names lists")):
-                if isinstance(scores[axis], int) and scores[axis] != want:
-                    raise ModelLoadError(f"{path}: output {self.artifact.outputs[0]!r} has {scores[axis]} {what} "
-                                         f"{want} (manifest and model disagree)")
+        first = next(t.shape for t in self.backend.outputs if t.name == self.artifact.outputs[0])
+        if problem := self.family.output_shape_problem(tuple(first)):
+            raise ModelLoadError(f"{path}: output {self.artifact.outputs[0]!r} {problem} (manifest and model disagree)")
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -168,11 +168,26 @@ def test_imported_package_runs_benches_and_validates(foreign_onnx, nanodet_plus_
     names = {d["label"] for d in json.loads((tmp_path / "dets.json").read_text())["frames"][0]["detections"]}
     assert "dog" in names, names
     proc = run_cli("bench", str(pkg), "--iters", "3", "--no-isolate")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0 and "model.onnx" in proc.stdout, proc.stderr
     from edge_runtime.validate import validate_package
 
+    # label-free: the package's only artifact is its own reference, so its mAP against itself is 1
     report = validate_package(pkg, images=fixture_path(SAMPLES))
-    assert report, report
+    row = report["artifacts"][0]
+    assert report["protocol"]["images"] == 11 and row["map"] == pytest.approx(1.0, abs=1e-6), row
+    assert row["cosine"]["predictions"]["worst"] == pytest.approx(1.0, abs=1e-6), row["cosine"]
+
+
+def test_import_command_and_its_one_line_error(foreign_onnx, tmp_path):
+    from test_cli import assert_one_line_error
+
+    model = str(foreign_onnx["yolov8"])
+    proc = run_cli("import", model, "--family", "yolov8", "-o", str(tmp_path / "pkg"),
+                   "--strides", *(str(s) for s in STRIDES))
+    assert proc.returncode == 0 and "yolov8, 80 classes, input [1, 3, 416, 416] NCHW" in proc.stdout, proc.stderr
+    assert load_manifest(tmp_path / "pkg").family == "yolov8"
+    assert_one_line_error(run_cli("import", model, "--family", "yolox", "-o", str(tmp_path / "bad"),
+                                  "--strides", *(str(s) for s in STRIDES)), "family yolox expects")
 
 
 def test_foreign_tflite_imports_as_nhwc_and_matches(foreign_onnx, nanodet_plus_package, read_image, tmp_path):

@@ -48,6 +48,18 @@ class Family(ABC):
     def candidate_boxes(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs (batch 1, in ``output_roles`` order) -> boxes (N, 4) xyxy, scores (N, C)."""
 
+    def output_shape_problem(self, shape: tuple[int | str, ...]) -> str | None:
+        """None when the first output's shape fits the decoder parameters and the class count, else
+        why not. This default reads a (1, N, C) scores output; families with another layout override it.
+        Dynamic dimensions (not ints) match anything."""
+        if len(shape) != 3:
+            return None
+        for axis, want, what in ((1, self.num_candidates, "candidate boxes, the decoder parameters imply"),
+                                 (2, len(self.class_names), "classes, model.class_names lists")):
+            if isinstance(shape[axis], int) and shape[axis] != want:
+                return f"has {shape[axis]} {what} {want}"
+        return None
+
     def decode(self, outputs: list[np.ndarray], meta: ImageMeta) -> Detections:
         boxes, scores = self.candidate_boxes(outputs)
         pp = self.postprocess
