@@ -296,9 +296,11 @@ class YoloV3Deploy(nn.Module):
 
     Outputs (N runs over [yolo] layers in cfg order, then rows, columns, anchors of the mask):
       ``scores``    (B, N, C) sigmoid(obj) * sigmoid(class logits)  (darknet / OpenCV rule)
-      ``box_terms`` (B, N, 4) sigmoid(tx), sigmoid(ty), tw, th  (tw, th raw: the decoder takes exp)
-    Both stay in small ranges (0..1, and about -5..5), so INT8 quantisation never shares a scale
-    with pixel-sized values.
+      ``box_terms`` (B, N, 4) sigmoid(tx), sigmoid(ty), sigmoid(tw), sigmoid(th)
+    Both stay in 0..1, so INT8 quantisation never shares a scale with pixel-sized values. tw and th
+    go through a sigmoid too (the decoder recovers exp(tw) = s / (1 - s)): left raw, the TFLite
+    quantiser tied their narrow range (about +-1.7) to the head convolution's output through the
+    slice and concatenation after it, clipping the objectness and class logits (every score >= 0.023).
     """
 
     def __init__(self, model: DarknetNet) -> None:
@@ -313,7 +315,7 @@ class YoloV3Deploy(nn.Module):
             # darknet channel = anchor * (5 + C) + entry  ->  (B, H, W, A, 5 + C)
             t = out.reshape(b, a, 5 + nc, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * a, 5 + nc)
             scores.append(t[..., 4:5].sigmoid() * t[..., 5:].sigmoid())
-            boxes.append(torch.cat([t[..., 0:2].sigmoid(), t[..., 2:4]], -1))
+            boxes.append(t[..., 0:4].sigmoid())
         return torch.cat(scores, 1), torch.cat(boxes, 1)
 
 
@@ -324,4 +326,4 @@ def yolov3_decoder_params(model: DarknetNet) -> dict:
         raise CheckpointError("darknet cfg: its [yolo] layers list different anchors; not supported")
     return {"anchors": [list(a) for a in heads[0].anchors], "masks": [list(h.mask) for h in heads],
             "strides": [h.stride for h in heads], "scale_x_y": [h.scale_x_y for h in heads],
-            "score_in_graph": "sigmoid(obj)*sigmoid(cls)", "box_in_graph": "sigmoid(txty),raw(twth)"}
+            "score_in_graph": "sigmoid(obj)*sigmoid(cls)", "box_in_graph": "sigmoid(txtytwth)"}

@@ -2,12 +2,13 @@
 
 Graph outputs (exported by converters/darknet.py ``YoloV3Deploy``):
   ``scores``    (1, N, C) sigmoid(objectness) * sigmoid(class logits)
-  ``box_terms`` (1, N, 4) sigmoid(tx), sigmoid(ty), tw, th  (tw, th raw)
+  ``box_terms`` (1, N, 4) sigmoid(tx), sigmoid(ty), sigmoid(tw), sigmoid(th)
+                (``decoder.box_in_graph`` "sigmoid(txtytwth)"; older packages: tw, th raw)
 N runs over the [yolo] layers in cfg order (``decoder.strides``, e.g. 32 then 16), then rows,
 columns, then the layer's anchors (``decoder.masks``) -- the order of OpenCV's decoded rows.
 Darknet's decode, in input pixels (net_w x net_h input, grid W x H, anchors in input pixels):
   cx = (sx * scale_x_y - (scale_x_y - 1) / 2 + col) / W * net_w,  cy likewise,
-  w = exp(tw) * anchor_w,  h = exp(th) * anchor_h.
+  w = exp(tw) * anchor_w,  h = exp(th) * anchor_h   (exp(tw) = s / (1 - s) from s = sigmoid(tw)).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class YoloV3Decoder(Family):
             # darknet divides by the grid size and multiplies by the net size: exact even if s does not divide
             cell.append(np.tile([[w / fw, h / fh]], (fh * fw * a, 1)))
             scale.append(np.full((fh * fw * a, 1), sxy))
+        # packages exported before tw/th went through a sigmoid in the graph say "sigmoid(txty),raw(twth)"
+        self._twth_sigmoid = self.manifest.decoder.get("box_in_graph") == "sigmoid(txtytwth)"
         self._grid = np.concatenate(grid).astype(np.float32)
         self._anchor_wh = np.concatenate(wh).astype(np.float32)
         self._cell = np.concatenate(cell).astype(np.float32)
@@ -55,5 +58,9 @@ class YoloV3Decoder(Family):
     def candidate_boxes(self, outputs):
         scores, t = outputs[0][0], outputs[1][0].astype(np.float32, copy=False)
         centre = (t[:, :2] * self._scale - 0.5 * (self._scale - 1.0) + self._grid) * self._cell
-        half = np.exp(np.minimum(t[:, 2:], _MAX_LOG_WH)) * self._anchor_wh * 0.5
+        if self._twth_sigmoid:  # exp(tw) = s / (1 - s) for s = sigmoid(tw)
+            s = np.clip(t[:, 2:], 0.0, 1.0 - 1e-7)
+            half = np.minimum(s / (1.0 - s), np.exp(_MAX_LOG_WH)) * self._anchor_wh * 0.5
+        else:
+            half = np.exp(np.minimum(t[:, 2:], _MAX_LOG_WH)) * self._anchor_wh * 0.5
         return np.concatenate([centre - half, centre + half], axis=1), scores
