@@ -61,6 +61,16 @@ class Source(ABC):
         self.close()
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder, sorted by name; an error when it is not a folder or holds none."""
+    if not folder.is_dir():
+        raise SourceError(f"{folder}: not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise SourceError(f"{folder}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+    return files
+
+
 def read_image(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
@@ -288,10 +298,7 @@ def open_source(spec: str) -> Source:
         return LiveSource(spec, spec)
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise SourceError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-        return ImageFiles(files, path.name, strict=False)
+        return ImageFiles(image_files(path), path.name, strict=False)
     if not path.exists():
         raise SourceError(f"{path}: no such file, folder or camera")
     if path.suffix.lower() in IMAGE_EXTS:

@@ -23,7 +23,7 @@ from .errors import EdgeRuntimeError
 from .labels import ClassMatch, LabelledSet, match_classes
 from .manifest import Artifact, Manifest, load_manifest
 from .metrics import coco_evaluate, detections_to_coco
-from .sources import IMAGE_EXTS, read_image
+from .sources import image_files, read_image
 from .timing import format_table, summarize
 
 #: label-free mode: reference detections at or above this score are the ground truth
@@ -133,16 +133,6 @@ class EvaluationSet:
         return cls(paths, truth, model_names, note)
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EdgeRuntimeError(f"{folder}: not a folder of images")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not paths:
-        raise EdgeRuntimeError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTS))})")
-    return paths
-
-
 @dataclass
 class Prediction:
     detections: list[Detections]
@@ -203,9 +193,10 @@ def validate_package(package: str | Path, data: EvaluationSet | None = None, ima
     """Evaluate the chosen artifacts of ``package``.
 
     With ``data`` (labels): each artifact's COCO metrics, its drop against the reference FP32
-    artifact (evaluated too, even when the filters leave it out), and its inference latency. Without (``images`` only): the reference artifact's
-    detections become the ground truth, and every other artifact also gets the cosine of each raw
-    output against the reference's. Returns a JSON-ready report.
+    artifact (evaluated too, even when the filters leave it out), and its inference latency.
+    Without (``images`` only): the reference artifact's detections become the ground truth, and
+    every other artifact also gets the cosine of each raw output against the reference's. Returns a
+    JSON-ready report.
     """
     manifest = load_manifest(package)
     protocol = protocol or Protocol()
@@ -219,18 +210,21 @@ def validate_package(package: str | Path, data: EvaluationSet | None = None, ima
     if label_free:
         if images is None:
             raise EdgeRuntimeError("validate needs --data (labels) or --images (label-free, against the FP32 artifact)")
-        paths = image_files(images)
-        ref = predict(_detector(package, ref_art, threads, protocol), (read_image(p) for p in paths), len(paths),
-                      keep_outputs=True, progress=progress)
+        paths = image_files(Path(images))
+        ref_det = _detector(package, ref_art, threads, protocol)
+        ref = predict(ref_det, (read_image(p) for p in paths), len(paths), keep_outputs=True, progress=progress)
         data = EvaluationSet.from_detections(paths, ref.detections, ref.sizes, manifest.class_names, pseudo_threshold,
                                              f"{ref_art.format} {ref_art.precision}")
         ref_outputs = ref.outputs
     rows = []
     for art in chosen:
-        det = _detector(package, art, threads, protocol)
+        if label_free and art == ref_art:  # already run over these images to make the ground truth
+            det, pred = ref_det, ref
+        else:
+            det = _detector(package, art, threads, protocol)
+            pred = predict(det, data.images(), len(data.paths), keep_outputs=label_free, progress=progress)
         roles = det.family.output_roles
         nms_iou = det.family.postprocess["nms_iou"]
-        pred = predict(det, data.images(), len(data.paths), keep_outputs=label_free, progress=progress)
         evaluation = coco_evaluate(data.ground_truth, data.results(pred.detections), engine)
         row: dict[str, Any] = {
             "artifact": art.file, "format": art.format, "precision": art.precision,
