@@ -80,9 +80,19 @@ class MapMetric:
 
     @property
     def fp32_value(self) -> float:
-        if self._fp32 is None:
-            self._fp32 = self(self._run_reference)
+        if self._fp32 is None:  # from the outputs the cosines compare against: FP32 runs once
+            self._fp32 = self._map(self._reference_outputs())
         return self._fp32
+
+    def _reference_outputs(self) -> list[list[np.ndarray]]:
+        if self._reference is None:
+            self._reference = [self._run_reference(t) for t in self.images]
+        return self._reference
+
+    def _map(self, outputs: list[list[np.ndarray]]) -> float:
+        """mAP of every image's outputs (in image order)."""
+        dets = [self.family.decode(out, meta) for out, meta in zip(outputs, self.metas)]
+        return coco_evaluate(self.data.ground_truth, self.data.results(dets)).stats["map"]
 
     def evaluate(self, run: Runner, indices: Sequence[int] | None = None) -> tuple[float, list[float]]:
         """(metric, per-image output cosine with FP32). On all images the metric is their mAP. NNCF
@@ -91,14 +101,12 @@ class MapMetric:
         images moves in steps too coarse to rank dozens of groups by (its NMSE ranking, the
         library's smooth alternative, exists only for OpenVINO models)."""
         indices = list(range(len(self.images)) if indices is None else indices)
-        if self._reference is None:
-            self._reference = [self._run_reference(t) for t in self.images]
+        reference = self._reference_outputs()
         outputs = [run(self.images[i]) for i in indices]
-        cosines = [compare(self._reference[i], out)["cosine"] for i, out in zip(indices, outputs)]
+        cosines = [compare(reference[i], out)["cosine"] for i, out in zip(indices, outputs)]
         if len(indices) < len(self.images):
             return float(np.mean(cosines)), cosines
-        dets = [self.family.decode(out, self.metas[i]) for i, out in zip(indices, outputs)]
-        return coco_evaluate(self.data.ground_truth, self.data.results(dets)).stats["map"], cosines
+        return self._map(outputs), cosines
 
     def __call__(self, run: Runner) -> float:
         return self.evaluate(run)[0]

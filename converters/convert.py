@@ -24,7 +24,7 @@ from edge_runtime.labels import load_class_map, read_labels
 from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 from edge_runtime.validate import EvaluationSet
 
-from .accuracy import AccuracyBudget, CosineAgreement, MapMetric
+from .accuracy import AccuracyBudget, CosineAgreement, MapMetric, Runner
 from .calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
@@ -106,17 +106,21 @@ def _held_out(manifest: Manifest, calibration: CalibrationSet, val_images: str |
         return None
 
 
-def _map_metric(manifest: Manifest, data: str | Path, images: str | Path | None, fmt: str,
+def _fp32_runner(manifest: Manifest) -> Runner:
+    """The FP32 ONNX model as a ``Runner`` (outputs in its manifest order): the accuracy reference."""
+    ref_art = manifest.artifact("onnx", "fp32")
+    ref = open_backend(manifest.artifact_path(ref_art), "onnx", 2)
+    return lambda t: [ref.run({manifest.input.name: t})[n] for n in ref_art.outputs]
+
+
+def _map_metric(manifest: Manifest, reference: Runner, data: str | Path, images: str | Path | None, fmt: str,
                 class_map: str | Path | None, progress: Callable[[str], None]) -> MapMetric:
     """mAP of the FP32 ONNX model's family decoder on labelled images: the --max-map-drop budget."""
     labelled = read_labels(data, images, fmt)
     evaluation = EvaluationSet.from_labels(labelled, manifest.class_names,
                                            load_class_map(class_map) if class_map else None)
     progress(evaluation.note)
-    ref_art = manifest.artifact("onnx", "fp32")
-    ref = open_backend(manifest.artifact_path(ref_art), "onnx", 2)
-    return MapMetric(lambda t: [ref.run({manifest.input.name: t})[n] for n in ref_art.outputs], evaluation,
-                     make_family(manifest))
+    return MapMetric(reference, evaluation, make_family(manifest))
 
 
 def convert_package(package: str | Path, formats: list[str], precisions: list[str],
@@ -155,19 +159,18 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     calibration = CalibrationSet(calib, manifest.input, calib_size) if calib is not None else None
     held_out = _held_out(manifest, calibration, val_images, val_size) if calibration is not None else None
     agreement = budget = None
-    if held_out is not None and "int8" in precisions:
-        ref_art = manifest.artifact("onnx", "fp32")
-        ref = open_backend(fp32, "onnx", 2)
-        agreement = CosineAgreement(lambda t: [ref.run({manifest.input.name: t})[n] for n in ref_art.outputs],
-                                    held_out.tensors)
+    needs_reference = "int8" in precisions and (held_out is not None or max_map_drop is not None)
+    reference = _fp32_runner(manifest) if needs_reference else None
+    if held_out is not None and reference is not None:
+        agreement = CosineAgreement(reference, held_out.tensors)
     if int8_min_cosine is not None and "int8" in precisions:
         if agreement is None:
             raise EdgeRuntimeError(f"--int8-min-cosine needs held-out images: {calib} has none beyond the "
                                    f"{len(calibration)} used to calibrate; pass --val-images DIR")
         budget = AccuracyBudget(agreement, max_drop=1.0 - int8_min_cosine)
     if max_map_drop is not None and "int8" in precisions:
-        budget = AccuracyBudget(_map_metric(manifest, val_data, val_images, val_format, class_map, progress),
-                                max_drop=max_map_drop / 100)
+        budget = AccuracyBudget(_map_metric(manifest, reference, val_data, val_images, val_format, class_map,
+                                            progress), max_drop=max_map_drop / 100)
     check = held_out if held_out is not None else calibration
     if check is None:
         samples = [np.random.default_rng(0).standard_normal((1, 3, *manifest.input.size_hw)).astype(np.float32)]
