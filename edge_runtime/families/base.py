@@ -13,6 +13,13 @@ from ..nms import boxes_to_original, multiclass_nms
 from ..preprocess import ImageMeta, ImagePreprocessor
 
 
+def grid_cells(fh: int, fw: int, per_cell: int = 1) -> np.ndarray:
+    """(fh * fw * per_cell, 2) cell x, y of an fh x fw feature map, row-major (y then x), each cell
+    repeated ``per_cell`` times (one row per anchor): the candidate order of grid-based heads."""
+    ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
+    return np.repeat(np.stack([xs.ravel(), ys.ravel()], 1), per_cell, axis=0)
+
+
 class Family(ABC):
     """Built from a manifest alone. ``decode`` turns one image's outputs into Detections.
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .base import Family
+from .base import Family, grid_cells
 
 
 class SingleOutputFamily(Family):
@@ -32,8 +32,7 @@ class SingleOutputFamily(Family):
         cells, strides = [], []
         for s in self.strides:
             fh, fw = math.ceil(h / s), math.ceil(w / s)
-            ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
-            cells.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], 1), a, axis=0))
+            cells.append(grid_cells(fh, fw, a))
             strides.append(np.full((fh * fw * a, 1), s))
         self._cells = np.concatenate(cells).astype(np.float32)  # (N, 2) grid x, y
         self._strides = np.concatenate(strides).astype(np.float32)  # (N, 1)

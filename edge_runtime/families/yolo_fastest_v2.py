@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Family
+from .base import Family, grid_cells
 
 
 class YoloFastestV2Decoder(Family):
@@ -25,9 +25,7 @@ class YoloFastestV2Decoder(Family):
         grid, wh, strides = [], [], []
         for level, s in enumerate(self.param("strides")):
             fh, fw = h // s, w // s
-            ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
-            cells = np.stack([xs.ravel(), ys.ravel()], 1)
-            grid.append(np.repeat(cells, a, axis=0))
+            grid.append(grid_cells(fh, fw, a))
             wh.append(np.tile(anchors[level], (fh * fw, 1)))
             strides.append(np.full((fh * fw * a, 1), s))
         self._grid = np.concatenate(grid).astype(np.float32)

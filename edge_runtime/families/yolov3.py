@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ManifestError
-from .base import Family
+from .base import Family, grid_cells
 
 # exp() argument cap: a garbage tw of 100 would overflow float32 to inf; e^20 px is already absurd
 _MAX_LOG_WH = 20.0
@@ -38,8 +38,7 @@ class YoloV3Decoder(Family):
         for mask, s, sxy in zip(masks, strides, scales):
             fh, fw = h // s, w // s
             a = len(mask)
-            ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
-            grid.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], 1), a, axis=0))
+            grid.append(grid_cells(fh, fw, a))
             wh.append(np.tile(anchors[list(mask)], (fh * fw, 1)))
             # darknet divides by the grid size and multiplies by the net size: exact even if s does not divide
             cell.append(np.tile([[w / fw, h / fh]], (fh * fw * a, 1)))
