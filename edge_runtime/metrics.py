@@ -88,17 +88,20 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
         return CocoEvaluation(dict.fromkeys(STAT_NAMES, 0.0), dict.fromkeys(cat_ids, 0.0),
                               dict.fromkeys(cat_ids, 0.0), engine=name)
     quiet = logging.getLogger("faster_coco_eval")  # logs its summary table at INFO
-    level, quiet.level = quiet.level, logging.WARNING
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
-        gt = COCO()
-        gt.dataset = copy.deepcopy(ground_truth)
-        gt.dataset.setdefault("info", {})
-        gt.createIndex()
-        evaluation = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    quiet.setLevel(level)
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # setLevel, not .level =: it also clears logging's enabled-for cache
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
+            gt = COCO()
+            gt.dataset = copy.deepcopy(ground_truth)
+            gt.dataset.setdefault("info", {})
+            gt.createIndex()
+            evaluation = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "bbox")
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+    finally:
+        quiet.setLevel(level)
     stats = {stat: float(value) for stat, value in zip(STAT_NAMES, evaluation.stats)}
     # precision[T, R, K, A, M]: IoU thresholds x 101 recall points x classes x areas x max-dets; -1 = no data
     precision = np.asarray(evaluation.eval["precision"])
