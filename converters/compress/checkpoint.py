@@ -8,7 +8,7 @@ dict that ``torch.load(weights_only=True)`` reads (tensors, str, int, float, lis
                                            "factorized": {"backbone.conv1.0": {...}},
                                            "history": [{"step": "prune", ...}, ...]}}
 
-Loading builds the named model, replays the factorisations (``converters.lowrank``), then resizes
+Loading builds the named model, replays the factorisations (``converters.compress.lowrank``), then resizes
 every Conv2d / BatchNorm2d / Linear whose stored weight has other channel counts (pruning), and
 loads the weights strictly. No Python code or pickled module travels in the file.
 """
