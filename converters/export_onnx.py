@@ -78,22 +78,8 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
     onnx_path = out / "model.onnx"
     dummy = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, imgsz, imgsz)).astype(np.float32))
 
-    progress(f"exporting ONNX (opset {opset})")
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(deploy, (dummy,), str(onnx_path), input_names=["input"],
-                          output_names=list(spec.output_names), opset_version=opset, dynamo=False,
-                          do_constant_folding=True)
+    graph = write_onnx(deploy, dummy, onnx_path, spec.output_names, opset, simplify, progress)
     import onnx
-
-    graph = onnx.load(str(onnx_path))
-    if simplify:
-        progress("simplifying with onnxslim")
-        import onnxslim
-
-        graph = onnxslim.slim(graph)
-        onnx.save(graph, str(onnx_path))
-    onnx.checker.check_model(graph)
 
     progress("checking ONNX Runtime against torch")
     import onnxruntime as ort
@@ -120,6 +106,30 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
     manifest.save()
     progress(f"wrote {manifest.path} ({json.dumps(parity)})")
     return manifest
+
+
+def write_onnx(deploy: torch.nn.Module, dummy: torch.Tensor, path: Path, output_names: tuple[str, ...],
+               opset: int = DEFAULT_OPSET, simplify: bool = True,
+               progress: Callable[[str], None] = lambda msg: None) -> Any:
+    """torch.onnx.export of ``deploy`` traced on ``dummy`` (input named "input") to ``path``, simplified
+    with onnxslim and checked; returns the onnx.ModelProto written (onnx is imported lazily)."""
+    progress(f"exporting ONNX (opset {opset})")
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(deploy, (dummy,), str(path), input_names=["input"],
+                          output_names=list(output_names), opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+    import onnx
+
+    graph = onnx.load(str(path))
+    if simplify:
+        progress("simplifying with onnxslim")
+        import onnxslim
+
+        graph = onnxslim.slim(graph)
+        onnx.save(graph, str(path))
+    onnx.checker.check_model(graph)
+    return graph
 
 
 def _arithmetic(graph: Any) -> dict[str, int]:  # an onnx.ModelProto (onnx is imported lazily)
