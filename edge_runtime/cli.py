@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import EdgeRuntimeError
+from .manifest import RESIZE_MODES
 
 log = logging.getLogger("edge_runtime")
 
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="package folder to write")
     p.add_argument("--classes", default=None,
                    help="class names: .txt (one per line) or NanoDet .yml [COCO names for 80-class models]")
-    p.add_argument("--resize", default=None, choices=["resize", "warp_affine", "warp_affine_keep_ratio"],
+    p.add_argument("--resize", default=None, choices=RESIZE_MODES,
                    help="preprocessing resize mode [as the model's official config]")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13) [17]")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
@@ -127,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color", default=None, choices=["BGR", "RGB"], help="input colour order [the family's]")
     p.add_argument("--mean", type=float, nargs=3, default=None, help="per-channel mean [the family's]")
     p.add_argument("--std", type=float, nargs=3, default=None, help="per-channel std [the family's]")
-    p.add_argument("--resize", default=None, choices=["resize", "warp_affine", "warp_affine_keep_ratio"],
-                   help="resize mode [the family's: keep-ratio letterbox]")
+    p.add_argument("--resize", default=None, choices=RESIZE_MODES,
+                   help="resize mode [the family's: 'letterbox' (centred, grey 114) for yolov5/yolov8, "
+                        "'letterbox_top_left' for yolox, 'warp_affine' for nanodet-plus]")
     p.add_argument("--strides", type=int, nargs="+", default=None, help="output strides [the family's]")
     p.add_argument("--conf", type=float, default=None, help="score threshold to store [the family's]")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold to store [the family's]")

@@ -37,15 +37,15 @@ class ImportDefaults:
     postprocess: dict[str, Any] = field(default_factory=dict)
 
 
-# letterboxed families: the runtime's letterbox is centred with pad 0 (official: pad 114; YOLOX top-left)
+# the official preprocessing: Ultralytics' centred letterbox and YOLOX's top-left one, both padded with 114
 IMPORT_DEFAULTS: dict[str, ImportDefaults] = {
-    "yolox": ImportDefaults("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "warp_affine_keep_ratio",
+    "yolox": ImportDefaults("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "letterbox_top_left",
                             {"strides": [8, 16, 32], "sigmoid_in_graph": True},
                             {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100, "multi_label": False}),
-    "yolov5": ImportDefaults("RGB", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "warp_affine_keep_ratio",
+    "yolov5": ImportDefaults("RGB", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "letterbox",
                              {"strides": [8, 16, 32], "anchors_per_cell": 3},
                              {"score_threshold": 0.25, "nms_iou": 0.45, "max_detections": 100, "multi_label": False}),
-    "yolov8": ImportDefaults("RGB", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "warp_affine_keep_ratio",
+    "yolov8": ImportDefaults("RGB", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "letterbox",
                              {"strides": [8, 16, 32]},
                              {"score_threshold": 0.25, "nms_iou": 0.7, "max_detections": 100, "multi_label": False}),
     "nanodet-plus": ImportDefaults("BGR", (103.53, 116.28, 123.675), (57.375, 57.12, 58.395), "warp_affine",

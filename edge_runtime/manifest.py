@@ -17,7 +17,7 @@ from .errors import ManifestError, ModelLoadError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-RESIZE_MODES = ("resize", "warp_affine", "warp_affine_keep_ratio")
+RESIZE_MODES = ("resize", "warp_affine", "warp_affine_keep_ratio", "letterbox", "letterbox_top_left")
 
 # (dotted path, expected type) of every field the runtime reads.
 _REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (

@@ -22,16 +22,35 @@ class ImageMeta:
     to_original: np.ndarray  # (2, 3) affine: model-input pixel coords -> original pixel coords
 
 
+LETTERBOX_PAD = 114  # the grey Ultralytics and YOLOX pad with
+
+
+def letterbox_placement(src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str) -> tuple[int, int, int, int]:
+    """(height, width, top, left) of the resized image inside the padded input, rounded as
+    Ultralytics' ``LetterBox`` (``letterbox``: centred) and YOLOX's ``preproc``
+    (``letterbox_top_left``: truncated size, padded bottom-right)."""
+    (h, w), (dh, dw) = src_hw, dst_hw
+    r = min(dh / h, dw / w)
+    if mode == "letterbox_top_left":
+        return int(h * r), int(w * r), 0, 0
+    nh, nw = int(round(h * r)), int(round(w * r))
+    return nh, nw, int(round((dh - nh) / 2 - 0.1)), int(round((dw - nw) / 2 - 0.1))
+
+
 def resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str) -> np.ndarray:
     """2x3 affine taking original pixel coords to model-input coords.
 
     ``warp_affine`` stretches to the input size; ``warp_affine_keep_ratio`` scales to fit and
-    centres (both as NanoDet's ``get_resize_matrix``); ``resize`` is cv2.resize's plain stretch.
+    centres (both as NanoDet's ``get_resize_matrix``); ``resize`` is cv2.resize's plain stretch;
+    the ``letterbox`` modes resize to fit with cv2.resize and pad with grey 114 (Ultralytics, YOLOX).
     """
     (h, w), (dh, dw) = src_hw, dst_hw
     if mode == "warp_affine_keep_ratio":
         r = dh / h if w / h < dw / dh else dw / w
         return np.array([[r, 0, 0.5 * dw - r * w / 2], [0, r, 0.5 * dh - r * h / 2]], np.float64)
+    if mode in ("letterbox", "letterbox_top_left"):
+        nh, nw, top, left = letterbox_placement(src_hw, dst_hw, mode)
+        return np.array([[nw / w, 0, left], [0, nh / h, top]], np.float64)
     return np.array([[dw / w, 0, 0], [0, dh / h, 0]], np.float64)
 
 
@@ -64,6 +83,10 @@ class ImagePreprocessor:
         m = resize_matrix((ih, iw), (self.h, self.w), self.spec.resize)
         if self.spec.resize == "resize":
             cv2.resize(image, (self.w, self.h), dst=self._resized, interpolation=cv2.INTER_LINEAR)
+        elif self.spec.resize.startswith("letterbox"):
+            nh, nw, top, left = letterbox_placement((ih, iw), (self.h, self.w), self.spec.resize)
+            self._resized.fill(LETTERBOX_PAD)
+            self._resized[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         else:
             cv2.warpAffine(image, m, (self.w, self.h), dst=self._resized, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))

@@ -6,8 +6,7 @@ cell over ``decoder.strides`` (default 8, 16, 32): 25200 for 640x640 (the export
 rows anchor, y, x; the boxes are decoded already, so only the count matters here).
 score = objectness * class.
 
-Preprocessing of the official model: RGB / 255, letterbox centred with pad 114 ->
-``warp_affine_keep_ratio`` (pad 0).
+Preprocessing of the official model: RGB / 255, letterbox centred with pad 114 (``letterbox``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ Graph output ``predictions`` (1, 4 + C, N) -- channels first, as ultralytics exp
 is read from the shape (the one of size 4 + C is the row; (1, 4 + C, N) when both are). N runs over
 ``decoder.strides`` (default 8, 16, 32): 8400 for 640x640.
 
-Preprocessing of the official model: RGB / 255, letterbox centred with pad 114 ->
-``warp_affine_keep_ratio`` (pad 0).
+Preprocessing of the official model: RGB / 255, letterbox centred with pad 114 (``letterbox``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ Decode, in input pixels: cx = (tx + gx) * s, cy = (ty + gy) * s, w = exp(tw) * s
 score = objectness * class score.
 
 Preprocessing of the official model: BGR 0..255, no mean/std, letterbox padded bottom-right with
-114. The runtime has no top-left letterbox; imports use ``warp_affine_keep_ratio`` (same scale,
-centred, pad 0), which shifts the padding but keeps the aspect ratio the model was trained with.
+114 (``letterbox_top_left``).
 """
 
 from __future__ import annotations
