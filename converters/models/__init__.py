@@ -8,6 +8,7 @@ device without any Python model code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from edge_runtime.errors import CheckpointError
 
 from ..darknet import YoloV3Deploy, load_darknet, yolov3_decoder_params
 from ..demo_data import CLASS_NAMES as SHAPE_CLASSES
+from .backbones import BACKBONES
 from .nanodet import NanoDet, NanoDetDeploy, build_nanodet_plus, build_nanodet_v1
 from .yolo_fastest_v2 import YoloFastestV2, YoloFastestV2Deploy
 
@@ -89,14 +91,16 @@ _DARKNET_YOLOV3_COMMON = dict(family="yolov3", build=_darknet_build, deploy=Yolo
 _NANODET_COMMON = dict(family="nanodet", deploy=NanoDetDeploy, mean=NANODET_MEAN, std=NANODET_STD,
                        output_names=("scores", "distances"))
 
-MODELS: dict[str, ModelSpec] = {
+
+def _nanodet_plus(name: str, backbone: str, fpn_channels: int) -> ModelSpec:
     # NanoDet-Plus COCO configs train and evaluate with keep_ratio: False (a plain warp to the input size)
-    "nanodet-plus-m": ModelSpec(name="nanodet-plus-m", build=lambda nc: build_nanodet_plus(nc, "1.0x", 96),
-                                default_imgsz=416, resize="warp_affine", decoder=_nanodet_decoder(0.0),
-                                **_NANODET_COMMON),
-    "nanodet-plus-m-1.5x": ModelSpec(name="nanodet-plus-m-1.5x", build=lambda nc: build_nanodet_plus(nc, "1.5x", 128),
-                                     default_imgsz=416, resize="warp_affine", decoder=_nanodet_decoder(0.0),
-                                     **_NANODET_COMMON),
+    return ModelSpec(name=name, build=partial(build_nanodet_plus, backbone_name=backbone, fpn_channels=fpn_channels),
+                     default_imgsz=416, resize="warp_affine", decoder=_nanodet_decoder(0.0), **_NANODET_COMMON)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "nanodet-plus-m": _nanodet_plus("nanodet-plus-m", "shufflenetv2-1.0x", 96),
+    "nanodet-plus-m-1.5x": _nanodet_plus("nanodet-plus-m-1.5x", "shufflenetv2-1.5x", 128),
     "nanodet-m": ModelSpec(name="nanodet-m", build=lambda nc: build_nanodet_v1(nc, "1.0x", 96),
                            default_imgsz=320, resize="warp_affine_keep_ratio", decoder=_nanodet_decoder(0.0),
                            **_NANODET_COMMON),
@@ -110,6 +114,10 @@ MODELS: dict[str, ModelSpec] = {
                              default_imgsz=192, class_names=SHAPE_CLASSES,
                              weights=ASSETS / "yolo-fastestv2-shapes.pth", **_YOLO_FASTEST_V2_COMMON),
 }
+# NanoDet-Plus on each seed backbone, with nanodet-plus-m's 96-channel neck and head so that only the
+# backbone differs (shufflenetv2-1.0x is nanodet-plus-m itself)
+MODELS.update({f"nanodet-plus-{b}": _nanodet_plus(f"nanodet-plus-{b}", b, 96)
+               for b in BACKBONES if b != "shufflenetv2-1.0x"})
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ConvModule, DepthwiseConvModule, GhostBottleneck
-from .shufflenetv2 import ShuffleNetV2
+from .backbones import build_backbone
+from .backbones.shufflenetv2 import ShuffleNetV2
 
 
 class GhostBlocks(nn.Module):
@@ -159,8 +160,10 @@ class NanoDetDeploy(nn.Module):
         return cls.sigmoid(), head.distribution_project(reg)
 
 
-def build_nanodet_plus(num_classes: int, model_size: str = "1.0x", fpn_channels: int = 96) -> NanoDet:
-    backbone = ShuffleNetV2(model_size)
+def build_nanodet_plus(num_classes: int, backbone_name: str = "shufflenetv2-1.0x", fpn_channels: int = 96) -> NanoDet:
+    """NanoDet-Plus on any backbone of ``backbones.BACKBONES``: GhostPAN (kernel 5, one extra level)
+    and the 4-level head, ``fpn_channels`` wide."""
+    backbone = build_backbone(backbone_name)
     fpn = GhostPAN(backbone.out_channels, fpn_channels, kernel_size=5, num_extra_level=1)
     head = NanoDetHead(num_classes, fpn_channels, fpn_channels, stacked_convs=2, kernel_size=5, num_levels=4)
     return NanoDet(backbone, fpn, head, strides=(8, 16, 32, 64))

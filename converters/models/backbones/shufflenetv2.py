@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import activation
+from ..blocks import activation, conv_bn_act
 
 STAGE_OUT_CHANNELS = {
     "0.5x": (24, 48, 96, 192),
@@ -61,14 +61,15 @@ class ShuffleV2Block(nn.Module):
 class ShuffleNetV2(nn.Module):
     """Input (B, 3, H, W) -> features of stages 2, 3, 4 at strides 8, 16, 32.
 
-    For 1.0x the channels are (116, 232, 464).
+    (B, 3, 320, 320) -> (B, 116, 40, 40), (B, 232, 20, 20), (B, 464, 10, 10) for 1.0x;
+    0.5x gives (48, 96, 192) channels, 1.5x (176, 352, 704).
     """
 
     def __init__(self, model_size: str = "1.0x", act: str = "LeakyReLU") -> None:
         super().__init__()
         stem, *stage_channels = STAGE_OUT_CHANNELS[model_size]
         self.out_channels = tuple(stage_channels)
-        self.conv1 = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), activation(act))
+        self.conv1 = conv_bn_act(3, stem, 3, 2, act=act)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_ch = stem
         for name, repeats, out_ch in zip(("stage2", "stage3", "stage4"), (4, 8, 4), stage_channels):
