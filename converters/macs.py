@@ -23,13 +23,21 @@ class NodeCount:
     name: str
     op_type: str
     inputs: tuple[str, ...]  # activation tensors it reads (graph inputs, other nodes' outputs)
+    input_nbytes: tuple[int, ...]  # their sizes
     outputs: tuple[str, ...]
+    output_nbytes: tuple[int, ...]
     output_shape: tuple[int, ...]  # of its first output
     macs: int
     params: int  # elements of the weights it is the first node to read (a shared weight counts once)
-    input_bytes: int  # activations read
     weight_bytes: int  # weights read (a shared weight counts at every reader)
-    output_bytes: int  # activations written
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(self.input_nbytes)
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(self.output_nbytes)
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,10 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
     return 0
 
 
+def _nbytes(names: tuple[str, ...], tensors: dict[str, _Tensor]) -> tuple[int, ...]:
+    return tuple(tensors[name].nbytes if name in tensors else 0 for name in names)
+
+
 def count_nodes(model: onnx.ModelProto) -> list[NodeCount]:
     """One :class:`NodeCount` per node of a static-shape graph, in graph (topological) order."""
     tensors = _tensors(model)
@@ -92,15 +104,14 @@ def count_nodes(model: onnx.ModelProto) -> list[NodeCount]:
         reads = [name for name in node.input if name]
         own = [name for name in reads if name in weights and name not in counted and len(tensors[name].shape) > 0]
         counted.update(own)
-        outputs = [name for name in node.output if name]
+        activations = tuple(name for name in reads if name not in weights)
+        outputs = tuple(name for name in node.output if name)
         rows.append(NodeCount(
-            name=node.name, op_type=node.op_type,
-            inputs=tuple(name for name in reads if name not in weights), outputs=tuple(outputs),
+            name=node.name, op_type=node.op_type, inputs=activations, input_nbytes=_nbytes(activations, tensors),
+            outputs=outputs, output_nbytes=_nbytes(outputs, tensors),
             output_shape=tuple(shapes.get(outputs[0], ())) if outputs else (),
             macs=_node_macs(node, shapes), params=sum(math.prod(tensors[name].shape) for name in own),
-            input_bytes=sum(tensors[name].nbytes for name in reads if name not in weights and name in tensors),
-            weight_bytes=sum(tensors[name].nbytes for name in reads if name in weights),
-            output_bytes=sum(tensors[name].nbytes for name in outputs if name in tensors)))
+            weight_bytes=sum(tensors[name].nbytes for name in reads if name in weights)))
     return rows
 
 

@@ -1,4 +1,11 @@
-"""ONNX Runtime backend (CPU by default; any execution provider by name through options)."""
+"""ONNX Runtime backend (CPU by default; any execution provider by name through options).
+
+Options (all optional):
+  ``device``              an execution provider, e.g. "QNNExecutionProvider" (with ``provider_options``)
+  ``graph_optimization``  "basic", "extended" or "all" (default): ORT's graph optimisation level
+  ``profile_prefix``      turns on ORT's per-node profiler, writing its JSON trace to this path prefix
+                          (``session.end_profiling()`` returns the file)
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelLoadError, first_line
+from ..errors import BackendUnavailableError, EdgeRuntimeError, ModelLoadError, first_line
 from .base import Backend, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -30,7 +37,13 @@ class OrtBackend(Backend):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = str(self.options.get("graph_optimization", "all")).upper()
+        if level not in ("BASIC", "EXTENDED", "ALL"):
+            raise EdgeRuntimeError(f"{path}: graph_optimization must be basic, extended or all, not {level.lower()!r}")
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
+        if self.options.get("profile_prefix"):
+            so.enable_profiling = True
+            so.profile_file_prefix = str(self.options["profile_prefix"])
         so.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         device = self.options.get("device")  # an execution provider, e.g. QNNExecutionProvider
