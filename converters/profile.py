@@ -85,7 +85,8 @@ class ModelProfile:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: totals, groups and every layer in graph order."""
         return {"source": self.source, "input_shape": list(self.input_shape), "notes": list(self.notes),
-                "totals": {"params": self.params, "torch_params": self.torch_params, "macs": self.macs, "flops": self.flops,
+                "totals": {"params": self.params, "torch_params": self.torch_params, "macs": self.macs,
+                           "flops": self.flops,
                            "activation_bytes": self.activation_bytes,
                            "peak_activation_bytes": self.peak_activation_bytes,
                            "memory_access_bytes": self.memory_access_bytes, "layers": len(self.layers)},
@@ -100,7 +101,8 @@ def module_path(node_name: str, modules: set[str] | None = None) -> str:
     torch.onnx names a node by its scopes, each child scope repeating its parent's name
     ('stage2' then 'stage2.0'), then the op; names without scopes give ''. A module called again
     gets '_1', '_2' appended to its scope: with ``modules`` (the model's module paths) such a suffix
-    is dropped where only the name without it is a module (a shared head over several levels).
+    is dropped where only the name without it is a module (a shared head over several levels), and a
+    path that is no module but ends exactly one becomes that module.
     """
     if not node_name.startswith("/"):
         return ""
@@ -119,7 +121,10 @@ def module_path(node_name: str, modules: set[str] | None = None) -> str:
         if ".".join([*resolved, part]) not in modules and ".".join([*resolved, base]) in modules:
             part = base
         resolved.append(part)
-    return ".".join(resolved)
+    path = ".".join(resolved)
+    # a submodule the wrapper calls directly (NanoDet's head.distribution_project) is scoped at the top
+    within = [m for m in modules if m.endswith("." + path)] if path and path not in modules else []
+    return within[0] if len(within) == 1 else path
 
 
 def _peak_live_bytes(rows: list[NodeCount], graph_outputs: set[str]) -> int:
@@ -151,8 +156,8 @@ def profile_graph(graph: Any, source: str, notes: list[str] | None = None, modul
     weights = {init.name for init in graph.graph.initializer}
     inputs = [i for i in graph.graph.input if i.name not in weights]
     input_shape = tuple(d.dim_value for d in inputs[0].type.tensor_type.shape.dim) if inputs else ()
-    layers = [LayerProfile(name=r.name, op_type=r.op_type, module=module_path(r.name, modules), output_shape=r.output_shape,
-                           params=r.params, macs=r.macs, activation_bytes=r.output_bytes,
+    layers = [LayerProfile(name=r.name, op_type=r.op_type, module=module_path(r.name, modules),
+                           output_shape=r.output_shape, params=r.params, macs=r.macs, activation_bytes=r.output_bytes,
                            memory_access_bytes=r.input_bytes + r.weight_bytes + r.output_bytes) for r in rows]
     peak = _peak_live_bytes(rows, {o.name for o in graph.graph.output})
     return ModelProfile(source=source, input_shape=input_shape, layers=layers, peak_activation_bytes=peak,
@@ -168,7 +173,7 @@ def profile_onnx(path: str | Path) -> ModelProfile:
         raise ModelLoadError(f"{path}: no such ONNX file")
     try:
         graph = onnx.load(str(path))
-    except Exception as exc:  # protobuf decode errors come in several types
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors come in several types
         raise ModelLoadError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     return profile_graph(graph, str(path))
 
@@ -220,8 +225,8 @@ def format_profile_table(profile: ModelProfile, top: int | None = None) -> str:
     total_macs = max(1, profile.macs)
     header = f"{'layer':<48} {'op':<10} {'output':<16} {'params':>9} {'MMACs':>8} {'%MACs':>6} " \
              f"{'act KiB':>9} {'mem KiB':>9}"
-    lines = [f"profile of {profile.source}, input {list(profile.input_shape)}; layers by MACs"
-             + (f" (top {len(shown)} of {len(layers)})" if len(shown) < len(layers) else ""), header,
+    lines = [(f"profile of {profile.source}, input {list(profile.input_shape)}; layers by MACs"
+              + (f" (top {len(shown)} of {len(layers)})" if len(shown) < len(layers) else "")), header,
              "-" * len(header)]
     for r in shown:
         label = r.module or r.name
@@ -231,10 +236,11 @@ def format_profile_table(profile: ModelProfile, top: int | None = None) -> str:
                      f"{_kib(r.memory_access_bytes):>9}")
     torch_params = f" in the graph, {profile.torch_params / 1e6:.3f} M in the torch model (BatchNorm unfolded)" \
         if profile.torch_params else ""
-    lines += ["", f"params {profile.params / 1e6:.3f} M{torch_params}   MACs {profile.macs / 1e9:.3f} G   "
-                  f"FLOPs {profile.flops / 1e9:.3f} G",
-              f"activations {profile.activation_bytes / 2**20:.2f} MiB written, peak live "
-              f"{profile.peak_activation_bytes / 2**20:.2f} MiB   memory access {profile.memory_access_bytes / 2**20:.2f} MiB",
+    lines += ["", (f"params {profile.params / 1e6:.3f} M{torch_params}   MACs {profile.macs / 1e9:.3f} G   "
+                   f"FLOPs {profile.flops / 1e9:.3f} G"),
+              (f"activations {profile.activation_bytes / 2**20:.2f} MiB written, peak live "
+               f"{profile.peak_activation_bytes / 2**20:.2f} MiB   memory access "
+               f"{profile.memory_access_bytes / 2**20:.2f} MiB"),
               "", f"{'module':<16} {'layers':>6} {'params':>10} {'GMACs':>8} {'%MACs':>6} {'act MiB':>8}"]
     for name, g in profile.groups().items():
         lines.append(f"{name:<16} {g['layers']:>6} {g['params']:>10,} {g['macs'] / 1e9:>8.3f} "

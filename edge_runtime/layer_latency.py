@@ -189,8 +189,9 @@ def format_latency_table(profile: LatencyProfile, top: int | None = None,
     joined = bool(macs_by_node)
     header = f"{'layer':<56} {'op':<18} {'kernel':<22} {'ms':>8} {'%':>6}" + \
              (f" {'MMACs':>8} {'GMAC/s':>7}" if joined else "")
-    lines = [f"per-layer latency of {profile.artifact} ({profile.backend}), mean of {profile.runs} runs; slowest first"
-             + (f" (top {len(shown)} of {len(layers)})" if len(shown) < len(layers) else ""), header, "-" * len(header)]
+    lines = [(f"per-layer latency of {profile.artifact} ({profile.backend}), mean of {profile.runs} runs; "
+              "slowest first" + (f" (top {len(shown)} of {len(layers)})" if len(shown) < len(layers) else "")),
+             header, "-" * len(header)]
     for r in shown:
         label = r.name if len(r.name) <= 56 else "..." + r.name[-53:]
         line = f"{label:<56} {r.op_type[:18]:<18} {r.exec_type[:22]:<22} {r.ms:>8.3f} {100 * r.ms / total:>6.1f}"
@@ -200,8 +201,8 @@ def format_latency_table(profile: LatencyProfile, top: int | None = None,
             line += f" {macs / 1e6:>8.2f} {macs / (r.ms * 1e6):>7.2f}" if macs and r.ms > 0 else f" {'':>8} {'':>7}"
         lines.append(line)
     coverage = 100 * profile.total_ms / profile.end_to_end_ms if profile.end_to_end_ms else 0.0
-    lines += ["", f"layers sum {profile.total_ms:.3f} ms of {profile.end_to_end_ms:.3f} ms end to end "
-                  f"({coverage:.0f} %; the rest is the runtime's own work between layers)"]
+    lines += ["", (f"layers sum {profile.total_ms:.3f} ms of {profile.end_to_end_ms:.3f} ms end to end "
+                   f"({coverage:.0f} %; the rest is the runtime's own work between layers)")]
     if profile.note:
         lines.append(f"note: {profile.note}")
     return "\n".join(lines)
