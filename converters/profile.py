@@ -204,7 +204,7 @@ def profile_model(model: str, weights: str | Path | None = None, imgsz: int | No
         net = spec.build(classes)
         notes.append(f"random-initialised weights ({classes} classes, no --weights): params, MACs and memory "
                      f"depend on shapes only")
-    # counted before export: torch.onnx (TorchScript path) folds BatchNorm into the module in place
+    # counted before export: write_onnx may fold BatchNorm into the convs in place (the graph has it folded)
     torch_params = sum(p.numel() for p in net.parameters())
     modules = {name for name, _ in net.named_modules() if name}
     dummy = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, imgsz, imgsz)).astype(np.float32))
