@@ -1,0 +1,397 @@
+"""Low-rank factorisation: a dense layer becomes a chain of thinner ones, kept only where it runs faster.
+
+- ``svd``: a 1x1 convolution or Linear, W (out x in) ~ (U_r S_r) V_r^T, becomes in -> r -> out
+  (first layer V_r^T without bias, then U_r S_r with the original bias).
+- ``tucker2``: a k x k convolution (groups 1), HOSVD on its output and input modes, becomes
+  1x1 in -> r_in, k x k r_in -> r_out (stride, padding, dilation of the original), 1x1 r_out -> out.
+  The mode bases are nested (rank r's basis holds rank r-1's), so the error never grows with rank.
+
+Depthwise and other grouped convolutions have no channel mixing to factor and are skipped.
+
+``ratio`` is the fraction of a layer's MACs the factorised layer may keep (0.5 = at most half), not
+a fraction of singular-value energy: the point is speed, and an energy target says nothing about
+cost (on the trained demo model half the energy of most 1x1 convolutions already needs a rank past
+the break-even point, where the pair does more work than the original). The output error the rank
+costs is measured on the layer's real inputs and bounded instead (``max_error``).
+
+A factorisation is kept only if it is measured faster: the original and the factorised layer are
+each exported alone to ONNX with the layer's real input shape(s) and timed on the runtime's backends
+(ONNX Runtime, OpenVINO on request), interleaved, median of rounds; it must beat the original by
+``margin`` on every backend asked for.
+
+The plan ``{module name: {"kind": "svd", "rank": r} | {"kind": "tucker2", "ranks": [r_out, r_in]}}``
+is what a compressed checkpoint stores (``converters.compress.checkpoint``); :func:`apply_factorization`
+replays it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_runtime.timing import format_table
+
+Plan = dict[str, dict[str, Any]]
+
+
+def _svd_weights(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out x r, r x in) with their product the best rank-``rank`` approximation of ``matrix``;
+    the singular values are split as their square root on each side, so both factors have similar
+    ranges (what INT8 quantisation of the pair wants)."""
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (u[:, :rank] * root).to(matrix.dtype), (root[:, None] * vh[:rank]).to(matrix.dtype)
+
+
+def svd_pointwise(layer: nn.Conv2d | nn.Linear, rank: int) -> nn.Sequential:
+    """A 1x1 convolution (groups 1) or Linear as two of rank ``rank``: in -> rank -> out."""
+    weight = layer.weight.detach()
+    out_features, in_features = weight.shape[:2]
+    if isinstance(layer, nn.Linear):
+        first: nn.Module = nn.Linear(in_features, rank, bias=False)
+        second: nn.Module = nn.Linear(rank, out_features, bias=layer.bias is not None)
+    else:
+        _check_conv(layer, pointwise=True)
+        # stride and padding on the first conv: it has no bias, so padded zeros stay zeros
+        first = nn.Conv2d(in_features, rank, 1, layer.stride, layer.padding, bias=False)
+        second = nn.Conv2d(rank, out_features, 1, bias=layer.bias is not None)
+    left, right = _svd_weights(weight.reshape(out_features, in_features), rank)
+    with torch.no_grad():
+        first.weight.copy_(right.reshape(first.weight.shape))
+        second.weight.copy_(left.reshape(second.weight.shape))
+        if layer.bias is not None:
+            second.bias.copy_(layer.bias)
+    return nn.Sequential(first, second).to(weight.dtype)
+
+
+def _mode_basis(weight: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
+    """Leading ``rank`` left singular vectors of ``weight`` unfolded along ``mode`` (HOSVD)."""
+    unfolded = weight.movedim(mode, 0).reshape(weight.shape[mode], -1)
+    return torch.linalg.svd(unfolded, full_matrices=False)[0][:, :rank]
+
+
+def tucker2(conv: nn.Conv2d, ranks: tuple[int, int]) -> nn.Sequential:
+    """A k x k convolution (groups 1) as 1x1 (in -> r_in), k x k (r_in -> r_out), 1x1 (r_out -> out);
+    ``ranks`` = (r_out, r_in)."""
+    _check_conv(conv, pointwise=False)
+    r_out, r_in = ranks
+    weight = conv.weight.detach().double()
+    u_out, u_in = _mode_basis(weight, 0, r_out), _mode_basis(weight, 1, r_in)
+    core = torch.einsum("oihw,or,is->rshw", weight, u_out, u_in)
+    first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False)
+    middle = nn.Conv2d(r_in, r_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False)
+    last = nn.Conv2d(r_out, conv.out_channels, 1, bias=conv.bias is not None)
+    dtype = conv.weight.dtype
+    with torch.no_grad():
+        first.weight.copy_(u_in.T.reshape(first.weight.shape).to(dtype))
+        middle.weight.copy_(core.to(dtype))
+        last.weight.copy_(u_out.reshape(last.weight.shape).to(dtype))
+        if conv.bias is not None:
+            last.bias.copy_(conv.bias)
+    return nn.Sequential(first, middle, last).to(dtype)
+
+
+def _check_conv(conv: nn.Conv2d, pointwise: bool) -> None:
+    if conv.groups != 1 or conv.padding_mode != "zeros" or (conv.kernel_size == (1, 1)) != pointwise:
+        raise ValueError(f"cannot factorise {conv} as {'svd' if pointwise else 'tucker2'}: needs groups 1, "
+                         f"zero padding and a {'1x1' if pointwise else 'k x k (k > 1)'} kernel")
+
+
+def factorizable(module: nn.Module) -> str | None:
+    """The factorisation that applies to ``module`` ("svd", "tucker2"), None when none does."""
+    if isinstance(module, nn.Linear):
+        return "svd"
+    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
+        return "svd" if module.kernel_size == (1, 1) else "tucker2"
+    return None
+
+
+def factorized_layer(module: nn.Module, entry: dict[str, Any]) -> nn.Sequential:
+    """``module`` factorised as a plan ``entry`` says, weights decomposed from its current ones."""
+    kind = entry.get("kind")
+    if kind != factorizable(module):
+        raise ValueError(f"plan entry {entry} does not fit {module} (it takes {factorizable(module)})")
+    if kind == "svd":
+        return svd_pointwise(module, int(entry["rank"]))
+    r_out, r_in = (int(r) for r in entry["ranks"])
+    return tucker2(module, (r_out, r_in))
+
+
+def apply_factorization(model: nn.Module, plan: Plan) -> None:
+    """Replace each module the plan names by its factorised Sequential, in place.
+
+    The factors are decomposed from the module's current weights: on a trained model that is the
+    factorisation itself, on a freshly built one (loading a compressed checkpoint) only the shapes
+    matter, the stored weights overwrite them.
+    """
+    for name, entry in plan.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"factorisation plan names {name!r}, which the model does not have") from None
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, factorized_layer(module, entry))
+
+
+def _output_pixels(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(output positions, input positions) of one call on an input of ``shape``."""
+    if isinstance(module, nn.Linear):
+        rows = math.prod(shape[:-1])
+        return rows, rows
+    h, w = shape[2:]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = module.kernel_size, module.stride, module.padding, module.dilation
+    out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return shape[0] * out_h * out_w, shape[0] * h * w
+
+
+def layer_macs(module: nn.Module, entry: dict[str, Any] | None, shapes: list[tuple[int, ...]]) -> int:
+    """MACs of ``module`` over its calls on ``shapes``, as it is (``entry`` None) or factorised."""
+    out_ch, in_ch = module.weight.shape[:2]
+    area = math.prod(module.weight.shape[2:])
+    total = 0
+    for shape in shapes:
+        out_px, in_px = _output_pixels(module, shape)
+        if entry is None:
+            total += out_px * out_ch * in_ch * area
+        elif entry["kind"] == "svd":
+            total += out_px * entry["rank"] * (in_ch + out_ch)
+        else:
+            r_out, r_in = entry["ranks"]
+            total += in_px * in_ch * r_in + out_px * (r_in * r_out * area + r_out * out_ch)
+    return total
+
+
+def entry_for_ratio(module: nn.Module, shapes: list[tuple[int, ...]], ratio: float) -> dict[str, Any] | None:
+    """The largest-rank factorisation of ``module`` whose MACs are at most ``ratio`` of its own;
+    None when even rank 1 does not fit. Tucker-2 keeps the same fraction of both modes."""
+    kind = factorizable(module)
+    budget = ratio * layer_macs(module, None, shapes)
+    out_ch, in_ch = module.weight.shape[:2]
+    if kind == "svd":
+        options = [{"kind": "svd", "rank": r} for r in range(min(out_ch, in_ch), 0, -1)]
+    elif kind == "tucker2":
+        options = [{"kind": "tucker2", "ranks": [max(1, round(f * out_ch)), max(1, round(f * in_ch))]}
+                   for f in np.linspace(1.0, 0.0, 101)[:-1]]
+    else:
+        return None
+    return next((e for e in options if layer_macs(module, e, shapes) <= budget), None)
+
+
+@dataclass
+class LayerReport:
+    """What was measured for one factorisable layer and what was decided."""
+
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    input_shapes: list[tuple[int, ...]]
+    entry: dict[str, Any] | None  # the factorisation tried (None: no rank saves MACs)
+    macs_before: int
+    macs_after: int | None
+    rel_error: float | None  # ||y_factorised - y|| / ||y|| on the layer's real inputs
+    # backend -> median ms (original, factorised) and the median per-round ratio factorised / original
+    times_ms: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    kept: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "weight_shape": list(self.weight_shape),
+                "input_shapes": [list(s) for s in self.input_shapes],
+                "times_ms": {b: list(t) for b, t in self.times_ms.items()}}
+
+
+def layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Every factorisable module's inputs (one per call) when ``model`` runs on ``example``."""
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        return lambda module, args: seen.setdefault(name, []).append(args[0].detach())
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if factorizable(m)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def relative_error(original: nn.Module, factorised: nn.Module, inputs: list[torch.Tensor]) -> float:
+    """||factorised(x) - original(x)|| / ||original(x)|| over all ``inputs``."""
+    with torch.no_grad():
+        num = sum(float((factorised(x) - original(x)).square().sum()) for x in inputs)
+        den = sum(float(original(x).square().sum()) for x in inputs)
+    return math.sqrt(num / max(den, 1e-30))
+
+
+def _backend_runner(layer: nn.Module, shape: tuple[int, ...], backend: str, folder: Path, tag: str,
+                    threads: int) -> Callable[[], Any]:
+    """``layer`` exported alone to ONNX on an input of ``shape``, loaded by the runtime's ``backend``
+    (its session settings), run into preallocated outputs: fresh numpy outputs of 100+ KiB come
+    from glibc's mmap and page-faulted in on every call, measured here to make a 48x24x24 1x1 conv
+    take 0.25 ms instead of 0.04 ms on some runs and not others."""
+    from edge_runtime.backends import open_backend
+
+    from ..export_onnx import write_onnx
+
+    path = folder / f"{tag}.onnx"
+    dummy = torch.randn(shape)
+    with torch.no_grad():
+        output = layer.eval()(dummy).numpy()
+    write_onnx(layer, dummy, path, ("output",), simplify=False)
+    opened = open_backend(path, backend, threads)
+    if backend == "onnx":
+        import onnxruntime as ort
+
+        binding = opened.session.io_binding()
+        binding.bind_cpu_input("input", dummy.numpy())
+        binding.bind_ortvalue_output("output", ort.OrtValue.ortvalue_from_shape_and_type(output.shape, output.dtype))
+        return lambda: opened.session.run_with_iobinding(binding)
+    if backend == "openvino":
+        request = opened.compiled.create_infer_request()
+        feed = {0: dummy.numpy()}
+        return lambda: request.infer(feed, share_inputs=True, share_outputs=True)
+    raise ValueError(f"layer timing runs on onnx or openvino, not {backend!r}")
+
+
+def interleaved_times(runners: list[Callable[[], Any]], rounds: int, inner: int) -> list[list[float]]:
+    """Per round, each runner's mean ms per call over ``inner`` calls. The runners take turns within
+    a round and the order rotates, so drift and the neighbours' load hit all of them alike."""
+    for run in runners:  # warm-up: first calls allocate and pick kernels
+        for _ in range(3):
+            run()
+    samples: list[list[float]] = [[] for _ in runners]
+    for r in range(rounds):
+        for k in range(len(runners)):
+            i = (k + r) % len(runners)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                runners[i]()
+            samples[i].append((time.perf_counter() - t0) * 1e3 / inner)
+    return samples
+
+
+def plan_factorization(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,
+                       backends: tuple[str, ...] = ("onnx",), margin: float = 0.1, max_error: float = 0.3,
+                       rounds: int = 15, inner: int = 20, threads: int = 1,
+                       progress: Callable[[str], None] = lambda msg: None) -> tuple[Plan, list[LayerReport]]:
+    """Measure every factorisable layer of ``model`` (eval mode) and plan the ones worth keeping.
+
+    ``example``: a batch of preprocessed images; the layers' real inputs (for the error) come from
+    it and the timing uses its first image's shapes (batch 1, as deployed). A layer is kept when its
+    factorisation at ``ratio`` of its MACs has relative output error <= ``max_error`` and runs at
+    least ``margin`` faster than the original on each of ``backends``. The model is not changed:
+    pass the plan to :func:`apply_factorization`.
+    """
+    model.eval()
+    inputs = layer_inputs(model, example)
+    plan: Plan = {}
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, calls in inputs.items():
+            module = model.get_submodule(name)
+            shapes = [(1, *x.shape[1:]) for x in calls]
+            entry = entry_for_ratio(module, shapes, ratio)
+            report = LayerReport(name, factorizable(module), tuple(module.weight.shape), shapes, entry,
+                                 layer_macs(module, None, shapes), None, None)
+            reports.append(report)
+            if entry is None:
+                report.reason = f"no rank keeps <= {ratio:.0%} of the MACs"
+                continue
+            factorised = factorized_layer(module, entry).eval()
+            report.macs_after = layer_macs(module, entry, shapes)
+            report.rel_error = relative_error(module, factorised, calls)
+            if report.rel_error > max_error:
+                report.reason = f"error {report.rel_error:.3f} > {max_error}"
+                continue
+            progress(f"timing {name} {list(module.weight.shape)} -> {entry}")
+            for backend in backends:
+                rounds_ms = np.zeros((2, rounds))
+                for s, shape in enumerate(shapes):  # a module called twice (shared head) costs both calls
+                    runners = [_backend_runner(layer, shape, backend, Path(tmp), f"{name}-{tag}-{s}", threads)
+                               for layer, tag in ((module, "original"), (factorised, "factorised"))]
+                    rounds_ms += interleaved_times(runners, rounds, inner)
+                    # free the sessions now: an OpenVINO model left for the collector kept worker
+                    # threads busy and tripled the next layer's ONNX Runtime times
+                    del runners
+                    gc.collect()
+                # the median of per-round ratios: each pair ran back to back, under the same load
+                report.times_ms[backend] = (float(np.median(rounds_ms[0])), float(np.median(rounds_ms[1])),
+                                            float(np.median(rounds_ms[1] / rounds_ms[0])))
+            slow = [b for b, t in report.times_ms.items() if t[2] > 1 - margin]
+            report.kept = not slow
+            report.reason = (f"faster by >= {margin:.0%}" if report.kept else
+                             f"not {margin:.0%} faster on {', '.join(slow)}")
+            if report.kept:
+                plan[name] = entry
+    return plan, reports
+
+
+def format_reports(reports: list[LayerReport]) -> str:
+    """One row per layer: shape, factorisation, MACs, error, median times per backend, decision."""
+    backends = sorted({b for r in reports for b in r.times_ms})
+    headers = ["layer", "weight", "input", "factorisation", "MACs before", "after", "rel err",
+               *[f"{b} ms orig/fact (ratio)" for b in backends], "kept", "why"]
+    rows = []
+    for r in reports:
+        entry = r.entry or {}
+        rank = entry.get("rank", entry.get("ranks", "-"))
+        rows.append([r.name, "x".join(map(str, r.weight_shape)), "x".join(map(str, r.input_shapes[0][1:])),
+                     f"{r.kind} {rank}", r.macs_before, r.macs_after or "-",
+                     "-" if r.rel_error is None else f"{r.rel_error:.3f}",
+                     *[f"{t[0]:.4f}/{t[1]:.4f} ({t[2]:.2f})" if (t := r.times_ms.get(b)) else "-"
+                       for b in backends],
+                     "yes" if r.kept else "no", r.reason])
+    return format_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure the factorisations of one model: ``python -m converters.compress.lowrank --model demo-shapes``."""
+    from ..checkpoints import load_model
+    from ..models import get_spec
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", default=None, help="checkpoint [bundled weights, else random init]")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of each layer's MACs to keep [0.5]")
+    p.add_argument("--backends", default="onnx", help="comma-separated: onnx,openvino [onnx]")
+    p.add_argument("--images", default=None, help="folder of images for the layers' real inputs [random input]")
+    p.add_argument("--max-error", type=float, default=0.3)
+    p.add_argument("--margin", type=float, default=0.1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    spec = get_spec(args.model)
+    weights = args.weights or spec.weights
+    model = load_model(spec, weights)[0] if weights else spec.build(80).eval()
+    size = spec.default_imgsz
+    if args.images:
+        from edge_runtime.manifest import InputSpec
+
+        from ..calibration import CalibrationSet
+
+        input_spec = InputSpec("input", (1, 3, size, size), "NCHW", "float32", spec.color, spec.mean, spec.std,
+                               spec.resize)
+        example = torch.from_numpy(np.concatenate(CalibrationSet(args.images, input_spec, 8).tensors))
+    else:
+        example = torch.randn(2, 3, size, size)
+    plan, reports = plan_factorization(model, example, args.ratio, tuple(args.backends.split(",")), args.margin,
+                                       args.max_error, progress=print)
+    print(format_reports(reports))
+    print(f"kept {len(plan)} of {len(reports)} factorisable layers; plan: {plan}")
+
+
+if __name__ == "__main__":
+    main()
