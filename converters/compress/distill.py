@@ -1,13 +1,15 @@
 """Knowledge distillation on raw head outputs: the student learns the teacher's soft predictions.
 
-Every term is a divergence (KL), so a student identical to its teacher has a loss of exactly zero.
+Every term is a divergence (KL) or a squared difference, so a student identical to its teacher has a
+loss of exactly zero.
 Per family (raw outputs as the models' ``forward`` returns them):
 
 - ``yolo-fastestv2``: per level (reg 4A, obj A, cls C maps). Objectness: binary KL between the
   tempered sigmoids, over every anchor (level weights as the task loss). Class: softmax KL with
   temperature per cell, weighted by the teacher's objectness there (its class map is meaningless on
-  background). Box: squared difference of the sigmoid box terms, weighted by the teacher's objectness
-  per anchor. Gains as the task loss's (box 3.2, obj 64, cls 32) so ``distill_weight`` 1 balances them.
+  background), divided by the class count as the task's cross-entropy is. Box: squared difference of
+  the sigmoid box terms, weighted by the teacher's objectness per anchor. Gains as the task loss's
+  (box 3.2, obj 64, cls 32), so at ``distill_weight`` 1 neither loss drowns the other.
 - ``nanodet``: per level (C class logits + 4 x (reg_max + 1) GFL bins). Class: binary KL between the
   tempered sigmoids (the family's scores are per-class sigmoids), summed over classes, mean over cells.
   Box: KL between the tempered softmax distributions of each side (localisation distillation),
@@ -54,9 +56,10 @@ def _yolo_fastest_v2(student: Sequence[torch.Tensor], teacher: Sequence[torch.Te
         s_reg, s_obj, s_cls = student[3 * level: 3 * level + 3]
         t_reg, t_obj, t_cls = teacher[3 * level: 3 * level + 3]
         b, a, h, w = t_obj.shape
+        c = t_cls.shape[1]
         objectness = torch.sigmoid(t_obj)  # (B, A, H, W)
         obj = obj + binary_kl(s_obj, t_obj, temperature).mean() * t2 * LEVEL_BALANCE[level]
-        cls = cls + _weighted_mean(softmax_kl(s_cls, t_cls, temperature, 1), objectness.amax(1)) * t2
+        cls = cls + _weighted_mean(softmax_kl(s_cls, t_cls, temperature, 1), objectness.amax(1)) * t2 / c
         squared = (torch.sigmoid(s_reg) - torch.sigmoid(t_reg)).pow(2).view(b, a, 4, h, w).sum(2)
         box = box + _weighted_mean(squared, objectness)
     return {"kd_box": BOX_GAIN * box, "kd_obj": OBJ_GAIN * obj, "kd_cls": CLS_GAIN * cls}

@@ -142,7 +142,7 @@ def prune_channels(model: nn.Module, model_name: str, ratio: float, method: str 
     example = torch.zeros(1, 3, imgsz, imgsz)
     names = {m: name for name, m in pruned.named_modules()}
     removed: dict[str, list[int]] = {}
-    with _without_reshape_mapping():
+    with _without_reshape_mapping(), torch.enable_grad():  # the graph is traced through autograd
         pruner = tp.pruner.MetaPruner(pruned, example, importance, pruning_ratio=ratio, round_to=round_to,
                                       ignored_layers=output_layers(pruned, model_name) + shuffle_boundary_convs(pruned))
         for group in pruner.step(interactive=True):
