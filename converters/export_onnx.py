@@ -20,6 +20,7 @@ from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import RESIZE_MODES, Artifact, InputSpec, Manifest, sha256_file
 
 from .checkpoints import load_model
+from .compress.fuse import fuse_model
 from .macs import count_macs
 from .coco import COCO_CLASSES
 from .models import get_spec
@@ -78,14 +79,15 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
     onnx_path = out / "model.onnx"
     dummy = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, imgsz, imgsz)).astype(np.float32))
 
+    # the reference is the model as loaded, before write_onnx fuses it: parity covers the fusion too
+    with torch.no_grad():
+        reference = [t.numpy() for t in deploy(dummy)]
     graph = write_onnx(deploy, dummy, onnx_path, spec.output_names, opset, simplify, progress)
     import onnx
 
     progress("checking ONNX Runtime against torch")
     import onnxruntime as ort
 
-    with torch.no_grad():
-        reference = [t.numpy() for t in deploy(dummy)]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     parity = compare(reference, session.run(list(spec.output_names), {"input": dummy.numpy()}))
 
@@ -110,9 +112,16 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
 
 def write_onnx(deploy: torch.nn.Module, dummy: torch.Tensor, path: Path, output_names: tuple[str, ...],
                opset: int = DEFAULT_OPSET, simplify: bool = True,
-               progress: Callable[[str], None] = lambda msg: None) -> Any:
+               progress: Callable[[str], None] = lambda msg: None, fuse: bool = True) -> Any:
     """torch.onnx.export of ``deploy`` traced on ``dummy`` (input named "input") to ``path``, simplified
-    with onnxslim and checked; returns the onnx.ModelProto written (onnx is imported lazily)."""
+    with onnxslim and checked; returns the onnx.ModelProto written (onnx is imported lazily).
+
+    ``fuse``: first fold BatchNorm into convs and collapse RepVGG blocks, in place on ``deploy``
+    (``converters.compress.fuse``; exact in eval mode).
+    """
+    if fuse:
+        counts = fuse_model(deploy, dummy)
+        progress(f"fused {counts['conv_bn']} conv+BN pairs, {counts['repvgg_blocks']} RepVGG blocks")
     progress(f"exporting ONNX (opset {opset})")
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
