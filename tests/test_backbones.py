@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the converters' torch models need torch")
 
-from torch import nn  # noqa: E402
+from torch import nn
 
-from converters.compress.fuse import fuse_model, reparameterize_repvgg  # noqa: E402
-from converters.models import MODELS, get_spec  # noqa: E402
-from converters.models.backbones import BACKBONES, build_backbone  # noqa: E402
-from converters.models.backbones.repvgg import RepVGGBlock  # noqa: E402
+from converters.compress.fuse import fuse_model, reparameterize_repvgg
+from converters.models import MODELS, get_spec
+from converters.models.backbones import BACKBONES, build_backbone
+from converters.models.backbones.repvgg import RepVGGBlock
 
 IMGSZ = 160  # divisible by 64 (NanoDet-Plus' extra level); small so the conversions stay quick
 SEED_MODELS = [name for name in MODELS if name.startswith("nanodet-plus-") and name.split("-", 2)[2] in BACKBONES]

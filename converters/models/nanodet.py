@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvModule, DepthwiseConvModule, GhostBottleneck
 from .backbones import build_backbone
 from .backbones.shufflenetv2 import ShuffleNetV2
+from .blocks import ConvModule, DepthwiseConvModule, GhostBottleneck
 
 
 class GhostBlocks(nn.Module):

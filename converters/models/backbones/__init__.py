@@ -9,8 +9,8 @@ PaddleDetection. Nothing here fetches ImageNet weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from torch import nn
 

@@ -28,7 +28,7 @@ class MobileNetV2(nn.Module):
         for i, (t, c, n, s) in enumerate(SETTINGS):
             blocks: list[nn.Module] = []
             for j in range(n):
-                blocks.append(InvertedResidual(in_ch, int(round(in_ch * t)), c, 3, s if j == 0 else 1, act))
+                blocks.append(InvertedResidual(in_ch, in_ch * t, c, 3, s if j == 0 else 1, act))
                 in_ch = c
             if i == len(SETTINGS) - 1:
                 blocks.append(conv_bn_act(in_ch, last_channel, 1, act=act))
