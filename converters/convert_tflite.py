@@ -184,7 +184,10 @@ class _TfGraph:
 _GRAPHS: dict[str, _TfGraph] = {}  # ONNX sha256 + onnx2tf version -> graph, for the three precisions
 
 
-def _onnx2tf(job: ConvertJob, model: Any, samples: np.ndarray) -> Any:
+def onnx_to_keras(model: Any, input_name: str, samples: np.ndarray, source: Path) -> Any:
+    """onnx2tf's in-memory Keras model of ``model`` (an onnx.ModelProto whose input is
+    ``input_name``), with ``samples`` (NHWC float32) as the data onnx2tf checks its graph on,
+    never its internet download. Errors are one line naming ``source``."""
     import onnx
     import onnx2tf
 
@@ -203,14 +206,14 @@ def _onnx2tf(job: ConvertJob, model: Any, samples: np.ndarray) -> Any:
             with contextlib.redirect_stdout(out):
                 return onnx2tf.convert(
                     input_onnx_file_path=str(onnx_path), output_folder_path=str(work_dir / "out"),
-                    custom_input_op_name_np_data_path=[[job.manifest.input.name, str(work_dir / "input.npy")]],
+                    custom_input_op_name_np_data_path=[[input_name, str(work_dir / "input.npy")]],
                     disable_model_save=True, not_use_onnxsim=True, non_verbose=True, verbosity="error")
         except SystemExit:  # onnx2tf reports errors with sys.exit
             tail = " ".join(out.getvalue().split())[-300:]
-            raise EdgeRuntimeError(f"{job.fp32_onnx}: onnx2tf could not convert the graph: {tail}") from None
+            raise EdgeRuntimeError(f"{source}: onnx2tf could not convert the graph: {tail}") from None
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise EdgeRuntimeError(f"{job.fp32_onnx}: onnx2tf failed: {type(exc).__name__}: {first}") from exc
+            raise EdgeRuntimeError(f"{source}: onnx2tf failed: {type(exc).__name__}: {first}") from exc
         finally:
             os.chdir(previous)
 
@@ -230,7 +233,7 @@ def _tf_graph(job: ConvertJob) -> _TfGraph:
     tensors = job.calibration.tensors if job.calibration is not None else [
         np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)]
     samples = np.concatenate([np.transpose(t, (0, 2, 3, 1)) for t in tensors[:20]]).astype(np.float32)
-    keras = _onnx2tf(job, model, samples)
+    keras = onnx_to_keras(model, spec.name, samples, job.fp32_onnx)
 
     onnx_shapes = {o.name: tuple(d.dim_value for d in o.type.tensor_type.shape.dim) for o in model.graph.output}
     keras_outputs = list(keras.outputs)

@@ -118,11 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "input and output shapes against the family's layout, so run, bench and validate "
                                    "work on it. Families: yolox (raw grid outputs), yolov5 (decoded, objectness), "
                                    "yolov8 (decoded, no objectness, (1, 4+C, N)), nanodet-plus (the official "
-                                   "single-output export). Runs on the device install: no torch, no onnx.")
+                                   "single-output export), ssd (TF Object Detection API with its post-processing in "
+                                   "the graph, e.g. detect.tflite: boxes, classes, scores, count). Runs on the device "
+                                   "install: no torch, no onnx.")
     p.add_argument("model", help=".onnx or .tflite file")
-    p.add_argument("--family", required=True, choices=["yolox", "yolov5", "yolov8", "nanodet-plus"],
+    p.add_argument("--family", required=True, choices=["yolox", "yolov5", "yolov8", "nanodet-plus", "ssd"],
                    help="output layout of the model")
-    p.add_argument("--classes", default="coco", help="'coco' (the 80 COCO names) or a .txt with one name per line [coco]")
+    p.add_argument("--classes", default="coco",
+                   help="'coco' (the 80 COCO names; for ssd the 90 COCO category-id slots) or a .txt with one name "
+                        "per line, a leading '???' / background line dropped [coco]")
     p.add_argument("-o", "--out", required=True, help="package folder to write (new or empty)")
     p.add_argument("--imgsz", type=int, default=None, help="input size when the model's input is dynamic")
     p.add_argument("--color", default=None, choices=["BGR", "RGB"], help="input colour order [the family's]")

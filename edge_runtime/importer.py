@@ -19,6 +19,7 @@ import edge_runtime
 from .backends import open_backend
 from .errors import EdgeRuntimeError, ModelLoadError, first_line
 from .families import make_family
+from .families.base import Family
 from .families.single_output import SingleOutputFamily
 from .manifest import RESIZE_MODES, Artifact, InputSpec, Manifest, sha256_file
 
@@ -52,21 +53,27 @@ IMPORT_DEFAULTS: dict[str, ImportDefaults] = {
                                    {"strides": [8, 16, 32, 64], "reg_max": 7, "center_offset": 0.0},
                                    {"score_threshold": 0.35, "nms_iou": 0.6, "max_detections": 100,
                                     "multi_label": True}),
+    # TF Object Detection API SSD (MobileNet): [-1, 1] RGB input, stretched; its examples keep scores >= 0.5
+    "ssd": ImportDefaults("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), "resize", {},
+                          {"score_threshold": 0.5, "nms_iou": 0.6, "max_detections": 100, "multi_label": False}),
 }
+# label maps of the TF Object Detection API start with a placeholder for the background class
+_BACKGROUND_NAMES = ("???", "background", "__background__")
 
 
-def read_classes(classes: str | Path) -> tuple[str, ...]:
-    """"coco" -> the 80 COCO names; else a .txt file with one class name per line."""
+def read_classes(classes: str | Path, family: str = "") -> tuple[str, ...]:
+    """"coco" -> the 80 COCO names (for ``ssd``: the 90 category-id slots TF models predict); else a
+    .txt file with one class name per line (a leading background placeholder such as '???' dropped)."""
     if str(classes) == "coco":
-        from converters.coco import (
-            COCO_CLASSES,  # plain tuple of names, no torch behind it
-        )
+        from converters.coco import COCO_CLASSES, coco_category_slots  # plain names, no torch behind them
 
-        return tuple(COCO_CLASSES)
+        return coco_category_slots() if family == "ssd" else tuple(COCO_CLASSES)
     path = Path(classes)
     if not path.is_file():
         raise EdgeRuntimeError(f"{path}: class-names file not found (give 'coco' or a .txt, one name per line)")
     names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if names and names[0].lower() in _BACKGROUND_NAMES:
+        names = names[1:]
     if not names:
         raise EdgeRuntimeError(f"{path}: lists no class names")
     return names
@@ -121,7 +128,7 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
         raise EdgeRuntimeError(f"{model}: color must be BGR or RGB, got {color!r}")
     if resize not in RESIZE_MODES:
         raise EdgeRuntimeError(f"{model}: resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-    names = read_classes(classes)
+    names = read_classes(classes, family)
 
     try:
         backend = open_backend(model, fmt, 1)
@@ -132,8 +139,11 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
     if len(backend.inputs) != 1:
         raise ModelLoadError(f"{model}: has {len(backend.inputs)} inputs; an image detector has one")
     tin = backend.inputs[0]
-    if str(tin.dtype) not in _FLOAT_DTYPES:
-        raise ModelLoadError(f"{model}: input {tin.name!r} is {tin.dtype}; only float32-input models can be imported")
+    # the TFLite backend feeds a quantised input from float through its scale, or casts an unscaled one
+    fed_from_float = str(tin.dtype) in _FLOAT_DTYPES or (fmt == "tflite" and str(tin.dtype) in ("uint8", "int8"))
+    if not fed_from_float:
+        raise ModelLoadError(f"{model}: input {tin.name!r} is {tin.dtype}; importable inputs are float32 "
+                             f"(and uint8/int8 for TFLite)")
     layout, shape = _input_layout(model, tuple(tin.shape), input_size)
 
     decoder = dict(defaults.decoder)
@@ -150,20 +160,22 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
     draft = Manifest(root=out, family=family, name=model.stem, class_names=names, input=inp, decoder=decoder,
                      postprocess=postprocess, artifacts=(), produced_by={})
     decoder_family = make_family(draft)
-    output = _pick_output(model, backend.outputs, decoder_family, classes, names)
+    outputs = _pick_outputs(model, backend.outputs, decoder_family, classes, names)
+    if family == "ssd":  # the graph's max_detections: rows of its boxes output
+        decoder["max_detections"] = int(_spec_shape(backend, outputs[0])[1])
 
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"model{suffix}"
     shutil.copyfile(model, target)
     digest = sha256_file(target)
-    art = Artifact(file=target.name, format=fmt, precision="fp32", sha256=digest, outputs=(output,),
+    art = Artifact(file=target.name, format=fmt, precision="fp32", sha256=digest, outputs=outputs,
                    extra={"imported": True})
     manifest = Manifest(
         root=out, family=family, name=model.stem, class_names=names, input=inp, decoder=decoder,
         postprocess=postprocess, artifacts=(art,),
         produced_by={"edge_runtime": edge_runtime.__version__, "backend": backend.describe(),
                      "imported_from": {"file": model.name, "sha256": digest, "format": fmt, "family": family,
-                                       "output": output, "output_shape": _shape_text(_spec_shape(backend, output))}},
+                                       "outputs": {o: _shape_text(_spec_shape(backend, o)) for o in outputs}}},
     )
     manifest.save()
     return manifest
@@ -177,18 +189,21 @@ def _shape_text(shape: tuple) -> list:
     return [d if isinstance(d, int) else str(d) for d in shape]
 
 
-def _pick_output(model: Path, outputs: list, fam: SingleOutputFamily, classes: str | Path,
-                 names: tuple[str, ...]) -> str:
-    """The one output the family reads: the first whose shape fits; else a one-line error saying
-    why the first does not fit (a class-count mismatch is blamed on the class list)."""
-    for spec in outputs:
-        if fam.output_shape_problem(tuple(spec.shape)) is None:
-            return spec.name
+def _pick_outputs(model: Path, outputs: list, fam: Family, classes: str | Path,
+                  names: tuple[str, ...]) -> tuple[str, ...]:
+    """The outputs the family reads, in its role order; else a one-line error saying why the first
+    does not fit (a class-count mismatch is blamed on the class list)."""
+    picked = fam.match_outputs(outputs)
+    if picked is not None:
+        return picked
     first = outputs[0]
     shape = tuple(first.shape)
-    implied = fam.classes_in(shape)
+    implied = fam.classes_in(shape) if isinstance(fam, SingleOutputFamily) else None
     if implied is not None and implied != len(names):  # the model fits the family; the class list does not
         src = "coco (the 80 COCO names)" if str(classes) == "coco" else str(classes)
         raise EdgeRuntimeError(f"{src}: lists {len(names)} class names; {model.name} output {first.name!r} "
                                f"(shape {_shape_text(shape)}) has {implied} classes for family {fam.manifest.family}")
-    raise ModelLoadError(f"{model}: output {first.name!r} {fam.output_shape_problem(shape)}")
+    problem = fam.output_shape_problem(shape) or (
+        f"fits, but the model's {len(outputs)} outputs do not make the {len(fam.output_roles)} family "
+        f"{fam.manifest.family} reads ({', '.join(fam.output_roles)})")
+    raise ModelLoadError(f"{model}: output {first.name!r} {problem}")

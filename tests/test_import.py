@@ -159,20 +159,154 @@ def test_imported_foreign_onnx_matches_native_nanodet(family, foreign_onnx, nano
     _assert_same_detections(nanodet_plus_package, tmp_path / "pkg", read_image)
 
 
-def test_imported_package_runs_benches_and_validates(foreign_onnx, nanodet_plus_package, tmp_path):
+@pytest.fixture(scope="module")
+def foreign_tflite(foreign_onnx, nanodet_plus_package, tmp_path_factory) -> Path:
+    """The YOLOv8-layout detector as an FP32 .tflite (NHWC), converted from its ONNX by our converter."""
+    pytest.importorskip("onnx2tf", reason="ONNX -> TFLite needs onnx2tf")
+    pytest.importorskip("ai_edge_litert", reason="running TFLite needs ai-edge-litert")
+    from converters.convert import convert_package
+
+    onnx_pkg = tmp_path_factory.mktemp("onnx-pkg")
+    _import(nanodet_plus_package, foreign_onnx["yolov8"], "yolov8", onnx_pkg)
+    convert_package(onnx_pkg, ["tflite"], ["fp32"])
+    return onnx_pkg / "model_fp32.tflite"
+
+
+def _ssd_postprocess(num_classes: int, score_threshold: float, iou: float):
+    """The TF Object Detection API's stand-in function that the TFLite converter replaces with the
+    built-in TFLite_Detection_PostProcess op (as its export_tflite_graph_tf2 does)."""
+    import tensorflow as tf
+
+    # fast (class-agnostic) NMS, as the TF OD API's SSD exports default to
+    attrs = {"max_detections": ("i", 100), "max_classes_per_detection": ("i", 1), "detections_per_class": ("i", 100),
+             "use_regular_nms": ("b", "false"), "nms_score_threshold": ("f", score_threshold),
+             "nms_iou_threshold": ("f", iou), "y_scale": ("f", 10.0), "x_scale": ("f", 10.0), "h_scale": ("f", 5.0),
+             "w_scale": ("f", 5.0), "num_classes": ("i", num_classes)}
+    signature = " ".join(['name: "TFLite_Detection_PostProcess"'] + [
+        f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, (t, v) in attrs.items()])
+
+    @tf.function(experimental_implements=signature)
+    def postprocess(box_encodings, class_predictions, anchors):
+        # four distinct placeholders: one tensor returned four times is not replaced by the op
+        return tuple(tf.constant(0.0, dtype=tf.float32, name=n) for n in ("boxes", "classes", "scores", "count"))
+
+    return postprocess
+
+
+@pytest.fixture(scope="module")
+def foreign_ssd_tflite(foreign_onnx, tmp_path_factory) -> Path:
+    """A TF OD API-style SSD detect.tflite around the real NanoDet-Plus-m: its YOLOv8-layout ONNX in
+    TensorFlow (onnx2tf), the boxes encoded against one anchor per cell as SSD box encodings
+    (scales 10, 10, 5, 5), a background score column, and the TFLite_Detection_PostProcess op."""
+    tf = pytest.importorskip("tensorflow", reason="building the SSD TFLite needs tensorflow")
+    pytest.importorskip("onnx2tf", reason="ONNX -> TensorFlow needs onnx2tf")
+    from converters.convert_tflite import onnx_to_keras
+
+    samples = np.random.default_rng(0).standard_normal((2, IMGSZ, IMGSZ, 3)).astype(np.float32)
+    graph = onnx.load(str(foreign_onnx["yolov8"]))
+    for node in graph.graph.node:  # onnx2tf names variables after nodes; a SavedModel refuses a leading '/'
+        node.name = node.name.lstrip("/")
+    keras = onnx_to_keras(graph, "images", samples, foreign_onnx["yolov8"])
+    centres, _, strides = (t.numpy() for t in _centres_and_strides())
+    size = 4.0 * strides / IMGSZ  # anchor height and width, normalised
+    anchors = np.concatenate([centres[:, 1:] / IMGSZ, centres[:, :1] / IMGSZ, size, size], 1).astype(np.float32)
+    postprocess = _ssd_postprocess(80, 0.35, 0.6)
+
+    class Ssd(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.keras = keras  # tracked, so the converter freezes its weights
+
+        @tf.function(input_signature=[tf.TensorSpec([1, IMGSZ, IMGSZ, 3], tf.float32, name="normalized_input")])
+        def __call__(self, x):
+            p = self.keras(x, training=False)
+            p = p if p.shape[-1] == 84 else tf.transpose(p, [0, 2, 1])  # (1, N, 4 + 80)
+            cx, cy, w, h = (p[..., i] / IMGSZ for i in range(4))
+            a = tf.constant(anchors)
+            enc = tf.stack([(cy - a[:, 0]) / a[:, 2] * 10.0, (cx - a[:, 1]) / a[:, 3] * 10.0,
+                            tf.math.log(tf.maximum(h, 1e-5) / a[:, 2]) * 5.0,
+                            tf.math.log(tf.maximum(w, 1e-5) / a[:, 3]) * 5.0], -1)
+            scores = tf.concat([tf.zeros_like(p[..., :1]), p[..., 4:]], -1)
+            return postprocess(enc, scores, a)
+
+    module = Ssd()
+    function = module.__call__.get_concrete_function()
+    # onnx2tf's layers hold variables Keras does not track: track them here, then go through a
+    # SavedModel as the TF OD API does (from the concrete function alone, the untracked graph had
+    # the placeholder function inlined instead of replaced by the op)
+    module.weights = list(function.variables)
+    folder = tmp_path_factory.mktemp("ssd")
+    tf.saved_model.save(module, str(folder / "saved_model"), signatures=function)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder / "saved_model"))
+    converter.allow_custom_ops = True
+    path = folder / "detect.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_imported_ssd_tflite_matches_native_nanodet(foreign_ssd_tflite, nanodet_plus_package, read_image, tmp_path):
+    pytest.importorskip("ai_edge_litert", reason="running TFLite needs ai-edge-litert")
+    from converters.coco import COCO_CLASSES
+
+    labelmap = tmp_path / "labelmap.txt"  # as the TF examples ship it: a background placeholder first
+    labelmap.write_text("???\n" + "\n".join(COCO_CLASSES) + "\n")
+    ref = load_manifest(nanodet_plus_package)
+    manifest = import_model(foreign_ssd_tflite, "ssd", tmp_path / "pkg", classes=labelmap, color=ref.input.color,
+                            mean=ref.input.mean, std=ref.input.std, resize=ref.input.resize,
+                            score_threshold=ref.postprocess["score_threshold"], nms_iou=ref.postprocess["nms_iou"])
+    assert manifest.class_names == tuple(COCO_CLASSES) and manifest.decoder["max_detections"] == 100
+    assert manifest.input.layout == "NHWC" and len(manifest.artifacts[0].outputs) == 4
+    boxes_name = manifest.artifacts[0].outputs[0]
+    assert manifest.produced_by["imported_from"]["outputs"][boxes_name] == [1, 100, 4]
+    want_det, got_det = Detector(nanodet_plus_package, backend="onnx"), Detector(tmp_path / "pkg", backend="tflite")
+    for name in IMAGES:
+        image = read_image(name)
+        want, got = want_det(image), got_det(image)
+        assert len(got) > 0, name
+        kept = []
+        for box, score, cls in zip(got.boxes, got.scores, got.class_ids):  # each one native NanoDet finds too
+            same = [i for i in np.flatnonzero(want.class_ids == cls) if np.abs(want.boxes[i] - box).max() < 2.0]
+            assert same and abs(want.scores[same[0]] - score) < 1e-3, (name, cls, box, score)
+            kept.append(same[0])
+        # the graph's fast NMS is class-agnostic: a native box it lacks lost to a better box of another class
+        for i in set(range(len(want))) - set(kept):
+            assert any(_iou(want.boxes[i], want.boxes[k]) > 0.6 and want.scores[k] > want.scores[i] for k in kept), \
+                (name, want.class_ids[i], want.scores[i])
+    proc = run_cli("run", str(tmp_path / "pkg"), "--source", str(fixture_path(SAMPLES, "dog.jpg")),
+                   "--json", str(tmp_path / "dets.json"), "--show", "no")
+    assert proc.returncode == 0, proc.stderr
+    assert "dog" in {d["label"] for d in json.loads((tmp_path / "dets.json").read_text())["frames"][0]["detections"]}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+    return float(inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter))
+
+
+def test_ssd_import_of_a_single_output_model_says_what_it_expects(foreign_onnx, tmp_path):
+    with pytest.raises(EdgeRuntimeError) as err:
+        import_model(foreign_onnx["yolov8"], "ssd", tmp_path / "pkg")
+    msg = str(err.value)
+    assert "\n" not in msg and "family ssd expects boxes [1, N, 4]" in msg, msg
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_imported_package_runs_benches_and_validates(fmt, request, nanodet_plus_package, tmp_path):
+    model = request.getfixturevalue("foreign_onnx")["yolov8"] if fmt == "onnx" else \
+        request.getfixturevalue("foreign_tflite")
     pkg = tmp_path / "pkg"
-    _import(nanodet_plus_package, foreign_onnx["yolov8"], "yolov8", pkg)
+    _import(nanodet_plus_package, model, "yolov8", pkg)
     dog = fixture_path(SAMPLES, "dog.jpg")
     proc = run_cli("run", str(pkg), "--source", str(dog), "--json", str(tmp_path / "dets.json"), "--show", "no")
     assert proc.returncode == 0, proc.stderr
     names = {d["label"] for d in json.loads((tmp_path / "dets.json").read_text())["frames"][0]["detections"]}
     assert "dog" in names, names
     proc = run_cli("bench", str(pkg), "--iters", "3", "--no-isolate")
-    assert proc.returncode == 0 and "model.onnx" in proc.stdout, proc.stderr
-    from edge_runtime.validate import validate_package
-
+    assert proc.returncode == 0 and load_manifest(pkg).artifacts[0].file in proc.stdout, proc.stderr
     # label-free: the package's only artifact is its own reference, so its mAP against itself is 1
-    report = validate_package(pkg, images=fixture_path(SAMPLES))
+    proc = run_cli("validate", str(pkg), "--images", str(fixture_path(SAMPLES)), "--json", str(tmp_path / "v.json"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "v.json").read_text())
     row = report["artifacts"][0]
     assert report["protocol"]["images"] == 11 and row["map"] == pytest.approx(1.0, abs=1e-6), row
     assert row["cosine"]["predictions"]["worst"] == pytest.approx(1.0, abs=1e-6), row["cosine"]
@@ -190,16 +324,8 @@ def test_import_command_and_its_one_line_error(foreign_onnx, tmp_path):
                                   "--strides", *(str(s) for s in STRIDES)), "family yolox expects")
 
 
-def test_foreign_tflite_imports_as_nhwc_and_matches(foreign_onnx, nanodet_plus_package, read_image, tmp_path):
-    pytest.importorskip("onnx2tf", reason="ONNX -> TFLite needs onnx2tf")
-    pytest.importorskip("ai_edge_litert", reason="running TFLite needs ai-edge-litert")
-    from converters.convert import convert_package
-
-    onnx_pkg = tmp_path / "onnx-pkg"
-    _import(nanodet_plus_package, foreign_onnx["yolov8"], "yolov8", onnx_pkg)
-    convert_package(onnx_pkg, ["tflite"], ["fp32"])
-    tflite = onnx_pkg / "model_fp32.tflite"
-    manifest = _import(nanodet_plus_package, tflite, "yolov8", tmp_path / "tflite-pkg")
+def test_foreign_tflite_imports_as_nhwc_and_matches(foreign_tflite, nanodet_plus_package, read_image, tmp_path):
+    manifest = _import(nanodet_plus_package, foreign_tflite, "yolov8", tmp_path / "tflite-pkg")
     assert manifest.input.layout == "NHWC" and manifest.artifacts[0].format == "tflite"
     _assert_same_detections(nanodet_plus_package, tmp_path / "tflite-pkg", read_image, backend="tflite", tol=2.0)
 

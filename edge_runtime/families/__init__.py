@@ -7,6 +7,7 @@ from ..manifest import InputSpec, Manifest
 from .base import Family
 from .nanodet import NanoDetDecoder
 from .nanodet_plus import NanoDetPlusDecoder
+from .ssd import SsdDecoder
 from .yolo_fastest_v2 import YoloFastestV2Decoder
 from .yolov3 import YoloV3Decoder
 from .yolov5 import YoloV5Decoder
@@ -22,6 +23,7 @@ FAMILIES: dict[str, type[Family]] = {
     "yolov5": YoloV5Decoder,
     "yolov8": YoloV8Decoder,
     "nanodet-plus": NanoDetPlusDecoder,  # official NanoDet-Plus ONNX: scores + raw GFL logits in one tensor
+    "ssd": SsdDecoder,  # TF Object Detection API SSD with its post-processing in the graph (detect.tflite)
 }
 
 

@@ -67,6 +67,15 @@ class Family(ABC):
                 return f"has {shape[axis]} {what} {want}"
         return None
 
+    def match_outputs(self, outputs: list) -> tuple[str, ...] | None:
+        """Names of a foreign graph's outputs in ``output_roles`` order (``outputs``: the backend's
+        TensorSpecs), or None when they do not fit. This default takes the first output whose shape
+        fits (single-tensor layouts); families with several outputs override it."""
+        for spec in outputs:
+            if self.output_shape_problem(tuple(spec.shape)) is None:
+                return (spec.name,)
+        return None
+
     def decode(self, outputs: list[np.ndarray], meta: ImageMeta) -> Detections:
         boxes, scores = self.candidate_boxes(outputs)
         pp = self.postprocess
