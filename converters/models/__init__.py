@@ -81,8 +81,22 @@ def _darknet_build(num_classes: int) -> nn.Module:
     raise CheckpointError("darknet models are built from the .cfg beside their .weights, not from a class count")
 
 
+DARKNET_MODELS = ("yolo-fastest-1.1", "yolo-fastest-1.1-xl")
+
+
+def _darknet_loader(name: str) -> Callable[[Path], tuple[nn.Module, int]]:
+    """load_darknet, refusing weights whose cfg is named after another darknet model: the cfg decides
+    the architecture, so XL weights given as yolo-fastest-1.1 would build XL under the wrong name."""
+    def load(weights: Path) -> tuple[nn.Module, int]:
+        stem = weights.with_suffix(".cfg").stem.lower()
+        if stem != name and stem in DARKNET_MODELS:
+            raise CheckpointError(f"{weights}: its cfg {stem}.cfg describes {stem}, not {name} (use --model {stem})")
+        return load_darknet(weights)
+    return load
+
+
 # YOLO-Fastest v1.1 cfgs: 320x320, darknet letterbox=0 (plain resize), RGB /255 as OpenCV's blobFromImage
-_DARKNET_YOLOV3_COMMON = dict(family="yolov3", build=_darknet_build, deploy=YoloV3Deploy, load=load_darknet,
+_DARKNET_YOLOV3_COMMON = dict(family="yolov3", build=_darknet_build, deploy=YoloV3Deploy,
                               default_imgsz=320, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), resize="resize",
                               color="RGB", output_names=("scores", "box_terms"), decoder=yolov3_decoder_params,
                               # darknet `detector test` defaults: -thresh .25, nms .45
@@ -107,8 +121,7 @@ MODELS: dict[str, ModelSpec] = {
     "yolo-fastestv2": ModelSpec(name="yolo-fastestv2", build=lambda nc: YoloFastestV2(nc), default_imgsz=352,
                                 **_YOLO_FASTEST_V2_COMMON),
     # darknet .weights with the same-stem .cfg beside them (dog-qiuqiu/Yolo-Fastest ModelZoo)
-    "yolo-fastest-1.1": ModelSpec(name="yolo-fastest-1.1", **_DARKNET_YOLOV3_COMMON),
-    "yolo-fastest-1.1-xl": ModelSpec(name="yolo-fastest-1.1-xl", **_DARKNET_YOLOV3_COMMON),
+    **{n: ModelSpec(name=n, load=_darknet_loader(n), **_DARKNET_YOLOV3_COMMON) for n in DARKNET_MODELS},
     # trained by this project on generated shapes (python -m converters.demo_model train): works offline
     "demo-shapes": ModelSpec(name="demo-shapes", build=lambda nc: YoloFastestV2(nc, anchors=SHAPE_ANCHORS),
                              default_imgsz=192, class_names=SHAPE_CLASSES,
