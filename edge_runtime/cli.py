@@ -313,6 +313,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", choices=["auto", "yes", "no"], default="auto",
                    help="window for the annotated run: auto = for a camera or stream when a display exists [auto]")
 
+    p = sub.add_parser(
+        "profile", help="params, MACs/FLOPs, activation memory per layer; per-layer latency of a package",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Static profile, counted on the exported ONNX graph (host: needs torch for --model, onnx for a "
+                    "package): params, MACs and FLOPs (2 x MACs, convolutions and matrix products, as published "
+                    "figures count), activation bytes written and peak live, estimated memory traffic, per layer "
+                    "and per top-level module. Given a package, also each layer's mean time from the backend's "
+                    "own profiler (ONNX Runtime, OpenVINO), against the end-to-end time of the same runs.",
+        epilog="examples:\n"
+               "  edge-runtime profile --model nanodet-plus-m --weights nanodet-plus-m_coco.ckpt --imgsz 416\n"
+               "  edge-runtime profile --model yolo-fastestv2 --imgsz 352 --json prof.json   # random init\n"
+               "  edge-runtime profile pkg/ --backend openvino --runs 50 --top 15")
+    p.add_argument("package", nargs="?", default=None, help="package folder: static table of its model.onnx plus "
+                                                           "per-layer latency (omit with --model)")
+    p.add_argument("--model", default=None, help="model name to build and profile instead of a package")
+    p.add_argument("--weights", default=None, help="checkpoint for --model [bundled weights, else random init: "
+                                                  "the counts depend on shapes only]")
+    p.add_argument("--imgsz", type=int, default=None, help="square input size for --model [model default]")
+    p.add_argument("--backend", default="onnx", choices=["onnx", "openvino", "tflite"],
+                   help="whose profiler times the package's layers (TFLite has none in Python) [onnx]")
+    p.add_argument("--precision", default=None, help="artifact precision to time [the first of --backend]")
+    p.add_argument("--runs", type=int, default=20, help="timed runs for per-layer latency [20]")
+    p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
+    p.add_argument("--top", type=int, default=20, help="rows per table, largest first; 0 = all [20]")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the profile(s) as JSON")
+
     p = sub.add_parser("info", help="show what a package holds (model, input, artifacts, versions)")
     p.add_argument("package", help="package folder")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -353,6 +379,41 @@ def _official_weights(args: argparse.Namespace) -> Path:
     entry = resolve(args.weights, args.model, args.imgsz)
     _progress(f"official weights {entry.name}: {entry.description}")
     return fetch(entry, progress=sys.stderr.isatty())[0]
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    if (args.package is None) == (args.model is None):
+        raise EdgeRuntimeError("profile takes a package folder or --model NAME (one of them)")
+    result: dict[str, Any] = {}
+    macs_by_node = None
+    try:
+        from converters.profile import format_profile_table, profile_model, profile_onnx
+    except ImportError as exc:  # a device install: no onnx / torch
+        if args.model:
+            raise EdgeRuntimeError(f"profile --model needs the host tool chain ({exc.name} is missing): "
+                                   f"pip install 'edge-runtime[convert]'") from None
+        log.warning("static profile skipped: it reads the ONNX graph with onnx (%s is missing)", exc.name)
+    else:
+        if args.model:
+            static = profile_model(args.model, args.weights, args.imgsz)
+        else:
+            from .manifest import load_manifest
+
+            manifest = load_manifest(args.package)
+            static = profile_onnx(manifest.artifact_path(manifest.artifact("onnx", "fp32")))
+        print(format_profile_table(static, args.top or None))
+        result["static"] = static.to_dict()
+        macs_by_node = {layer.name: layer.macs for layer in static.layers}
+    if args.package:
+        from .layer_latency import format_latency_table, profile_latency
+
+        latency = profile_latency(args.package, args.backend, args.precision, runs=args.runs, threads=args.threads)
+        print()
+        print(format_latency_table(latency, args.top or None, macs_by_node))
+        result["latency"] = latency.to_dict(macs_by_node)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -625,7 +686,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "validate": cmd_validate, "targets": cmd_targets,
-            "package": cmd_package, "deploy": cmd_deploy, "info": cmd_info,
+            "package": cmd_package, "deploy": cmd_deploy, "profile": cmd_profile, "info": cmd_info,
             "demo": cmd_demo}
 
 

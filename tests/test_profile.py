@@ -149,3 +149,21 @@ def test_tflite_and_unknown_backend_errors(demo_ov_package):
         profile_latency(demo_ov_package / "missing", "onnx")
     with pytest.raises(EdgeRuntimeError, match="no such ONNX file"):
         profile_onnx(demo_ov_package / "missing.onnx")
+
+
+def test_profile_cli_prints_both_tables_and_writes_json(demo_ov_package, tmp_path):
+    from test_cli import assert_one_line_error, run_cli
+
+    out = tmp_path / "profile.json"
+    proc = run_cli("profile", str(demo_ov_package), "--backend", "openvino", "--runs", "3", "--top", "5",
+                   "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "layers by MACs (top 5 of" in proc.stdout and "per-layer latency of model_openvino_fp32.xml" in proc.stdout
+    result = json.loads(out.read_text())
+    static, latency = result["static"], result["latency"]
+    assert static["macs"] == sum(layer["macs"] for layer in static["layers"]) > 0
+    assert latency["runs"] == 3 and latency["layers_total_ms"] > 0
+    # OpenVINO's conv layers join the ONNX nodes of the static table, MACs included
+    joined = [row for row in latency["layers"] if "macs" in row]
+    assert joined and all(row["macs"] >= 0 for row in joined)
+    assert_one_line_error(run_cli("profile"), "a package folder or --model")
