@@ -161,7 +161,7 @@ def test_profile_cli_prints_both_tables_and_writes_json(demo_ov_package, tmp_pat
     assert "layers by MACs (top 5 of" in proc.stdout and "per-layer latency of model_openvino_fp32.xml" in proc.stdout
     result = json.loads(out.read_text())
     static, latency = result["static"], result["latency"]
-    assert static["macs"] == sum(layer["macs"] for layer in static["layers"]) > 0
+    assert static["totals"]["macs"] == sum(layer["macs"] for layer in static["layers"]) > 0
     assert latency["runs"] == 3 and latency["layers_total_ms"] > 0
     # OpenVINO's conv layers join the ONNX nodes of the static table, MACs included
     joined = [row for row in latency["layers"] if "macs" in row]
