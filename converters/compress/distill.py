@@ -84,7 +84,7 @@ def _nanodet(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], t
 
 
 def distillation_loss(family: str, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                      temperature: float = 2.0, reg_max: int = 7) -> tuple[torch.Tensor, dict[str, float]]:
+                      temperature: float = 1.0, reg_max: int = 7) -> tuple[torch.Tensor, dict[str, float]]:
     """Total distillation loss of ``student``'s raw outputs against ``teacher``'s (detached) and its parts."""
     teacher = [t.detach() for t in teacher]
     if family == "yolo-fastestv2":

@@ -61,7 +61,7 @@ def _warmup_cosine(steps: int) -> Callable[[int], float]:
 
 def fine_tune(model: nn.Module, model_name: str, data: TrainingData, steps: int, lr: float = 2e-3,
               batch: int = 16, teacher: nn.Module | None = None, distill_weight: float = 1.0,
-              temperature: float = 2.0, seed: int = 0, threads: int = 1, ema: bool = True,
+              temperature: float = 1.0, seed: int = 0, threads: int = 1, ema: bool = True,
               weight_decay: float = 0.01, progress: bool = True) -> dict[str, Any]:
     """Train ``model`` in place for ``steps`` batches; returns a summary (losses, what was optimised).
 
