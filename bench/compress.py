@@ -15,8 +15,8 @@ Two experiments:
   1. 30% of the channels pruned (l1, group, taylor), then fine-tuned with the task loss, and with
      the task loss + distillation from the unpruned model; plus unstructured 50% magnitude sparsity,
      which only shrinks the compressed file.
-  2. a 50%-pruned student fine-tuned for the same steps on a small labelled subset (300 images),
-     alone vs with the unpruned model as teacher.
+  2. a half-width student (the 50%-pruned shapes, random weights) trained from scratch for the same
+     steps alone vs with the unpruned model as teacher.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 from converters.checkpoints import load_model
 from converters.compress.checkpoint import save_compressed
-from converters.compress.data import TrainingData, load_training_data
+from converters.compress.data import load_training_data
 from converters.compress.prune import prune_channels, sparsify_magnitude, weight_bytes
 from converters.compress.train import fine_tune
 from converters.demo_model import evaluate_package
@@ -113,8 +113,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps of every fine-tuned variant [200]")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--images", type=int, default=2000, help="generated training images [2000]")
-    ap.add_argument("--student-images", type=int, default=300,
-                    help="labelled images the 50%%-pruned student of experiment 2 fine-tunes on [300]")
+    ap.add_argument("--scratch-steps", type=int, default=500, help="training steps of the from-scratch students [500]")
     ap.add_argument("--large", type=int, default=416, help="the larger input size for latency [416]")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=20)
@@ -129,13 +128,8 @@ def main() -> None:
     data = load_training_data(MODEL, "demo", count=args.images, seed=1, workers=1)
     log: dict[str, Any] = {"args": vars(args), "fine_tune": {}}
 
-    # experiment 2's student learns from a small labelled subset, where the teacher's soft targets add the most
-    subset = TrainingData(data.images[:args.student_images], data.labels[:args.student_images],
-                          f"{data.source}, first {args.student_images}")
-
-    def tuned(model: torch.nn.Module, name: str, with_teacher: bool) -> torch.nn.Module:
-        summary = fine_tune(model, MODEL, subset if "50%" in name else data, args.steps, args.lr,
-                            teacher=teacher if with_teacher else None, progress=False)
+    def tuned(model: torch.nn.Module, name: str, with_teacher: bool, steps: int, lr: float) -> torch.nn.Module:
+        summary = fine_tune(model, MODEL, data, steps, lr, teacher=teacher if with_teacher else None, progress=False)
         log["fine_tune"][name] = summary
         print(f"{name}: {summary['loss']}, loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f} "
               f"in {summary['seconds']:.0f} s", flush=True)
@@ -147,17 +141,29 @@ def main() -> None:
     sparse, report = sparsify_magnitude(teacher, 0.5)
     log["unstructured"] = report
     variants.append(("unstructured 50% (size only)", sparse, [{"step": "sparsify", "sparsity": 0.5}], None))
-    for ratio, methods in ((0.3, ("l1", "group", "taylor")), (0.5, ("l1",))):
-        for method in methods:
-            pruned, summary = prune_channels(teacher, MODEL, ratio, method, data=data)
-            history = [summary.history_entry()]
-            label = f"{method} {ratio:.0%}"
-            if method == "l1":
-                variants.append((f"{label}, no fine-tune", pruned, history, None))
-            for with_teacher in (False, True) if method == "l1" else (False,):
-                name = f"{label} + fine-tune" + (" + distill" if with_teacher else " alone")
-                student = tuned(copy.deepcopy(pruned), name, with_teacher)
-                variants.append((name, student, history, f"l1 {ratio:.0%}, no fine-tune"))
+    # experiment 1: prune 30% of the bundled model's channels, then fine-tune
+    for method in ("l1", "group", "taylor"):
+        pruned, summary = prune_channels(teacher, MODEL, 0.3, method, data=data)
+        history = [summary.history_entry()]
+        if method == "l1":
+            variants.append(("l1 30%, no fine-tune", pruned, history, None))
+        for with_teacher in (False, True) if method == "l1" else (False,):
+            name = f"{method} 30% + fine-tune" + (" + distill" if with_teacher else "")
+            student = tuned(copy.deepcopy(pruned), name, with_teacher, args.steps, args.lr)
+            variants.append((name, student, history, "l1 30%, no fine-tune"))
+    # experiment 2: a half-width student (the 50%-pruned architecture) trained from scratch, alone or
+    # taught by the bundled model; from scratch, as the demo model itself is trained (lr 1e-2, objectness
+    # bias -4.5). A 50%-pruned student starting from the teacher's own weights gained nothing from it
+    # (mAP 0.491 alone and taught, 200 steps on 300 images): the task loss alone recovers it as fast.
+    half, summary = prune_channels(teacher, MODEL, 0.5, "l1")
+    variants.append(("l1 50%, no fine-tune", half, [summary.history_entry()], None))
+    for with_teacher in (False, True):
+        torch.manual_seed(0)
+        student = prune_channels(spec.build(num_classes), MODEL, 0.5, "l1")[0]
+        with torch.no_grad():
+            student.output_obj_layers.bias.fill_(-4.5)
+        name = "half width, from scratch" + (" + distill" if with_teacher else "")
+        variants.append((name, tuned(student, name, with_teacher, args.scratch_steps, 1e-2), [], "l1 50%, no fine-tune"))
 
     rows = [export_variant(model, name, out / f"v{i}", num_classes, history, sizes)
             for i, (name, model, history, _) in enumerate(variants)]

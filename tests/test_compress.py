@@ -72,8 +72,8 @@ def test_pruning_30_percent_shrinks_the_demo_model_and_keeps_its_outputs(demo):
     assert summary.params_before == sum(p.numel() for p in demo.parameters())  # the original is untouched
     assert [o.shape for o in run(pruned, 192)] == [o.shape for o in run(demo, 192)]
     assert not any(name.startswith("output_") for name in summary.channels)
-    for name, (before, after) in summary.channels.items():
-        assert after < before and after >= round(0.7 * before) - 1, (name, before, after)
+    for name, (before, after) in summary.channels.items():  # 30% off, rounded to multiples of 8
+        assert 0.5 * before <= after < before and after % 8 == 0, (name, before, after)
     assert all(a.out_channels == b.out_channels for a, b in zip(output_layers(pruned, "demo-shapes"),
                                                                 output_layers(demo, "demo-shapes")))
 

@@ -121,12 +121,14 @@ def _accumulate_task_gradients(model: nn.Module, model_name: str, data: Training
 
 
 def prune_channels(model: nn.Module, model_name: str, ratio: float, method: str = "l1",
-                   data: TrainingData | None = None, imgsz: int | None = None, round_to: int | None = None,
+                   data: TrainingData | None = None, imgsz: int | None = None, round_to: int | None = 8,
                    taylor_batches: int = 4, batch: int = 16, seed: int = 0) -> tuple[nn.Module, PruneSummary]:
     """A copy of ``model`` with ``ratio`` of the channels of every prunable group removed, and a summary.
 
-    ``data``: training batches for ``taylor``'s gradients. ``round_to``: keep channel counts multiples
-    of this (vector widths of the backends' kernels). ``imgsz``: the tracing input (default: the model's).
+    ``data``: training batches for ``taylor``'s gradients. ``round_to``: keep channel counts multiples of
+    this (None: exactly ``ratio``). It matters: the demo model pruned 30% to 67/50/33/16 channels ran
+    1.5x *slower* on ONNX Runtime than unpruned (its blocked NCHWc kernels want multiples of 8), and
+    0.7-0.8x with 64/48/32/16. ``imgsz``: the tracing input (default: the model's).
     """
     if not 0 < ratio < 1:
         raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio}")
