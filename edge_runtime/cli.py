@@ -339,6 +339,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20, help="rows per table, largest first; 0 = all [20]")
     p.add_argument("--json", default=None, metavar="FILE", help="write the profile(s) as JSON")
 
+    p = sub.add_parser(
+        "compress", help="prune, factorise, distil, QAT-fine-tune a torch model -> compressed checkpoint (host)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compression before export, in this order: structured channel pruning (torch-pruning's "
+                    "dependency graph: l1, group or taylor importance), low-rank factorisation (SVD of 1x1 convs, "
+                    "Tucker-2 of dense 3x3; a layer is factorised only where it measured faster on the backends "
+                    "given), fine-tuning (the family's task loss where the project has one, YOLO-FastestV2; plus "
+                    "or, for NanoDet, only distillation from the uncompressed model or --teacher), quantization-"
+                    "aware fine-tuning, unstructured magnitude sparsity (smaller compressed files only: dense "
+                    "backends run zeros as fast as any weight). The output is a checkpoint that 'export' loads "
+                    "like any other (its pruned shapes and factorisations are rebuilt from it).",
+        epilog="examples:\n"
+               "  edge-runtime compress --model demo-shapes --prune 0.3 --method group --data demo --steps 600 "
+               "--distill --out small.ckpt\n"
+               "  edge-runtime compress --model nanodet-plus-m --weights ckpt --prune 0.3 --distill --data train/ "
+               "--epochs 5 --out small.ckpt\n"
+               "  edge-runtime compress --model demo-shapes --low-rank 0.5 --low-rank-backends onnx,openvino "
+               "--out lr.ckpt\n"
+               "  edge-runtime compress --model demo-shapes --qat --calib calib/ --data demo --out q.ckpt "
+               "--package qpkg/   # + INT8 ONNX\n"
+               "  edge-runtime export --model nanodet-plus-m --weights small.ckpt --out pkg/")
+    p.add_argument("--model", required=True, help="model name (as for export)")
+    p.add_argument("--weights", default=None, help="checkpoint, a compressed one included [the bundled weights]")
+    p.add_argument("--out", required=True, help="compressed checkpoint to write (.ckpt)")
+    p.add_argument("--prune", type=float, default=None, metavar="RATIO",
+                   help="fraction of the channels of each prunable group to remove (head outputs and "
+                        "ShuffleNetV2 block boundaries stay)")
+    p.add_argument("--method", default="l1", choices=["l1", "taylor", "group"], help="channel importance [l1]")
+    p.add_argument("--low-rank", type=float, default=None, metavar="RATIO",
+                   help="factorise layers down to this fraction of their MACs, where measured faster")
+    p.add_argument("--low-rank-backends", default="onnx",
+                   help="backends a factorisation must be faster on, comma-separated [onnx]")
+    p.add_argument("--data", default=None,
+                   help="training images: a labelled folder or labels file (COCO json, YOLO txt, VOC xml), or "
+                        "'demo' for generated shapes")
+    p.add_argument("--images", type=int, default=2000, help="training images to read [2000]")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps [from --epochs; 0 = none]")
+    p.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs over the training images")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate [2e-3]")
+    p.add_argument("--batch", type=int, default=16, help="batch size [16]")
+    p.add_argument("--distill", action="store_true",
+                   help="distil from the uncompressed model (or --teacher) while fine-tuning")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint [the uncompressed model]")
+    p.add_argument("--teacher-model", default=None, help="the teacher's model name [--model]")
+    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature [1]")
+    p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning (ONNX Runtime's INT8 grid)")
+    p.add_argument("--qat-steps", type=int, default=None, help="QAT steps [--steps, else 300]")
+    p.add_argument("--calib", default=None, help="calibration images for --qat (folder, video or COCO json)")
+    p.add_argument("--calib-size", type=int, default=64, help="calibration images [64]")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="unstructured magnitude sparsity (size report only; no backend gets faster)")
+    p.add_argument("--imgsz", type=int, default=None, help="input size for training and tracing [model default]")
+    p.add_argument("--threads", type=int, default=1, help="torch threads [1]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--package", default=None, metavar="DIR",
+                   help="also export a package of the result (with --qat: plus its INT8 ONNX)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the summary as JSON")
+
     p = sub.add_parser("info", help="show what a package holds (model, input, artifacts, versions)")
     p.add_argument("package", help="package folder")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -413,6 +471,51 @@ def cmd_profile(args: argparse.Namespace) -> int:
         result["latency"] = latency.to_dict(macs_by_node)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    try:
+        from converters.compress.pipeline import CompressOptions, compress_model
+        from converters.profile import profile_model
+    except ImportError as exc:
+        raise EdgeRuntimeError(f"compress needs the host tool chain ({exc.name} is missing): "
+                               f"pip install 'edge-runtime[convert]'") from None
+    options = CompressOptions(
+        prune=args.prune, method=args.method, low_rank=args.low_rank,
+        low_rank_backends=tuple(b for b in args.low_rank_backends.split(",") if b), distill=args.distill,
+        teacher=args.teacher, teacher_model=args.teacher_model, data=args.data, images=args.images,
+        steps=args.steps, epochs=args.epochs, lr=args.lr, batch=args.batch, temperature=args.temperature,
+        qat=args.qat, qat_steps=args.qat_steps, calib=args.calib, calib_size=args.calib_size,
+        sparsity=args.sparsity, imgsz=args.imgsz, seed=args.seed, threads=args.threads)
+    try:
+        summary = compress_model(args.model, args.weights, args.out, options, progress=_progress)
+        before = profile_model(args.model, args.weights, args.imgsz)
+        after = profile_model(args.model, args.out, args.imgsz)
+    except ValueError as exc:  # unknown model, bad ratio
+        raise EdgeRuntimeError(str(exc)) from None
+    summary["macs_before"], summary["macs_after"] = before.macs, after.macs
+    print(f"{summary['checkpoint']}: {args.model}, params {summary['params_before'] / 1e6:.3f} M -> "
+          f"{summary['params_after'] / 1e6:.3f} M, MACs {before.macs / 1e9:.3f} G -> {after.macs / 1e9:.3f} G "
+          f"({after.macs / max(1, before.macs):.2f}x) at {list(after.input_shape)[2:]}")
+    for step in summary["history"]:
+        shown = {k: v for k, v in step.items() if k != "step" and isinstance(v, (int, float, str))}
+        print(f"  {step['step']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                for k, v in list(shown.items())[:8]))
+    if args.package:
+        from converters.export_onnx import export_package
+
+        if args.qat:
+            from converters.compress.qat import export_qat_int8
+
+            manifest = export_qat_int8(args.out, args.model, args.package, args.calib, args.calib_size,
+                                       progress=_progress)
+        else:
+            manifest = export_package(args.model, args.out, args.package, imgsz=args.imgsz, progress=_progress)
+        summary["package"] = str(manifest.root)
+        print(f"package {manifest.root}: {', '.join(a.file for a in manifest.artifacts)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
     return 0
 
 
@@ -686,7 +789,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "fetch": cmd_fetch, "convert": cmd_convert, "run": cmd_run, "bench": cmd_bench, "validate": cmd_validate, "targets": cmd_targets,
-            "package": cmd_package, "deploy": cmd_deploy, "profile": cmd_profile, "info": cmd_info,
+            "package": cmd_package, "deploy": cmd_deploy, "profile": cmd_profile, "compress": cmd_compress, "info": cmd_info,
             "demo": cmd_demo}
 
 
