@@ -1,6 +1,6 @@
 """Pruning, fine-tuning and distillation of the bundled demo model, before / after, in one table.
 
-    python bench/compress.py --out /tmp/compress-bench        # ~30 min on 2 shared cores
+    python bench/compress.py --out /tmp/compress-bench        # 16 min on 2 shared cores, one torch thread
 
 Every variant starts from the bundled ``demo-shapes`` weights, is saved as a compressed checkpoint,
 exported by ``export_package`` (ORT-vs-torch parity checked there) and measured: parameters, MACs
