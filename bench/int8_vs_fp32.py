@@ -18,11 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime.bench import bench_package, synthetic_image, time_calls
+from edge_runtime.bench import bench_package, synthetic_image
 from edge_runtime.hostinfo import cpu_summary, physical_cores
 from edge_runtime.manifest import load_manifest
 from edge_runtime.preprocess import ImagePreprocessor
-from edge_runtime.timing import summarize
+from edge_runtime.timing import summarize, time_calls
 
 NCNN_OUTPUTS = [f"{kind}{s}" for s in (8, 16, 32, 64) for kind in ("cls", "dis")]
 

@@ -14,21 +14,9 @@ import numpy as np
 from .compare import compare
 from .hostinfo import cpu_summary
 from .manifest import load_manifest
-from .targets import Target, efficiency
 from .sources import read_image
-from .timing import format_table, summarize
-
-
-def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
-    """Milliseconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+from .targets import Target, efficiency
+from .timing import format_table, summarize, time_calls
 
 
 def bench_artifact(package: str, fmt: str, precision: str, threads: int | None, warmup: int, iters: int,

@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -407,12 +409,19 @@ def _progress(msg: str) -> None:
     print(f"  {msg}", file=sys.stderr)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+@contextmanager
+def _host_tools(command: str) -> Iterator[None]:
+    """Imports of the host tool chain (converters: torch, onnx, ...) become one line on a device install."""
     try:
-        from converters.export_onnx import export_package
+        yield
     except ImportError as exc:
-        raise EdgeRuntimeError(f"export needs the host tool chain ({exc.name} is missing): "
+        raise EdgeRuntimeError(f"{command} needs the host tool chain ({exc.name} is missing): "
                                f"pip install 'edge-runtime[convert]'") from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _host_tools("export"):
+        from converters.export_onnx import export_package
     if args.opset < 13:
         raise EdgeRuntimeError(f"--opset {args.opset}: use 13 or newer")
     try:
@@ -475,12 +484,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    try:
+    with _host_tools("compress"):
         from converters.compress.pipeline import CompressOptions, compress_model
         from converters.profile import profile_model
-    except ImportError as exc:
-        raise EdgeRuntimeError(f"compress needs the host tool chain ({exc.name} is missing): "
-                               f"pip install 'edge-runtime[convert]'") from None
     options = CompressOptions(
         prune=args.prune, method=args.method, low_rank=args.low_rank,
         low_rank_backends=tuple(b for b in args.low_rank_backends.split(",") if b), distill=args.distill,
@@ -520,11 +526,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    try:
+    with _host_tools("fetch"):
         from converters.official import OFFICIAL, cached_path, fetch
-    except ImportError as exc:
-        raise EdgeRuntimeError(f"fetch needs the host tool chain ({exc.name} is missing): "
-                               f"pip install 'edge-runtime[convert]'") from None
     from .timing import format_table
 
     if args.list or not args.names:
@@ -556,11 +559,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    try:
+    with _host_tools("convert"):
         from converters.convert import convert_package
-    except ImportError as exc:
-        raise EdgeRuntimeError(f"convert needs the host tool chain ({exc.name} is missing): "
-                               f"pip install 'edge-runtime[convert]'") from None
     formats, precisions, tflite_io = _split_list(args.to or ""), _split_list(args.precision or ""), args.tflite_io
     if args.target:
         from .targets import load_target

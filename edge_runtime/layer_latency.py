@@ -23,6 +23,7 @@ from .backends import open_backend
 from .errors import EdgeRuntimeError
 from .hostinfo import physical_cores
 from .manifest import InputSpec, load_manifest
+from .timing import time_calls
 
 PROFILED_BACKENDS = ("onnx", "openvino")
 TFLITE_UNSUPPORTED = ("per-layer latency is not available for tflite: the TFLite Python interpreter has no "
@@ -111,23 +112,12 @@ def profile_latency(package: str | Path, backend: str = "onnx", precision: str |
                           layers=layers, note=note)
 
 
-def _timed(fn: Any, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
-
-
 def _profile_ort(path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
                  ) -> tuple[list[LayerTime], list[float], str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         backend = open_backend(path, "onnx", threads, {"profile_prefix": str(Path(tmp) / "ort"),
                                                        "graph_optimization": ORT_PROFILE_LEVEL})
-        run_ms = _timed(lambda: backend.run(feed), runs, warmup)
+        run_ms = time_calls(lambda: backend.run(feed), warmup, runs)
         events = json.loads(Path(backend.session.end_profiling()).read_text())
     layers = ort_layer_times(events, runs)
     note = f"ONNX Runtime graph optimisation '{ORT_PROFILE_LEVEL}' (keeps ONNX node names; run/bench use 'all')"

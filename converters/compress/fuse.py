@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.backbones.repvgg import RepVGGBlock
+from .hooks import run_with_hooks
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,12 +99,7 @@ def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, st
             handles.append(module.register_forward_hook(on_conv(name)))
         elif isinstance(module, nn.BatchNorm2d):
             handles.append(module.register_forward_pre_hook(on_bn(name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(model, [example], handles)
     return [(conv, bn) for conv, bn in found if calls[conv] == 1 and calls[bn] == 1]
 
 

@@ -41,6 +41,8 @@ from torch import nn
 
 from edge_runtime.timing import format_table
 
+from .hooks import run_with_hooks
+
 Plan = dict[str, dict[str, Any]]
 
 
@@ -219,12 +221,7 @@ def layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, list[torc
         return lambda module, args: seen.setdefault(name, []).append(args[0].detach())
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if factorizable(m)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(model, [example], handles)
     return seen
 
 

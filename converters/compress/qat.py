@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .fuse import conv_bn_pairs
+from .hooks import run_with_hooks
 
 ACT_QMAX = 255  # uint8 activations
 
@@ -111,12 +112,7 @@ def prepare_qat(model: nn.Module, calibration: list[torch.Tensor], reduce_range:
         return hook
 
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    observers = [m.register_forward_pre_hook(observe(n)) for n, m in convs]
-    with torch.no_grad():
-        for batch in calibration:
-            model(batch)
-    for handle in observers:
-        handle.remove()
+    run_with_hooks(model, calibration, [m.register_forward_pre_hook(observe(n)) for n, m in convs])
 
     qmax = weight_qmax(reduce_range)
     for name, conv in convs:
