@@ -41,6 +41,14 @@ def test_prune_distill_and_export(shapes, tmp_path):
     assert f"params {summary['params_before'] / 1e6:.3f} M -> {summary['params_after'] / 1e6:.3f} M" in proc.stdout
     parity = load_manifest(pkg).artifacts[0].extra["parity_vs_torch"]
     assert parity["cosine"] > 0.9999 and parity["max_abs_diff"] < 1e-3, parity
+    # the pruned graph converts like any other: OpenVINO and TFLite FP32 agree with its ONNX
+    pytest.importorskip("openvino", reason="OpenVINO conversion needs openvino")
+    pytest.importorskip("onnx2tf", reason="TFLite conversion needs onnx2tf")
+    proc = run_cli("convert", str(pkg), "--to", "openvino,tflite", "--precision", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    for fmt in ("openvino", "tflite"):
+        agreement = load_manifest(pkg).artifact(fmt, "fp32").extra["fp32_agreement"]
+        assert agreement["cosine"] > 0.9999, (fmt, agreement)
     # the checkpoint is an ordinary --weights for export, and the package detects shapes
     proc = run_cli("export", "--model", "demo-shapes", "--weights", str(ckpt), "--out", str(tmp_path / "again"))
     assert proc.returncode == 0, proc.stderr
