@@ -95,7 +95,7 @@ def test_no_manifest_and_no_folder(package_copy, tmp_path):
     ("input.mean", "0,0,0", ["input.mean", "wrong type"]),
     ("postprocess.max_detections", 1.5, ["postprocess.max_detections", "wrong type"]),
     ("postprocess.score_threshold", True, ["postprocess.score_threshold", "wrong type"]),
-    ("input.resize", "letterbox", ["input.resize", "letterbox"]),
+    ("input.resize", "squash", ["input.resize", "squash"]),
     ("input.color", "YUV", ["input.color"]),
     ("input.layout", "CHW", ["input.layout"]),
     ("input.shape", [3, 416, 416], ["input.shape"]),
