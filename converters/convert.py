@@ -75,19 +75,20 @@ def _to_layout(tensor: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(tensor.transpose(0, 2, 3, 1)) if layout == "NHWC" else tensor
 
 
-def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray], threads: int = 2
-                    ) -> dict[str, float]:
+def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray],
+                    reference: list[list[np.ndarray]] | None = None) -> dict[str, float]:
     """``art`` against the FP32 ONNX artifact: worst max abs diff, and per image the lowest cosine
-    over the outputs: its worst (``cosine``) and mean (``cosine_mean``) over the samples."""
-    ref_art = manifest.artifact("onnx", "fp32")
-    ref = open_backend(manifest.artifact_path(ref_art), "onnx", threads)
-    got = open_backend(manifest.artifact_path(art), art.format, threads, art.extra.get("backend_options"))
+    over the outputs: its worst (``cosine``) and mean (``cosine_mean``) over the samples.
+    ``reference``: FP32's outputs on ``samples`` when the caller has them (one run for all artifacts)."""
+    if reference is None:
+        run = _fp32_runner(manifest)
+        reference = [run(tensor) for tensor in samples]
+    got = open_backend(manifest.artifact_path(art), art.format, 2, art.extra.get("backend_options"))
     spec = manifest.input_for(art)
     diffs, cosines = [], []
-    for tensor in samples:
-        want = ref.run({manifest.input.name: tensor})
+    for tensor, want in zip(samples, reference):
         have = got.run({spec.name: _to_layout(tensor, spec.layout)})
-        result = compare([want[n] for n in ref_art.outputs], [have[n] for n in art.outputs])
+        result = compare(want, [have[n] for n in art.outputs])
         diffs.append(result["max_abs_diff"])
         cosines.append(result["cosine"])
     return {"max_abs_diff": max(diffs), "cosine": min(cosines), "cosine_mean": float(np.mean(cosines))}
@@ -179,6 +180,7 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
         samples = check.tensors if check is held_out else check.tensors[:: max(1, len(check) // 8)][:8]
         checked_on = {"held_out_images" if check is held_out else "calibration_images": len(samples),
                       "source": check.source.name}
+    reference_outputs: list[list[np.ndarray]] | None = None  # FP32 on the samples, run once for every artifact
     for fmt in formats:
         for precision in precisions:
             if (fmt, precision) == ("onnx", "fp32"):
@@ -200,7 +202,10 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
             art = Artifact(file=result.file, format=fmt, precision=precision, sha256=sha256_file(path),
                            outputs=tuple(result.outputs), extra=result.extra)
             progress(f"{fmt} {precision}: checking against FP32 ONNX on {len(samples)} inputs")
-            checked = verify_artifact(manifest.with_artifact(art), art, samples)
+            if reference_outputs is None:
+                run = reference or _fp32_runner(manifest)
+                reference_outputs = [run(tensor) for tensor in samples]
+            checked = verify_artifact(manifest.with_artifact(art), art, samples, reference_outputs)
             art = Artifact(**{**art.__dict__, "extra": {**art.extra,
                                                         "fp32_agreement": {**checked, "checked_on": checked_on}}})
             if calibration is not None and precision == "int8":
