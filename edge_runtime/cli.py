@@ -30,6 +30,9 @@ EXAMPLES = """examples:
   edge-runtime export --model nanodet-plus-m --weights official --out pkg/   # download the official checkpoint
   edge-runtime bench pkg/ --json bench.json
   edge-runtime validate pkg/ --data coco.json --images val/  # mAP of every artifact on this device
+  edge-runtime profile --model nanodet-plus-m --imgsz 320    # params, MACs, memory per layer
+  edge-runtime compress --model demo-shapes --prune 0.3 --data demo --steps 200 --out small.ckpt
+  edge-runtime import detect.tflite --family ssd --classes labelmap.txt -o ssdpkg/
 """
 
 
