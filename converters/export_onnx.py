@@ -17,12 +17,12 @@ import edge_runtime
 from edge_runtime.compare import compare
 from edge_runtime.errors import CheckpointError
 from edge_runtime.hostinfo import package_version
-from edge_runtime.manifest import RESIZE_MODES, Artifact, InputSpec, Manifest, sha256_file
+from edge_runtime.manifest import RESIZE_MODES, Artifact, Manifest, sha256_file
 
 from .checkpoints import load_model
+from .coco import COCO_CLASSES
 from .compress.fuse import fuse_model
 from .macs import count_macs
-from .coco import COCO_CLASSES
 from .models import get_spec
 
 DEFAULT_OPSET = 17
@@ -93,8 +93,7 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
 
     manifest = Manifest(
         root=out, family=spec.family, name=spec.name, class_names=tuple(names),
-        input=InputSpec(name="input", shape=(1, 3, imgsz, imgsz), layout="NCHW", dtype="float32",
-                        color=spec.color, mean=spec.mean, std=spec.std, resize=resize or spec.resize),
+        input=spec.input_spec(imgsz, resize),
         decoder=spec.decoder(net), postprocess=dict(spec.postprocess),
         artifacts=(Artifact(file=onnx_path.name, format="onnx", precision="fp32", sha256=sha256_file(onnx_path),
                             outputs=tuple(spec.output_names),

@@ -14,6 +14,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from agreement import unmatched  # noqa: E402
+
 from converters.compress.qat import prepare_qat, weight_qmax  # noqa: E402
 
 MODEL = "demo-shapes"
@@ -45,9 +46,9 @@ def trained():
 @pytest.fixture(scope="module")
 def calibration(calib_dir) -> list:
     from converters.calibration import CalibrationSet
-    from converters.compress.data import model_input_spec
+    from converters.models import get_spec
 
-    tensors = CalibrationSet(calib_dir, model_input_spec(MODEL, 192), 64, progress=False).tensors
+    tensors = CalibrationSet(calib_dir, get_spec(MODEL).input_spec(192), 64, progress=False).tensors
     return [torch.from_numpy(np.concatenate(tensors[i:i + 16])) for i in range(0, 64, 16)]
 
 

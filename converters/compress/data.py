@@ -19,7 +19,6 @@ import torch
 from tqdm import tqdm
 
 from edge_runtime.labels import LabelledImage, match_classes, read_labels
-from edge_runtime.manifest import InputSpec
 from edge_runtime.preprocess import ImagePreprocessor
 
 from ..demo_data import make_image
@@ -34,13 +33,6 @@ class TrainingData:
     labels: list[np.ndarray]  # per image (k, 5) float32: class, cx, cy, w, h in 0..1 of the model input
     source: str
     vertical_flips: bool = True  # generated shapes have no "up"; photos do
-
-
-def model_input_spec(model_name: str, imgsz: int) -> InputSpec:
-    """The input block export writes for ``model_name`` at ``imgsz``: what the runtime preprocesses with."""
-    spec = get_spec(model_name)
-    return InputSpec(name="input", shape=(1, 3, imgsz, imgsz), layout="NCHW", dtype="float32", color=spec.color,
-                     mean=spec.mean, std=spec.std, resize=spec.resize)
 
 
 def _to_input(image: np.ndarray, preprocess: ImagePreprocessor, boxes_xyxy: np.ndarray
@@ -62,7 +54,7 @@ def _shapes_sample(job: tuple[int, int, int, str]) -> tuple[np.ndarray, np.ndarr
     seed, index, imgsz, model = job
     image, labels = make_image(seed, "train", index)
     boxes = np.asarray([[x, y, x + bw, y + bh] for _, (x, y, bw, bh) in labels], np.float64).reshape(-1, 4)
-    tensor, rows = _to_input(image, ImagePreprocessor(model_input_spec(model, imgsz)), boxes)
+    tensor, rows = _to_input(image, ImagePreprocessor(get_spec(model).input_spec(imgsz)), boxes)
     classes = np.asarray([c for c, _ in labels], np.float32).reshape(-1, 1)
     return tensor, np.concatenate([classes, rows], 1)
 
@@ -107,7 +99,7 @@ def read_training_folder(model_name: str, labels: str | Path, imgsz: int, class_
     to_model = match_classes(dataset.class_names, names).to_model
     if not to_model:
         raise ValueError(f"{labels}: none of its classes ({', '.join(dataset.class_names[:5])}...) are the model's")
-    preprocess = ImagePreprocessor(model_input_spec(model_name, imgsz))
+    preprocess = ImagePreprocessor(get_spec(model_name).input_spec(imgsz))
     chosen = dataset.images[:limit] if limit else dataset.images
     samples = [_folder_sample(image, preprocess, to_model)
                for image in tqdm(chosen, desc="reading training images", unit="img", disable=not progress,

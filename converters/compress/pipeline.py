@@ -85,9 +85,8 @@ def _check(model_name: str, options: CompressOptions) -> None:
 
 def _calibration(model_name: str, imgsz: int, options: CompressOptions) -> list[torch.Tensor]:
     from ..calibration import CalibrationSet
-    from .data import model_input_spec
 
-    calibration = CalibrationSet(options.calib, model_input_spec(model_name, imgsz), options.calib_size)
+    calibration = CalibrationSet(options.calib, get_spec(model_name).input_spec(imgsz), options.calib_size)
     tensors = calibration.tensors
     return [torch.from_numpy(np.concatenate(tensors[i:i + 16])) for i in range(0, len(tensors), 16)]
 

@@ -201,7 +201,7 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
     from ..export_onnx import export_package
     from ..models import get_spec
     from .checkpoint import save_compressed
-    from .data import load_training_data, model_input_spec
+    from .data import load_training_data
     from .lowrank import interleaved_times
 
     out = Path(out)
@@ -216,7 +216,7 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
                         options={"onnx_quantizer": quantizer, "calib_method": "minmax",
                                  "onnx_reduce_range": reduce_range})
     model, num_classes = load_model(spec, spec.weights)
-    calibration = CalibrationSet(calib_dir, model_input_spec(MODEL, spec.default_imgsz), calib_size)
+    calibration = CalibrationSet(calib_dir, spec.input_spec(spec.default_imgsz), calib_size)
     batches = [torch.from_numpy(np.concatenate(calibration.tensors[i:i + 16])) for i in range(0, calib_size, 16)]
     data = load_training_data(MODEL, "demo", count=2000, workers=1)
     summary = qat_fine_tune(model, MODEL, data, batches, steps, reduce_range=reduce_range)

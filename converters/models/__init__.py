@@ -15,6 +15,7 @@ from typing import Any, Callable
 from torch import nn
 
 from edge_runtime.errors import CheckpointError
+from edge_runtime.manifest import InputSpec
 
 from ..darknet import YoloV3Deploy, load_darknet, yolov3_decoder_params
 from ..demo_data import CLASS_NAMES as SHAPE_CLASSES
@@ -45,6 +46,12 @@ class ModelSpec:
     weights: Path | None = None  # bundled default checkpoint: export needs no --weights
     # loads weights whose architecture comes from a file beside them (darknet .cfg), instead of build + state_dict
     load: Callable[[Path], tuple[nn.Module, int]] | None = None
+
+    def input_spec(self, imgsz: int, resize: str | None = None) -> InputSpec:
+        """The input block export writes at ``imgsz`` (``resize`` overrides the model's mode): what the
+        runtime preprocesses with, so training and calibration see exactly what the device will."""
+        return InputSpec(name="input", shape=(1, 3, imgsz, imgsz), layout="NCHW", dtype="float32", color=self.color,
+                         mean=self.mean, std=self.std, resize=resize or self.resize)
 
     def num_classes_from(self, state_dict: dict[str, Any]) -> int:
         """The class count a checkpoint was trained with, read from its classifier weights."""
