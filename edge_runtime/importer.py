@@ -10,7 +10,7 @@ an exported package.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,13 +173,10 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
     digest = sha256_file(target)
     art = Artifact(file=target.name, format=fmt, precision="fp32", sha256=digest, outputs=outputs,
                    extra={"imported": True})
-    manifest = Manifest(
-        root=out, family=family, name=model.stem, class_names=names, input=inp, decoder=decoder,
-        postprocess=postprocess, artifacts=(art,),
-        produced_by={"edge_runtime": edge_runtime.__version__, "backend": backend.describe(),
-                     "imported_from": {"file": model.name, "sha256": digest, "format": fmt, "family": family,
-                                       "outputs": {o: _shape_text(_spec_shape(backend, o)) for o in outputs}}},
-    )
+    manifest = replace(draft, artifacts=(art,), produced_by={
+        "edge_runtime": edge_runtime.__version__, "backend": backend.describe(),
+        "imported_from": {"file": model.name, "sha256": digest, "format": fmt, "family": family,
+                          "outputs": {o: _shape_text(_spec_shape(backend, o)) for o in outputs}}})
     manifest.save()
     return manifest
 
