@@ -59,8 +59,14 @@ def load_model(spec: ModelSpec, weights: str | Path) -> tuple[nn.Module, int]:
     Specs with their own loader (darknet: architecture from the .cfg beside the .weights) use it.
     A compressed checkpoint (pruned, factorised) is first rebuilt to its own shapes.
     """
+    model, num_classes, _ = load_checkpoint(spec, weights)
+    return model, num_classes
+
+
+def load_checkpoint(spec: ModelSpec, weights: str | Path) -> tuple[nn.Module, int, dict[str, Any] | None]:
+    """:func:`load_model` plus the checkpoint's compression notes (None for an ordinary checkpoint)."""
     if spec.load is not None:
-        return spec.load(Path(weights))
+        return (*spec.load(Path(weights)), None)
     state, meta = read_checkpoint(weights)
     if meta is not None:
         if meta["model"] != spec.name:
@@ -87,4 +93,4 @@ def load_model(spec: ModelSpec, weights: str | Path) -> tuple[nn.Module, int]:
         problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {', '.join(result.unexpected_keys[:3])})")
     if problems:
         raise CheckpointError(f"{weights}: does not match {spec.name}: " + "; ".join(problems))
-    return model.eval(), num_classes
+    return model.eval(), num_classes, meta

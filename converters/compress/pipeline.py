@@ -22,7 +22,7 @@ from torch import nn
 
 from edge_runtime.errors import EdgeRuntimeError
 
-from ..checkpoints import load_model, read_checkpoint
+from ..checkpoints import load_checkpoint, load_model
 from ..coco import COCO_CLASSES
 from ..models import get_spec
 from .checkpoint import save_compressed
@@ -91,9 +91,7 @@ def _calibration(model_name: str, imgsz: int, options: CompressOptions) -> list[
     return [torch.from_numpy(np.concatenate(tensors[i:i + 16])) for i in range(0, len(tensors), 16)]
 
 
-def _teacher(student_name: str, original: nn.Module, options: CompressOptions) -> nn.Module:
-    if options.teacher is None:
-        return original
+def _load_teacher(student_name: str, options: CompressOptions) -> nn.Module:
     name = options.teacher_model or student_name
     teacher, _ = load_model(get_spec(name), options.teacher)
     if get_spec(name).family != get_spec(student_name).family:
@@ -115,11 +113,12 @@ def compress_model(model_name: str, weights: str | Path | None, out: str | Path,
     if weights is None:
         raise EdgeRuntimeError(f"{model_name}: has no bundled weights; pass --weights")
     torch.set_num_threads(options.threads)
-    model, num_classes = load_model(spec, weights)
-    meta = read_checkpoint(weights)[1] if spec.load is None else None
+    model, num_classes, meta = load_checkpoint(spec, weights)
     history: list[dict[str, Any]] = list((meta or {}).get("history", []))
     factorized: dict[str, dict[str, Any]] = dict((meta or {}).get("factorized", {}))
-    original = copy.deepcopy(model).eval()
+    teacher = None
+    if options.distill:  # --teacher, else the model as loaded (pruning copies, fine-tuning changes it in place)
+        teacher = _load_teacher(model_name, options) if options.teacher else copy.deepcopy(model).eval()
     imgsz = options.imgsz or spec.default_imgsz
     params_before = parameter_count(model)
 
@@ -154,7 +153,6 @@ def compress_model(model_name: str, weights: str | Path | None, out: str | Path,
         factorized.update(plan)
         history.append({"step": "lowrank", "ratio": options.low_rank, "backends": list(options.low_rank_backends),
                         "candidates": len(reports), "factorised": len(plan), "layers": sorted(plan)})
-    teacher = _teacher(model_name, original, options) if options.distill else None
     steps = _steps(options, len(data.images)) if data is not None else 0
     if steps:
         from .train import fine_tune
