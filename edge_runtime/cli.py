@@ -53,32 +53,31 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "the backend/precision order unless given explicitly")
 
 
-def _runtime_choice(args: argparse.Namespace) -> tuple[str, str | None, int | None]:
-    """(backend, precision, threads) from the flags, filled in from --target where not given."""
-    if not args.target:
-        return args.backend, args.precision, args.threads
-    from .manifest import load_manifest
+def _runnable_target(name: str) -> Any:
+    """The target profile ``name`` (a name or a .toml path); one marked future is a one-line error."""
     from .targets import load_target
 
-    target, artifacts = load_target(args.target), load_manifest(args.package).artifacts
+    target = load_target(name)
     target.require_runnable()
+    return target
+
+
+def _runtime_choice(args: argparse.Namespace) -> tuple[str, str | None, int | None, dict[str, Any]]:
+    """(backend, precision, threads, backend options) from the flags, filled in from --target where
+    not given; --device / --delegate override the profile's delegate, execution provider or device."""
+    flags = {k: v for k, v in (("device", args.device), ("delegate", args.delegate)) if v}
+    if not args.target:
+        return args.backend, args.precision, args.threads, flags
+    from .manifest import load_manifest
+
+    target, artifacts = _runnable_target(args.target), load_manifest(args.package).artifacts
     backend = args.backend if args.backend != "auto" else next(
         (b for b in target.backends if any(a.format == b for a in artifacts)), "auto")
     precision = args.precision or next(
         (p for p in target.precisions if any(a.precision == p and backend in ("auto", a.format) for a in artifacts)),
         None)
-    return backend, precision, args.threads or target.threads
-
-
-def _backend_options(args: argparse.Namespace, backend: str = "auto") -> dict[str, Any]:
-    """--device / --delegate, over the target profile's delegate, execution provider or device."""
-    options: dict[str, Any] = {}
-    if args.target and backend != "auto":
-        from .targets import load_target
-
-        options.update(load_target(args.target).backend_options(backend))
-    options.update({k: v for k, v in (("device", args.device), ("delegate", args.delegate)) if v})
-    return options
+    options = target.backend_options(backend) if backend != "auto" else {}
+    return backend, precision, args.threads or target.threads, {**options, **flags}
 
 
 def _report_float_ops(detector: Any) -> None:
@@ -500,32 +499,37 @@ def cmd_compress(args: argparse.Namespace) -> int:
     try:
         summary = compress_model(args.model, args.weights, args.out, options, progress=_progress)
         before = profile_model(args.model, args.weights, args.imgsz)
-        after = profile_model(args.model, args.out, args.imgsz)
+        manifest = _export_compressed(args) if args.package else None
+        # the package's export counted the compressed graph already; without one, profile exports it
+        macs_after = manifest.artifact("onnx", "fp32").extra["macs"] if manifest else \
+            profile_model(args.model, args.out, args.imgsz).macs
     except ValueError as exc:  # unknown model, bad ratio
         raise EdgeRuntimeError(str(exc)) from None
-    summary["macs_before"], summary["macs_after"] = before.macs, after.macs
+    summary["macs_before"], summary["macs_after"] = before.macs, macs_after
     print(f"{summary['checkpoint']}: {args.model}, params {summary['params_before'] / 1e6:.3f} M -> "
-          f"{summary['params_after'] / 1e6:.3f} M, MACs {before.macs / 1e9:.3f} G -> {after.macs / 1e9:.3f} G "
-          f"({after.macs / max(1, before.macs):.2f}x) at {list(after.input_shape)[2:]}")
+          f"{summary['params_after'] / 1e6:.3f} M, MACs {before.macs / 1e9:.3f} G -> {macs_after / 1e9:.3f} G "
+          f"({macs_after / max(1, before.macs):.2f}x) at {list(before.input_shape)[2:]}")
     for step in summary["history"]:
         shown = {k: v for k, v in step.items() if k != "step" and isinstance(v, (int, float, str))}
         print(f"  {step['step']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                 for k, v in list(shown.items())[:8]))
-    if args.package:
-        from converters.export_onnx import export_package
-
-        if args.qat:
-            from converters.compress.qat import export_qat_int8
-
-            manifest = export_qat_int8(args.out, args.model, args.package, args.calib, args.calib_size,
-                                       progress=_progress)
-        else:
-            manifest = export_package(args.model, args.out, args.package, imgsz=args.imgsz, progress=_progress)
+    if manifest is not None:
         summary["package"] = str(manifest.root)
         print(f"package {manifest.root}: {', '.join(a.file for a in manifest.artifacts)}")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _export_compressed(args: argparse.Namespace) -> Any:
+    """compress --package: the compressed checkpoint's package (with --qat also its INT8 ONNX)."""
+    if args.qat:
+        from converters.compress.qat import export_qat_int8
+
+        return export_qat_int8(args.out, args.model, args.package, args.calib, args.calib_size, progress=_progress)
+    from converters.export_onnx import export_package
+
+    return export_package(args.model, args.out, args.package, imgsz=args.imgsz, progress=_progress)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -566,10 +570,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from converters.convert import convert_package
     formats, precisions, tflite_io = _split_list(args.to or ""), _split_list(args.precision or ""), args.tflite_io
     if args.target:
-        from .targets import load_target
-
-        target = load_target(args.target)
-        target.require_runnable()
+        target = _runnable_target(args.target)
         formats, precisions = formats or list(target.backends), precisions or list(target.precisions)
         tflite_io = tflite_io or target.tflite_io
         _progress(f"target {target.name}: {','.join(formats)} x {','.join(precisions)}"
@@ -629,9 +630,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             server = cleanup.enter_context(FrameServer(parse_address(args.serve)))
             print(f"live view: {server.url}", file=sys.stderr, flush=True)
-        backend, precision, threads = _runtime_choice(args)
+        backend, precision, threads, options = _runtime_choice(args)
         detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
-                            options=_backend_options(args, backend), score_threshold=args.conf, nms_iou=args.iou)
+                            options=options, score_threshold=args.conf, nms_iou=args.iou)
         _report_float_ops(detector)
         source = open_source(args.source)
         show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
@@ -655,10 +656,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     target = None
     if args.target:
-        from .targets import load_target
-
-        target = load_target(args.target)
-        target.require_runnable()
+        target = _runnable_target(args.target)
     report = bench_package(args.package, threads=args.threads or (target.threads if target else None),
                            warmup=args.warmup, iters=args.iters, image=args.image, isolate=not args.no_isolate,
                            progress=_progress, target=target)
@@ -760,10 +758,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def cmd_package(args: argparse.Namespace) -> int:
     from .bundle import make_bundle
     from .manifest import load_manifest
-    from .targets import load_target
-
-    target = load_target(args.target)
-    target.require_runnable()
+    target = _runnable_target(args.target)
     if target.delegate:  # full-integer accelerators: say before deployment what would fall back to the CPU
         from .tflite_ops import tflite_op_report
 
