@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,7 +14,7 @@ pytest.importorskip("onnxruntime")
 
 from agreement import unmatched  # noqa: E402
 
-from converters.compress.qat import prepare_qat, weight_qmax  # noqa: E402
+from converters.compress.qat import calibration_batches, prepare_qat, weight_qmax  # noqa: E402
 
 MODEL = "demo-shapes"
 STEPS = 40  # a short run; the measured table (300 steps) is in the compression report
@@ -49,7 +48,7 @@ def calibration(calib_dir) -> list:
     from converters.models import get_spec
 
     tensors = CalibrationSet(calib_dir, get_spec(MODEL).input_spec(192), 64, progress=False).tensors
-    return [torch.from_numpy(np.concatenate(tensors[i:i + 16])) for i in range(0, 64, 16)]
+    return calibration_batches(tensors)
 
 
 def test_fake_quant_is_the_folded_int8_grid_and_comes_off(trained, calibration):

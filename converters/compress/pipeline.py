@@ -86,9 +86,10 @@ def _check(model_name: str, options: CompressOptions) -> None:
 def _calibration(model_name: str, imgsz: int, options: CompressOptions) -> list[torch.Tensor]:
     from ..calibration import CalibrationSet
 
-    calibration = CalibrationSet(options.calib, get_spec(model_name).input_spec(imgsz), options.calib_size)
-    tensors = calibration.tensors
-    return [torch.from_numpy(np.concatenate(tensors[i:i + 16])) for i in range(0, len(tensors), 16)]
+    from .qat import calibration_batches
+
+    return calibration_batches(CalibrationSet(options.calib, get_spec(model_name).input_spec(imgsz),
+                                              options.calib_size).tensors)
 
 
 def _load_teacher(student_name: str, options: CompressOptions) -> nn.Module:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -93,6 +94,11 @@ def _bn_scale(bn: nn.BatchNorm2d) -> Callable[[], torch.Tensor]:
 
 def _freeze_bn(module: nn.Module, args: Any) -> None:
     module.training = False  # running statistics, no updates: the affine map export folds
+
+
+def calibration_batches(tensors: list[np.ndarray], batch: int = 16) -> list[torch.Tensor]:
+    """Preprocessed (1, 3, H, W) calibration images as the (<= batch, 3, H, W) batches QAT calibrates on."""
+    return [torch.from_numpy(np.concatenate(tensors[i:i + batch])) for i in range(0, len(tensors), batch)]
 
 
 def prepare_qat(model: nn.Module, calibration: list[torch.Tensor], reduce_range: bool = True,
@@ -188,8 +194,6 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
     calibration-folder images and the median ONNX Runtime latency (1 thread, interleaved)."""
     import shutil
 
-    import numpy as np
-
     from edge_runtime.backends import open_backend
     from edge_runtime.manifest import load_manifest
 
@@ -217,7 +221,7 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
                                  "onnx_reduce_range": reduce_range})
     model, num_classes = load_model(spec, spec.weights)
     calibration = CalibrationSet(calib_dir, spec.input_spec(spec.default_imgsz), calib_size)
-    batches = [torch.from_numpy(np.concatenate(calibration.tensors[i:i + 16])) for i in range(0, calib_size, 16)]
+    batches = calibration_batches(calibration.tensors)
     data = load_training_data(MODEL, "demo", count=2000, workers=1)
     summary = qat_fine_tune(model, MODEL, data, batches, steps, reduce_range=reduce_range)
     checkpoint = save_compressed(model, out / "qat.ckpt", MODEL, num_classes, history=[summary])
