@@ -37,6 +37,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -181,13 +182,20 @@ class _TfGraph:
     fp32: bytes | None = None  # the FP32 flatbuffer, once made
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GRAPHS: dict[str, _TfGraph] = {}  # ONNX sha256 + onnx2tf version -> graph, for the three precisions
+
+
+# onnx2tf's warnings when it could not run the ONNX graph on our input: it then guesses the layout of
+# every tensor whose channels = height = width, and the .tflite it makes runs but is wrong
+_ONNX2TF_SKIPPED = ("shape estimation is skipped", "accuracy error measurement process was skipped")
 
 
 def onnx_to_keras(model: Any, input_name: str, samples: np.ndarray, source: Path) -> Any:
     """onnx2tf's in-memory Keras model of ``model`` (an onnx.ModelProto whose input is
     ``input_name``), with ``samples`` (NHWC float32) as the data onnx2tf checks its graph on,
-    never its internet download. Errors are one line naming ``source``."""
+    never its internet download. Errors are one line naming ``source``, also when onnx2tf
+    skipped its own ONNX reference run (it would convert by guessing, see _ONNX2TF_SKIPPED)."""
     import onnx
     import onnx2tf
 
@@ -196,18 +204,20 @@ def onnx_to_keras(model: Any, input_name: str, samples: np.ndarray, source: Path
         onnx_path = work_dir / "model.onnx"
         onnx.save(model, str(onnx_path))
         # onnx2tf always loads this file from its working directory (downloading it when absent):
-        # give it our own preprocessed images instead, and the same as its custom input data
+        # give it our own preprocessed images instead
         np.save(work_dir / ONNX2TF_SAMPLE, samples)
-        np.save(work_dir / "input.npy", samples)
+        # its custom input must be ONE sample: onnx2tf >= 1.29.20 transposes it to NCHW for its
+        # reference run only when the whole shape, batch included, matches the graph's input
+        np.save(work_dir / "input.npy", samples[:1])
         previous = os.getcwd()
         out = io.StringIO()
         try:
             os.chdir(work_dir)
             with contextlib.redirect_stdout(out):
-                return onnx2tf.convert(
+                keras = onnx2tf.convert(
                     input_onnx_file_path=str(onnx_path), output_folder_path=str(work_dir / "out"),
                     custom_input_op_name_np_data_path=[[input_name, str(work_dir / "input.npy")]],
-                    disable_model_save=True, not_use_onnxsim=True, non_verbose=True, verbosity="error")
+                    disable_model_save=True, not_use_onnxsim=True, non_verbose=False, verbosity="warn")
         except SystemExit:  # onnx2tf reports errors with sys.exit
             tail = " ".join(out.getvalue().split())[-300:]
             raise EdgeRuntimeError(f"{source}: onnx2tf could not convert the graph: {tail}") from None
@@ -216,6 +226,14 @@ def onnx_to_keras(model: Any, input_name: str, samples: np.ndarray, source: Path
             raise EdgeRuntimeError(f"{source}: onnx2tf failed: {type(exc).__name__}: {first}") from exc
         finally:
             os.chdir(previous)
+    log_text = _ANSI.sub("", out.getvalue())
+    skipped = [line.strip() for line in log_text.splitlines() if any(s in line for s in _ONNX2TF_SKIPPED)]
+    if skipped:
+        lines = log_text.splitlines()
+        cause = next((lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if _ONNX2TF_SKIPPED[0] in line), "")
+        raise EdgeRuntimeError(f"{source}: onnx2tf could not run the ONNX graph on the sample input and would guess "
+                               f"tensor layouts ({skipped[0][:120]}{'; ' + cause[:160] if cause else ''})")
+    return keras
 
 
 def _tf_graph(job: ConvertJob) -> _TfGraph:
