@@ -1,15 +1,18 @@
 """Add artifacts (formats x precisions) to an existing package, each checked against FP32 ONNX.
 
 A converter is a function ``ConvertJob -> ConvertResult`` registered in ``CONVERTERS`` under
-(format, precision). The orchestrator runs it, then loads the new file with the *runtime's* own
-backend and compares its outputs with the FP32 ONNX artifact before the manifest lists it.
+(format, precision). The orchestrator runs it into a staging folder inside the package, loads the
+new file with the *runtime's* own backend and compares its outputs with the FP32 ONNX artifact;
+only an artifact that passes ``edge_runtime.compare.judge`` is moved into the package and listed.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass, field
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +20,7 @@ import numpy as np
 
 import edge_runtime
 from edge_runtime.backends import open_backend
-from edge_runtime.compare import compare
+from edge_runtime.compare import compare, judge
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.families import make_family
 from edge_runtime.labels import load_class_map, read_labels
@@ -42,10 +45,11 @@ class ConvertJob:
     progress: Callable[[str], None] = lambda msg: None
     agreement: CosineAgreement | None = None  # with FP32 on held-out images, for converters' own choices
     accuracy: AccuracyBudget | None = None  # INT8 only: keep layers in float until this is met
+    stage: Path | None = None  # where the converter writes; the package folder when None
 
     @property
     def out_dir(self) -> Path:
-        return self.manifest.root
+        return self.stage or self.manifest.root
 
 
 @dataclass
@@ -65,6 +69,16 @@ CONVERTERS: dict[tuple[str, str], str] = {
     ("tflite", "fp16"): "converters.convert_tflite:convert_tflite",
     ("tflite", "int8"): "converters.convert_tflite:convert_tflite",
 }
+class ArtifactRefused(EdgeRuntimeError):
+    """Some converted artifacts failed their check against FP32 and were not listed; the others were.
+    ``manifest`` is the package as written, ``refused`` one line per refused artifact."""
+
+    def __init__(self, manifest: Manifest, refused: list[str]) -> None:
+        super().__init__("; ".join(refused))
+        self.manifest = manifest
+        self.refused = refused
+
+
 UNSUPPORTED = {
     ("onnx", "fp16"): "ONNX Runtime's CPU provider has no FP16 kernels for most ops and inserts casts "
                       "(slower than FP32); use openvino or tflite for FP16",
@@ -83,7 +97,7 @@ def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray]
     if reference is None:
         run = _fp32_runner(manifest)
         reference = [run(tensor) for tensor in samples]
-    got = open_backend(manifest.artifact_path(art), art.format, 2, art.extra.get("backend_options"))
+    got = open_backend(manifest.artifact_path(art), art.format, 2)
     spec = manifest.input_for(art)
     diffs, cosines = [], []
     for tensor, want in zip(samples, reference):
@@ -129,7 +143,7 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                     progress: Callable[[str], None] = lambda msg: None, int8_min_cosine: float | None = None,
                     val_images: str | Path | None = None, val_size: int = 24, max_map_drop: float | None = None,
                     val_data: str | Path | None = None, val_format: str = "auto",
-                    class_map: str | Path | None = None) -> Manifest:
+                    class_map: str | Path | None = None, keep_failed: bool = False) -> Manifest:
     """Convert the package's FP32 ONNX into every requested (format, precision) and update the manifest.
 
     INT8 needs ``calib`` (a folder of images, a video or a COCO json). Every new artifact is checked
@@ -139,6 +153,10 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     cosine with FP32 on the held-out images reaches it; with ``max_map_drop`` (mAP points) until
     the COCO mAP on the labelled ``val_data`` / ``val_images`` is within that of FP32's. Returns the
     updated manifest.
+
+    An artifact that fails its check (``edge_runtime.compare.judge``) is not listed and its file is
+    not written into the package (``keep_failed``: written and listed with ``verification.passed``
+    false, never chosen); the others still are, then ``ArtifactRefused`` names each refusal.
     """
     manifest = load_manifest(package)
     fp32 = manifest.artifact_path(manifest.artifact("onnx", "fp32"))
@@ -181,6 +199,7 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
         checked_on = {"held_out_images" if check is held_out else "calibration_images": len(samples),
                       "source": check.source.name}
     reference_outputs: list[list[np.ndarray]] | None = None  # FP32 on the samples, run once for every artifact
+    refused: list[str] = []
     for fmt in formats:
         for precision in precisions:
             if (fmt, precision) == ("onnx", "fp32"):
@@ -196,23 +215,35 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                                        f"pip install 'edge-runtime[convert]'") from None
             progress(f"{fmt} {precision}: converting")
             int8 = precision == "int8"
-            result = convert(ConvertJob(manifest, fp32, precision, calibration, dict(options or {}), progress,
-                                        agreement if int8 else None, budget if int8 else None))
-            path = manifest.root / result.file
-            art = Artifact(file=result.file, format=fmt, precision=precision, sha256=sha256_file(path),
-                           outputs=tuple(result.outputs), extra=result.extra)
-            progress(f"{fmt} {precision}: checking against FP32 ONNX on {len(samples)} inputs")
-            if reference_outputs is None:
-                run = reference or _fp32_runner(manifest)
-                reference_outputs = [run(tensor) for tensor in samples]
-            checked = verify_artifact(manifest.with_artifact(art), art, samples, reference_outputs)
-            art = Artifact(**{**art.__dict__, "extra": {**art.extra,
-                                                        "fp32_agreement": {**checked, "checked_on": checked_on}}})
-            if calibration is not None and precision == "int8":
-                art.extra.setdefault("calibration", calibration.describe())
+            with tempfile.TemporaryDirectory(prefix=".convert-", dir=manifest.root) as stage:
+                staged = replace(manifest, root=Path(stage))
+                result = convert(ConvertJob(manifest, fp32, precision, calibration, dict(options or {}), progress,
+                                            agreement if int8 else None, budget if int8 else None, Path(stage)))
+                art = Artifact(file=result.file, format=fmt, precision=precision,
+                               sha256=sha256_file(Path(stage) / result.file), outputs=tuple(result.outputs),
+                               extra=result.extra)
+                progress(f"{fmt} {precision}: checking against FP32 ONNX on {len(samples)} inputs")
+                if reference_outputs is None:
+                    run = reference or _fp32_runner(manifest)
+                    reference_outputs = [run(tensor) for tensor in samples]
+                checked = verify_artifact(staged.with_artifact(art), art, samples, reference_outputs)
+                extra = {**art.extra, "fp32_agreement": {**checked, "checked_on": checked_on}}
+                if calibration is not None and int8:
+                    extra.setdefault("calibration", calibration.describe())
+                verdict = judge(precision, extra)
+                art = replace(art, extra={**extra, "verification": verdict.to_dict()})
+                progress(f"{fmt} {precision}: {result.file} cosine {checked['cosine']:.5f} "
+                         f"max|diff| {checked['max_abs_diff']:.3g}")
+                if not verdict.passed:
+                    refused.append(f"{manifest.root}: {fmt} {precision} ({result.file}) refused: {verdict.describe()}"
+                                   + (" (kept, marked failed: --keep-failed)" if keep_failed else ""))
+                    if not keep_failed:
+                        continue
+                for file in staged.artifact_files(art):  # os.replace swaps a link itself, never its target
+                    os.replace(file, manifest.root / file.name)
             manifest = manifest.with_artifact(art)
             manifest.produced_by.setdefault("converters", {})[f"{fmt}-{precision}"] = edge_runtime.__version__
             manifest.save()
-            progress(f"{fmt} {precision}: {result.file} cosine {checked['cosine']:.5f} "
-                     f"max|diff| {checked['max_abs_diff']:.3g}")
+    if refused:
+        raise ArtifactRefused(manifest, refused)
     return manifest

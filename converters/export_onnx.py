@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 import edge_runtime
-from edge_runtime.compare import compare
-from edge_runtime.errors import CheckpointError
+from edge_runtime.compare import compare, judge
+from edge_runtime.errors import CheckpointError, EdgeRuntimeError
 from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import RESIZE_MODES, Artifact, Manifest, sha256_file
 
@@ -90,6 +90,11 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     parity = compare(reference, session.run(list(spec.output_names), {"input": dummy.numpy()}))
+    verdict = judge("fp32", {"parity_vs_torch": parity})
+    if not verdict.passed:  # an ONNX graph that disagrees with its torch model is never listed
+        del session
+        onnx_path.unlink()
+        raise EdgeRuntimeError(f"{onnx_path}: refused: {verdict.describe()}")
 
     manifest = Manifest(
         root=out, family=spec.family, name=spec.name, class_names=tuple(names),
@@ -98,7 +103,7 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
         artifacts=(Artifact(file=onnx_path.name, format="onnx", precision="fp32", sha256=sha256_file(onnx_path),
                             outputs=tuple(spec.output_names),
                             extra={"opset": opset, "simplified": simplify, "parity_vs_torch": parity,
-                                   **_arithmetic(graph)}),),
+                                   "verification": verdict.to_dict(), **_arithmetic(graph)}),),
         produced_by={"edge_runtime": edge_runtime.__version__, "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                      "onnxslim": package_version("onnxslim") if simplify else None,

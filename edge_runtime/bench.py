@@ -58,15 +58,21 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
         else:
             rows.append(bench_artifact(*args))
     base = next((r for r in rows if (r["format"], r["precision"]) == ("onnx", "fp32")), rows[0])
+    by_key = {a.key: a for a in manifest.artifacts}
     for r in rows:
         r["speedup_vs_baseline"] = base["latency_ms"]["median"] / r["latency_ms"]["median"]
         r["cosine_vs_baseline"] = compare(base["outputs"], r["outputs"])["cosine"]
+        art = by_key[f"{r['format']}-{r['precision']}"]
+        r["verified"], r["verification"] = art.verified, art.verdict.describe()
+    # the fastest is named among verified artifacts only: a fast wrong one is no answer
+    fastest = min((r for r in rows if r["verified"]), key=lambda r: r["latency_ms"]["median"], default=None)
     for r in rows:
         del r["outputs"]
     macs = next((a.extra.get("macs") for a in manifest.artifacts if a.format == "onnx" and a.precision == "fp32"), None)
     return {"package": str(manifest.root), "model": manifest.name, "input": list(manifest.input.shape),
             "threads": rows[0]["threads"], "warmup": warmup, "iters": iters, "isolated": isolate,
-            "host": cpu_summary(), "baseline": base["artifact"], "macs": macs, "results": rows}
+            "host": cpu_summary(), "baseline": base["artifact"], "macs": macs, "results": rows,
+            "fastest_verified": fastest["artifact"] if fastest else None}
 
 
 def roofline(report: dict[str, Any], target: Target) -> list[str]:
@@ -104,8 +110,11 @@ def bench_table(report: dict[str, Any]) -> str:
             f"{', one process per artifact' if report['isolated'] else ''}")
     rows = [[r["artifact"], r["format"], r["precision"], r["size_mb"], r["latency_ms"]["median"],
              r["latency_ms"]["p90"], r["fps"], r["end_to_end_ms"]["median"], f"{r['speedup_vs_baseline']:.2f}x",
-             f"{r['cosine_vs_baseline']:.4f}", r["backend"]]
+             f"{r['cosine_vs_baseline']:.4f}", "yes" if r["verified"] else "FAILED", r["backend"]]
             for r in report["results"]]
     table = format_table(["artifact", "format", "precision", "MB", "median ms", "p90 ms", "FPS", "e2e ms",
-                          f"speed vs {report['baseline']}", "cosine", "ran on"], rows)
-    return f"{head}\n{table}"
+                          f"speed vs {report['baseline']}", "cosine", "verified", "ran on"], rows)
+    failed = [f"{r['artifact']}: {r['verification']}" for r in report["results"] if not r["verified"]]
+    fastest = (f"fastest verified: {report['fastest_verified']}" if report["fastest_verified"]
+               else "fastest verified: none (no artifact passed its check against FP32)")
+    return "\n".join([head, table, fastest] + [f"not chosen, failed its check: {line}" for line in failed])

@@ -13,6 +13,7 @@ Layout, under one top folder ``<model>-<target>/``::
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from .hostinfo import package_version
 from .manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, sha256_file
 from .targets import Target, load_target
 
+log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_REQUIREMENTS = ("numpy", "opencv-python-headless")
 # ``pip wheel`` builds in the source folder; these never belong in a wheel and stale build/ output would leak in
@@ -65,11 +67,17 @@ def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = 
 
 
 def select_artifacts(manifest: Manifest, target: Target) -> list[Artifact]:
-    """The package's artifacts whose format and precision the target runs; an error when there is none."""
-    kept = [a for a in manifest.artifacts
-            if a.format in target.backends and a.precision in target.precisions and a.format in BACKENDS]
+    """The package's verified artifacts whose format and precision the target runs; an error when there
+    is none. One that failed its check against FP32 never ships."""
+    wanted = [a for a in manifest.artifacts
+              if a.format in target.backends and a.precision in target.precisions and a.format in BACKENDS]
+    kept = [a for a in wanted if a.verified]
+    for art in wanted:
+        if not art.verified:
+            log.warning("%s: not bundling %s: failed its check against FP32 (%s)", manifest.path, art.file,
+                        art.verdict.describe())
     if not kept:
-        have = ", ".join(a.key for a in manifest.artifacts)
+        have = ", ".join(f"{a.key}{'' if a.verified else ' (failed its check)'}" for a in manifest.artifacts)
         raise EdgeRuntimeError(f"{manifest.path}: no artifact that target {target.name} runs (package has: {have}; "
                                f"target wants backends {', '.join(target.backends)} and precisions "
                                f"{', '.join(target.precisions)})")

@@ -145,8 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="add ONNX INT8, OpenVINO and TFLite artifacts to a package (host)",
                        description="Convert the package's FP32 ONNX into more formats and precisions. Every new "
-                                   "artifact is run by the device-side backend and compared with FP32 ONNX before "
-                                   "it is written into manifest.json (cosine and max abs diff recorded).")
+                                   "artifact is run by the device-side backend and compared with FP32 ONNX; only one "
+                                   "that passes its check (FP32/FP16: worst-image cosine >= 0.999; INT8: its budget "
+                                   "when given, else mean cosine >= 0.90 and worst >= 0.50) is written into the "
+                                   "package and manifest.json. A refused artifact is one error line and exit status "
+                                   "1; the others are still written.")
     p.add_argument("package", help="package folder made by 'edge-runtime export'")
     p.add_argument("--to", default=None, help="formats, comma-separated [onnx,openvino,tflite; --target: its backends]")
     p.add_argument("--precision", default=None,
@@ -180,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tflite-io", default=None, choices=["float32", "int8", "uint8"],
                    help="TFLite INT8 input/output tensor type (int8/uint8 for NPU delegates) [float32; --target: "
                         "its tflite_io]")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="keep an artifact that fails its check on disk for debugging, listed as failed in the "
+                        "manifest (auto, demo, bench and package never choose it)")
 
     p = sub.add_parser("run", help="detect on an image, folder, video, camera index or RTSP/HTTP URL",
                        description="Run a package on a source; print a per-stage timing table at the end.")
@@ -567,7 +573,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     with _host_tools("convert"):
-        from converters.convert import convert_package
+        from converters.convert import ArtifactRefused, convert_package
     formats, precisions, tflite_io = _split_list(args.to or ""), _split_list(args.precision or ""), args.tflite_io
     if args.target:
         target = _runnable_target(args.target)
@@ -579,12 +585,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     precisions = precisions or ["fp32", "fp16", "int8"]
     options = {"calib_method": args.calib_method, "onnx_quantizer": args.onnx_quantizer,
                "ov_preset": args.ov_preset, "tflite_io": tflite_io or "float32"}
+    refused: list[str] = []
     try:
         manifest = convert_package(args.package, formats, precisions, calib=args.calib, calib_size=args.calib_size,
                                    options=options, progress=_progress, int8_min_cosine=args.int8_min_cosine,
                                    val_images=args.val_images, val_size=args.val_size,
                                    max_map_drop=args.max_map_drop, val_data=args.val_data,
-                                   val_format=args.val_format, class_map=args.class_map)
+                                   val_format=args.val_format, class_map=args.class_map,
+                                   keep_failed=args.keep_failed)
+    except ArtifactRefused as exc:
+        manifest, refused = exc.manifest, exc.refused
     except ValueError as exc:
         raise EdgeRuntimeError(str(exc)) from None
     from .timing import format_table
@@ -596,15 +606,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
         rows.append([a.file, a.format, a.precision, manifest.artifact_mb(a),
                      f"{agreement.get('cosine_mean', agreement.get('cosine', 1.0)):.4f}",
                      f"{agreement.get('cosine', 1.0):.4f}", f"{agreement.get('max_abs_diff', 0.0):.3g}",
-                     "" if control is None else _budget_cell(control)])
+                     "" if control is None else _budget_cell(control), "yes" if a.verified else "FAILED"])
     print(format_table(["artifact", "format", "precision", "MB", "cosine mean", "cosine worst", "max|diff|",
-                        "accuracy budget"], rows))
+                        "accuracy budget", "verified"], rows))
     checked = next((a.extra["fp32_agreement"].get("checked_on") for a in manifest.artifacts
                     if "checked_on" in a.extra.get("fp32_agreement", {})), None)
     if checked:
         print("cosine vs FP32 ONNX per image (lowest over outputs) on " +
               ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in checked.items()))
-    return 0
+    for line in refused:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if refused else 0
 
 
 def _budget_cell(control: dict) -> str:
@@ -701,12 +713,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.show == "yes":
             log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
         show = False
+    refused: list[str] = []
     table, outputs = run_demo(args.out, args.source, _split_list(args.to), _split_list(args.precision), args.frames,
-                              args.threads, show, progress=_progress)
+                              args.threads, show, progress=_progress, refused=refused)
     print(table)
     for kind, path in outputs.items():
         print(f"{kind}: {path}")
-    return 0
+    for line in refused:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if refused else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

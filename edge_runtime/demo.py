@@ -2,8 +2,9 @@
 
 Builds the ``demo-shapes`` package once (FP32 ONNX + INT8 ONNX, and OpenVINO / TFLite when their
 tool chains are installed; calibration images from the generator), writes the generated clip,
-runs the clip (or a camera) through every artifact for an FPS table, then writes an annotated
-video with the fastest one (or shows it in a window for a camera). Building needs the host tool
+runs the clip (or a camera) through every verified artifact for an FPS table, then writes an
+annotated video with the fastest one (or shows it in a window for a camera). An artifact that failed
+its check against FP32 is never timed or chosen; its refusal is reported. Building needs the host tool
 chain (torch); a package already built in the output folder is reused without it.
 """
 
@@ -39,8 +40,9 @@ def available_formats(wanted: list[str]) -> list[str]:
 
 
 def build_package(root: Path, formats: list[str], precisions: list[str],
-                  progress: Callable[[str], None]) -> Manifest:
-    """The demo package under ``root/package``, exported/converted only where artifacts are missing."""
+                  progress: Callable[[str], None], refused: list[str] | None = None) -> Manifest:
+    """The demo package under ``root/package``, exported/converted only where artifacts are missing;
+    a conversion that fails its check is not listed and its line is appended to ``refused``."""
     package = root / "package"
     manifest = load_manifest(package) if (package / "manifest.json").is_file() else None
     missing = [(f, p) for f in formats for p in precisions if (f, p) != ("onnx", "fp16")
@@ -48,7 +50,7 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
     if manifest is not None and not missing:
         return manifest
     try:
-        from converters.convert import convert_package
+        from converters.convert import ArtifactRefused, convert_package
         from converters.demo_data import write_split
         from converters.export_onnx import export_package
         from converters.models import get_spec
@@ -65,8 +67,13 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
         if not (calib / "train").is_dir():
             write_split(calib, "train", CALIBRATION_IMAGES)
         for fmt in dict.fromkeys(f for f, _ in missing):
-            manifest = convert_package(package, [fmt], [p for f, p in missing if f == fmt], calib=calib / "train",
-                                       calib_size=CALIBRATION_IMAGES, progress=progress)
+            try:
+                manifest = convert_package(package, [fmt], [p for f, p in missing if f == fmt],
+                                           calib=calib / "train", calib_size=CALIBRATION_IMAGES, progress=progress)
+            except ArtifactRefused as exc:
+                manifest = exc.manifest
+                if refused is not None:
+                    refused.extend(exc.refused)
     return manifest
 
 
@@ -86,6 +93,10 @@ def _time_artifacts(manifest: Manifest, formats: list[str], precisions: list[str
     for art in manifest.artifacts:
         if art.format not in formats or art.precision not in precisions:
             continue
+        if not art.verified:
+            log.warning("skipping %s %s: failed its check against FP32 (%s)", art.format, art.precision,
+                        art.verdict.describe())
+            continue
         try:
             detector = Detector(manifest.root, backend=art.format, precision=art.precision, threads=threads)
         except BackendUnavailableError as exc:
@@ -94,7 +105,7 @@ def _time_artifacts(manifest: Manifest, formats: list[str], precisions: list[str
         progress(f"running {detector.describe()}")
         runs.append((art.format, art.precision, run_pipeline(detector, open_source(source), max_frames=frames)))
     if not runs:
-        raise EdgeRuntimeError(f"{manifest.root}: no artifact can run here (install a backend: "
+        raise EdgeRuntimeError(f"{manifest.root}: no verified artifact can run here (install a backend: "
                                f"pip install 'edge-runtime[onnx]')")
     return runs
 
@@ -108,14 +119,16 @@ def fps_table(runs: list[tuple[str, str, RunSummary]]) -> str:
 
 def run_demo(out: str | Path, source: str | None, formats: list[str], precisions: list[str],
              frames: int | None, threads: int | None, show: bool,
-             progress: Callable[[str], None] = lambda msg: None) -> tuple[str, dict[str, str]]:
-    """Build, time every artifact, write the annotated result; returns (FPS table, outputs).
+             progress: Callable[[str], None] = lambda msg: None, refused: list[str] | None = None
+             ) -> tuple[str, dict[str, str]]:
+    """Build, time every verified artifact, write the annotated result with the fastest; returns (FPS
+    table, outputs). Conversions refused by their check are appended to ``refused``.
 
     ``frames`` None: the whole clip or video file; 150 for a camera or stream (per timed artifact).
     """
     root = Path(out)
     formats = available_formats(formats)
-    manifest = build_package(root, formats, precisions, progress)
+    manifest = build_package(root, formats, precisions, progress, refused)
     if source is None:
         source = str(demo_clip(root))
     elif frames is None and (source.isdigit() or "://" in source or source == "picam"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,19 @@ from .hostinfo import physical_cores
 from .manifest import Artifact, Manifest, load_manifest
 from .preprocess import ImageMeta
 
+log = logging.getLogger(__name__)
+
 
 def select_artifact(manifest: Manifest, backend: str, precision: str | None, threads: int) -> Artifact:
     """Pick the artifact to run: ``backend`` is an artifact format ("onnx", "openvino", "tflite")
-    or "auto" (the fastest runnable artifact on this host, measured once and cached)."""
+    or "auto" (the fastest runnable verified artifact on this host, measured once and cached). A named
+    artifact that failed its check against FP32 still runs, with a warning."""
     if backend != "auto":
-        return manifest.artifact(backend, precision)
+        art = manifest.artifact(backend, precision)
+        if not art.verified:  # the user asked for it by name: run it, but say it is not what was validated
+            log.warning("%s: %s has no passing check against FP32 (%s); its detections may be wrong",
+                        manifest.path, art.file, art.verdict.describe())
+        return art
     return fastest_artifact(manifest, threads, precision)
 
 
@@ -40,8 +48,8 @@ class Detector:
         self.threads = threads or physical_cores()
         self.artifact = select_artifact(self.manifest, backend, precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
-        self.backend: Backend = open_backend(path, self.artifact.format, self.threads,
-                                             {**self.artifact.extra.get("backend_options", {}), **(options or {})})
+        # options come from the caller (CLI flags, a target profile), never from the package
+        self.backend: Backend = open_backend(path, self.artifact.format, self.threads, options)
         self.input_spec = self.manifest.input_for(self.artifact)
         self.family: Family = make_family(self.manifest, self.input_spec)
         if score_threshold is not None:

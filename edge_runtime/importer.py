@@ -17,6 +17,7 @@ from typing import Any
 import edge_runtime
 
 from .backends import open_backend
+from .compare import judge
 from .errors import EdgeRuntimeError, ModelLoadError, first_line
 from .families import make_family
 from .families.base import Family
@@ -172,7 +173,7 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
     shutil.copyfile(model, target)
     digest = sha256_file(target)
     art = Artifact(file=target.name, format=fmt, precision="fp32", sha256=digest, outputs=outputs,
-                   extra={"imported": True})
+                   extra={"imported": True, "verification": judge("fp32", {"imported": True}).to_dict()})
     manifest = replace(draft, artifacts=(art,), produced_by={
         "edge_runtime": edge_runtime.__version__, "backend": backend.describe(),
         "imported_from": {"file": model.name, "sha256": digest, "format": fmt, "family": family,

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .compare import Verdict, judge
 from .errors import ManifestError, ModelLoadError
 
 FORMAT_VERSION = 1
@@ -70,6 +71,21 @@ class Artifact:
     @property
     def key(self) -> str:
         return f"{self.format}-{self.precision}"
+
+    @property
+    def verdict(self) -> Verdict:
+        """Its check against FP32: as recorded by convert/export/import (``verification``), else
+        judged from the figures an older manifest recorded."""
+        record = self.extra.get("verification")
+        if isinstance(record, dict):
+            return Verdict(record.get("passed") is True, str(record.get("check", "")), record.get("value"),
+                           record.get("threshold"))
+        return judge(self.precision, self.extra)
+
+    @property
+    def verified(self) -> bool:
+        """Passed its check: only verified artifacts are chosen by auto, demo, bench and bundles."""
+        return self.verdict.passed
 
 
 @dataclass(frozen=True)
