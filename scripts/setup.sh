@@ -4,14 +4,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[convert,onnx,openvino,tflite,validate,dev]"
+VENV=${VENV:-.venv}  # scripts/drift.sh builds a second one beside it
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+. "$VENV/bin/activate"
+# Every install is constrained by the lock (requirements/lock.txt): the versions the tests passed
+# with. EDGE_RUNTIME_UNLOCKED=1 installs the newest instead (scripts/drift.sh uses it on purpose).
+LOCK=requirements/lock.txt
+if [ "${EDGE_RUNTIME_UNLOCKED:-0}" = 1 ]; then C=(); else C=(-c "$LOCK"); fi
+pinned() {  # the locked version of $1 ('' when unlocked), as pip's ==VERSION suffix
+  [ "${#C[@]}" -gt 0 ] || return 0
+  local v; v=$(grep -i -E "^$1==" "$LOCK" | head -1 | cut -d= -f3)
+  [ -n "$v" ] || { echo "setup: $1 is not in $LOCK" >&2; exit 1; }
+  printf '==%s' "$v"
+}
+python -m pip install -q "pip==26.3"
+python -m pip install -q "${C[@]}" "torch==2.13.0"
+python -m pip install -q "${C[@]}" -e ".[convert,onnx,openvino,tflite,validate,dev]"
 # onnx2tf and tf-keras declare pins that fight numpy 2 and the rest of this environment; they run
 # fine without them (../shared/docs/toolchain.md), so they come without their dependencies
-python -m pip install -q --no-deps "onnx2tf==1.29.24" "tf-keras==2.21.0"
+python -m pip install -q --no-deps "onnx2tf$(pinned onnx2tf)" "tf-keras$(pinned tf_keras)"
 python - <<'PY'
 import cv2, onnxruntime, openvino, tensorflow, torch
 print(f"torch {torch.__version__} | onnxruntime {onnxruntime.__version__} | openvino {openvino.__version__} "
