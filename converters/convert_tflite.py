@@ -226,14 +226,22 @@ def onnx_to_keras(model: Any, input_name: str, samples: np.ndarray, source: Path
             raise EdgeRuntimeError(f"{source}: onnx2tf failed: {type(exc).__name__}: {first}") from exc
         finally:
             os.chdir(previous)
-    log_text = _ANSI.sub("", out.getvalue())
-    skipped = [line.strip() for line in log_text.splitlines() if any(s in line for s in _ONNX2TF_SKIPPED)]
+    skipped = skipped_reference_run(out.getvalue())
     if skipped:
-        lines = log_text.splitlines()
-        cause = next((lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if _ONNX2TF_SKIPPED[0] in line), "")
         raise EdgeRuntimeError(f"{source}: onnx2tf could not run the ONNX graph on the sample input and would guess "
-                               f"tensor layouts ({skipped[0][:120]}{'; ' + cause[:160] if cause else ''})")
+                               f"tensor layouts ({skipped})")
     return keras
+
+
+def skipped_reference_run(log_text: str) -> str | None:
+    """onnx2tf's warning (and the error line after it) when it skipped its ONNX reference run, from
+    its log at verbosity 'warn'; None when it ran."""
+    lines = _ANSI.sub("", log_text).splitlines()
+    for i, line in enumerate(lines):
+        if any(text in line for text in _ONNX2TF_SKIPPED):
+            cause = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            return f"{line.strip()[:120]}{'; ' + cause[:160] if cause else ''}"
+    return None
 
 
 def _tf_graph(job: ConvertJob) -> _TfGraph:
