@@ -2,7 +2,7 @@
 
 - The bundled demo model (192 px: its channel shuffles and a head tensor have channels = height =
   width, where onnx2tf guesses layouts when it cannot run its reference) converts to every format
-  and precision with agreement, and at the other input sizes the README shows (320, 352, 416).
+  and precision with agreement, and to OpenVINO and TFLite FP32 at 320.
 - NanoDet-Plus-m 320 (the README's second official size) converts to OpenVINO and TFLite FP32.
 - The gate: an artifact deliberately broken after conversion (its weights scaled) is refused with
   one line naming it, the measured figure and the threshold; it is not written, or with
@@ -90,7 +90,7 @@ def test_demo_tflite_detects_what_fp32_detects(demo_all):
         tflite = Detector(demo_all, backend="tflite", precision=precision, threads=1)
         found = want = 0
         for seed in range(6):
-            image = make_image(1000 + seed, "test", seed)[0]
+            image = make_image(1000 + seed, "val", seed)[0]
             ref, got = onnx(image), tflite(image)
             want += len(ref)
             found += sum(1 for box, cls in zip(ref.boxes, ref.class_ids)
@@ -105,8 +105,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(w * h / union) if union > 0 else 0.0
 
 
+# 352 and 416 are converted to every format and precision by test_tflite / test_openvino /
+# test_convert_onnx (YOLO-FastestV2 352, NanoDet-Plus-m 416): not repeated here for CI's time
 @pytest.mark.parametrize("model, imgsz, weights", [
-    ("demo-shapes", 320, None), ("demo-shapes", 352, None), ("demo-shapes", 416, None),
+    ("demo-shapes", 320, None),
     ("nanodet-plus-m", 320, "weights/nanodet-plus-m/nanodet-plus-m_320_coco.ckpt"),
 ])
 def test_float_conversions_agree_at_every_readme_size(tmp_path, model, imgsz, weights):
