@@ -16,6 +16,7 @@ import torch
 import edge_runtime
 from edge_runtime.compare import compare
 from edge_runtime.errors import CheckpointError
+from edge_runtime.fsutil import atomic_output
 from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import RESIZE_MODES, Artifact, Manifest, sha256_file
 
@@ -82,7 +83,8 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
     # the reference is the model as loaded, before write_onnx fuses it: parity covers the fusion too
     with torch.no_grad():
         reference = [t.numpy() for t in deploy(dummy)]
-    graph = write_onnx(deploy, dummy, onnx_path, spec.output_names, opset, simplify, progress)
+    with atomic_output(onnx_path) as tmp:  # never through a link, never a half-written model.onnx
+        graph = write_onnx(deploy, dummy, tmp, spec.output_names, opset, simplify, progress)
     import onnx
 
     progress("checking ONNX Runtime against torch")

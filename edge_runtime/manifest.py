@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError, ModelLoadError
+from .fsutil import atomic_write_text
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -149,9 +150,9 @@ class Manifest:
         }
 
     def save(self) -> Path:
+        """Write ``manifest.json`` atomically; a manifest that is a symbolic link is refused, not followed."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return self.path
+        return atomic_write_text(self.path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def sha256_file(path: Path) -> str:

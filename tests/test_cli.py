@@ -126,6 +126,17 @@ def test_export_errors_are_one_line(fixtures, tmp_path):
                                   "--out", str(tmp_path)), str(bogus))
 
 
+def test_package_refuses_a_symlink_inside_the_package(package_copy, tmp_path):
+    """A linked secret must never ship: the bundle is refused before anything is built or written."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN PRIVATE KEY-----")
+    (package_copy / "notes.txt").symlink_to(secret)
+    out = tmp_path / "bundle.tar.gz"
+    proc = run_cli("package", str(package_copy), "--target", "x86", "-o", str(out))
+    assert_one_line_error(proc, str(package_copy / "notes.txt"), "symbolic link")
+    assert not out.exists() and not list(tmp_path.glob(".bundle.tar.gz.*"))
+
+
 def test_bad_inputs_give_one_line_errors(package_copy, fixtures, tmp_path):
     image = str(fixtures(SAMPLES, "dog.jpg"))
     # a non-image file

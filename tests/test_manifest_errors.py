@@ -212,3 +212,35 @@ def test_layout_without_channel_axis(package_copy):
 def test_non_positive_std(package_copy):
     _edit(package_copy, lambda d: d["input"].__setitem__("std", [0, 1, 1]))
     assert "input.std must be positive" in _error(ManifestError, package_copy)
+
+
+# ---------------------------------------------------------------- writes never follow links
+
+def test_manifest_save_never_writes_through_a_link(package_copy, tmp_path):
+    from edge_runtime.errors import UnsafePathError
+
+    manifest = load_manifest(package_copy)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (package_copy / "manifest.json").unlink()
+    (package_copy / "manifest.json").symlink_to(victim)
+    with pytest.raises(UnsafePathError) as info:
+        manifest.save()
+    assert "symbolic link" in str(info.value) and "\n" not in str(info.value)
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in package_copy.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_autoselect_cache_write_refuses_a_link_and_atomic_writes_leave_no_temp(tmp_path):
+    from edge_runtime.fsutil import atomic_write_text
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "autoselect.json").symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):  # autoselect treats it as an unwritable package
+        atomic_write_text(tmp_path / "autoselect.json", "{}")
+    assert victim.read_text() == "precious"
+    atomic_write_text(tmp_path / "plain.json", "{}")
+    atomic_write_text(tmp_path / "plain.json", '{"a": 1}')
+    assert (tmp_path / "plain.json").read_text() == '{"a": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autoselect.json", "plain.json", "victim.txt"]
