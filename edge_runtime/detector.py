@@ -41,7 +41,7 @@ class Detector:
         self.artifact = select_artifact(self.manifest, backend, precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
         self.backend: Backend = open_backend(path, self.artifact.format, self.threads,
-                                             {**self.artifact.extra.get("backend_options", {}), **(options or {})})
+                                             dict(options or {}))
         self.input_spec = self.manifest.input_for(self.artifact)
         self.family: Family = make_family(self.manifest, self.input_spec)
         if score_threshold is not None:

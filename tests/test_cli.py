@@ -126,6 +126,20 @@ def test_export_errors_are_one_line(fixtures, tmp_path):
                                   "--out", str(tmp_path)), str(bogus))
 
 
+def test_run_never_loads_a_library_the_package_names(package_copy, fixtures, tmp_path):
+    """A stranger's package asking for a TFLite delegate: one-line error, the library's code never runs."""
+    from test_manifest_errors import build_evil_library
+
+    lib, marker = build_evil_library(tmp_path)
+    manifest_path = package_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["artifacts"][0]["backend_options"] = {"delegate": str(lib)}
+    manifest_path.write_text(json.dumps(manifest))
+    proc = run_cli("run", str(package_copy), "--source", str(fixtures(SAMPLES, "dog.jpg")))
+    assert_one_line_error(proc, str(manifest_path), "model.onnx", "'backend_options'")
+    assert not marker.exists()
+
+
 def test_package_refuses_a_symlink_inside_the_package(package_copy, tmp_path):
     """A linked secret must never ship: the bundle is refused before anything is built or written."""
     secret = tmp_path / "id_rsa"
