@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "COCO checkpoint for --imgsz (cached, sha256-checked), 'official:NAME' a named one "
                         "(see 'edge-runtime fetch --list')")
     p.add_argument("--imgsz", type=int, default=None, help="square input size [model default: 416/320/352]")
-    p.add_argument("--out", required=True, help="package folder to write")
+    p.add_argument("--out", required=True, help="package folder to write (new or empty, else --force)")
+    p.add_argument("--force", action="store_true", help="write into a --out folder that already holds files")
     p.add_argument("--classes", default=None,
                    help="class names: .txt (one per line) or NanoDet .yml [COCO names for 80-class models]")
     p.add_argument("--resize", default=None, choices=RESIZE_MODES,
@@ -422,6 +423,11 @@ def _host_tools(command: str) -> Iterator[None]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise EdgeRuntimeError(f"{out}: --out exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not args.force:  # before any work
+        raise EdgeRuntimeError(f"{out}: --out exists and is not empty (pick a new folder, or --force to write into it)")
     with _host_tools("export"):
         from converters.export_onnx import export_package
     if args.opset < 13:

@@ -123,7 +123,21 @@ def test_export_errors_are_one_line(fixtures, tmp_path):
     bogus = tmp_path / "bogus.pth"
     bogus.write_bytes(b"not a checkpoint at all")
     assert_one_line_error(run_cli("export", "--model", "yolo-fastestv2", "--weights", str(bogus),
-                                  "--out", str(tmp_path)), str(bogus))
+                                  "--out", str(tmp_path / "pkg")), str(bogus))
+
+
+def test_export_into_a_non_empty_folder_needs_force(tmp_path):
+    """Refused before any work (no torch import, nothing written); --force writes the package there."""
+    keep = tmp_path / "keep.txt"
+    keep.write_text("mine")
+    assert_one_line_error(run_cli("export", "--model", "demo-shapes", "--out", str(tmp_path)),
+                          str(tmp_path), "not empty", "--force")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    assert_one_line_error(run_cli("export", "--model", "demo-shapes", "--out", str(keep)), str(keep), "not a folder")
+    pytest.importorskip("torch")
+    proc = run_cli("export", "--model", "demo-shapes", "--out", str(tmp_path), "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "manifest.json").is_file() and keep.read_text() == "mine"
 
 
 def test_run_never_loads_a_library_the_package_names(package_copy, fixtures, tmp_path):
