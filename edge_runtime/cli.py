@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from . import __version__
 from .errors import EdgeRuntimeError
 from .manifest import RESIZE_MODES
+from .urls import redact_url
 
 log = logging.getLogger("edge_runtime")
 
@@ -645,7 +646,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.show == "yes" and not display_available():
             log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
             show = False
-        print(f"{detector.describe()}\nsource: {args.source}{' (window)' if show else ''}", file=sys.stderr)
+        print(f"{detector.describe()}\nsource: {redact_url(args.source)}{' (window)' if show else ''}", file=sys.stderr)
         summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
                                max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
                                on_result=server.publish if server else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,21 @@ def test_package_refuses_a_symlink_inside_the_package(package_copy, tmp_path):
     proc = run_cli("package", str(package_copy), "--target", "x86", "-o", str(out))
     assert_one_line_error(proc, str(package_copy / "notes.txt"), "symbolic link")
     assert not out.exists() and not list(tmp_path.glob(".bundle.tar.gz.*"))
+
+
+def test_stream_credentials_stay_out_of_logs_and_errors(package_copy):
+    from edge_runtime.urls import redact_url
+
+    assert redact_url("rtsp://user:pw@cam/stream") == "rtsp://***@cam/stream"
+    assert redact_url("http://u:p@host:8080/x?a=b@c") == "http://***@host:8080/x?a=b@c"
+    for plain in ("rtsp://cam/stream", "http://host/a@b", "0", "clip.mp4", "picam"):
+        assert redact_url(plain) == plain
+    with socket.socket() as closed:  # a port nothing listens on: the stream cannot be opened
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    proc = run_cli("run", str(package_copy), "--source", f"http://admin:hunter2@127.0.0.1:{port}/video.mjpg")
+    assert_one_line_error(proc, f"http://***@127.0.0.1:{port}/video.mjpg", "cannot be opened")
+    assert "hunter2" not in proc.stderr + proc.stdout
 
 
 def test_bad_inputs_give_one_line_errors(package_copy, fixtures, tmp_path):
