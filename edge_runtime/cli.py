@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -204,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", default=None, metavar="[HOST:]PORT",
                    help="live web view of the annotated stream and statistics; PORT alone binds 127.0.0.1, "
                         "other interfaces must be named (0.0.0.0:8080)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="with --serve: also accept requests for this host name (IP addresses and localhost always "
+                        "work; other names are refused against DNS rebinding); repeatable")
+    p.add_argument("--token", default=os.environ.get("EDGE_RUNTIME_SERVE_TOKEN"),
+                   help="with --serve: require ?token=TOKEN or 'Authorization: Bearer TOKEN' on every request "
+                        "[$EDGE_RUNTIME_SERVE_TOKEN]")
 
     p = sub.add_parser("fetch", help="download official pretrained weights into the cache (host)",
                        description="Download official checkpoints (sha256-verified, cached in $EDGE_RUNTIME_CACHE or "
@@ -635,8 +642,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.serve:  # bind first: a busy port fails before the model and camera are opened
             from .serve import FrameServer, parse_address
 
-            server = cleanup.enter_context(FrameServer(parse_address(args.serve)))
-            print(f"live view: {server.url}", file=sys.stderr, flush=True)
+            server = cleanup.enter_context(FrameServer(parse_address(args.serve), tuple(args.allow_host), args.token))
+            print(f"live view: {server.url}", file=sys.stderr, flush=True)  # the token is not printed
         backend, precision, threads, options = _runtime_choice(args)
         detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
                             options=options, score_threshold=args.conf, nms_iou=args.iou)
