@@ -207,7 +207,14 @@ def _int(value: Any, low: int, high: int) -> bool:
 
 def _check_shape(where: str, field: str, shape: Any) -> None:
     if not isinstance(shape, list) or len(shape) != 4 or not all(_int(v, 1, MAX_INPUT_SIDE) for v in shape):
-        raise ManifestError(f"{where}: {field} must be 4 positive integers of at most {MAX_INPUT_SIDE}, got {shape}")
+        raise ManifestError(f"{where}: {field} must be 4 positive integers of at most {MAX_INPUT_SIDE}, "
+                            f"got {_short(shape)}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``value`` as quoted in an error: a hostile manifest's huge list must not become a huge line."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _non_finite(node: Any) -> bool:
@@ -254,7 +261,7 @@ def _check_numbers(where: str, data: dict[str, Any]) -> None:
                                                               for m in v), "a list of lists of anchor indices"))
     for key, ok, wanted in checks:
         if key in dec and not ok(dec[key]):
-            raise ManifestError(f"{where}: decoder.{key} must be {wanted}, got {dec[key]}")
+            raise ManifestError(f"{where}: decoder.{key} must be {wanted}, got {_short(dec[key])}")
 
 
 def _flat_numbers(value: Any, positive: bool) -> bool:

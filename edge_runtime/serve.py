@@ -115,6 +115,9 @@ class FrameServer:
                  client_timeout: float = CLIENT_TIMEOUT_S) -> None:
         self.allow_hosts, self.token, self.client_timeout = tuple(allow_hosts), token or None, client_timeout
         self._streams = threading.BoundedSemaphore(max_streams)
+        self._bound_host = address[0]  # as given: the server keeps only the resolved IP of a host name
+        if address[0] in ("0.0.0.0", "::", "") and not self.token:
+            log.warning("web view on every interface without --token: anyone on the network can watch")
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._seq = 0
@@ -221,8 +224,7 @@ class FrameServer:
             def do_GET(self) -> None:  # http.server's name
                 parts = urlsplit(self.path)
                 path = parts.path
-                bound = str(server.httpd.server_address[0])
-                if not host_allowed(self.headers.get("Host"), bound, server.allow_hosts):
+                if not host_allowed(self.headers.get("Host"), server._bound_host, server.allow_hosts):
                     self._refuse(HTTPStatus.FORBIDDEN, "unknown Host header (DNS rebinding?); "
                                                        "start the run with --allow-host NAME to accept it")
                 elif server.token and not self._authorised(parts.query):

@@ -20,7 +20,7 @@ from test_cli import REPO, assert_one_line_error, run_cli
 from edge_runtime import Detector
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.pipeline import run_pipeline
-from edge_runtime.serve import BOUNDARY, FrameServer, parse_address
+from edge_runtime.serve import BOUNDARY, FrameServer, host_allowed, parse_address
 from edge_runtime.sources import open_source
 
 VIDEO = "video/vtest.avi"
@@ -173,6 +173,15 @@ def test_host_header_must_name_this_server():
             assert status == 403 and b"--allow-host" in body, host
         assert _request(server, "/", {"Host": "evil.example"})[0] == 403
         assert _request(server, "/stream.mjpg", {"Host": "evil.example"})[0] == 403
+
+
+def test_host_rules_when_bound_to_every_interface_or_by_name():
+    """The rule itself (no server on 0.0.0.0 in tests): IP literals always, names only when allowed or bound."""
+    assert host_allowed("192.168.1.20:8080", "0.0.0.0") and host_allowed("[fe80::1]:8080", "::")
+    assert not host_allowed("mypi.local:8080", "0.0.0.0")
+    assert host_allowed("mypi.local:8080", "0.0.0.0", ("mypi.local",))
+    assert host_allowed("mypi.local:8080", "mypi.local") and not host_allowed("evil.example", "mypi.local")
+    assert not host_allowed(None, "127.0.0.1") and not host_allowed("", "127.0.0.1")
 
 
 def test_token_is_required_when_set():
