@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import UnsafePathError
 
 
-def refuse_link(path: Path) -> None:
+def refuse_link(path: str | Path) -> None:
     """One-line error when ``path`` is a symbolic link (dangling ones included)."""
     if Path(path).is_symlink():
         raise UnsafePathError(f"{path}: is a symbolic link; refusing to write through it")
