@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.fsutil import atomic_write_bytes
 from edge_runtime.hostinfo import package_version
 
 from .accuracy import Runner, float_prefix_search
@@ -750,7 +751,7 @@ def convert_tflite(job: ConvertJob) -> ConvertResult:
         raise EdgeRuntimeError(f"no TFLite conversion for precision {job.precision!r}")
     content, outputs = _finish(content, graph, role_order)
     name = f"model_{job.precision}.tflite"
-    (job.out_dir / name).write_bytes(content)
+    atomic_write_bytes(job.out_dir / name, content)  # temp file + os.replace: never through a link
     h, w = job.manifest.input.size_hw
     extra = {
         "input": {"name": graph.input_name, "shape": [1, h, w, 3], "layout": "NHWC"},

@@ -16,6 +16,7 @@ import torch
 import edge_runtime
 from edge_runtime.compare import compare, judge
 from edge_runtime.errors import CheckpointError, EdgeRuntimeError
+from edge_runtime.fsutil import atomic_output
 from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import RESIZE_MODES, Artifact, Manifest, sha256_file
 
@@ -82,19 +83,18 @@ def export_package(model: str, weights: str | Path | None, out: str | Path, imgs
     # the reference is the model as loaded, before write_onnx fuses it: parity covers the fusion too
     with torch.no_grad():
         reference = [t.numpy() for t in deploy(dummy)]
-    graph = write_onnx(deploy, dummy, onnx_path, spec.output_names, opset, simplify, progress)
     import onnx
-
-    progress("checking ONNX Runtime against torch")
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    parity = compare(reference, session.run(list(spec.output_names), {"input": dummy.numpy()}))
-    verdict = judge("fp32", {"parity_vs_torch": parity})
-    if not verdict.passed:  # an ONNX graph that disagrees with its torch model is never listed
-        del session
-        onnx_path.unlink()
-        raise EdgeRuntimeError(f"{onnx_path}: refused: {verdict.describe()}")
+    # never through a link, never half-written, and moved in only when it agrees with torch
+    with atomic_output(onnx_path) as tmp:
+        graph = write_onnx(deploy, dummy, tmp, spec.output_names, opset, simplify, progress)
+        progress("checking ONNX Runtime against torch")
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        parity = compare(reference, session.run(list(spec.output_names), {"input": dummy.numpy()}))
+        verdict = judge("fp32", {"parity_vs_torch": parity})
+        if not verdict.passed:
+            raise EdgeRuntimeError(f"{onnx_path}: refused: {verdict.describe()}")
 
     manifest = Manifest(
         root=out, family=spec.family, name=spec.name, class_names=tuple(names),

@@ -13,6 +13,7 @@ import numpy as np
 
 from .backends import installed_backends, open_backend
 from .errors import ModelLoadError
+from .fsutil import atomic_write_text
 from .hostinfo import cpu_summary
 from .manifest import Artifact, Manifest
 
@@ -73,7 +74,7 @@ def fastest_artifact(manifest: Manifest, threads: int, precision: str | None = N
         cache[key] = entry
         log.info("auto backend: %s", ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(timings.items(), key=lambda kv: kv[1])))
         try:
-            cache_path.write_text(json.dumps(cache, indent=2))
+            atomic_write_text(cache_path, json.dumps(cache, indent=2))  # a linked cache is refused (an OSError)
         except OSError:  # a read-only package still works, it just measures again next time
             log.debug("cannot cache the auto choice in %s", cache_path)
     return next(a for a in choices if a.key == entry["choice"])

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import BACKENDS
-from .errors import EdgeRuntimeError, first_line
+from .errors import EdgeRuntimeError, UnsafePathError, first_line
+from .fsutil import atomic_output
 from .hostinfo import package_version
 from .manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, sha256_file
 from .targets import Target, load_target
@@ -60,7 +61,7 @@ def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = 
         _write_script(stage / "run.sh", run_script(profile.name))
         write_sha256sums(stage)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(out, "w:gz") as tar:
+        with atomic_output(out) as tmp_out, tarfile.open(tmp_out, "w:gz") as tar:
             tar.add(stage, arcname=top, filter=_normalise)
     progress(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB)")
     return out
@@ -92,7 +93,12 @@ def _copy_package(manifest: Manifest, kept: list[Artifact], dst: Path) -> None:
     dropped = {p.resolve() for a in manifest.artifacts for p in manifest.artifact_files(a)} - keep_files
     for art in kept:
         manifest.artifact_path(art, verify=True)  # a corrupt source package must not be shipped
-    for src in sorted(manifest.root.rglob("*")):
+    entries = sorted(manifest.root.rglob("*"))
+    # a link would ship whatever it points at (a key, a home folder) inside the bundle: refuse, before copying
+    if link := next((p for p in [manifest.path, *entries] if p.is_symlink()), None):
+        raise UnsafePathError(f"{link}: symbolic link inside the package; refusing to bundle it (replace it "
+                              f"with the file itself or remove it)")
+    for src in entries:
         if src.is_dir() or src.resolve() in dropped or src == manifest.path:
             continue
         if "__pycache__" in src.parts:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 from . import __version__
 from .errors import EdgeRuntimeError
 from .manifest import RESIZE_MODES
+from .urls import redact_url
 
 log = logging.getLogger("edge_runtime")
 
@@ -109,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "COCO checkpoint for --imgsz (cached, sha256-checked), 'official:NAME' a named one "
                         "(see 'edge-runtime fetch --list')")
     p.add_argument("--imgsz", type=int, default=None, help="square input size [model default: 416/320/352]")
-    p.add_argument("--out", required=True, help="package folder to write")
+    p.add_argument("--out", required=True, help="package folder to write (new or empty, else --force)")
+    p.add_argument("--force", action="store_true", help="write into a --out folder that already holds files")
     p.add_argument("--classes", default=None,
                    help="class names: .txt (one per line) or NanoDet .yml [COCO names for 80-class models]")
     p.add_argument("--resize", default=None, choices=RESIZE_MODES,
@@ -208,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", default=None, metavar="[HOST:]PORT",
                    help="live web view of the annotated stream and statistics; PORT alone binds 127.0.0.1, "
                         "other interfaces must be named (0.0.0.0:8080)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="with --serve: also accept requests for this host name (IP addresses and localhost always "
+                        "work; other names are refused against DNS rebinding); repeatable")
+    p.add_argument("--token", default=os.environ.get("EDGE_RUNTIME_SERVE_TOKEN"),
+                   help="with --serve: require ?token=TOKEN or 'Authorization: Bearer TOKEN' on every request "
+                        "[$EDGE_RUNTIME_SERVE_TOKEN]")
 
     p = sub.add_parser("fetch", help="download official pretrained weights into the cache (host)",
                        description="Download official checkpoints (sha256-verified, cached in $EDGE_RUNTIME_CACHE or "
@@ -428,6 +437,11 @@ def _host_tools(command: str) -> Iterator[None]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise EdgeRuntimeError(f"{out}: --out exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not args.force:  # before any work
+        raise EdgeRuntimeError(f"{out}: --out exists and is not empty (pick a new folder, or --force to write into it)")
     with _host_tools("export"):
         from converters.export_onnx import export_package
     if args.opset < 13:
@@ -640,8 +654,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.serve:  # bind first: a busy port fails before the model and camera are opened
             from .serve import FrameServer, parse_address
 
-            server = cleanup.enter_context(FrameServer(parse_address(args.serve)))
-            print(f"live view: {server.url}", file=sys.stderr, flush=True)
+            server = cleanup.enter_context(FrameServer(parse_address(args.serve), tuple(args.allow_host), args.token))
+            print(f"live view: {server.url}", file=sys.stderr, flush=True)  # the token is not printed
         backend, precision, threads, options = _runtime_choice(args)
         detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
                             options=options, score_threshold=args.conf, nms_iou=args.iou)
@@ -651,7 +665,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.show == "yes" and not display_available():
             log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
             show = False
-        print(f"{detector.describe()}\nsource: {args.source}{' (window)' if show else ''}", file=sys.stderr)
+        print(f"{detector.describe()}\nsource: {redact_url(args.source)}{' (window)' if show else ''}", file=sys.stderr)
         summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
                                max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
                                on_result=server.publish if server else None)

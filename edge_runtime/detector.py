@@ -49,7 +49,7 @@ class Detector:
         self.artifact = select_artifact(self.manifest, backend, precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
         # options come from the caller (CLI flags, a target profile), never from the package
-        self.backend: Backend = open_backend(path, self.artifact.format, self.threads, options)
+        self.backend: Backend = open_backend(path, self.artifact.format, self.threads, dict(options or {}))
         self.input_spec = self.manifest.input_for(self.artifact)
         self.family: Family = make_family(self.manifest, self.input_spec)
         if score_threshold is not None:

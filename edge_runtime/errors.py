@@ -30,3 +30,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """A library exception's first line (or its type), to quote inside our one-line messages."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+class UnsafePathError(EdgeRuntimeError, OSError):
+    """A write would go through a symbolic link (or a path escapes its package). Also an OSError, so
+    callers that tolerate an unwritable file (the autoselect cache) treat it as one."""

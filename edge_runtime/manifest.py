@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .compare import Verdict, judge
 from .errors import ManifestError, ModelLoadError
+from .fsutil import atomic_write_text
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -41,6 +43,20 @@ _REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("artifacts", list),
 )
 _ARTIFACT_REQUIRED = (("file", str), ("format", str), ("precision", str), ("sha256", str), ("outputs", list))
+
+# A package is data from whoever made it: nothing in it may choose a native library (TFLite delegate),
+# an execution provider, a profiler output path or a plugin config. Those come from the CLI or a target
+# profile. Every key a backend reads as an option (backends/*.py), plus the obvious containers.
+BACKEND_KEYS = frozenset({"backend_options", "options", "delegate", "delegate_options", "device", "devices",
+                          "provider_options", "providers", "execution_provider", "profile_prefix", "config",
+                          "graph_optimization", "inference_precision", "performance_hint", "library"})
+# Artifact keys naming a file of the package (besides ``file``): they must resolve inside it.
+_FILE_KEYS = ("weights_file",)
+# Bounds that no real detector reaches but that keep a hostile manifest from asking for absurd buffers.
+MAX_INPUT_SIDE = 8192
+MAX_CLASSES = 10_000
+MAX_DETECTIONS = 100_000
+MAX_REG_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -165,9 +181,9 @@ class Manifest:
         }
 
     def save(self) -> Path:
+        """Write ``manifest.json`` atomically; a manifest that is a symbolic link is refused, not followed."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return self.path
+        return atomic_write_text(self.path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def sha256_file(path: Path) -> str:
@@ -197,6 +213,105 @@ def _check(where: str, data: dict[str, Any], required: tuple[tuple[str, Any], ..
             raise ManifestError(f"{where}: field '{dotted}' has the wrong type ({type(value).__name__})")
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_shape(where: str, field: str, shape: Any) -> None:
+    if not isinstance(shape, list) or len(shape) != 4 or not all(_int(v, 1, MAX_INPUT_SIDE) for v in shape):
+        raise ManifestError(f"{where}: {field} must be 4 positive integers of at most {MAX_INPUT_SIDE}, "
+                            f"got {_short(shape)}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``value`` as quoted in an error: a hostile manifest's huge list must not become a huge line."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _non_finite(node: Any) -> bool:
+    """True when a NaN or an infinity hides anywhere in ``node`` (json.loads accepts NaN and Infinity)."""
+    if isinstance(node, float):
+        return not math.isfinite(node)
+    if isinstance(node, dict):
+        return any(_non_finite(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_non_finite(v) for v in node)
+    return False
+
+
+def _check_numbers(where: str, data: dict[str, Any]) -> None:
+    """Every number the runtime reads (input, classes, postprocess, each family's decoder fields) is finite and
+    in range, so a damaged or hostile manifest fails here in one line, not as a NaN box or a huge allocation."""
+    if _non_finite([data["model"], data["input"], data["decoder"], data["postprocess"]]):
+        raise ManifestError(f"{where}: model, input, decoder or postprocess holds NaN or Infinity "
+                            f"(every number must be finite)")
+    model, pp, dec = data["model"], data["postprocess"], data["decoder"]
+    names = model["class_names"]
+    if not names or len(names) > MAX_CLASSES or not all(isinstance(n, str) for n in names):
+        raise ManifestError(f"{where}: model.class_names must be 1 to {MAX_CLASSES} strings")
+    if "num_classes" in model and model["num_classes"] != len(names):
+        raise ManifestError(f"{where}: model.num_classes {model['num_classes']} does not match the "
+                            f"{len(names)} entries of model.class_names")
+    for key in ("score_threshold", "nms_iou"):
+        if not 0.0 <= pp[key] <= 1.0:
+            raise ManifestError(f"{where}: postprocess.{key} must be in [0, 1], got {pp[key]}")
+    if not _int(pp["max_detections"], 1, MAX_DETECTIONS):
+        raise ManifestError(f"{where}: postprocess.max_detections must be 1 to {MAX_DETECTIONS}, "
+                            f"got {pp['max_detections']}")
+    # decoder fields of the families in families/*.py, checked where present (each family says what it needs)
+    checks = (("strides", lambda v: isinstance(v, list) and v and all(_int(s, 1, MAX_INPUT_SIDE) for s in v),
+               f"a non-empty list of positive integers of at most {MAX_INPUT_SIDE}"),
+              ("reg_max", lambda v: _int(v, 0, MAX_REG_MAX), f"an integer from 0 to {MAX_REG_MAX}"),
+              ("anchors_per_cell", lambda v: _int(v, 1, 64), "an integer from 1 to 64"),
+              ("anchor_num", lambda v: _int(v, 1, 64), "an integer from 1 to 64"),
+              ("max_detections", lambda v: _int(v, 0, MAX_DETECTIONS), f"an integer from 0 to {MAX_DETECTIONS}"),
+              ("center_offset", lambda v: _number(v) and -1.0 <= v <= 1.0, "a number in [-1, 1]"),
+              ("anchors", lambda v: _flat_numbers(v, positive=True), "a list of positive numbers (or of pairs)"),
+              ("scale_x_y", lambda v: _flat_numbers(v, positive=True), "a list of positive numbers"),
+              ("masks", lambda v: isinstance(v, list) and all(isinstance(m, list) and all(_int(i, 0, 1000) for i in m)
+                                                              for m in v), "a list of lists of anchor indices"))
+    for key, ok, wanted in checks:
+        if key in dec and not ok(dec[key]):
+            raise ManifestError(f"{where}: decoder.{key} must be {wanted}, got {_short(dec[key])}")
+
+
+def _flat_numbers(value: Any, positive: bool) -> bool:
+    """A non-empty list of finite numbers, possibly nested one level (anchor pairs)."""
+    if not isinstance(value, list) or not value:
+        return False
+    flat = [x for v in value for x in (v if isinstance(v, list) else [v])]
+    return all(_number(x) and (x > 0 or not positive) for x in flat)
+
+
+def _check_no_backend_keys(where: str, node: dict[str, Any], what: str) -> None:
+    bad = sorted(BACKEND_KEYS & set(node))
+    if bad:
+        raise ManifestError(f"{where}: {what} sets {bad[0]!r}; a package cannot choose backend libraries, "
+                            f"providers, profiler paths or configs (use the CLI options or --target)")
+
+
+def _check_package_path(where: str, root: Path, art_name: str, key: str, rel: Any) -> None:
+    """``rel`` names a file inside the package: relative, no '..', and no symbolic link on the way (a link
+    could point a checksum-verified load, a bundle or a write at any file of the device)."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        raise ManifestError(f"{where}: artifact {art_name} {key} {rel!r} is not a plain relative file name")
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts:
+        raise ManifestError(f"{where}: artifact {art_name} {key} {rel!r} points outside the package "
+                            f"(absolute paths and '..' are refused)")
+    node = root
+    for part in parts:
+        node = node / part
+        if node.is_symlink():
+            raise ManifestError(f"{where}: artifact {art_name} {key} {rel!r}: {node} is a symbolic link "
+                                f"(package files must be regular files inside the package)")
+
+
 def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
     where = str(root / MANIFEST_NAME)
     if not isinstance(data, dict):
@@ -205,12 +320,15 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
     if data["format_version"] > FORMAT_VERSION:
         raise ManifestError(f"{where}: format_version {data['format_version']} is newer than this "
                             f"edge-runtime understands ({FORMAT_VERSION}); upgrade edge-runtime")
+    _check_no_backend_keys(where, data, "the manifest")
     inp = data["input"]
     for key, kind in (("shape", int), ("mean", (int, float)), ("std", (int, float))):
         if not all(isinstance(v, kind) and not isinstance(v, bool) for v in inp[key]):
             raise ManifestError(f"{where}: input.{key} must hold numbers, got {inp[key]}")
+    _check_numbers(where, data)
     if len(inp["shape"]) != 4 or inp["layout"] not in ("NCHW", "NHWC"):
         raise ManifestError(f"{where}: input.shape must have 4 dims and input.layout be NCHW or NHWC")
+    _check_shape(where, "input.shape", inp["shape"])
     if inp["shape"][1 if inp["layout"] == "NCHW" else 3] != 3:
         raise ManifestError(f"{where}: input.shape {inp['shape']} has no 3-channel axis where layout "
                             f"{inp['layout']} puts it")
@@ -225,6 +343,12 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
     artifacts = []
     for i, art in enumerate(data["artifacts"]):
         _check(f"{where} artifacts[{i}]", art, _ARTIFACT_REQUIRED)
+        _check_no_backend_keys(where, art, f"artifact {art['file']!r}")
+        for key in ("file", *_FILE_KEYS):
+            if key in art:
+                _check_package_path(where, root, repr(art["file"]), key, art[key])
+        if isinstance(art.get("input"), dict) and "shape" in art["input"]:
+            _check_shape(where, f"artifact {art['file']!r} input.shape", art["input"]["shape"])
         known = {k for k, _ in _ARTIFACT_REQUIRED}
         artifacts.append(Artifact(file=art["file"], format=art["format"], precision=art["precision"],
                                   sha256=art["sha256"], outputs=tuple(art["outputs"]),

@@ -3,14 +3,27 @@
 Standard library only (``http.server``). Routes: ``/`` (a page showing both), ``/stream.mjpg``
 (multipart/x-mixed-replace JPEG frames: always the newest frame, never a backlog) and
 ``/stats.json``. Binds to 127.0.0.1 unless another address is given explicitly.
+
+Hardening, because a browser on the same machine or network can reach it:
+
+- Host header: IP literals, ``localhost`` names and the bound host name are accepted, plus the names given
+  with ``--allow-host``; any other name is refused (403). A DNS-rebinding page reaches the server under its
+  own domain name, so it is refused even though the browser connects to 127.0.0.1.
+- ``--token``: when set, every request needs ``?token=...`` or ``Authorization: Bearer ...`` (else 401); the
+  page passes its own ``?token=`` on to the stream and the statistics.
+- At most ``max_streams`` MJPEG viewers at once (503 beyond), and each connection has a socket timeout, so
+  idle or stalled clients cannot hold threads and sockets forever.
 """
 
 from __future__ import annotations
 
 import errno
+import hmac
+import ipaddress
 import json
 import logging
 import threading
+from urllib.parse import parse_qs, urlsplit
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -25,16 +38,21 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 BOUNDARY = "edge-runtime-frame"
 JPEG_QUALITY = 80
+MAX_STREAMS = 4  # concurrent MJPEG viewers; each one holds a thread and a socket
+CLIENT_TIMEOUT_S = 30.0  # a client silent (or not reading) this long is dropped
+_LOCAL_NAMES = ("localhost", "localhost.localdomain")
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>edge-runtime</title>
 <style>body{font-family:sans-serif;margin:1em;background:#111;color:#eee}img{max-width:100%}
 pre{font-size:14px}</style></head>
-<body><img src="/stream.mjpg" alt="live stream"><pre id="stats">waiting for the first frame...</pre>
+<body><img id="stream" alt="live stream"><pre id="stats">waiting for the first frame...</pre>
 <script>
+// the page's own ?token=... goes on to the stream and the statistics
+document.getElementById("stream").src = "/stream.mjpg" + location.search;
 async function poll() {
   try {
-    const s = await (await fetch("/stats.json", {cache: "no-store"})).json();
+    const s = await (await fetch("/stats.json" + location.search, {cache: "no-store"})).json();
     const stages = Object.entries(s.stages_ms || {}).map(([k, v]) => k + " " + v.toFixed(1) + " ms").join(", ");
     const dets = (s.detections || []).map(d => d.label + " " + d.score.toFixed(2)).join(", ");
     const totals = s.class_totals || {};
@@ -61,14 +79,45 @@ def parse_address(spec: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def host_allowed(header: str | None, bound: str, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a request's Host header names this server: an IP literal, a localhost name, the bound host
+    or one of ``allowed`` (``--allow-host``). Names are what DNS rebinding forges, literals it cannot."""
+    if not header:
+        return False
+    host = header.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return host in _LOCAL_NAMES or host.endswith(".localhost") or host == bound.lower() or \
+        host in {a.lower().rstrip(".") for a in allowed}
+
+
 class FrameServer:
     """Holds the newest annotated frame and statistics; serves them over HTTP in its own threads.
 
-    >>> with FrameServer(("127.0.0.1", 8080)) as server:
+    >>> with FrameServer(("127.0.0.1", 8080), token="s3cret") as server:
     ...     run_pipeline(detector, source, on_result=server.publish)
+
+    ``allow_hosts``: extra Host names to accept (a device's DNS name when bound to 0.0.0.0); ``token``:
+    required on every request when set; ``max_streams``: concurrent MJPEG viewers; ``client_timeout``:
+    seconds a connection may stay silent or stop reading.
     """
 
-    def __init__(self, address: tuple[str, int] = (DEFAULT_HOST, 8080)) -> None:
+    def __init__(self, address: tuple[str, int] = (DEFAULT_HOST, 8080), allow_hosts: tuple[str, ...] = (),
+                 token: str | None = None, max_streams: int = MAX_STREAMS,
+                 client_timeout: float = CLIENT_TIMEOUT_S) -> None:
+        self.allow_hosts, self.token, self.client_timeout = tuple(allow_hosts), token or None, client_timeout
+        self._streams = threading.BoundedSemaphore(max_streams)
+        self._bound_host = address[0]  # as given: the server keeps only the resolved IP of a host name
+        if address[0] in ("0.0.0.0", "::", "") and not self.token:
+            log.warning("web view on every interface without --token: anyone on the network can watch")
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._seq = 0
@@ -142,6 +191,8 @@ class FrameServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = server.client_timeout  # StreamRequestHandler sets it on the socket: reads and writes
+
             def log_message(self, format: str, *args: Any) -> None:  # the base class's signature
                 log.debug("web view: " + format, *args)
 
@@ -153,14 +204,45 @@ class FrameServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _refuse(self, status: HTTPStatus, why: str, headers: dict[str, str] | None = None) -> None:
+                body = f"{why}\n".encode()
+                self.send_response(status)
+                for key, value in {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
+                                   "Connection": "close", **(headers or {})}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def _authorised(self, query: str) -> bool:
+                given = parse_qs(query).get("token", [""])[0]
+                scheme, _, bearer = (self.headers.get("Authorization") or "").partition(" ")
+                if scheme.lower() == "bearer":
+                    given = given or bearer.strip()
+                return hmac.compare_digest(given.encode(), server.token.encode())
+
             def do_GET(self) -> None:  # http.server's name
-                path = self.path.split("?", 1)[0]
-                if path == "/":
+                parts = urlsplit(self.path)
+                path = parts.path
+                if not host_allowed(self.headers.get("Host"), server._bound_host, server.allow_hosts):
+                    self._refuse(HTTPStatus.FORBIDDEN, "unknown Host header (DNS rebinding?); "
+                                                       "start the run with --allow-host NAME to accept it")
+                elif server.token and not self._authorised(parts.query):
+                    self._refuse(HTTPStatus.UNAUTHORIZED, "token required (?token=... or Authorization: Bearer)",
+                                 {"WWW-Authenticate": "Bearer"})
+                elif path == "/":
                     self._send(PAGE.encode(), "text/html; charset=utf-8")
                 elif path == "/stats.json":
                     self._send(json.dumps(server.stats()).encode(), "application/json")
                 elif path == "/stream.mjpg":
-                    self._stream()
+                    if not server._streams.acquire(blocking=False):
+                        self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "too many viewers, try again later",
+                                     {"Retry-After": "5"})
+                        return
+                    try:
+                        self._stream()
+                    finally:
+                        server._streams.release()
                 else:
                     self.send_error(HTTPStatus.NOT_FOUND)
 
@@ -179,7 +261,7 @@ class FrameServer:
                         self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                                          f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
                         self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):  # the viewer closed the page
-                    pass
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):  # closed the page, or stopped reading
+                    self.close_connection = True
 
         return Handler

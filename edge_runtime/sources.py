@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .errors import SourceError, first_line
+from .urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def open_source(spec: str) -> Source:
         except SourceError:
             raise SourceError(f"camera {spec}: cannot be opened (no such device, or it is busy)") from None
     if spec.lower().startswith(STREAM_SCHEMES):
-        return LiveSource(spec, spec)
+        return LiveSource(spec, redact_url(spec))  # the name shows in logs, stats and JSON: no password there
     path = Path(spec)
     if path.is_dir():
         return ImageFiles(image_files(path), path.name, strict=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,61 @@ def test_export_errors_are_one_line(fixtures, tmp_path):
     bogus = tmp_path / "bogus.pth"
     bogus.write_bytes(b"not a checkpoint at all")
     assert_one_line_error(run_cli("export", "--model", "yolo-fastestv2", "--weights", str(bogus),
-                                  "--out", str(tmp_path)), str(bogus))
+                                  "--out", str(tmp_path / "pkg")), str(bogus))
+
+
+def test_export_into_a_non_empty_folder_needs_force(tmp_path):
+    """Refused before any work (no torch import, nothing written); --force writes the package there."""
+    keep = tmp_path / "keep.txt"
+    keep.write_text("mine")
+    assert_one_line_error(run_cli("export", "--model", "demo-shapes", "--out", str(tmp_path)),
+                          str(tmp_path), "not empty", "--force")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    assert_one_line_error(run_cli("export", "--model", "demo-shapes", "--out", str(keep)), str(keep), "not a folder")
+    pytest.importorskip("torch")
+    proc = run_cli("export", "--model", "demo-shapes", "--out", str(tmp_path), "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "manifest.json").is_file() and keep.read_text() == "mine"
+
+
+def test_run_never_loads_a_library_the_package_names(package_copy, fixtures, tmp_path):
+    """A stranger's package asking for a TFLite delegate: one-line error, the library's code never runs."""
+    from test_manifest_errors import build_evil_library
+
+    lib, marker = build_evil_library(tmp_path)
+    manifest_path = package_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["artifacts"][0]["backend_options"] = {"delegate": str(lib)}
+    manifest_path.write_text(json.dumps(manifest))
+    proc = run_cli("run", str(package_copy), "--source", str(fixtures(SAMPLES, "dog.jpg")))
+    assert_one_line_error(proc, str(manifest_path), "model.onnx", "'backend_options'")
+    assert not marker.exists()
+
+
+def test_package_refuses_a_symlink_inside_the_package(package_copy, tmp_path):
+    """A linked secret must never ship: the bundle is refused before anything is built or written."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN PRIVATE KEY-----")
+    (package_copy / "notes.txt").symlink_to(secret)
+    out = tmp_path / "bundle.tar.gz"
+    proc = run_cli("package", str(package_copy), "--target", "x86", "-o", str(out))
+    assert_one_line_error(proc, str(package_copy / "notes.txt"), "symbolic link")
+    assert not out.exists() and not list(tmp_path.glob(".bundle.tar.gz.*"))
+
+
+def test_stream_credentials_stay_out_of_logs_and_errors(package_copy):
+    from edge_runtime.urls import redact_url
+
+    assert redact_url("rtsp://user:pw@cam/stream") == "rtsp://***@cam/stream"
+    assert redact_url("http://u:p@host:8080/x?a=b@c") == "http://***@host:8080/x?a=b@c"
+    for plain in ("rtsp://cam/stream", "http://host/a@b", "0", "clip.mp4", "picam"):
+        assert redact_url(plain) == plain
+    with socket.socket() as closed:  # a port nothing listens on: the stream cannot be opened
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    proc = run_cli("run", str(package_copy), "--source", f"http://admin:hunter2@127.0.0.1:{port}/video.mjpg")
+    assert_one_line_error(proc, f"http://***@127.0.0.1:{port}/video.mjpg", "cannot be opened")
+    assert "hunter2" not in proc.stderr + proc.stdout
 
 
 def test_bad_inputs_give_one_line_errors(package_copy, fixtures, tmp_path):

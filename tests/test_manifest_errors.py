@@ -24,6 +24,18 @@ def _edit(pkg: Path, change) -> Path:
     return path
 
 
+def _setter(dotted: str, value):
+    """A change for ``_edit`` that sets the manifest field ``dotted`` (e.g. "input.shape") to ``value``."""
+    def put(data):
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+
+    return put
+
+
 def _error(exc_type, pkg: Path) -> str:
     """Open ``pkg`` with Detector, expect ``exc_type``; return its (single-line) message."""
     with pytest.raises(exc_type) as info:
@@ -91,6 +103,28 @@ def test_no_manifest_and_no_folder(package_copy, tmp_path):
     assert str(missing) in _error(ManifestError, missing)
 
 
+# every number is finite and in range: NaN, negative, zero or absurd sizes fail at load, in one line
+BAD_NUMBERS = [
+    ("input.shape", [1, 3, -416, 416], ["input.shape", "positive"]),
+    ("input.shape", [1, 3, 0, 416], ["input.shape"]),
+    ("input.shape", [1, 3, 100000, 416], ["input.shape", "8192"]),
+    ("input.mean", [float("nan"), 116.28, 123.675], ["NaN"]),
+    ("input.std", [float("inf"), 57.12, 58.395], ["NaN or Infinity"]),
+    ("decoder.strides", [0, 16, 32, 64], ["decoder.strides"]),
+    ("decoder.strides", [8, 16, 32.5, 64], ["decoder.strides"]),
+    ("decoder.strides", [], ["decoder.strides"]),
+    ("decoder.reg_max", -1, ["decoder.reg_max"]),
+    ("decoder.reg_max", 7.5, ["decoder.reg_max"]),
+    ("decoder.center_offset", float("nan"), ["NaN"]),
+    ("postprocess.score_threshold", 1.5, ["postprocess.score_threshold", "[0, 1]"]),
+    ("postprocess.nms_iou", -0.1, ["postprocess.nms_iou"]),
+    ("postprocess.max_detections", 0, ["postprocess.max_detections"]),
+    ("postprocess.max_detections", 10**9, ["postprocess.max_detections"]),
+    ("model.num_classes", 81, ["model.num_classes 81", "80"]),
+    ("model.class_names", [], ["model.class_names"]),
+]
+
+
 @pytest.mark.parametrize("field, value, words", [
     ("input.mean", "0,0,0", ["input.mean", "wrong type"]),
     ("postprocess.max_detections", 1.5, ["postprocess.max_detections", "wrong type"]),
@@ -101,16 +135,9 @@ def test_no_manifest_and_no_folder(package_copy, tmp_path):
     ("input.shape", [3, 416, 416], ["input.shape"]),
     ("format_version", 99, ["format_version 99", "upgrade"]),
     ("artifacts", [], ["artifacts"]),
-])
+] + BAD_NUMBERS)
 def test_malformed_field(package_copy, field, value, words):
-    def put(data):
-        *parents, leaf = field.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-
-    manifest = _edit(package_copy, put)
+    manifest = _edit(package_copy, _setter(field, value))
     msg = _error(ManifestError, package_copy)
     assert str(manifest) in msg
     for word in words:
@@ -212,3 +239,123 @@ def test_layout_without_channel_axis(package_copy):
 def test_non_positive_std(package_copy):
     _edit(package_copy, lambda d: d["input"].__setitem__("std", [0, 1, 1]))
     assert "input.std must be positive" in _error(ManifestError, package_copy)
+
+
+# ---------------------------------------------------------------- packages from strangers are data, not code
+
+def build_evil_library(folder: Path) -> tuple[Path, Path]:
+    """A real shared object whose constructor creates ``marker`` when anything loads it (ctypes, a TFLite
+    delegate): (library, marker). Skips where no C compiler is installed."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc/gcc) to build the test's shared library")
+    marker = folder / "loaded.marker"
+    src = folder / "evil.c"
+    src.write_text("#include <stdio.h>\n__attribute__((constructor)) static void run(void) {\n"
+                   f'  FILE *f = fopen("{marker}", "w"); if (f) {{ fputs("pwned", f); fclose(f); }}\n}}\n')
+    lib = folder / "evil.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True, timeout=60)
+    return lib, marker
+
+
+def test_evil_library_is_a_real_payload(tmp_path):
+    """Control for the tests below: loading the library really runs its constructor."""
+    import ctypes
+
+    lib, marker = build_evil_library(tmp_path)
+    ctypes.CDLL(str(lib))
+    assert marker.read_text() == "pwned"
+
+
+@pytest.mark.parametrize("entry", [
+    {"backend_options": {"delegate": "LIB"}},
+    {"delegate": "LIB", "delegate_options": {}},
+    {"backend_options": {"device": "QNNExecutionProvider", "provider_options": {"backend_path": "LIB"}}},
+    {"profile_prefix": "/tmp/overwrite-me"},
+    {"config": {"CACHE_DIR": "/tmp"}},
+])
+def test_artifact_cannot_name_backend_options(package_copy, tmp_path, entry):
+    lib, marker = build_evil_library(tmp_path)
+    (package_copy / "evil.so").write_bytes(lib.read_bytes())
+    entry = json.loads(json.dumps(entry).replace("LIB", str(package_copy / "evil.so")))
+    manifest = _edit(package_copy, lambda d: d["artifacts"][0].update(entry))
+    msg = _error(ManifestError, package_copy)
+    key = sorted(entry)[0]
+    assert str(manifest) in msg and "'model.onnx'" in msg and f"'{key}'" in msg, msg
+    with pytest.raises(ManifestError):
+        load_manifest(package_copy)
+    assert not marker.exists(), "the package's library was loaded"
+
+
+def test_manifest_cannot_name_backend_options_at_top_level(package_copy):
+    manifest = _edit(package_copy, lambda d: d.__setitem__("backend_options", {"delegate": "/x.so"}))
+    msg = _error(ManifestError, package_copy)
+    assert str(manifest) in msg and "'backend_options'" in msg
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("file", "/etc/hostname", ["outside the package", "/etc/hostname"]),
+    ("file", "../model.onnx", ["outside the package", "../model.onnx"]),
+    ("file", "sub/../../model.onnx", ["outside the package"]),
+    ("weights_file", "/etc/passwd", ["weights_file", "outside the package"]),
+    ("file", "", ["not a plain relative file name"]),
+])
+def test_artifact_paths_stay_inside_the_package(package_copy, key, value, words):
+    # a real model where '..' points, so only the path rule can stop the load
+    (package_copy.parent / "model.onnx").write_bytes((package_copy / "model.onnx").read_bytes())
+    manifest = _edit(package_copy, lambda d: d["artifacts"][0].__setitem__(key, value))
+    msg = _error(ManifestError, package_copy)
+    assert str(manifest) in msg
+    for word in words:
+        assert word in msg, (word, msg)
+
+
+def test_symlinked_artifact_is_refused(package_copy, tmp_path):
+    outside = tmp_path / "outside.onnx"
+    (package_copy / "model.onnx").rename(outside)
+    (package_copy / "model.onnx").symlink_to(outside)  # same bytes, same sha256: only the link rule stops it
+    msg = _error(ManifestError, package_copy)
+    assert "model.onnx" in msg and "symbolic link" in msg
+
+
+def test_artifact_under_a_symlinked_folder_is_refused(package_copy, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (package_copy / "model.onnx").rename(outside / "model.onnx")
+    (package_copy / "sub").symlink_to(outside)
+    _edit(package_copy, lambda d: d["artifacts"][0].__setitem__("file", "sub/model.onnx"))
+    msg = _error(ManifestError, package_copy)
+    assert str(package_copy / "sub") in msg and "symbolic link" in msg
+
+
+def test_manifest_save_never_writes_through_a_link(package_copy, tmp_path):
+    from edge_runtime.errors import UnsafePathError
+
+    manifest = load_manifest(package_copy)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (package_copy / "manifest.json").unlink()
+    (package_copy / "manifest.json").symlink_to(victim)
+    with pytest.raises(UnsafePathError) as info:
+        manifest.save()
+    assert "symbolic link" in str(info.value) and "\n" not in str(info.value)
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in package_copy.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_autoselect_cache_write_refuses_a_link_and_atomic_writes_leave_no_temp(tmp_path):
+    from edge_runtime.fsutil import atomic_write_text
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "autoselect.json").symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):  # autoselect treats it as an unwritable package
+        atomic_write_text(tmp_path / "autoselect.json", "{}")
+    assert victim.read_text() == "precious"
+    atomic_write_text(tmp_path / "plain.json", "{}")
+    atomic_write_text(tmp_path / "plain.json", '{"a": 1}')
+    assert (tmp_path / "plain.json").read_text() == '{"a": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autoselect.json", "plain.json", "victim.txt"]

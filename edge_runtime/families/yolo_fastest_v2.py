@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ManifestError
 from .base import Family, grid_cells
 
 
@@ -21,7 +22,11 @@ class YoloFastestV2Decoder(Family):
         super().__init__(manifest, input_spec)
         h, w = self.input_hw
         a = int(self.param("anchor_num"))
-        anchors = np.asarray(self.param("anchors"), np.float32).reshape(-1, a, 2)
+        anchors = np.asarray(self.param("anchors"), np.float32)
+        if anchors.size % (2 * a) or anchors.size // (2 * a) < len(self.param("strides")):
+            raise ManifestError(f"{manifest.path}: decoder.anchors holds {anchors.size} numbers, not {a} (w, h) "
+                                f"pairs for each of the {len(self.param('strides'))} strides")
+        anchors = anchors.reshape(-1, a, 2)
         grid, wh, strides = [], [], []
         for level, s in enumerate(self.param("strides")):
             fh, fw = h // s, w // s
