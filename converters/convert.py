@@ -3,14 +3,14 @@
 A converter is a function ``ConvertJob -> ConvertResult`` registered in ``CONVERTERS`` under
 (format, precision). The orchestrator runs it into a staging folder inside the package, loads the
 new file with the *runtime's* own backend and compares its outputs with the FP32 ONNX artifact;
-only an artifact that passes ``edge_runtime.compare.judge`` is moved into the package and listed.
+only an artifact that passes ``edge_runtime.compare.judge`` is moved into the package (never
+through a link) and listed.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +23,7 @@ from edge_runtime.backends import open_backend
 from edge_runtime.compare import compare, judge
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.families import make_family
+from edge_runtime.fsutil import replace_file
 from edge_runtime.labels import load_class_map, read_labels
 from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 from edge_runtime.validate import EvaluationSet
@@ -239,8 +240,8 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                                    + (" (kept, marked failed: --keep-failed)" if keep_failed else ""))
                     if not keep_failed:
                         continue
-                for file in staged.artifact_files(art):  # os.replace swaps a link itself, never its target
-                    os.replace(file, manifest.root / file.name)
+                for file in staged.artifact_files(art):
+                    replace_file(file, manifest.root / file.name)
             manifest = manifest.with_artifact(art)
             manifest.produced_by.setdefault("converters", {})[f"{fmt}-{precision}"] = edge_runtime.__version__
             manifest.save()

@@ -29,7 +29,6 @@ Options (``job.options``):
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -38,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.fsutil import replace_file
 from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import sha256_file
 
@@ -205,13 +203,10 @@ def convert_openvino(job: ConvertJob) -> ConvertResult:
     elif job.precision not in ("fp32", "fp16"):
         raise EdgeRuntimeError(f"openvino: unknown precision {job.precision!r}")
     xml = job.out_dir / f"model_openvino_{job.precision}.xml"
+    # FP16: weights stored as f16 (decompressed at load); FP32 and INT8 keep float constants in f32
+    # (job.out_dir is convert's fresh staging folder: the files reach the package by os.replace)
+    ov.save_model(model, str(xml), compress_to_fp16=job.precision == "fp16")
     bin_path = xml.with_suffix(".bin")
-    # saved in a temporary folder inside the package, then moved over the package's files: never through a link
-    with tempfile.TemporaryDirectory(prefix=".openvino-", dir=job.out_dir) as tmp:
-        # FP16: weights stored as f16 (decompressed at load); FP32 and INT8 keep float constants in f32
-        ov.save_model(model, str(Path(tmp) / xml.name), compress_to_fp16=job.precision == "fp16")
-        for path in (bin_path, xml):
-            replace_file(Path(tmp) / path.name, path)
     extra.update({"weights_file": bin_path.name, "weights_sha256": sha256_file(bin_path),
                   "weights_compression": {"fp32": "none", "fp16": "fp16", "int8": "int8 (NNCF)"}[job.precision],
                   "convert_seconds": round(time.perf_counter() - t0, 2)})

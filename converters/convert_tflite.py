@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.fsutil import atomic_write_bytes
 from edge_runtime.hostinfo import package_version
 
 from .accuracy import Runner, float_prefix_search
@@ -751,7 +750,7 @@ def convert_tflite(job: ConvertJob) -> ConvertResult:
         raise EdgeRuntimeError(f"no TFLite conversion for precision {job.precision!r}")
     content, outputs = _finish(content, graph, role_order)
     name = f"model_{job.precision}.tflite"
-    atomic_write_bytes(job.out_dir / name, content)  # temp file + os.replace: never through a link
+    (job.out_dir / name).write_bytes(content)  # convert's fresh staging folder: moved in by os.replace
     h, w = job.manifest.input.size_hw
     extra = {
         "input": {"name": graph.input_name, "shape": [1, h, w, 3], "layout": "NHWC"},

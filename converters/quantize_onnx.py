@@ -25,8 +25,6 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from edge_runtime.fsutil import atomic_output
-
 from .accuracy import run_nncf_search
 from .convert import ConvertJob, ConvertResult
 
@@ -128,12 +126,11 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
         model = onnx.load(str(prepared))
         excluded = decode_tail_nodes(model) if job.options.get("onnx_keep_tail_float", True) else []
         job.progress(f"onnx int8: {quantizer} on {len(job.calibration)} images, {len(excluded)} tail nodes in float")
-        # written beside the package's file, then moved over it: never through a link, never half-written
-        with atomic_output(job.out_dir / out_name) as out:
-            if quantizer == "nncf":
-                info = _quantize_nncf(job, model, excluded, out)
-            else:
-                info = _quantize_ort(job, prepared, excluded, out)
+        # job.out_dir is convert's fresh staging folder: the file reaches the package by os.replace
+        if quantizer == "nncf":
+            info = _quantize_nncf(job, model, excluded, job.out_dir / out_name)
+        else:
+            info = _quantize_ort(job, prepared, excluded, job.out_dir / out_name)
     info.update({"quantizer": quantizer, "format": "QDQ", "per_channel": True, "float_nodes": excluded})
     return ConvertResult(file=out_name, outputs=list(job.manifest.artifact("onnx", "fp32").outputs),
                          extra={"quantization": info})
