@@ -21,7 +21,7 @@ changed=$("$VENV/bin/pip" freeze --exclude-editable | sort | comm -13 <(grep '==
 {
   echo
   echo "## $(date -u +%Y-%m-%d) drift run: $([ "$status" = 0 ] && echo passed || echo FAILED)"
-  echo "- CPU: $("$VENV/bin/edge-runtime" targets --detect 2>/dev/null | head -1)"
+  echo "- $("$VENV/bin/edge-runtime" targets --detect 2>/dev/null | head -2 | paste -sd ';' | sed 's/;/; /')"
   echo "- newer than the lock: ${changed:-nothing}"
   echo "- tests/test_conversion_agreement.py: $(tail -1 "$LOG")"
 } >> requirements/HISTORY.md
