@@ -375,6 +375,8 @@ def load_manifest(package: str | Path) -> Manifest:
     path = root / MANIFEST_NAME
     if not root.exists():
         raise ManifestError(f"{root}: no such package folder")
+    if path.is_symlink():  # a package is data: its manifest is a file of its own, not a pointer elsewhere
+        raise ManifestError(f"{path}: is a symbolic link; a package's manifest must be a plain file")
     if not path.is_file():
         raise ManifestError(f"{path}: not found (is {root} a package made by 'edge-runtime export'?)")
     try:

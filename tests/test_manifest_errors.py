@@ -321,6 +321,14 @@ def test_symlinked_artifact_is_refused(package_copy, tmp_path):
     assert "model.onnx" in msg and "symbolic link" in msg
 
 
+def test_symlinked_manifest_is_refused(package_copy, tmp_path):
+    outside = tmp_path / "manifest.json"
+    (package_copy / "manifest.json").rename(outside)
+    (package_copy / "manifest.json").symlink_to(outside)  # a valid manifest, read only through the link
+    msg = _error(ManifestError, package_copy)
+    assert "manifest.json" in msg and "symbolic link" in msg
+
+
 def test_artifact_under_a_symlinked_folder_is_refused(package_copy, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
