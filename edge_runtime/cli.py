@@ -23,7 +23,7 @@ log = logging.getLogger("edge_runtime")
 
 EXAMPLES = """examples:
   edge-runtime export --model nanodet-plus-m --weights nanodet-plus-m_coco.ckpt --imgsz 416 --out pkg/
-  edge-runtime run pkg/ --source street.jpg --save out/ --json out/dets.json
+  edge-runtime run pkg/ --source street.jpg --save out/ --json out/dets.jsonl
   edge-runtime run pkg/ --source video.avi --save out/      # annotated video + FPS summary
   edge-runtime run pkg/ --source 0                           # webcam window with FPS overlay
   edge-runtime run pkg/ --source 0 --serve 8080              # headless: live view at http://127.0.0.1:8080/
@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="image, folder, video file, camera index (0) or rtsp/http URL")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="write annotated images (or an annotated video for video/camera sources) here")
-    p.add_argument("--json", default=None, metavar="FILE", help="write detections per frame as JSON")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write detections as JSON lines: one object per frame, written as each frame is done")
     p.add_argument("--show", choices=["auto", "yes", "no"], default="auto",
                    help="display window: auto = for video/camera when a display exists [auto]")
     p.add_argument("--conf", type=float, default=None, help="score threshold [manifest's]")
@@ -614,6 +615,16 @@ def _budget_cell(control: dict) -> str:
     return f"{'met' if control['met'] else 'NOT met'}, {drop}, {len(control['float_layers'])} layers in float"
 
 
+def _report_run(summary: Any, summary_json: str | None) -> None:
+    print(summary.table())
+    for kind, path in summary.outputs.items():
+        print(f"{kind}: {path}")
+    if summary_json:
+        from .pipeline import write_json_atomic
+
+        write_json_atomic(summary_json, summary.to_dict())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
@@ -643,11 +654,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
                                max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
                                on_result=server.publish if server else None)
-    print(summary.table())
-    for kind, path in summary.outputs.items():
-        print(f"{kind}: {path}")
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+    _report_run(summary, args.summary_json)
     return 0
 
 

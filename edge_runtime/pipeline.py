@@ -15,8 +15,10 @@ Drawing stays in the calling thread because OpenCV windows must be driven from i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -32,12 +34,13 @@ import numpy as np
 
 from .detections import Detections
 from .detector import Detector
+from .errors import EdgeRuntimeError
 from .draw import draw_detections, draw_fps
 from .preprocess import ImageMeta
 from .sources import Frame, Source
 from .thermal import describe as describe_thermal
 from .thermal import thermal_state
-from .timing import StageTimes, format_table, summarize
+from .timing import RollingStats, StageTimes, format_table
 
 log = logging.getLogger(__name__)
 WINDOW = "edge-runtime"
@@ -67,6 +70,7 @@ class RunSummary:
     dropped: int = 0  # stale live frames skipped while the pipeline was busy
     thermal: dict[str, Any] = field(default_factory=dict)  # cpu_temp_c / throttled, where the host reports them
     mode: str = "sequential"
+    run: dict[str, str] = field(default_factory=dict)  # package, artifact, source
 
     @property
     def fps(self) -> float:
@@ -86,9 +90,44 @@ class RunSummary:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "wall_s": self.wall_s, "fps": self.fps, "mode": self.mode,
+        return {**self.run, "frames": self.frames, "wall_s": self.wall_s, "fps": self.fps, "mode": self.mode,
                 "detections": self.detections, "dropped_frames": self.dropped, "stages_ms": self.stages,
                 "latency_ms": self.latency, **self.thermal, "outputs": self.outputs}
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """``data`` as JSON at ``path``, all or nothing: a temp file in the same folder, then ``os.replace``
+    (a run killed mid-write leaves the previous file or none, never half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise EdgeRuntimeError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+class JsonLines:
+    """``--json``: one JSON object per frame and line, flushed as frames arrive, so memory stays flat
+    and a run that is killed keeps every complete line it wrote."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise EdgeRuntimeError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class _VideoSink:
@@ -148,12 +187,12 @@ class _Stages:
     def __init__(self, detector: Detector, source: Source, save_dir: Path | None, json_path: str | Path | None,
                  show: bool, progress: bool, max_fps: float | None, on_result: ResultCallback | None) -> None:
         self.detector, self.source = detector, source
-        self.save_dir, self.json_path, self.show, self.progress = save_dir, json_path, show, progress
+        self.save_dir, self.show, self.progress = save_dir, show, progress
         self.on_result = on_result
         self.pacer = _Pacer(max_fps)
         self.times = StageTimes()
-        self.latency: list[float] = []
-        self.records: list[dict[str, Any]] = []
+        self.latency = RollingStats()
+        self.jsonl = JsonLines(json_path) if json_path else None
         self.video = _VideoSink(save_dir / f"{Path(source.name).stem}_det", source.nominal_fps or 30.0) \
             if save_dir and source.stream else None
         self.frames = self.total_dets = 0
@@ -197,8 +236,8 @@ class _Stages:
         """Draw, show, publish and write one result; False when the user asked to quit (q / Esc)."""
         self.total_dets += len(dets)
         self.class_totals.update(dets.labels)
-        if self.json_path:
-            self.records.append({"index": frame.index, "name": frame.name, "detections": dets.to_list()})
+        if self.jsonl is not None:
+            self.jsonl.write({"index": frame.index, "name": frame.name, "detections": dets.to_list()})
         now = time.perf_counter()
         # the frame interval is averaged, not its inverse: a mean of 1/dt overstates the rate when frames
         # arrive unevenly (a paced 10 FPS run showed 20-40 FPS)
@@ -218,7 +257,7 @@ class _Stages:
                 keep_going = cv2.waitKey(1) & 0xFF not in (27, ord("q"))
         # glass to result: capture time to the moment the annotated frame (or, undrawn, the detections) exists
         latency_ms = (time.perf_counter() - frame.timestamp) * 1e3
-        self.latency.append(latency_ms)
+        self.latency.add(latency_ms)
         if self.on_result is not None and canvas is not None:
             self.on_result(canvas, self.live_stats(frame, dets, latency_ms))
         if self.save_dir and canvas is not None:
@@ -240,10 +279,9 @@ class _Stages:
 
     def live_stats(self, frame: Frame, dets: Detections, latency_ms: float) -> dict[str, Any]:
         """What the web view shows while the run goes on: recent medians, not the whole history."""
-        recent = {stage: float(np.median(v[-30:])) for stage, v in list(self.times.samples.items()) if v}
         return {"frame": frame.index, "frames": self.frames + 1, "fps": self.fps_ema,
-                "latency_ms": float(np.median(self.latency[-30:])) if self.latency else latency_ms,
-                "stages_ms": recent, "dropped_frames": self.dropped, "source": self.source.name,
+                "latency_ms": float(np.median(self.latency.recent(30))) if self.latency.count else latency_ms,
+                "stages_ms": self.times.recent_median(30), "dropped_frames": self.dropped, "source": self.source.name,
                 "model": self.detector.manifest.name, "detections": dets.to_list(),
                 "class_counts": dict(Counter(dets.labels)), "class_totals": dict(self.class_totals)}
 
@@ -374,7 +412,9 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
     Stages timed per frame: read, preprocess, inference, postprocess, draw and write (when drawing /
     saving); glass-to-result latency from each frame's capture time. ``mode`` is "threaded" or
     "sequential" (same detections, frame by frame); ``max_fps`` limits the rate; ``on_result``
-    receives every annotated frame with live statistics.
+    receives every annotated frame with live statistics. ``json_path`` gets one JSON line per frame
+    as it is done. Memory stays flat however long the run: statistics are bounded (``RollingStats``),
+    nothing is kept per frame.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -392,6 +432,8 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
             print(file=sys.stderr)
         if stages.video is not None:
             stages.video.close()
+        if stages.jsonl is not None:
+            stages.jsonl.close()
         source.close()
         if show:
             cv2.destroyAllWindows()
@@ -400,11 +442,9 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
         outputs["save_dir"] = str(save_dir)
     if stages.video is not None and stages.video.path is not None:
         outputs["video"] = str(stages.video.path)
-    if json_path:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"package": str(detector.manifest.root), "artifact": detector.artifact.file,
-                                         "source": source.name, "frames": stages.records}, indent=1))
-        outputs["json"] = str(json_path)
+    if stages.jsonl is not None:
+        outputs["json"] = str(stages.jsonl.path)
     return RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
-                      latency=summarize(stages.latency), dropped=stages.dropped, thermal=thermal_state(), mode=mode)
+                      latency=stages.latency.summary(), dropped=stages.dropped, thermal=thermal_state(), mode=mode,
+                      run={"package": str(detector.manifest.root), "artifact": detector.artifact.file,
+                           "source": source.name})

@@ -9,7 +9,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from test_cli import assert_one_line_error, run_cli
+from test_cli import assert_one_line_error, read_jsonl, run_cli
 
 from edge_runtime import Detector
 from edge_runtime.errors import SourceError
@@ -31,10 +31,10 @@ def test_threaded_gives_the_sequential_detections_frame_by_frame(package, export
     video = str(fixtures(VIDEO))
     runs = {}
     for mode in ("sequential", "threaded"):
-        out = tmp_path / f"{mode}.json"
+        out = tmp_path / f"{mode}.jsonl"
         summary = run_pipeline(detector, open_source(video), json_path=out, save_dir=tmp_path / mode,
                                max_frames=40, progress=False, mode=mode)
-        runs[mode] = json.loads(out.read_text())["frames"]
+        runs[mode] = read_jsonl(out)
         assert summary.frames == 40 and summary.mode == mode and summary.dropped == 0
         assert 0 < summary.latency["p50"] <= summary.latency["p95"]
         for stage in ("read", "preprocess", "inference", "postprocess", "draw", "write"):
