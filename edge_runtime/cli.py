@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=None, help="score threshold [manifest's]")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold [manifest's]")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--summary-json", default=None, metavar="FILE", help="write the timing summary as JSON")
+    p.add_argument("--summary-json", default=None, metavar="FILE",
+                   help="write the timing summary as JSON at the end (also after Ctrl-C / SIGTERM)")
     p.add_argument("--max-fps", type=float, default=None, metavar="N",
                    help="read at most N frames a second (live sources drop the frames in between) [no limit]")
     p.add_argument("--pipeline", choices=["threaded", "sequential"], default="threaded",
@@ -615,6 +617,33 @@ def _budget_cell(control: dict) -> str:
     return f"{'met' if control['met'] else 'NOT met'}, {drop}, {len(control['float_layers'])} layers in float"
 
 
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
+    """Ctrl-C (SIGINT) and a service manager's stop (SIGTERM) end a run normally: ``stop`` is set, the
+    pipeline finishes the frames in flight and the results are written; a second signal interrupts at
+    once. Yields the names of the signals received. The handler only sets a flag: printing there could
+    re-enter a stderr write the main thread was in the middle of."""
+    import signal
+
+    received: list[str] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _report_run(summary: Any, summary_json: str | None) -> None:
     print(summary.table())
     for kind, path in summary.outputs.items():
@@ -634,7 +663,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.max_fps is not None and args.max_fps <= 0:
         raise EdgeRuntimeError(f"--max-fps {args.max_fps:g}: must be above 0")
+    stop = threading.Event()
     with ExitStack() as cleanup:
+        signals = cleanup.enter_context(_stop_on_signals(stop))
         server = None
         if args.serve:  # bind first: a busy port fails before the model and camera are opened
             from .serve import FrameServer, parse_address
@@ -653,7 +684,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{detector.describe()}\nsource: {args.source}{' (window)' if show else ''}", file=sys.stderr)
         summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
                                max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
-                               on_result=server.publish if server else None)
+                               on_result=server.publish if server else None, stop=stop)
+    if signals:
+        summary.stopped = f"{signals[0]} received"
+        print(f"{signals[0]}: stopped reading, finished the frames in flight", file=sys.stderr)
     _report_run(summary, args.summary_json)
     return 0
 

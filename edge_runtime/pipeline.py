@@ -70,6 +70,7 @@ class RunSummary:
     dropped: int = 0  # stale live frames skipped while the pipeline was busy
     thermal: dict[str, Any] = field(default_factory=dict)  # cpu_temp_c / throttled, where the host reports them
     mode: str = "sequential"
+    stopped: str = ""  # why the run ended early: "stop requested" (the CLI names the signal)
     run: dict[str, str] = field(default_factory=dict)  # package, artifact, source
 
     @property
@@ -83,6 +84,7 @@ class RunSummary:
         text = format_table(["stage", "mean ms", "p50 ms", "p95 ms"], rows).replace("nan", "   ")
         line = f"{self.frames} frames in {self.wall_s:.2f} s: {self.fps:.1f} FPS end to end ({self.mode})"
         extras = [f"{self.dropped} stale frames dropped"] if self.dropped else []
+        extras += [f"stopped: {self.stopped}"] if self.stopped else []
         extras += [describe_thermal(self.thermal)] if self.thermal else []
         lines = [text, "; ".join([line, *extras])]
         if self.latency.get("count"):
@@ -92,7 +94,7 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return {**self.run, "frames": self.frames, "wall_s": self.wall_s, "fps": self.fps, "mode": self.mode,
                 "detections": self.detections, "dropped_frames": self.dropped, "stages_ms": self.stages,
-                "latency_ms": self.latency, **self.thermal, "outputs": self.outputs}
+                "latency_ms": self.latency, **self.thermal, "stopped": self.stopped, "outputs": self.outputs}
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -286,8 +288,8 @@ class _Stages:
                 "class_counts": dict(Counter(dets.labels)), "class_totals": dict(self.class_totals)}
 
 
-def _run_sequential(stages: _Stages, frames: Iterator[Frame], max_frames: int | None) -> None:
-    while max_frames is None or stages.frames < max_frames:
+def _run_sequential(stages: _Stages, frames: Iterator[Frame], max_frames: int | None, stop: threading.Event) -> None:
+    while (max_frames is None or stages.frames < max_frames) and not stop.is_set():
         frame = stages.read(frames)
         if frame is None or not stages.finish(*stages.decode(*stages.infer(stages.prepare(frame, None)))):
             break
@@ -340,7 +342,7 @@ class _Slot:
             self._cond.notify_all()
 
 
-def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | None) -> None:
+def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | None, stop: threading.Event) -> None:
     errors: list[BaseException] = []
     prepared, detected = _Slot(), _Slot()
     # in flight at most: one being preprocessed, one waiting, one in inference -> three input buffers,
@@ -353,7 +355,8 @@ def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | No
     def reader() -> None:
         try:
             count = 0
-            while max_frames is None or count < max_frames:
+            # a stop request ends reading only: the frames already in flight are finished and written
+            while (max_frames is None or count < max_frames) and not stop.is_set():
                 frame = stages.read(frames)
                 if frame is None:
                     break
@@ -402,10 +405,19 @@ def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | No
         raise errors[0]
 
 
+def _close_on_stop(stop: threading.Event, done: threading.Event, source: Source) -> None:
+    """A live source's reader can wait seconds for the next frame (a stalled camera, a reconnect
+    back-off): closing it on a stop request wakes it at once. Polls, so a signal handler only sets ``stop``."""
+    while not done.wait(0.1):
+        if stop.is_set():
+            source.close()
+            return
+
+
 def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None = None,
                  json_path: str | Path | None = None, show: bool = False, max_frames: int | None = None,
                  progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
-                 on_result: ResultCallback | None = None) -> RunSummary:
+                 on_result: ResultCallback | None = None, stop: threading.Event | None = None) -> RunSummary:
     """Run ``detector`` on every frame of ``source`` (live sources: the newest frame each time);
     returns timing and what was written.
 
@@ -413,21 +425,27 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
     saving); glass-to-result latency from each frame's capture time. ``mode`` is "threaded" or
     "sequential" (same detections, frame by frame); ``max_fps`` limits the rate; ``on_result``
     receives every annotated frame with live statistics. ``json_path`` gets one JSON line per frame
-    as it is done. Memory stays flat however long the run: statistics are bounded (``RollingStats``),
-    nothing is kept per frame.
+    as it is done. Setting ``stop`` (e.g. from a signal handler) ends the run normally: reading stops,
+    the frames in flight are finished and the summary is returned. Memory stays flat however long the
+    run: statistics are bounded (``RollingStats``), nothing is kept per frame.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     save_dir = Path(save_dir) if save_dir else None
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
+    stop = stop or threading.Event()
     stages = _Stages(detector, source, save_dir, json_path, show,
                      sys.stderr.isatty() if progress is None else progress, max_fps, on_result)
+    done = threading.Event()
+    if source.live:
+        threading.Thread(target=_close_on_stop, args=(stop, done, source), name="pipeline-stop", daemon=True).start()
     start = time.perf_counter()
     try:
-        (_run_threaded if mode == "threaded" else _run_sequential)(stages, iter(source), max_frames)
+        (_run_threaded if mode == "threaded" else _run_sequential)(stages, iter(source), max_frames, stop)
     finally:
         wall = time.perf_counter() - start
+        done.set()
         if stages.progress:
             print(file=sys.stderr)
         if stages.video is not None:
@@ -446,5 +464,6 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
         outputs["json"] = str(stages.jsonl.path)
     return RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
                       latency=stages.latency.summary(), dropped=stages.dropped, thermal=thermal_state(), mode=mode,
+                      stopped="stop requested" if stop.is_set() else "",
                       run={"package": str(detector.manifest.root), "artifact": detector.artifact.file,
                            "source": source.name})

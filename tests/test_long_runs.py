@@ -1,15 +1,62 @@
-"""Runs that last (issue 15): bounded statistics, --json as JSON lines, an atomic summary."""
+"""Runs that last (issue 15): bounded statistics, --json as JSON lines written as frames arrive,
+Ctrl-C / SIGTERM ending a real CLI run normally. The camera is a real MJPEG stream on 127.0.0.1
+(loopback_camera.py) showing the bundled demo clip; nothing here reads ../shared."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 import tracemalloc
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from loopback_camera import LoopbackCamera
+from test_cli import REPO, read_jsonl
 
+from edge_runtime.sources import open_source
 from edge_runtime.timing import RollingStats, StageTimes
+
+CAMERA_FPS = 20  # slower than the demo model on one thread: every test frame is a real result
+
+
+@pytest.fixture(scope="module")
+def camera_jpegs() -> list[bytes]:
+    """Three seconds of the demo clip as the JPEG frames a camera sends."""
+    pytest.importorskip("torch", reason="the demo package and clip come from the host-side converters")
+    from converters.demo_data import clip_frames
+
+    return [cv2.imencode(".jpg", f)[1].tobytes() for f in clip_frames(seconds=3)]
+
+
+@pytest.fixture
+def camera(camera_jpegs):
+    with LoopbackCamera(camera_jpegs, fps=CAMERA_FPS) as cam:
+        yield cam
+
+
+def wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``path`` holds ``count`` complete lines: the run writes them while it goes on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= count:
+            return
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.2)
+    raise AssertionError(f"{path}: fewer than {count} lines after {timeout} s")
+
+
+def start_run(package: Path, source: str, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "run", str(package), "--source", source,
+                             "--show", "no", "--threads", "1", "--backend", "onnx",
+                             "--json", str(tmp_path / "dets.jsonl"), "--summary-json", str(tmp_path / "summary.json"),
+                             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_rolling_stats_are_exact_in_total_and_windowed_in_percentiles():
@@ -47,6 +94,53 @@ def test_stage_times_memory_does_not_grow_with_the_run():
     tracemalloc.stop()
     assert grown < 10_000, grown
     assert times.summary()["inference"]["count"] == 52_000
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_ends_a_camera_run_normally_with_summary_and_json_lines(sig, demo_package, camera, tmp_path):
+    proc = start_run(demo_package, camera.url, tmp_path)
+    try:
+        wait_for_lines(tmp_path / "dets.jsonl", 10, proc)  # lines exist while the run goes on
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and f"{sig.name}: stopped reading" in err
+    assert "FPS end to end" in out and f"stopped: {sig.name} received" in out
+    report = json.loads((tmp_path / "summary.json").read_text())
+    frames = read_jsonl(tmp_path / "dets.jsonl")
+    assert report["frames"] == len(frames) >= 10
+    assert report["stopped"] == f"{sig.name} received" and report["source"] == camera.url
+    assert report["stages_ms"]["inference"]["count"] == len(frames)
+    assert [f["index"] for f in frames] == sorted({f["index"] for f in frames})  # newest frame wins: gaps, no repeats
+    assert sum(len(f["detections"]) for f in frames) > 0  # the demo clip's shapes are found
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dets.jsonl", "summary.json"]  # no temp file left
+
+
+def test_run_pipeline_stop_finishes_the_frames_in_flight(demo_package, tmp_path):
+    from converters.demo_data import write_clip
+
+    from edge_runtime import Detector
+    from edge_runtime.pipeline import run_pipeline
+
+    clip = write_clip(tmp_path / "clip.avi", seconds=4, progress=False)
+    detector = Detector(demo_package, backend="onnx", threads=1)
+    for mode in ("threaded", "sequential"):
+        stop = threading.Event()
+        out = tmp_path / f"{mode}.jsonl"
+
+        def on_result(canvas, stats, stop=stop):
+            if stats["frames"] == 5:
+                stop.set()
+
+        summary = run_pipeline(detector, open_source(str(clip)), json_path=out, progress=False, mode=mode,
+                               on_result=on_result, stop=stop)
+        frames = read_jsonl(out)
+        assert summary.stopped == "stop requested" and summary.frames == len(frames)
+        # the reader stops at once; at most the frames already read (3 in flight) are finished
+        assert 5 <= len(frames) <= 8 and [f["index"] for f in frames] == list(range(len(frames)))
 
 
 def test_summary_json_is_written_atomically(tmp_path):
