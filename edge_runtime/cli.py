@@ -197,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--summary-json", default=None, metavar="FILE",
                    help="write the timing summary as JSON at the end (also after Ctrl-C / SIGTERM)")
+    p.add_argument("--reconnect-tries", type=int, default=None, metavar="N",
+                   help="camera/stream: reopen a lost source at most N times in a row, then exit with an error "
+                        "(status 2) [no limit]")
+    p.add_argument("--reconnect-backoff", default=None, metavar="FIRST[:MAX]",
+                   help="seconds before the first reopen, doubled each time up to MAX [0.5:30]")
     p.add_argument("--max-fps", type=float, default=None, metavar="N",
                    help="read at most N frames a second (live sources drop the frames in between) [no limit]")
     p.add_argument("--pipeline", choices=["threaded", "sequential"], default="threaded",
@@ -617,6 +622,23 @@ def _budget_cell(control: dict) -> str:
     return f"{'met' if control['met'] else 'NOT met'}, {drop}, {len(control['float_layers'])} layers in float"
 
 
+def _reconnect_backoff(spec: str | None) -> tuple[float, float]:
+    """``--reconnect-backoff FIRST[:MAX]`` -> (first, max) seconds."""
+    from .sources import RECONNECT_BACKOFF
+
+    if spec is None:
+        return RECONNECT_BACKOFF
+    first, _, most = spec.partition(":")
+    try:
+        values = (float(first), float(most) if most else max(float(first), RECONNECT_BACKOFF[1]))
+    except ValueError:
+        values = (-1.0, -1.0)
+    if not 0 < values[0] <= values[1]:
+        raise EdgeRuntimeError(f"--reconnect-backoff {spec}: expected FIRST[:MAX] seconds, 0 < FIRST <= MAX "
+                               "(e.g. 0.5:30)")
+    return values
+
+
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
     """Ctrl-C (SIGINT) and a service manager's stop (SIGTERM) end a run normally: ``stop`` is set, the
@@ -658,11 +680,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from .detector import Detector
+    from .errors import SourceLostError
     from .pipeline import display_available, run_pipeline
     from .sources import open_source
 
     if args.max_fps is not None and args.max_fps <= 0:
         raise EdgeRuntimeError(f"--max-fps {args.max_fps:g}: must be above 0")
+    if args.reconnect_tries is not None and args.reconnect_tries < 0:
+        raise EdgeRuntimeError(f"--reconnect-tries {args.reconnect_tries}: must be 0 or more")
+    backoff = _reconnect_backoff(args.reconnect_backoff)
     stop = threading.Event()
     with ExitStack() as cleanup:
         signals = cleanup.enter_context(_stop_on_signals(stop))
@@ -676,15 +702,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
                             options=options, score_threshold=args.conf, nms_iou=args.iou)
         _report_float_ops(detector)
-        source = open_source(args.source)
+        source = open_source(args.source, reconnect_tries=args.reconnect_tries, reconnect_backoff=backoff)
         show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
         if args.show == "yes" and not display_available():
             log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
             show = False
         print(f"{detector.describe()}\nsource: {args.source}{' (window)' if show else ''}", file=sys.stderr)
-        summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
-                               max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
-                               on_result=server.publish if server else None, stop=stop)
+        try:
+            summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
+                                   max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
+                                   on_result=server.publish if server else None, stop=stop)
+        except SourceLostError as exc:  # the run so far is reported and written, then the one-line error
+            if exc.summary is not None:
+                _report_run(exc.summary, args.summary_json)
+            raise
     if signals:
         summary.stopped = f"{signals[0]} received"
         print(f"{signals[0]}: stopped reading, finished the frames in flight", file=sys.stderr)

@@ -34,7 +34,7 @@ import numpy as np
 
 from .detections import Detections
 from .detector import Detector
-from .errors import EdgeRuntimeError
+from .errors import EdgeRuntimeError, SourceLostError
 from .draw import draw_detections, draw_fps
 from .preprocess import ImageMeta
 from .sources import Frame, Source
@@ -428,6 +428,9 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
     as it is done. Setting ``stop`` (e.g. from a signal handler) ends the run normally: reading stops,
     the frames in flight are finished and the summary is returned. Memory stays flat however long the
     run: statistics are bounded (``RollingStats``), nothing is kept per frame.
+
+    A live source that is lost for good raises ``SourceLostError`` after everything is written; its
+    ``summary`` holds the run until then.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -440,9 +443,12 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
     done = threading.Event()
     if source.live:
         threading.Thread(target=_close_on_stop, args=(stop, done, source), name="pipeline-stop", daemon=True).start()
+    lost: SourceLostError | None = None
     start = time.perf_counter()
     try:
         (_run_threaded if mode == "threaded" else _run_sequential)(stages, iter(source), max_frames, stop)
+    except SourceLostError as exc:  # the results so far are still written and summarised
+        lost = exc
     finally:
         wall = time.perf_counter() - start
         done.set()
@@ -462,8 +468,12 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
         outputs["video"] = str(stages.video.path)
     if stages.jsonl is not None:
         outputs["json"] = str(stages.jsonl.path)
-    return RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
-                      latency=stages.latency.summary(), dropped=stages.dropped, thermal=thermal_state(), mode=mode,
-                      stopped="stop requested" if stop.is_set() else "",
-                      run={"package": str(detector.manifest.root), "artifact": detector.artifact.file,
-                           "source": source.name})
+    summary = RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
+                         latency=stages.latency.summary(), dropped=stages.dropped, thermal=thermal_state(),
+                         mode=mode, stopped="stop requested" if stop.is_set() else "",
+                         run={"package": str(detector.manifest.root), "artifact": detector.artifact.file,
+                              "source": source.name})
+    if lost is not None:
+        lost.summary = summary
+        raise lost
+    return summary

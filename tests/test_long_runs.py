@@ -1,5 +1,6 @@
 """Runs that last (issue 15): bounded statistics, --json as JSON lines written as frames arrive,
-Ctrl-C / SIGTERM ending a real CLI run normally. The camera is a real MJPEG stream on 127.0.0.1
+Ctrl-C / SIGTERM ending a real CLI run normally, a lost camera retried with back-off and then a
+one-line failure. The camera is a real MJPEG stream on 127.0.0.1
 (loopback_camera.py) showing the bundled demo clip; nothing here reads ../shared."""
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import cv2
 import numpy as np
 import pytest
 from loopback_camera import LoopbackCamera
-from test_cli import REPO, read_jsonl
+from test_cli import REPO, assert_one_line_error, read_jsonl
 
-from edge_runtime.sources import open_source
+from edge_runtime.sources import LatestFrameReader, open_source
 from edge_runtime.timing import RollingStats, StageTimes
 
 CAMERA_FPS = 20  # slower than the demo model on one thread: every test frame is a real result
@@ -117,6 +118,55 @@ def test_signal_ends_a_camera_run_normally_with_summary_and_json_lines(sig, demo
     assert [f["index"] for f in frames] == sorted({f["index"] for f in frames})  # newest frame wins: gaps, no repeats
     assert sum(len(f["detections"]) for f in frames) > 0  # the demo clip's shapes are found
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dets.jsonl", "summary.json"]  # no temp file left
+
+
+def test_lost_camera_is_retried_then_a_one_line_failure_with_results_kept(demo_package, camera, tmp_path):
+    proc = start_run(demo_package, camera.url, tmp_path, "--reconnect-tries", "3", "--reconnect-backoff", "0.1:0.2")
+    try:
+        wait_for_lines(tmp_path / "dets.jsonl", 5, proc)
+        camera.stop()  # the camera loses power and stays off
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
+                          camera.url, "lost and not back after 3 reconnect attempts")
+    assert [line for line in err.splitlines() if "reconnecting in" in line] == [
+        f"WARNING: {camera.url}: no frame, reconnecting in {d} s (attempt {i}/3)"
+        for i, d in ((1, "0.1"), (2, "0.2"), (3, "0.2"))]
+    report = json.loads((tmp_path / "summary.json").read_text())  # a service still gets the results so far
+    assert report["frames"] == len(read_jsonl(tmp_path / "dets.jsonl")) >= 5
+    assert "FPS end to end" in out
+
+
+def test_camera_that_comes_back_is_reconnected(camera, caplog):
+    reader = LatestFrameReader(lambda: cv2.VideoCapture(camera.url), "cam", reconnect_tries=None, backoff=(0.2, 0.4))
+    try:
+        assert reader.read(timeout=30) is not None
+        camera.stop()
+        time.sleep(0.5)  # at least one reopen is refused
+        camera.start()  # same port
+        seen_after = 0
+        deadline = time.monotonic() + 30
+        while seen_after < 5 and time.monotonic() < deadline:
+            if reader.read(timeout=30) is not None and reader.reconnects:
+                seen_after += 1
+    finally:
+        reader.close()
+    assert seen_after == 5 and reader.reconnects == 1 and not reader.lost
+    assert any("cam: reconnected" in r.message for r in caplog.records)
+
+
+def test_close_wakes_a_reader_waiting_in_its_back_off(camera):
+    source = open_source(camera.url, reconnect_tries=None, reconnect_backoff=(60.0, 60.0))
+    frames = iter(source)
+    assert next(frames).image.ndim == 3
+    camera.stop()
+    threading.Timer(0.5, source.close).start()  # what a stop request does to a live source
+    t0 = time.monotonic()
+    list(frames)  # ends, without SourceLostError: closing is not losing
+    assert time.monotonic() - t0 < 30  # woken, not left in the 60 s back-off
+    assert not source.reader.lost and source.reader.end_reason is None
 
 
 def test_run_pipeline_stop_finishes_the_frames_in_flight(demo_package, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from test_cli import assert_one_line_error, read_jsonl, run_cli
 
 from edge_runtime import Detector
-from edge_runtime.errors import SourceError
+from edge_runtime.errors import SourceError, SourceLostError
 from edge_runtime.pipeline import RunSummary, run_pipeline
 from edge_runtime.sources import LiveSource, open_source
 from edge_runtime.thermal import cpu_temperature_c, describe
@@ -85,7 +85,7 @@ def test_slow_consumer_drops_stale_frames_and_latency_stays_bounded(mode, yolo_d
     frames = [cap.read()[1] for _ in range(20)]
     cap.release()
     produced = 500  # 2.5 s at 200 FPS, against a consumer that takes 10 ms a frame: at most 100 FPS
-    source = LiveSource("paced", "paced camera", reconnect_attempts=0,
+    source = LiveSource("paced", "paced camera", reconnect_tries=0,
                         open_capture=lambda: PacedCapture(frames, 200.0, produced))
     recent: list[float] = []
 
@@ -93,7 +93,9 @@ def test_slow_consumer_drops_stale_frames_and_latency_stays_bounded(mode, yolo_d
         recent.append(stats["latency_ms"])
         time.sleep(0.01)
 
-    summary = run_pipeline(yolo_detector, source, progress=False, mode=mode, on_result=slow_consumer)
+    with pytest.raises(SourceLostError, match="paced camera: lost and not back after 0 reconnect attempts") as lost:
+        run_pipeline(yolo_detector, source, progress=False, mode=mode, on_result=slow_consumer)
+    summary = lost.value.summary  # the camera ran out: a failure, with the run's results kept
     assert summary.dropped > 0 and summary.frames + summary.dropped <= produced
     assert summary.dropped >= produced // 4
     # a backlog would make the last frames about two seconds old; newest-frame-wins keeps them fresh
