@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency table of every artifact in a package",
                        description="Measure each artifact (warm-up, then timed runs): median/p90 latency, FPS, "
-                                   "end-to-end time with pre/post-processing, and speed relative to FP32.")
+                                   "end-to-end time with pre/post-processing, and speed relative to FP32. An "
+                                   "artifact whose worker process crashes gets one error line, the others are "
+                                   "still measured (exit status 2).")
     p.add_argument("package", help="package folder")
     p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first [5]")
@@ -740,7 +742,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"json: {args.json}")
-    return 0
+    for failure in report["failed"]:  # the table has the others; the exit status says not all ran
+        print(f"error: {failure['error']}", file=sys.stderr)
+    return 2 if report["failed"] else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

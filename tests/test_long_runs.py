@@ -1,12 +1,14 @@
 """Runs that last (issue 15): bounded statistics, --json as JSON lines written as frames arrive,
 Ctrl-C / SIGTERM ending a real CLI run normally, a lost camera retried with back-off and then a
-one-line failure. The camera is a real MJPEG stream on 127.0.0.1
+one-line failure, and a bench worker that crashes. The camera is a real MJPEG stream on 127.0.0.1
 (loopback_camera.py) showing the bundled demo clip; nothing here reads ../shared."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,8 @@ import pytest
 from loopback_camera import LoopbackCamera
 from test_cli import REPO, assert_one_line_error, read_jsonl
 
+from edge_runtime.bench import WorkerCrashedError, bench_artifact, bench_package, run_isolated
+from edge_runtime.errors import SourceError
 from edge_runtime.sources import LatestFrameReader, open_source
 from edge_runtime.timing import RollingStats, StageTimes
 
@@ -191,6 +195,56 @@ def test_run_pipeline_stop_finishes_the_frames_in_flight(demo_package, tmp_path)
         assert summary.stopped == "stop requested" and summary.frames == len(frames)
         # the reader stops at once; at most the frames already read (3 in flight) are finished
         assert 5 <= len(frames) <= 8 and [f["index"] for f in frames] == list(range(len(frames)))
+
+
+# --- bench: a worker that crashes ---------------------------------------------------------------------
+
+def aborting_worker(package: str, fmt: str, precision: str, *rest):
+    """``bench_artifact``, except that the FP32 artifact's worker aborts as a native runtime does."""
+    if precision == "fp32":
+        os.abort()
+    return bench_artifact(package, fmt, precision, *rest)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)  # reads address 0: SIGSEGV, as a crashing native library
+
+
+def raise_source_error() -> None:
+    raise SourceError("cam.mp4: not readable")
+
+
+def test_run_isolated_reports_crashes_and_passes_results_and_errors():
+    assert run_isolated(pow, 2, 10) == 1024
+    with pytest.raises(SourceError, match="cam.mp4: not readable"):
+        run_isolated(raise_source_error)
+    with pytest.raises(WorkerCrashedError, match="killed by SIGSEGV"):
+        run_isolated(segfault)
+    with pytest.raises(WorkerCrashedError, match="exited with status 3"):
+        run_isolated(os._exit, 3)
+
+
+def test_bench_goes_on_after_a_crashed_worker(demo_package, tmp_path):
+    package = tmp_path / "pkg"
+    shutil.copytree(demo_package, package)
+    manifest = json.loads((package / "manifest.json").read_text())
+    # a second artifact entry (the same file as "fp16") so that one crashes and one is measured
+    manifest["artifacts"].append({**manifest["artifacts"][0], "precision": "fp16"})
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    lines: list[str] = []
+    report = bench_package(package, threads=1, warmup=1, iters=3, worker=aborting_worker, progress=lines.append)
+    (failed,) = report["failed"]
+    assert failed["precision"] == "fp32" and "\n" not in failed["error"]
+    assert failed["error"] == f"{package / 'model.onnx'} (onnx fp32): the worker process was killed by SIGABRT " \
+                              "without a result"
+    (row,) = report["results"]
+    assert row["precision"] == "fp16" and row["latency_ms"]["median"] > 0
+    assert row["cosine_vs_baseline"] == pytest.approx(1.0, abs=1e-6)  # the only row is its own baseline
+    assert any("going on with the other artifacts" in line for line in lines)
+    only_fp32 = {**manifest, "artifacts": manifest["artifacts"][:1]}
+    (package / "manifest.json").write_text(json.dumps(only_fp32))
+    with pytest.raises(WorkerCrashedError, match="killed by SIGABRT"):
+        bench_package(package, threads=1, warmup=1, iters=3, worker=aborting_worker)
 
 
 def test_summary_json_is_written_atomically(tmp_path):
