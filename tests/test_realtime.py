@@ -3,7 +3,6 @@ bounded latency, picam message, thermal fields."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import cv2
