@@ -1,9 +1,12 @@
 """Latency of every artifact in a package, FP32 ONNX as the baseline, each artifact in a fresh
-process (two runtimes' thread pools in one process distort each other's timings)."""
+process (two runtimes' thread pools in one process distort each other's timings). A worker that
+crashes (a native runtime aborting or segfaulting) costs its artifact only: one line says so and the
+others are still measured."""
 
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +15,7 @@ import cv2
 import numpy as np
 
 from .compare import compare
+from .errors import EdgeRuntimeError
 from .hostinfo import cpu_summary
 from .manifest import load_manifest
 from .sources import read_image
@@ -39,24 +43,78 @@ def bench_artifact(package: str, fmt: str, precision: str, threads: int | None, 
             "outputs": outputs}
 
 
+class WorkerCrashedError(EdgeRuntimeError):
+    """A worker process died without an answer (killed by a signal, or exited)."""
+
+
+def _worker_main(conn: Any, fn: Callable[..., Any], args: tuple) -> None:
+    try:
+        reply: tuple[str, Any] = ("ok", fn(*args))
+    except BaseException as exc:  # noqa: BLE001 (handed to the parent, which raises it there)
+        reply = ("error", exc)
+    try:
+        conn.send(reply)
+    except Exception as exc:  # noqa: BLE001 (an exception or result that does not pickle)
+        conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+    conn.close()
+
+
+def _exit_description(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh (spawned) process: its result, or its exception raised here. A worker that
+    dies without answering raises ``WorkerCrashedError`` naming the signal: the parent holds no copy of
+    the pipe's sending end, so the worker's death is an end of file at once (``multiprocessing.Pool``
+    waits forever for a task whose worker crashed)."""
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker_main, args=(sender, fn, args), daemon=True)
+    proc.start()
+    sender.close()
+    try:
+        status, value = receiver.recv()
+    except EOFError:
+        proc.join()
+        raise WorkerCrashedError(f"the worker process {_exit_description(proc.exitcode)} without a result") from None
+    finally:
+        receiver.close()
+        proc.join()
+    if status == "error":
+        raise value
+    return value
+
+
 def bench_package(package: str | Path, threads: int | None = None, warmup: int = 5, iters: int = 50,
                   image: str | Path | None = None, isolate: bool = True, options: dict[str, Any] | None = None,
-                  progress: Callable[[str], None] = lambda msg: None, target: Target | None = None) -> dict[str, Any]:
-    """Benchmark each artifact of ``package``; ``isolate`` runs each in its own process. ``target``
-    adds its delegate / execution provider / device to each backend's options."""
+                  progress: Callable[[str], None] = lambda msg: None, target: Target | None = None,
+                  worker: Callable[..., dict[str, Any]] = bench_artifact) -> dict[str, Any]:
+    """Benchmark each artifact of ``package``; ``isolate`` runs each in its own process, and an artifact
+    whose process crashes is listed under ``failed`` (one line each) while the others are measured.
+    ``target`` adds its delegate / execution provider / device to each backend's options. ``worker``
+    measures one artifact (``bench_artifact``'s arguments; tests pass one that crashes)."""
     manifest = load_manifest(package)
     frame = read_image(Path(image)) if image else synthetic_image(manifest.input.size_hw)
-    rows = []
-    ctx = multiprocessing.get_context("spawn")
+    rows, failed = [], []
     for art in manifest.artifacts:
         progress(f"benchmarking {art.file} ({art.format} {art.precision})")
         art_options = {**(target.backend_options(art.format) if target else {}), **(options or {})}
         args = (str(package), art.format, art.precision, threads, warmup, iters, frame, art_options)
-        if isolate:
-            with ctx.Pool(1) as pool:
-                rows.append(pool.apply(bench_artifact, args))
-        else:
-            rows.append(bench_artifact(*args))
+        try:
+            rows.append(run_isolated(worker, *args) if isolate else worker(*args))
+        except WorkerCrashedError as exc:
+            failed.append({"artifact": art.file, "format": art.format, "precision": art.precision,
+                           "error": f"{Path(package) / art.file} ({art.format} {art.precision}): {exc}"})
+            progress(f"{art.file}: the worker crashed ({exc}); going on with the other artifacts")
+    if not rows:
+        raise WorkerCrashedError(failed[0]["error"] if len(failed) == 1
+                                 else f"{package}: every artifact's benchmark worker crashed ({failed[0]['error']})")
     base = next((r for r in rows if (r["format"], r["precision"]) == ("onnx", "fp32")), rows[0])
     by_key = {a.key: a for a in manifest.artifacts}
     for r in rows:
@@ -71,7 +129,7 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
     macs = next((a.extra.get("macs") for a in manifest.artifacts if a.format == "onnx" and a.precision == "fp32"), None)
     return {"package": str(manifest.root), "model": manifest.name, "input": list(manifest.input.shape),
             "threads": rows[0]["threads"], "warmup": warmup, "iters": iters, "isolated": isolate,
-            "host": cpu_summary(), "baseline": base["artifact"], "macs": macs, "results": rows,
+            "host": cpu_summary(), "baseline": base["artifact"], "macs": macs, "results": rows, "failed": failed,
             "fastest_verified": fastest["artifact"] if fastest else None}
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ log = logging.getLogger("edge_runtime")
 
 EXAMPLES = """examples:
   edge-runtime export --model nanodet-plus-m --weights nanodet-plus-m_coco.ckpt --imgsz 416 --out pkg/
-  edge-runtime run pkg/ --source street.jpg --save out/ --json out/dets.json
+  edge-runtime run pkg/ --source street.jpg --save out/ --json out/dets.jsonl
   edge-runtime run pkg/ --source video.avi --save out/      # annotated video + FPS summary
   edge-runtime run pkg/ --source 0                           # webcam window with FPS overlay
   edge-runtime run pkg/ --source 0 --serve 8080              # headless: live view at http://127.0.0.1:8080/
@@ -196,13 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="image, folder, video file, camera index (0) or rtsp/http URL")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="write annotated images (or an annotated video for video/camera sources) here")
-    p.add_argument("--json", default=None, metavar="FILE", help="write detections per frame as JSON")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write detections as JSON lines: one object per frame, written as each frame is done")
     p.add_argument("--show", choices=["auto", "yes", "no"], default="auto",
                    help="display window: auto = for video/camera when a display exists [auto]")
     p.add_argument("--conf", type=float, default=None, help="score threshold [manifest's]")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold [manifest's]")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--summary-json", default=None, metavar="FILE", help="write the timing summary as JSON")
+    p.add_argument("--summary-json", default=None, metavar="FILE",
+                   help="write the timing summary as JSON at the end (also after Ctrl-C / SIGTERM)")
+    p.add_argument("--reconnect-tries", type=int, default=None, metavar="N",
+                   help="camera/stream: reopen a lost source at most N times in a row, then exit with an error "
+                        "(status 2) [no limit]")
+    p.add_argument("--reconnect-backoff", default=None, metavar="FIRST[:MAX]",
+                   help="seconds before the first reopen, doubled each time up to MAX [0.5:30]")
     p.add_argument("--max-fps", type=float, default=None, metavar="N",
                    help="read at most N frames a second (live sources drop the frames in between) [no limit]")
     p.add_argument("--pipeline", choices=["threaded", "sequential"], default="threaded",
@@ -226,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency table of every artifact in a package",
                        description="Measure each artifact (warm-up, then timed runs): median/p90 latency, FPS, "
-                                   "end-to-end time with pre/post-processing, and speed relative to FP32.")
+                                   "end-to-end time with pre/post-processing, and speed relative to FP32. An "
+                                   "artifact whose worker process crashes gets one error line, the others are "
+                                   "still measured (exit status 2).")
     p.add_argument("package", help="package folder")
     p.add_argument("--threads", type=int, default=None, help="inference threads [physical cores]")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first [5]")
@@ -640,16 +650,76 @@ def _budget_cell(control: dict) -> str:
     return f"{'met' if control['met'] else 'NOT met'}, {drop}, {len(control['float_layers'])} layers in float"
 
 
+def _reconnect_backoff(spec: str | None) -> tuple[float, float]:
+    """``--reconnect-backoff FIRST[:MAX]`` -> (first, max) seconds."""
+    from .sources import RECONNECT_BACKOFF
+
+    if spec is None:
+        return RECONNECT_BACKOFF
+    first, _, most = spec.partition(":")
+    try:
+        values = (float(first), float(most) if most else max(float(first), RECONNECT_BACKOFF[1]))
+    except ValueError:
+        values = (-1.0, -1.0)
+    if not 0 < values[0] <= values[1]:
+        raise EdgeRuntimeError(f"--reconnect-backoff {spec}: expected FIRST[:MAX] seconds, 0 < FIRST <= MAX "
+                               "(e.g. 0.5:30)")
+    return values
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
+    """Ctrl-C (SIGINT) and a service manager's stop (SIGTERM) end a run normally: ``stop`` is set, the
+    pipeline finishes the frames in flight and the results are written; a second signal interrupts at
+    once. Yields the names of the signals received. The handler only sets a flag: printing there could
+    re-enter a stderr write the main thread was in the middle of."""
+    import signal
+
+    received: list[str] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _report_run(summary: Any, summary_json: str | None) -> None:
+    print(summary.table())
+    for kind, path in summary.outputs.items():
+        print(f"{kind}: {path}")
+    if summary_json:
+        from .pipeline import write_json_atomic
+
+        write_json_atomic(summary_json, summary.to_dict())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from .detector import Detector
+    from .errors import SourceLostError
     from .pipeline import display_available, run_pipeline
     from .sources import open_source
 
     if args.max_fps is not None and args.max_fps <= 0:
         raise EdgeRuntimeError(f"--max-fps {args.max_fps:g}: must be above 0")
+    if args.reconnect_tries is not None and args.reconnect_tries < 0:
+        raise EdgeRuntimeError(f"--reconnect-tries {args.reconnect_tries}: must be 0 or more")
+    backoff = _reconnect_backoff(args.reconnect_backoff)
+    stop = threading.Event()
     with ExitStack() as cleanup:
+        signals = cleanup.enter_context(_stop_on_signals(stop))
         server = None
         if args.serve:  # bind first: a busy port fails before the model and camera are opened
             from .serve import FrameServer, parse_address
@@ -660,20 +730,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         detector = Detector(args.package, backend=backend, precision=precision, threads=threads,
                             options=options, score_threshold=args.conf, nms_iou=args.iou)
         _report_float_ops(detector)
-        source = open_source(args.source)
+        source = open_source(args.source, reconnect_tries=args.reconnect_tries, reconnect_backoff=backoff)
         show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
         if args.show == "yes" and not display_available():
             log.warning("no display available (headless OpenCV or no $DISPLAY): running without a window")
             show = False
         print(f"{detector.describe()}\nsource: {redact_url(args.source)}{' (window)' if show else ''}", file=sys.stderr)
-        summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
-                               max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
-                               on_result=server.publish if server else None)
-    print(summary.table())
-    for kind, path in summary.outputs.items():
-        print(f"{kind}: {path}")
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+        try:
+            summary = run_pipeline(detector, source, save_dir=args.save, json_path=args.json, show=show,
+                                   max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
+                                   on_result=server.publish if server else None, stop=stop)
+        except SourceLostError as exc:  # the run so far is reported and written, then the one-line error
+            if exc.summary is not None:
+                _report_run(exc.summary, args.summary_json)
+            raise
+    if signals:
+        summary.stopped = f"{signals[0]} received"
+        print(f"{signals[0]}: stopped reading, finished the frames in flight", file=sys.stderr)
+    _report_run(summary, args.summary_json)
     return 0
 
 
@@ -694,7 +768,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"json: {args.json}")
-    return 0
+    for failure in report["failed"]:  # the table has the others; the exit status says not all ran
+        print(f"error: {failure['error']}", file=sys.stderr)
+    return 2 if report["failed"] else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

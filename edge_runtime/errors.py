@@ -18,6 +18,13 @@ class SourceError(EdgeRuntimeError):
     """An input (image, folder, video, camera, stream) cannot be read."""
 
 
+class SourceLostError(SourceError):
+    """A live source (camera, stream) stopped delivering and did not come back within its reconnect
+    tries. ``summary`` holds what the run measured until then (set by ``run_pipeline``)."""
+
+    summary: object = None
+
+
 class CheckpointError(EdgeRuntimeError):
     """A training checkpoint cannot be loaded into the requested model."""
 

@@ -15,8 +15,10 @@ Drawing stays in the calling thread because OpenCV windows must be driven from i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -32,12 +34,13 @@ import numpy as np
 
 from .detections import Detections
 from .detector import Detector
+from .errors import EdgeRuntimeError, SourceLostError
 from .draw import draw_detections, draw_fps
 from .preprocess import ImageMeta
 from .sources import Frame, Source
 from .thermal import describe as describe_thermal
 from .thermal import thermal_state
-from .timing import StageTimes, format_table, summarize
+from .timing import RollingStats, StageTimes, format_table
 
 log = logging.getLogger(__name__)
 WINDOW = "edge-runtime"
@@ -67,6 +70,8 @@ class RunSummary:
     dropped: int = 0  # stale live frames skipped while the pipeline was busy
     thermal: dict[str, Any] = field(default_factory=dict)  # cpu_temp_c / throttled, where the host reports them
     mode: str = "sequential"
+    stopped: str = ""  # why the run ended early: "stop requested" (the CLI names the signal)
+    run: dict[str, str] = field(default_factory=dict)  # package, artifact, source
 
     @property
     def fps(self) -> float:
@@ -79,6 +84,7 @@ class RunSummary:
         text = format_table(["stage", "mean ms", "p50 ms", "p95 ms"], rows).replace("nan", "   ")
         line = f"{self.frames} frames in {self.wall_s:.2f} s: {self.fps:.1f} FPS end to end ({self.mode})"
         extras = [f"{self.dropped} stale frames dropped"] if self.dropped else []
+        extras += [f"stopped: {self.stopped}"] if self.stopped else []
         extras += [describe_thermal(self.thermal)] if self.thermal else []
         lines = [text, "; ".join([line, *extras])]
         if self.latency.get("count"):
@@ -86,9 +92,44 @@ class RunSummary:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "wall_s": self.wall_s, "fps": self.fps, "mode": self.mode,
+        return {**self.run, "frames": self.frames, "wall_s": self.wall_s, "fps": self.fps, "mode": self.mode,
                 "detections": self.detections, "dropped_frames": self.dropped, "stages_ms": self.stages,
-                "latency_ms": self.latency, **self.thermal, "outputs": self.outputs}
+                "latency_ms": self.latency, **self.thermal, "stopped": self.stopped, "outputs": self.outputs}
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """``data`` as JSON at ``path``, all or nothing: a temp file in the same folder, then ``os.replace``
+    (a run killed mid-write leaves the previous file or none, never half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise EdgeRuntimeError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+class JsonLines:
+    """``--json``: one JSON object per frame and line, flushed as frames arrive, so memory stays flat
+    and a run that is killed keeps every complete line it wrote."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise EdgeRuntimeError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class _VideoSink:
@@ -148,12 +189,12 @@ class _Stages:
     def __init__(self, detector: Detector, source: Source, save_dir: Path | None, json_path: str | Path | None,
                  show: bool, progress: bool, max_fps: float | None, on_result: ResultCallback | None) -> None:
         self.detector, self.source = detector, source
-        self.save_dir, self.json_path, self.show, self.progress = save_dir, json_path, show, progress
+        self.save_dir, self.show, self.progress = save_dir, show, progress
         self.on_result = on_result
         self.pacer = _Pacer(max_fps)
         self.times = StageTimes()
-        self.latency: list[float] = []
-        self.records: list[dict[str, Any]] = []
+        self.latency = RollingStats()
+        self.jsonl = JsonLines(json_path) if json_path else None
         self.video = _VideoSink(save_dir / f"{Path(source.name).stem}_det", source.nominal_fps or 30.0) \
             if save_dir and source.stream else None
         self.frames = self.total_dets = 0
@@ -197,8 +238,8 @@ class _Stages:
         """Draw, show, publish and write one result; False when the user asked to quit (q / Esc)."""
         self.total_dets += len(dets)
         self.class_totals.update(dets.labels)
-        if self.json_path:
-            self.records.append({"index": frame.index, "name": frame.name, "detections": dets.to_list()})
+        if self.jsonl is not None:
+            self.jsonl.write({"index": frame.index, "name": frame.name, "detections": dets.to_list()})
         now = time.perf_counter()
         # the frame interval is averaged, not its inverse: a mean of 1/dt overstates the rate when frames
         # arrive unevenly (a paced 10 FPS run showed 20-40 FPS)
@@ -218,7 +259,7 @@ class _Stages:
                 keep_going = cv2.waitKey(1) & 0xFF not in (27, ord("q"))
         # glass to result: capture time to the moment the annotated frame (or, undrawn, the detections) exists
         latency_ms = (time.perf_counter() - frame.timestamp) * 1e3
-        self.latency.append(latency_ms)
+        self.latency.add(latency_ms)
         if self.on_result is not None and canvas is not None:
             self.on_result(canvas, self.live_stats(frame, dets, latency_ms))
         if self.save_dir and canvas is not None:
@@ -240,16 +281,15 @@ class _Stages:
 
     def live_stats(self, frame: Frame, dets: Detections, latency_ms: float) -> dict[str, Any]:
         """What the web view shows while the run goes on: recent medians, not the whole history."""
-        recent = {stage: float(np.median(v[-30:])) for stage, v in list(self.times.samples.items()) if v}
         return {"frame": frame.index, "frames": self.frames + 1, "fps": self.fps_ema,
-                "latency_ms": float(np.median(self.latency[-30:])) if self.latency else latency_ms,
-                "stages_ms": recent, "dropped_frames": self.dropped, "source": self.source.name,
+                "latency_ms": float(np.median(self.latency.recent(30))) if self.latency.count else latency_ms,
+                "stages_ms": self.times.recent_median(30), "dropped_frames": self.dropped, "source": self.source.name,
                 "model": self.detector.manifest.name, "detections": dets.to_list(),
                 "class_counts": dict(Counter(dets.labels)), "class_totals": dict(self.class_totals)}
 
 
-def _run_sequential(stages: _Stages, frames: Iterator[Frame], max_frames: int | None) -> None:
-    while max_frames is None or stages.frames < max_frames:
+def _run_sequential(stages: _Stages, frames: Iterator[Frame], max_frames: int | None, stop: threading.Event) -> None:
+    while (max_frames is None or stages.frames < max_frames) and not stop.is_set():
         frame = stages.read(frames)
         if frame is None or not stages.finish(*stages.decode(*stages.infer(stages.prepare(frame, None)))):
             break
@@ -302,7 +342,7 @@ class _Slot:
             self._cond.notify_all()
 
 
-def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | None) -> None:
+def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | None, stop: threading.Event) -> None:
     errors: list[BaseException] = []
     prepared, detected = _Slot(), _Slot()
     # in flight at most: one being preprocessed, one waiting, one in inference -> three input buffers,
@@ -315,7 +355,8 @@ def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | No
     def reader() -> None:
         try:
             count = 0
-            while max_frames is None or count < max_frames:
+            # a stop request ends reading only: the frames already in flight are finished and written
+            while (max_frames is None or count < max_frames) and not stop.is_set():
                 frame = stages.read(frames)
                 if frame is None:
                     break
@@ -364,34 +405,59 @@ def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | No
         raise errors[0]
 
 
+def _close_on_stop(stop: threading.Event, done: threading.Event, source: Source) -> None:
+    """A live source's reader can wait seconds for the next frame (a stalled camera, a reconnect
+    back-off): closing it on a stop request wakes it at once. Polls, so a signal handler only sets ``stop``."""
+    while not done.wait(0.1):
+        if stop.is_set():
+            source.close()
+            return
+
+
 def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None = None,
                  json_path: str | Path | None = None, show: bool = False, max_frames: int | None = None,
                  progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
-                 on_result: ResultCallback | None = None) -> RunSummary:
+                 on_result: ResultCallback | None = None, stop: threading.Event | None = None) -> RunSummary:
     """Run ``detector`` on every frame of ``source`` (live sources: the newest frame each time);
     returns timing and what was written.
 
     Stages timed per frame: read, preprocess, inference, postprocess, draw and write (when drawing /
     saving); glass-to-result latency from each frame's capture time. ``mode`` is "threaded" or
     "sequential" (same detections, frame by frame); ``max_fps`` limits the rate; ``on_result``
-    receives every annotated frame with live statistics.
+    receives every annotated frame with live statistics. ``json_path`` gets one JSON line per frame
+    as it is done. Setting ``stop`` (e.g. from a signal handler) ends the run normally: reading stops,
+    the frames in flight are finished and the summary is returned. Memory stays flat however long the
+    run: statistics are bounded (``RollingStats``), nothing is kept per frame.
+
+    A live source that is lost for good raises ``SourceLostError`` after everything is written; its
+    ``summary`` holds the run until then.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     save_dir = Path(save_dir) if save_dir else None
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
+    stop = stop or threading.Event()
     stages = _Stages(detector, source, save_dir, json_path, show,
                      sys.stderr.isatty() if progress is None else progress, max_fps, on_result)
+    done = threading.Event()
+    if source.live:
+        threading.Thread(target=_close_on_stop, args=(stop, done, source), name="pipeline-stop", daemon=True).start()
+    lost: SourceLostError | None = None
     start = time.perf_counter()
     try:
-        (_run_threaded if mode == "threaded" else _run_sequential)(stages, iter(source), max_frames)
+        (_run_threaded if mode == "threaded" else _run_sequential)(stages, iter(source), max_frames, stop)
+    except SourceLostError as exc:  # the results so far are still written and summarised
+        lost = exc
     finally:
         wall = time.perf_counter() - start
+        done.set()
         if stages.progress:
             print(file=sys.stderr)
         if stages.video is not None:
             stages.video.close()
+        if stages.jsonl is not None:
+            stages.jsonl.close()
         source.close()
         if show:
             cv2.destroyAllWindows()
@@ -400,11 +466,14 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
         outputs["save_dir"] = str(save_dir)
     if stages.video is not None and stages.video.path is not None:
         outputs["video"] = str(stages.video.path)
-    if json_path:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"package": str(detector.manifest.root), "artifact": detector.artifact.file,
-                                         "source": source.name, "frames": stages.records}, indent=1))
-        outputs["json"] = str(json_path)
-    return RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
-                      latency=summarize(stages.latency), dropped=stages.dropped, thermal=thermal_state(), mode=mode)
+    if stages.jsonl is not None:
+        outputs["json"] = str(stages.jsonl.path)
+    summary = RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
+                         latency=stages.latency.summary(), dropped=stages.dropped, thermal=thermal_state(),
+                         mode=mode, stopped="stop requested" if stop.is_set() else "",
+                         run={"package": str(detector.manifest.root), "artifact": detector.artifact.file,
+                              "source": source.name})
+    if lost is not None:
+        lost.summary = summary
+        raise lost
+    return summary

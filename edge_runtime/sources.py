@@ -2,8 +2,9 @@
 Raspberry Pi camera (picamera2).
 
 Live sources (camera, stream) read in their own thread and keep only the newest frame, so a slow
-model never works on a backlog of stale frames. A live source that stops delivering is reopened a
-few times and then ends cleanly with a warning instead of a traceback.
+model never works on a backlog of stale frames. A live source that stops delivering is reopened with
+an exponential back-off (by default for as long as it takes: a camera that reboots comes back); one
+that is given up on raises ``SourceLostError``, so a service manager sees a failure and restarts the run.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from .errors import SourceError, first_line
+from .errors import SourceError, SourceLostError, first_line
 from .urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".h264"}
 STREAM_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+#: seconds before the first reconnect attempt, and the most between two (the wait doubles each time)
+RECONNECT_BACKOFF = (0.5, 30.0)
 
 
 @dataclass(frozen=True)
@@ -134,15 +138,18 @@ class LatestFrameReader:
     """Reads a capture in a background thread and keeps only the newest frame.
 
     ``open_capture`` returns an opened ``cv2.VideoCapture``-like object (``read``/``release``/
-    ``isOpened``). When reads fail it reopens up to ``reconnect_attempts`` times, then stops.
+    ``isOpened``). When reads fail it reopens it, waiting ``backoff[0]`` seconds, then twice as long
+    each time up to ``backoff[1]``; after ``reconnect_tries`` failed reopens in a row (None: never
+    gives up) the source is ``lost``. A frame read resets the count: every outage gets all the tries.
     """
 
     def __init__(self, open_capture: Callable[[], cv2.VideoCapture], name: str,
-                 reconnect_attempts: int = 5, reconnect_delay: float = 0.5) -> None:
+                 reconnect_tries: int | None = None, backoff: tuple[float, float] = RECONNECT_BACKOFF) -> None:
         self.name = name
         self._open = open_capture
-        self._attempts, self._delay = reconnect_attempts, reconnect_delay
+        self._tries, self._backoff = reconnect_tries, backoff
         self._cond = threading.Condition()
+        self._closing = threading.Event()  # wakes a back-off wait at once on close
         self._frame: np.ndarray | None = None
         self._stamp = 0.0
         self._seq = 0
@@ -150,6 +157,7 @@ class LatestFrameReader:
         self._stopped = False
         self.dropped = 0
         self.reconnects = 0
+        self.lost = False  # gave up reconnecting (not set when closed)
         self.end_reason: str | None = None
         self._cap = open_capture()
         if self._cap is None or not self._cap.isOpened():
@@ -159,29 +167,37 @@ class LatestFrameReader:
 
     def _reopen(self) -> bool:
         self._cap.release()
-        for attempt in range(1, self._attempts + 1):
-            if self._stopped:
+        delay, attempt = self._backoff[0], 0
+        of = f"/{self._tries}" if self._tries is not None else ""
+        while self._tries is None or attempt < self._tries:
+            attempt += 1
+            log.warning("%s: no frame, reconnecting in %.1f s (attempt %d%s)", self.name, delay, attempt, of)
+            if self._closing.wait(delay):
                 return False
-            log.warning("%s: no frame, reconnecting (%d/%d)", self.name, attempt, self._attempts)
-            time.sleep(self._delay)
             try:
                 cap = self._open()
             except Exception as exc:  # noqa: BLE001 (e.g. picamera2 raising while the camera is unplugged: keep trying)
                 log.debug("%s: reopen failed: %s", self.name, first_line(exc))
-                continue
+                cap = None
             if cap is not None and cap.isOpened():
                 self._cap = cap
                 self.reconnects += 1
+                log.warning("%s: reconnected", self.name)
                 return True
+            if cap is not None:
+                cap.release()
+            delay = min(2 * delay, self._backoff[1])
         return False
 
     def _loop(self) -> None:
         while not self._stopped:
             ok, image = self._cap.read()
             if not ok or image is None:
-                if self._reopen():
+                if self._stopped or self._reopen():
                     continue
-                self.end_reason = f"{self.name}: lost and not back after {self._attempts} reconnect attempts"
+                if not self._closing.is_set():
+                    self.lost = True
+                    self.end_reason = f"{self.name}: lost and not back after {self._tries} reconnect attempts"
                 break
             with self._cond:
                 if self._frame is not None and self._seq_consumed < self._seq:
@@ -193,13 +209,15 @@ class LatestFrameReader:
             self._stopped = True
             self._cond.notify_all()
 
-    def read(self, timeout: float = 10.0) -> tuple[np.ndarray, float] | None:
-        """Wait for a frame newer than the last one returned; None when the source has ended."""
-        deadline = time.monotonic() + timeout
+    def read(self, timeout: float | None = None) -> tuple[np.ndarray, float] | None:
+        """Wait for a frame newer than the last one returned; None when the source has ended (or, with
+        ``timeout``, no frame came in that many seconds). Without a timeout it waits as long as the
+        capture thread keeps reconnecting: giving up is the reconnect policy's decision."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._seq == self._seq_consumed and not self._stopped:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     self.end_reason = f"{self.name}: no frame for {timeout:.0f} s"
                     return None
                 self._cond.wait(remaining)
@@ -209,6 +227,7 @@ class LatestFrameReader:
             return self._frame, self._stamp
 
     def close(self) -> None:
+        self._closing.set()
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
@@ -223,7 +242,7 @@ class LiveSource(Source):
     stream = True
 
     def __init__(self, target: int | str, name: str, open_capture: Callable[[], cv2.VideoCapture] | None = None,
-                 **reader_options) -> None:
+                 **reader_options: Any) -> None:
         self.name = name
         self.reader = LatestFrameReader(open_capture or (lambda: cv2.VideoCapture(target)), name, **reader_options)
 
@@ -237,8 +256,8 @@ class LiveSource(Source):
             image, stamp = item
             yield Frame(image, index, f"{self.name}#{index}", stamp)
             index += 1
-        if self.reader.end_reason:
-            log.warning("%s; ending", self.reader.end_reason)
+        if self.reader.lost:
+            raise SourceLostError(self.reader.end_reason)
 
     def close(self) -> None:
         self.reader.close()
@@ -273,7 +292,7 @@ class PicameraCapture:
             self.camera.close()
 
 
-def open_picamera() -> LiveSource:
+def open_picamera(**reader_options: Any) -> LiveSource:
     """``--source picam``: the Pi camera module, or one clear line saying what to install."""
     try:
         import picamera2  # noqa: F401
@@ -281,22 +300,25 @@ def open_picamera() -> LiveSource:
         raise SourceError("picam: picamera2 is not installed (on Raspberry Pi OS: sudo apt install python3-picamera2, "
                           "and create the venv with --system-site-packages)") from None
     try:
-        return LiveSource("picam", "picam", open_capture=PicameraCapture)
+        return LiveSource("picam", "picam", open_capture=PicameraCapture, **reader_options)
     except (RuntimeError, IndexError) as exc:  # picamera2 raises these when no camera is attached
         raise SourceError(f"picam: cannot be opened ({first_line(exc)})") from None
 
 
-def open_source(spec: str) -> Source:
-    """Open what a user typed after ``--source``: a path, a folder, a camera index, a URL or picam."""
+def open_source(spec: str, reconnect_tries: int | None = None,
+                reconnect_backoff: tuple[float, float] = RECONNECT_BACKOFF) -> Source:
+    """Open what a user typed after ``--source``: a path, a folder, a camera index, a URL or picam.
+    Live sources reconnect as ``LatestFrameReader`` describes (``reconnect_tries`` None: no limit)."""
+    live = {"reconnect_tries": reconnect_tries, "backoff": reconnect_backoff}
     if spec == "picam":
-        return open_picamera()
+        return open_picamera(**live)
     if spec.isdigit():
         try:
-            return LiveSource(int(spec), f"camera {spec}")
+            return LiveSource(int(spec), f"camera {spec}", **live)
         except SourceError:
             raise SourceError(f"camera {spec}: cannot be opened (no such device, or it is busy)") from None
     if spec.lower().startswith(STREAM_SCHEMES):
-        return LiveSource(spec, redact_url(spec))  # the name shows in logs, stats and JSON: no password there
+        return LiveSource(spec, redact_url(spec), **live)  # the name shows in logs, stats and JSON: no password
     path = Path(spec)
     if path.is_dir():
         return ImageFiles(image_files(path), path.name, strict=False)

@@ -35,6 +35,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         assert needle in lines[-1], lines[-1]
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """``run --json``: one JSON object per line and frame."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 @pytest.mark.parametrize("image", ["dog.jpg", "person.jpg", "horses.jpg", "000139.jpg"])
 @pytest.mark.parametrize("model", ["nanodet-plus-m", "yolo-fastestv2"])
 def test_run_json_equals_torch_reference(model, image, nanodet_plus_package, yolo_fastestv2_package, fixtures,
@@ -45,9 +50,10 @@ def test_run_json_equals_torch_reference(model, image, nanodet_plus_package, yol
         "yolo-fastestv2": (yolo_fastestv2_package, "weights/yolo-fastestv2/coco2017-0.241078ap-model.pth"),
     }[model]
     path = fixtures(SAMPLES, image)
-    out = tmp_path / "dets.json"
+    out = tmp_path / "dets.jsonl"
     assert main(["run", str(package), "--source", str(path), "--json", str(out), "--show", "no"]) == 0
-    got = json.loads(out.read_text())["frames"][0]["detections"]
+    (frame,) = read_jsonl(out)
+    got = frame["detections"]
     ref = reference_decode.torch_reference_detections(model, package, fixtures(weights), cv2.imread(str(path)))
     assert len(got) == len(ref) > 0
     for want_box, want_score, want_class in ref:
@@ -61,7 +67,7 @@ def test_run_video_writes_annotated_video_and_stage_table(nanodet_plus_package, 
     video = fixtures("video/vtest.avi")
     summary = tmp_path / "summary.json"
     proc = run_cli("run", str(nanodet_plus_package), "--source", str(video), "--save", str(tmp_path / "out"),
-                   "--json", str(tmp_path / "dets.json"), "--max-frames", "12", "--summary-json", str(summary))
+                   "--json", str(tmp_path / "dets.jsonl"), "--max-frames", "12", "--summary-json", str(summary))
     assert proc.returncode == 0, proc.stderr
     for stage in ("read", "preprocess", "inference", "postprocess", "draw", "write"):
         assert stage in proc.stdout
@@ -73,8 +79,9 @@ def test_run_video_writes_annotated_video_and_stage_table(nanodet_plus_package, 
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     ok, frame = cap.read()
     assert ok and frame.shape == (576, 768, 3)
-    frames = json.loads((tmp_path / "dets.json").read_text())["frames"]
-    assert len(frames) == 12
+    frames = read_jsonl(tmp_path / "dets.jsonl")
+    assert [f["index"] for f in frames] == list(range(12))
+    assert report["source"] == "vtest.avi" and report["artifact"] == "model.onnx" and report["stopped"] == ""
     # pedestrians video: people are found in nearly every frame
     assert sum(any(d["label"] == "person" for d in f["detections"]) for f in frames) >= 10
 
@@ -226,9 +233,9 @@ def test_runtime_needs_no_torch_or_onnx(nanodet_plus_package, fixtures, tmp_path
     check = run_cli("info", str(nanodet_plus_package), env=env)
     assert check.returncode == 0, check.stderr
     proc = run_cli("run", str(nanodet_plus_package), "--source", str(fixtures(SAMPLES, "dog.jpg")),
-                   "--json", str(tmp_path / "d.json"), env=env)
+                   "--json", str(tmp_path / "d.jsonl"), env=env)
     assert proc.returncode == 0, proc.stderr
-    labels = {d["label"] for d in json.loads((tmp_path / "d.json").read_text())["frames"][0]["detections"]}
+    labels = {d["label"] for d in read_jsonl(tmp_path / "d.jsonl")[0]["detections"]}
     assert {"dog", "bicycle"} <= labels
     blocked = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **env},
                              capture_output=True, text=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SAMPLES, fixture_path
-from test_cli import run_cli
+from test_cli import read_jsonl, run_cli
 
 torch = pytest.importorskip("torch", reason="building the foreign-layout models needs torch")
 onnx = pytest.importorskip("onnx", reason="exporting the foreign-layout models needs onnx")
@@ -273,9 +273,9 @@ def test_imported_ssd_tflite_matches_native_nanodet(foreign_ssd_tflite, nanodet_
             assert any(_iou(want.boxes[i], want.boxes[k]) > 0.6 and want.scores[k] > want.scores[i] for k in kept), \
                 (name, want.class_ids[i], want.scores[i])
     proc = run_cli("run", str(tmp_path / "pkg"), "--source", str(fixture_path(SAMPLES, "dog.jpg")),
-                   "--json", str(tmp_path / "dets.json"), "--show", "no")
+                   "--json", str(tmp_path / "dets.jsonl"), "--show", "no")
     assert proc.returncode == 0, proc.stderr
-    assert "dog" in {d["label"] for d in json.loads((tmp_path / "dets.json").read_text())["frames"][0]["detections"]}
+    assert "dog" in {d["label"] for d in read_jsonl(tmp_path / "dets.jsonl")[0]["detections"]}
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -297,9 +297,9 @@ def test_imported_package_runs_benches_and_validates(fmt, request, nanodet_plus_
     pkg = tmp_path / "pkg"
     _import(nanodet_plus_package, model, "yolov8", pkg)
     dog = fixture_path(SAMPLES, "dog.jpg")
-    proc = run_cli("run", str(pkg), "--source", str(dog), "--json", str(tmp_path / "dets.json"), "--show", "no")
+    proc = run_cli("run", str(pkg), "--source", str(dog), "--json", str(tmp_path / "dets.jsonl"), "--show", "no")
     assert proc.returncode == 0, proc.stderr
-    names = {d["label"] for d in json.loads((tmp_path / "dets.json").read_text())["frames"][0]["detections"]}
+    names = {d["label"] for d in read_jsonl(tmp_path / "dets.jsonl")[0]["detections"]}
     assert "dog" in names, names
     proc = run_cli("bench", str(pkg), "--iters", "3", "--no-isolate")
     assert proc.returncode == 0 and load_manifest(pkg).artifacts[0].file in proc.stdout, proc.stderr

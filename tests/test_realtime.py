@@ -3,16 +3,15 @@ bounded latency, picam message, thermal fields."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import cv2
 import numpy as np
 import pytest
-from test_cli import assert_one_line_error, run_cli
+from test_cli import assert_one_line_error, read_jsonl, run_cli
 
 from edge_runtime import Detector
-from edge_runtime.errors import SourceError
+from edge_runtime.errors import SourceError, SourceLostError
 from edge_runtime.pipeline import RunSummary, run_pipeline
 from edge_runtime.sources import LiveSource, open_source
 from edge_runtime.thermal import cpu_temperature_c, describe
@@ -31,10 +30,10 @@ def test_threaded_gives_the_sequential_detections_frame_by_frame(package, export
     video = str(fixtures(VIDEO))
     runs = {}
     for mode in ("sequential", "threaded"):
-        out = tmp_path / f"{mode}.json"
+        out = tmp_path / f"{mode}.jsonl"
         summary = run_pipeline(detector, open_source(video), json_path=out, save_dir=tmp_path / mode,
                                max_frames=40, progress=False, mode=mode)
-        runs[mode] = json.loads(out.read_text())["frames"]
+        runs[mode] = read_jsonl(out)
         assert summary.frames == 40 and summary.mode == mode and summary.dropped == 0
         assert 0 < summary.latency["p50"] <= summary.latency["p95"]
         for stage in ("read", "preprocess", "inference", "postprocess", "draw", "write"):
@@ -85,7 +84,7 @@ def test_slow_consumer_drops_stale_frames_and_latency_stays_bounded(mode, yolo_d
     frames = [cap.read()[1] for _ in range(20)]
     cap.release()
     produced = 500  # 2.5 s at 200 FPS, against a consumer that takes 10 ms a frame: at most 100 FPS
-    source = LiveSource("paced", "paced camera", reconnect_attempts=0,
+    source = LiveSource("paced", "paced camera", reconnect_tries=0,
                         open_capture=lambda: PacedCapture(frames, 200.0, produced))
     recent: list[float] = []
 
@@ -93,7 +92,9 @@ def test_slow_consumer_drops_stale_frames_and_latency_stays_bounded(mode, yolo_d
         recent.append(stats["latency_ms"])
         time.sleep(0.01)
 
-    summary = run_pipeline(yolo_detector, source, progress=False, mode=mode, on_result=slow_consumer)
+    with pytest.raises(SourceLostError, match="paced camera: lost and not back after 0 reconnect attempts") as lost:
+        run_pipeline(yolo_detector, source, progress=False, mode=mode, on_result=slow_consumer)
+    summary = lost.value.summary  # the camera ran out: a failure, with the run's results kept
     assert summary.dropped > 0 and summary.frames + summary.dropped <= produced
     assert summary.dropped >= produced // 4
     # a backlog would make the last frames about two seconds old; newest-frame-wins keeps them fresh

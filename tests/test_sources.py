@@ -32,7 +32,7 @@ def frame_number(image: np.ndarray) -> int:
 
 def test_latest_frame_wins_when_the_consumer_is_slow(tmp_path):
     clip = write_clip(tmp_path / "clip.avi", frames=30)
-    reader = LatestFrameReader(lambda: cv2.VideoCapture(str(clip)), "clip", reconnect_attempts=0)
+    reader = LatestFrameReader(lambda: cv2.VideoCapture(str(clip)), "clip", reconnect_tries=0)
     seen = []
     try:
         while (item := reader.read(timeout=5)) is not None:
@@ -47,8 +47,8 @@ def test_latest_frame_wins_when_the_consumer_is_slow(tmp_path):
 
 def test_capture_that_disappears_ends_cleanly(tmp_path):
     clip = write_clip(tmp_path / "cam.avi", frames=20)
-    reader = LatestFrameReader(lambda: cv2.VideoCapture(str(clip)), "camera 9", reconnect_attempts=2,
-                               reconnect_delay=0.05)
+    reader = LatestFrameReader(lambda: cv2.VideoCapture(str(clip)), "camera 9", reconnect_tries=2,
+                               backoff=(0.05, 0.05))
     clip.unlink()  # the device is gone: every reconnect fails
     count = 0
     while reader.read(timeout=5) is not None:
@@ -61,8 +61,8 @@ def test_capture_that_disappears_ends_cleanly(tmp_path):
 
 def test_capture_that_comes_back_is_reconnected(tmp_path):
     clip = write_clip(tmp_path / "cam.avi", frames=10)
-    reader = LatestFrameReader(lambda: cv2.VideoCapture(str(clip)), "camera 9", reconnect_attempts=3,
-                               reconnect_delay=0.01)
+    reader = LatestFrameReader(lambda: cv2.VideoCapture(str(clip)), "camera 9", reconnect_tries=3,
+                               backoff=(0.01, 0.01))
     frames = []
     try:
         while len(frames) < 15 and (item := reader.read(timeout=5)) is not None:

@@ -279,15 +279,15 @@ def test_edgetpu_target_without_the_library_falls_back_and_reports_float_ops(tfl
 
     if ctypes.util.find_library("edgetpu"):
         pytest.skip("an Edge TPU runtime is installed here")
-    out = tmp_path / "dets.json"
+    out = tmp_path / "dets.jsonl"
     proc = run_cli("run", str(tflite_packages["nanodet-plus-m"]), "--target", "edgetpu", "--source",
                    str(fixture_path("images/samples/dog.jpg")), "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "model_int8.tflite" in proc.stderr and "delegate libedgetpu.so.1 failed: CPU fallback" in proc.stderr
     assert "float ops" in proc.stderr and "full-integer delegate" in proc.stderr
-    import json
+    from test_cli import read_jsonl
 
-    labels = {d["label"] for d in json.loads(out.read_text())["frames"][0]["detections"]}
+    labels = {d["label"] for d in read_jsonl(out)[0]["detections"]}
     assert {"dog", "bicycle"} <= labels
 
 
