@@ -58,19 +58,23 @@ def soak(package: str, minutes: float, fps: float, threads: int, interval: float
     cmd = [sys.executable, "-m", "edge_runtime.cli", "run", package, "--source", camera.url, "--show", "no",
            "--threads", str(threads), "--backend", backend, "--json", str(jsonl), "--summary-json", str(summary_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # to files, not pipes: an unread pipe fills after ~64 kB and would block the run (and flatten its RSS)
+    out_path, err_path = out_dir / "run.stdout", out_dir / "run.stderr"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        child = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
     samples: list[tuple[float, float]] = []
     start = time.monotonic()
     try:
         while (t := time.monotonic() - start) < minutes * 60:
             if child.poll() is not None:
-                raise RuntimeError(f"the run ended early (exit {child.returncode}): {child.stderr.read()[-2000:]}")
+                raise RuntimeError(f"the run ended early (exit {child.returncode}): {err_path.read_text()[-2000:]}")
             samples.append((round(t, 1), round(rss_mb(child.pid), 2)))
             print(f"{t / 60:6.2f} min  RSS {samples[-1][1]:7.2f} MB", flush=True)
             time.sleep(interval)
         samples.append((round(time.monotonic() - start, 1), round(rss_mb(child.pid), 2)))
         child.send_signal(signal.SIGTERM)  # what systemctl stop sends
-        stdout, stderr = child.communicate(timeout=60)
+        child.wait(timeout=60)
+        stdout, stderr = out_path.read_text(), err_path.read_text()
     finally:
         if child.poll() is None:
             child.kill()

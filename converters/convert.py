@@ -23,7 +23,7 @@ from edge_runtime.backends import open_backend
 from edge_runtime.compare import compare, judge
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.families import make_family
-from edge_runtime.fsutil import replace_file
+from edge_runtime.fsutil import refuse_link, replace_file
 from edge_runtime.labels import load_class_map, read_labels
 from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 from edge_runtime.validate import EvaluationSet
@@ -240,7 +240,10 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                                    + (" (kept, marked failed: --keep-failed)" if keep_failed else ""))
                     if not keep_failed:
                         continue
-                for file in staged.artifact_files(art):
+                files = staged.artifact_files(art)
+                for file in files:  # every target checked before any moves: an IR's .xml and .bin move together
+                    refuse_link(manifest.root / file.name)
+                for file in files:
                     replace_file(file, manifest.root / file.name)
             manifest = manifest.with_artifact(art)
             manifest.produced_by.setdefault("converters", {})[f"{fmt}-{precision}"] = edge_runtime.__version__

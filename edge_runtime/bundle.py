@@ -101,9 +101,12 @@ def _copy_package(manifest: Manifest, kept: list[Artifact], dst: Path) -> None:
     for src in entries:
         if src.is_dir() or src.resolve() in dropped or src == manifest.path:
             continue
-        if "__pycache__" in src.parts:
+        rel = src.relative_to(manifest.root)
+        # caches, and hidden leftovers of an interrupted write or conversion (an unverified model in a
+        # .convert-* staging folder, a .manifest.json.*.tmp) are never shipped
+        if "__pycache__" in rel.parts or any(part.startswith(".") for part in rel.parts):
             continue
-        target = dst / src.relative_to(manifest.root)
+        target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target)
     data = json.loads(manifest.path.read_text())

@@ -661,9 +661,9 @@ def _reconnect_backoff(spec: str | None) -> tuple[float, float]:
         values = (float(first), float(most) if most else max(float(first), RECONNECT_BACKOFF[1]))
     except ValueError:
         values = (-1.0, -1.0)
-    if not 0 < values[0] <= values[1]:
+    if not 0 < values[0] <= values[1] <= 86400:  # at most a day: Event.wait overflows on inf
         raise EdgeRuntimeError(f"--reconnect-backoff {spec}: expected FIRST[:MAX] seconds, 0 < FIRST <= MAX "
-                               "(e.g. 0.5:30)")
+                               "<= 86400 (e.g. 0.5:30)")
     return values
 
 

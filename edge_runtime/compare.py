@@ -26,7 +26,8 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) ->
 # are the same maths: 0.999 worst image. INT8 without a budget gets a sanity floor, set from what
 # plain INT8 of the bundled/official models measured on COCO photos (lowest seen: mean 0.93 and a
 # worst crowded photo 0.70, YOLO-Fastest-1.1 TFLite) against a broken conversion (0.06): mean >= 0.90
-# and worst >= 0.50. An INT8 budget (--int8-min-cosine / --max-map-drop) must be met on top of it.
+# and worst >= 0.50. With an INT8 budget (--int8-min-cosine / --max-map-drop) the budget replaces the
+# mean floor; the worst-image floor still applies.
 MIN_WORST_COSINE = {"fp32": 0.999, "fp16": 0.999, "int8": 0.50}
 MIN_MEAN_COSINE_INT8 = 0.90
 
@@ -42,7 +43,17 @@ class Verdict:
     higher_is_better: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "check": self.check, "value": self.value, "threshold": self.threshold}
+        return {"passed": self.passed, "check": self.check, "value": self.value, "threshold": self.threshold,
+                "higher_is_better": self.higher_is_better}
+
+    @classmethod
+    def from_dict(cls, record: Any) -> Verdict:
+        """A recorded verdict; a malformed one (from a hand-edited manifest) is a failed check."""
+        if not isinstance(record, dict) or not isinstance(record.get("passed"), bool):
+            return cls(False, "malformed verification record", None, None)
+        value, threshold = _as_float(record.get("value")), _as_float(record.get("threshold"))
+        return cls(record["passed"], str(record.get("check", ""))[:200], None if np.isnan(value) else value,
+                   None if np.isnan(threshold) else threshold, record.get("higher_is_better") is not False)
 
     def describe(self) -> str:
         """'worst-image cosine vs FP32 ONNX 0.06433, needs >= 0.999'."""
@@ -57,30 +68,33 @@ def judge(precision: str, extra: dict[str, Any]) -> Verdict:
     if extra.get("imported"):
         return Verdict(True, "imported: the package's own reference", None, None)
     if "parity_vs_torch" in extra:
-        cosine = float(extra["parity_vs_torch"].get("cosine", float("nan")))
+        parity = extra["parity_vs_torch"]
+        cosine = _as_float(parity.get("cosine") if isinstance(parity, dict) else None)
         return _at_least("cosine vs torch", cosine, MIN_WORST_COSINE["fp32"])
     agreement = extra.get("fp32_agreement")
     if not isinstance(agreement, dict) or "cosine" not in agreement:
         return Verdict(False, "no agreement check against FP32 recorded", None, None)
     floor = MIN_WORST_COSINE.get(precision, MIN_WORST_COSINE["fp32"])
-    worst = _at_least("worst-image cosine vs FP32 ONNX", float(agreement["cosine"]), floor)
+    worst = _at_least("worst-image cosine vs FP32 ONNX", _as_float(agreement["cosine"]), floor)
     if precision != "int8" or not worst.passed:
         return worst
-    control = extra.get("quantization", {}).get("accuracy_control")
+    quantization = extra.get("quantization")
+    control = quantization.get("accuracy_control") if isinstance(quantization, dict) else None
     if isinstance(control, dict):
         if not control.get("met"):
             if control.get("metric") == "map":  # in mAP points, as --max-map-drop takes it
-                return Verdict(False, "INT8 budget not met: mAP drop (points) vs FP32", 100 * _number(control["drop"]),
-                               100 * _number(control["max_drop"]), higher_is_better=False)
-            return Verdict(False, f"INT8 budget not met: {control.get('metric')}", _number(control.get("after")),
-                           _number(control.get("target")))
+                return Verdict(False, "INT8 budget not met: mAP drop (points) vs FP32",
+                               100 * _as_float(control.get("drop")), 100 * _as_float(control.get("max_drop")),
+                               higher_is_better=False)
+            return Verdict(False, f"INT8 budget not met: {control.get('metric')}", _as_float(control.get("after")),
+                           _as_float(control.get("target")))
         return Verdict(True, f"INT8 budget met ({control.get('metric')}) and {worst.check}", worst.value,
                        worst.threshold)
-    mean = float(agreement.get("cosine_mean", agreement["cosine"]))
+    mean = _as_float(agreement.get("cosine_mean", agreement["cosine"]))
     return _at_least("mean per-image cosine vs FP32 ONNX", mean, MIN_MEAN_COSINE_INT8)
 
 
-def _number(value: Any) -> float:
+def _as_float(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 

@@ -26,7 +26,9 @@ def select_artifact(manifest: Manifest, backend: str, precision: str | None, thr
     or "auto" (the fastest runnable verified artifact on this host, measured once and cached). A named
     artifact that failed its check against FP32 still runs, with a warning."""
     if backend != "auto":
-        art = manifest.artifact(backend, precision)
+        verified = (a for a in manifest.artifacts if a.verified and a.format == backend
+                    and precision in (None, a.precision))
+        art = next(verified, None) or manifest.artifact(backend, precision)  # verified first when both exist
         if not art.verified:  # the user asked for it by name: run it, but say it is not what was validated
             log.warning("%s: %s has no passing check against FP32 (%s); its detections may be wrong",
                         manifest.path, art.file, art.verdict.describe())

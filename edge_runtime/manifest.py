@@ -92,10 +92,8 @@ class Artifact:
     def verdict(self) -> Verdict:
         """Its check against FP32: as recorded by convert/export/import (``verification``), else
         judged from the figures an older manifest recorded."""
-        record = self.extra.get("verification")
-        if isinstance(record, dict):
-            return Verdict(record.get("passed") is True, str(record.get("check", "")), record.get("value"),
-                           record.get("threshold"))
+        if "verification" in self.extra:
+            return Verdict.from_dict(self.extra["verification"])
         return judge(self.precision, self.extra)
 
     @property

@@ -15,10 +15,8 @@ Drawing stays in the calling thread because OpenCV windows must be driven from i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import queue
 import sys
 import threading
@@ -35,6 +33,7 @@ import numpy as np
 from .detections import Detections
 from .detector import Detector
 from .errors import EdgeRuntimeError, SourceLostError
+from .fsutil import atomic_write_text
 from .draw import draw_detections, draw_fps
 from .preprocess import ImageMeta
 from .sources import Frame, Source
@@ -98,17 +97,15 @@ class RunSummary:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """``data`` as JSON at ``path``, all or nothing: a temp file in the same folder, then ``os.replace``
-    (a run killed mid-write leaves the previous file or none, never half a file)."""
+    """``data`` as JSON at ``path``, all or nothing (``fsutil.atomic_write_text``: a run killed mid-write
+    leaves the previous file or none, never half a file); a failure is one line."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=2))
+    except EdgeRuntimeError:
+        raise
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise EdgeRuntimeError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 

@@ -141,14 +141,19 @@ class LatestFrameReader:
     ``isOpened``). When reads fail it reopens it, waiting ``backoff[0]`` seconds, then twice as long
     each time up to ``backoff[1]``; after ``reconnect_tries`` failed reopens in a row (None: never
     gives up) the source is ``lost``. A frame read resets the count: every outage gets all the tries.
+    ``file_may_end``: a capture that knows its frame count (a video file behind a URL) and has read
+    them all has ended, it is not lost.
     """
 
     def __init__(self, open_capture: Callable[[], cv2.VideoCapture], name: str,
-                 reconnect_tries: int | None = None, backoff: tuple[float, float] = RECONNECT_BACKOFF) -> None:
+                 reconnect_tries: int | None = None, backoff: tuple[float, float] = RECONNECT_BACKOFF,
+                 file_may_end: bool = False) -> None:
         self.name = name
         self._open = open_capture
         self._tries, self._backoff = reconnect_tries, backoff
+        self._file_may_end = file_may_end
         self._cond = threading.Condition()
+        self._release_lock = threading.Lock()  # the capture is released once, by whichever thread ends first
         self._closing = threading.Event()  # wakes a back-off wait at once on close
         self._frame: np.ndarray | None = None
         self._stamp = 0.0
@@ -165,8 +170,22 @@ class LatestFrameReader:
         self._thread = threading.Thread(target=self._loop, name=f"capture-{name}", daemon=True)
         self._thread.start()
 
+    def _release(self) -> None:
+        with self._release_lock:
+            cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+    def _ended_file(self) -> bool:
+        """A capture with a known frame count that has read them all (a video file, not a camera)."""
+        get = getattr(self._cap, "get", None)
+        if not self._file_may_end or get is None:
+            return False
+        count, position = get(cv2.CAP_PROP_FRAME_COUNT), get(cv2.CAP_PROP_POS_FRAMES)
+        return count > 0 and position >= count - 1
+
     def _reopen(self) -> bool:
-        self._cap.release()
+        self._release()
         delay, attempt = self._backoff[0], 0
         of = f"/{self._tries}" if self._tries is not None else ""
         while self._tries is None or attempt < self._tries:
@@ -180,7 +199,11 @@ class LatestFrameReader:
                 log.debug("%s: reopen failed: %s", self.name, first_line(exc))
                 cap = None
             if cap is not None and cap.isOpened():
-                self._cap = cap
+                with self._release_lock:
+                    if self._closing.is_set():  # closed while opening: nobody else would release it
+                        cap.release()
+                        return False
+                    self._cap = cap
                 self.reconnects += 1
                 log.warning("%s: reconnected", self.name)
                 return True
@@ -190,24 +213,35 @@ class LatestFrameReader:
         return False
 
     def _loop(self) -> None:
-        while not self._stopped:
-            ok, image = self._cap.read()
-            if not ok or image is None:
-                if self._stopped or self._reopen():
-                    continue
-                if not self._closing.is_set():
-                    self.lost = True
-                    self.end_reason = f"{self.name}: lost and not back after {self._tries} reconnect attempts"
-                break
+        try:
+            while not self._stopped:
+                cap = self._cap
+                if cap is None:
+                    break
+                ok, image = cap.read()
+                if not ok or image is None:
+                    if self._stopped or self._ended_file():  # closed, or a video file behind a URL ended
+                        break
+                    if self._reopen():
+                        continue
+                    if not self._closing.is_set():
+                        self.lost = True
+                        self.end_reason = f"{self.name}: lost and not back after {self._tries} reconnect attempts"
+                    break
+                with self._cond:
+                    if self._frame is not None and self._seq_consumed < self._seq:
+                        self.dropped += 1
+                    self._frame, self._stamp = image, time.perf_counter()
+                    self._seq += 1
+                    self._cond.notify_all()
+        except Exception as exc:  # noqa: BLE001 - a dying capture thread must end the run, never hang it
+            if not self._closing.is_set():
+                self.lost = True
+                self.end_reason = f"{self.name}: capture failed: {first_line(exc)}"
+        finally:
             with self._cond:
-                if self._frame is not None and self._seq_consumed < self._seq:
-                    self.dropped += 1
-                self._frame, self._stamp = image, time.perf_counter()
-                self._seq += 1
+                self._stopped = True
                 self._cond.notify_all()
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
 
     def read(self, timeout: float | None = None) -> tuple[np.ndarray, float] | None:
         """Wait for a frame newer than the last one returned; None when the source has ended (or, with
@@ -232,7 +266,7 @@ class LatestFrameReader:
             self._stopped = True
             self._cond.notify_all()
         self._thread.join(timeout=2.0)
-        self._cap.release()
+        self._release()
 
 
 class LiveSource(Source):
@@ -318,7 +352,7 @@ def open_source(spec: str, reconnect_tries: int | None = None,
         except SourceError:
             raise SourceError(f"camera {spec}: cannot be opened (no such device, or it is busy)") from None
     if spec.lower().startswith(STREAM_SCHEMES):
-        return LiveSource(spec, redact_url(spec), **live)  # the name shows in logs, stats and JSON: no password
+        return LiveSource(spec, redact_url(spec), file_may_end=True, **live)  # the name shows in logs, stats and JSON: no password
     path = Path(spec)
     if path.is_dir():
         return ImageFiles(image_files(path), path.name, strict=False)

@@ -178,6 +178,8 @@ def test_stream_credentials_stay_out_of_logs_and_errors(package_copy):
 
     assert redact_url("rtsp://user:pw@cam/stream") == "rtsp://***@cam/stream"
     assert redact_url("http://u:p@host:8080/x?a=b@c") == "http://***@host:8080/x?a=b@c"
+    assert redact_url("rtsp://admin:p@ss@10.0.0.5/s") == "rtsp://***@10.0.0.5/s"  # '@' in the password
+    assert redact_url("http://cam/snap.cgi?user=a&pwd=secret&w=640") == "http://cam/snap.cgi?user=a&pwd=***&w=640"
     for plain in ("rtsp://cam/stream", "http://host/a@b", "0", "clip.mp4", "picam"):
         assert redact_url(plain) == plain
     with socket.socket() as closed:  # a port nothing listens on: the stream cannot be opened

@@ -204,8 +204,11 @@ def test_bundle_keeps_only_the_artifacts_the_target_runs(nanodet_plus_package, w
     data["artifacts"].append({**data["artifacts"][0], "file": "model_int8.tflite", "format": "tflite",
                               "precision": "int8", "sha256": sha256_file(pkg / "model_int8.tflite")})
     (pkg / "manifest.json").write_text(json.dumps(data))
+    (pkg / ".convert-abc").mkdir()  # what an interrupted convert leaves: an unverified model, never shipped
+    (pkg / ".convert-abc" / "model_fp32.tflite").write_bytes(b"unverified")
     top = _extract(make_bundle(pkg, "x86", tmp_path / "b.tar.gz", wheel_dir=wheel_dir), tmp_path / "x")
     assert not (top / "package" / "model_int8.tflite").exists()
+    assert not list((top / "package").glob(".*")), list((top / "package").iterdir())
     assert [a["file"] for a in json.loads((top / "package" / "manifest.json").read_text())["artifacts"]] \
         == ["model.onnx"]
 

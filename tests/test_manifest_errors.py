@@ -367,3 +367,40 @@ def test_autoselect_cache_write_refuses_a_link_and_atomic_writes_leave_no_temp(t
     atomic_write_text(tmp_path / "plain.json", '{"a": 1}')
     assert (tmp_path / "plain.json").read_text() == '{"a": 1}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["autoselect.json", "plain.json", "victim.txt"]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("verification", {"passed": False, "check": "x", "value": "bad", "threshold": 0.999}),
+    ("verification", "oops"),
+    ("verification", {"passed": "yes"}),
+    ("parity_vs_torch", "oops"),
+])
+def test_malformed_check_records_are_a_failed_check_not_a_traceback(package_copy, field, value, caplog):
+    """A hand-edited record cannot crash the runtime: the artifact counts as unverified, auto refuses
+    it in one line, and naming it runs it with a warning."""
+    def change(data):
+        data["artifacts"][0].pop("verification", None)
+        data["artifacts"][0][field] = value
+
+    _edit(package_copy, change)
+    art = load_manifest(package_copy).artifacts[0]
+    assert not art.verified and "\n" not in art.verdict.describe()
+    msg = _error(ModelLoadError, package_copy)
+    assert "no verified artifact" in msg and "onnx-fp32" in msg, msg
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        det = Detector(package_copy, backend="onnx", threads=1)
+    assert det.artifact.key == "onnx-fp32"
+    assert any("no passing check against FP32" in r.getMessage() for r in caplog.records)
+
+
+def test_recorded_verdict_reads_back_as_written():
+    from edge_runtime.compare import Verdict, judge
+
+    failed = judge("int8", {"fp32_agreement": {"cosine": 0.99}, "quantization": {"accuracy_control": {
+        "metric": "map", "met": False, "drop": 0.012, "max_drop": 0.005}}})
+    assert not failed.passed and failed.describe().endswith("1.2, needs <= 0.5")
+    assert Verdict.from_dict(failed.to_dict()) == failed
+    passed = judge("fp16", {"fp32_agreement": {"cosine": 0.99995}})
+    assert passed.passed and Verdict.from_dict(passed.to_dict()) == passed

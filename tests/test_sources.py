@@ -116,3 +116,56 @@ def test_open_source_kinds_and_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(SourceError, match="holds no images"):
         open_source(str(empty))
+
+
+class _FailingCapture:
+    """A capture whose driver raises on its fourth read (a camera unplugged mid-read, say)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def isOpened(self) -> bool:  # cv2.VideoCapture's name
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        self.reads += 1
+        if self.reads > 3:
+            raise RuntimeError("driver fault")
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_capture_that_raises_ends_the_source_with_one_line_instead_of_hanging():
+    from edge_runtime.errors import SourceLostError
+
+    source = LiveSource("cam", "camera 7", open_capture=_FailingCapture, reconnect_tries=None)
+    outcome: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            list(source)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    source.close()
+    assert not worker.is_alive(), "the source hung after its capture thread died"
+    assert len(outcome) == 1 and isinstance(outcome[0], SourceLostError), outcome
+    assert str(outcome[0]) == "camera 7: capture failed: driver fault"
+
+
+def test_a_video_file_behind_a_url_ends_instead_of_reconnecting(tmp_path):
+    """A capture that knows its frame count and has read them all has ended (file_may_end, as
+    open_source sets it for URLs); a camera with the same reads would be reopened forever."""
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    reader = LatestFrameReader(lambda: cv2.VideoCapture(str(clip)), "http://host/clip.avi", reconnect_tries=None,
+                               backoff=(0.05, 0.05), file_may_end=True)
+    count = 0
+    while reader.read(timeout=5) is not None:
+        count += 1
+    reader.close()
+    assert count >= 1 and reader.reconnects == 0 and not reader.lost and reader.end_reason is None
