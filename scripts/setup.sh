@@ -14,15 +14,18 @@ if [ "${EDGE_RUNTIME_UNLOCKED:-0}" = 1 ]; then C=(); else C=(-c "$LOCK"); fi
 pinned() {  # the locked version of $1 ('' when unlocked), as pip's ==VERSION suffix
   [ "${#C[@]}" -gt 0 ] || return 0
   local v; v=$(grep -i -E "^$1==" "$LOCK" | head -1 | cut -d= -f3)
-  [ -n "$v" ] || { echo "setup: $1 is not in $LOCK" >&2; exit 1; }
+  [ -n "$v" ] || { echo "setup: $1 is not in $LOCK" >&2; return 1; }
   printf '==%s' "$v"
 }
+# resolved here, not inside pip's arguments, where a failed lookup would go unnoticed
+ONNX2TF=$(pinned onnx2tf) || exit 1
+TF_KERAS=$(pinned tf_keras) || exit 1
 python -m pip install -q "pip==26.3"
 python -m pip install -q "${C[@]}" "torch==2.13.0"
 python -m pip install -q "${C[@]}" -e ".[convert,onnx,openvino,tflite,validate,dev]"
 # onnx2tf and tf-keras declare pins that fight numpy 2 and the rest of this environment; they run
 # fine without them (../shared/docs/toolchain.md), so they come without their dependencies
-python -m pip install -q --no-deps "onnx2tf$(pinned onnx2tf)" "tf-keras$(pinned tf_keras)"
+python -m pip install -q --no-deps "onnx2tf$ONNX2TF" "tf-keras$TF_KERAS"
 python - <<'PY'
 import cv2, onnxruntime, openvino, tensorflow, torch
 print(f"torch {torch.__version__} | onnxruntime {onnxruntime.__version__} | openvino {openvino.__version__} "
