@@ -300,5 +300,8 @@ def test_yolo_fastestv2_equals_official_single_label_rule_at_low_threshold(expor
     reference = torch_reference_detections(cfg["model"], export("yolo-fastestv2"), fixture_path(cfg["weights"]),
                                            image, score_threshold=0.05)
     det = detector("yolo-fastestv2", score_threshold=0.05)
-    assert_same_as_reference(reference, det(image), det.family.postprocess, "yolo-fastestv2 dog.jpg @0.05",
+    dets = det(image)
+    # both sides resize with cv2.resize: the same pixels, kernels alone differ (4e-6), so counts are exact
+    assert len(dets) == len(reference), (dets.labels, [c for _, _, c in reference])
+    assert_same_as_reference(reference, dets, det.family.postprocess, "yolo-fastestv2 dog.jpg @0.05",
                              REFERENCE_AT_EVAL_THRESHOLD)
