@@ -17,14 +17,17 @@ and the same decoder; only the kernels differ:
 - ``tflite``        the TFLite FP32 file on XNNPACK, and with the builtin kernels only
 - ``torch``         the unfused torch model (deploy wrapper), 1 and 2 threads
 
-Reported per variant against ``ort``: max abs diff of each raw output, then over matched detections
-(same class, nearest box) the max score and box difference at the manifest's threshold and at 0.05,
-and the detections one side has and the other lacks (with their scores). Last, each runtime variant
-end to end against the independent torch reference (tests/reference_decode.py, its own warp), which
-is what test_runtime_equals_torch_reference and test_run_json_equals_torch_reference compare, and the
-same for deliberately wrong preprocessing (mean in RGB order, std 1, letterbox instead of stretch,
-cv2.resize instead of the warp or back),
-to show how far above the spread a real error lands.
+First, the resize: the same bilinear stretch by different kernels (NanoDet's warp: cv2.warpAffine,
+cv2.warpPerspective, float64 rounded once; YOLO-FastestV2: cv2.resize INTER_LINEAR, INTER_LINEAR_EXACT,
+float64), each uint8 image through the same ONNX Runtime detector. Then per variant against ``ort``:
+max abs diff of each raw output, then over matched detections (same class, box within 4 px;
+agreement.spread) the max score and box difference, and the change of the IoU between two same-class
+boxes, at the manifest's threshold and at 0.05, and the scores left unpaired. Last, each runtime
+variant end to end against the independent torch reference (tests/reference_decode.py, its own
+warp), which is what test_runtime_equals_torch_reference and test_run_json_equals_torch_reference
+compare, and the same for deliberately wrong preprocessing (mean in RGB order, std 1, letterbox
+instead of stretch, cv2.resize instead of the warp or back) to show how far above the spread a real
+error lands.
 """
 
 from __future__ import annotations
