@@ -60,38 +60,20 @@ def test_onnx_int8_artifact_is_recorded_and_close_to_fp32(int8_packages, key):
     assert (manifest.root / art.file).stat().st_size < 0.7 * (manifest.root / "model.onnx").stat().st_size
 
 
-def test_nanodet_plus_int8_detections_agree_with_fp32(int8_packages, fixtures):
-    """The issue's rule with NMS ties allowed for, as tests/test_int8_accuracy.py: a box one model keeps
-    may be matched by one the other *predicted* (before NMS). On an Intel Xeon, horses.jpg's 'horse 0.42'
-    loses NMS to a neighbour in INT8, which still predicts it at 0.6."""
-    from agreement import unmatched
+@pytest.mark.parametrize("key", ["nanodet-plus-m", "yolo-fastestv2"])
+def test_int8_detections_agree_with_fp32(int8_packages, fixtures, key):
+    """The issue's rule with INT8's score spread and NMS near-ties allowed for, as
+    tests/test_int8_accuracy.py (tests/agreement.py INT8), on all 11 photos. Under the old rules
+    YOLO-FastestV2 was only held to 9 of 11: on 000181 and giraffe INT8 keeps the other one of two
+    overlapping boxes after NMS (a tie, explained now); on an Intel Xeon NanoDet-Plus-m's horses.jpg
+    'horse 0.42' lost NMS to a neighbour in INT8. Measured here: matched scores within 0.094."""
+    from agreement import int8_disagreements
 
-    pkg = int8_packages["nanodet-plus-m"]
+    pkg = int8_packages[key]
     fp32, int8 = (Detector(pkg, backend="onnx", precision=p) for p in ("fp32", "int8"))
-    fp32_all, int8_all = (Detector(pkg, backend="onnx", precision=p, nms_iou=1.0) for p in ("fp32", "int8"))
     for path in sorted(fixtures("images/samples").glob("*.jpg")):
-        image = cv2.imread(str(path))
-        want, have = fp32(image), int8(image)
-        lost = unmatched(want, have) and unmatched(want, int8_all(image))
-        extra = unmatched(have, want) and unmatched(have, fp32_all(image))
-        assert not lost and not extra, f"nanodet-plus-m int8 {path.name}: lost {lost}, extra {extra}"
-
-
-def test_yolo_fastestv2_int8_detections_mostly_agree_with_fp32(int8_packages, fixtures):
-    """Known gap: on 2 of the 11 samples (000181, giraffe) INT8 keeps a different one of two
-    overlapping boxes after NMS (IoU < 0.8 with FP32's), even with the FPN and heads in float.
-    This guards the measured level; the issue's full rule holds for NanoDet-Plus-m only."""
-    from agreement import unmatched
-
-    fp32 = Detector(int8_packages["yolo-fastestv2"], backend="onnx", precision="fp32")
-    int8 = Detector(int8_packages["yolo-fastestv2"], backend="onnx", precision="int8")
-    disagree = []
-    for path in sorted(fixtures("images/samples").glob("*.jpg")):
-        image = cv2.imread(str(path))
-        a, b = fp32(image), int8(image)
-        if unmatched(a, b) or unmatched(b, a):
-            disagree.append(path.name)
-    assert len(disagree) <= 2, disagree
+        problems = int8_disagreements(fp32, int8, cv2.imread(str(path)))
+        assert not problems, f"{key} int8 {path.name}: {problems}"
 
 
 def test_tail_stays_float(int8_packages):

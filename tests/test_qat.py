@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from agreement import unmatched  # noqa: E402
+from agreement import int8_disagreements  # noqa: E402
 
 from converters.compress.qat import calibration_batches, prepare_qat, weight_qmax  # noqa: E402
 
@@ -115,20 +115,16 @@ def test_qat_package_is_qdq_int8_and_recorded(packages):
 
 
 def test_qat_detections_agree_with_fp32(packages):
-    """The INT8 test's rule (tests/agreement.py; a box one side keeps may be matched by one the other
-    side predicted before NMS) on generated held-out images."""
+    """The INT8 test's rule (tests/agreement.py INT8: INT8's score spread and NMS near-ties allowed
+    for) on generated held-out images."""
     from converters.demo_data import make_image
     from edge_runtime import Detector
 
     pkg = packages["qat"]
     fp32, int8 = Detector(pkg, precision="fp32"), Detector(pkg, precision="int8")
-    fp32_all, int8_all = Detector(pkg, precision="fp32", nms_iou=1.0), Detector(pkg, precision="int8", nms_iou=1.0)
     for index in range(20):
-        image = make_image(0, "val", index)[0]
-        want, have = fp32(image), int8(image)
-        lost = unmatched(want, have) and unmatched(want, int8_all(image))
-        extra = unmatched(have, want) and unmatched(have, fp32_all(image))
-        assert not lost and not extra, f"val {index}: lost {lost}, extra {extra}"
+        problems = int8_disagreements(fp32, int8, make_image(0, "val", index)[0])
+        assert not problems, f"val {index}: {problems}"
 
 
 def test_qat_map_not_below_ptq(packages):
