@@ -787,8 +787,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"input {inp.name} {list(inp.shape)} {inp.layout} {inp.dtype} {inp.color}, resize {inp.resize}, "
           f"mean {list(inp.mean)} std {list(inp.std)}")
     rows = [[a.file, a.format, a.precision, m.artifact_mb(a) if (m.root / a.file).exists() else "missing",
-             a.sha256[:12]] for a in m.artifacts]
-    print(format_table(["artifact", "format", "precision", "MB", "sha256"], rows))
+             a.sha256[:12], "yes" if a.verified else "FAILED", a.verdict.describe()] for a in m.artifacts]
+    print(format_table(["artifact", "format", "precision", "MB", "sha256", "verified", "check"], rows))
     print("produced by: " + ", ".join(f"{k} {v}" for k, v in m.produced_by.items() if v))
     return 0
 
