@@ -21,7 +21,7 @@ from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import RESIZE_MODES, Artifact, Manifest, sha256_file
 
 from .checkpoints import load_model
-from .coco import COCO_CLASSES
+from edge_runtime.coco import COCO_CLASSES
 from .compress.fuse import fuse_model
 from .macs import count_macs
 from .models import get_spec

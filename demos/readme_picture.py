@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edge_runtime import Detector
-from edge_runtime.demo import build_package, demo_clip
+from converters.demo import build_package, demo_clip
 from edge_runtime.pipeline import run_pipeline
 from edge_runtime.sources import open_source
 

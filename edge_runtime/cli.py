@@ -794,7 +794,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    with _host_tools("demo"):  # building the demo package is host work (edge_runtime imports no converters)
+        from converters.demo import run_demo
     from .pipeline import display_available
 
     live = args.source is not None and (args.source.isdigit() or "://" in args.source or args.source == "picam")

@@ -66,10 +66,7 @@ def read_classes(classes: str | Path, family: str = "") -> tuple[str, ...]:
     """"coco" -> the 80 COCO names (for ``ssd``: the 90 category-id slots TF models predict); else a
     .txt file with one class name per line (a leading background placeholder such as '???' dropped)."""
     if str(classes) == "coco":
-        from converters.coco import (  # plain names, no torch behind them
-            COCO_CLASSES,
-            coco_category_slots,
-        )
+        from .coco import COCO_CLASSES, coco_category_slots
 
         return coco_category_slots() if family == "ssd" else tuple(COCO_CLASSES)
     path = Path(classes)

@@ -195,7 +195,7 @@ def test_kept_failed_artifact_is_marked_and_never_chosen(kept_failed, caplog, tm
     from edge_runtime.autoselect import CACHE_NAME, auto_candidates, fastest_artifact
     from edge_runtime.bench import bench_package, bench_table
     from edge_runtime.bundle import select_artifacts
-    from edge_runtime.demo import _time_artifacts
+    from converters.demo import _time_artifacts
     from edge_runtime.detector import Detector
     from edge_runtime.manifest import load_manifest
     from edge_runtime.targets import load_target

@@ -246,7 +246,7 @@ def foreign_ssd_tflite(foreign_onnx, tmp_path_factory) -> Path:
 
 def test_imported_ssd_tflite_matches_native_nanodet(foreign_ssd_tflite, nanodet_plus_package, read_image, tmp_path):
     pytest.importorskip("ai_edge_litert", reason="running TFLite needs ai-edge-litert")
-    from converters.coco import COCO_CLASSES
+    from edge_runtime.coco import COCO_CLASSES
 
     labelmap = tmp_path / "labelmap.txt"  # as the TF examples ship it: a background placeholder first
     labelmap.write_text("???\n" + "\n".join(COCO_CLASSES) + "\n")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import fixture_path
 
-from converters.coco import COCO_CLASSES
+from edge_runtime.coco import COCO_CLASSES
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.labels import (
     ALIASES,

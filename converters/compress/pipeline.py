@@ -23,7 +23,7 @@ from torch import nn
 from edge_runtime.errors import EdgeRuntimeError
 
 from ..checkpoints import load_checkpoint, load_model
-from ..coco import COCO_CLASSES
+from edge_runtime.coco import COCO_CLASSES
 from ..models import get_spec
 from .checkpoint import save_compressed
 

@@ -15,12 +15,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .detector import Detector
-from .errors import BackendUnavailableError, EdgeRuntimeError
-from .manifest import Manifest, load_manifest, sha256_file
-from .pipeline import RunSummary, run_pipeline
-from .sources import open_source
-from .timing import format_table
+from edge_runtime.detector import Detector
+from edge_runtime.errors import BackendUnavailableError, EdgeRuntimeError
+from edge_runtime.manifest import Manifest, load_manifest, sha256_file
+from edge_runtime.pipeline import RunSummary, run_pipeline
+from edge_runtime.sources import open_source
+from edge_runtime.timing import format_table
 
 log = logging.getLogger(__name__)
 MODEL = "demo-shapes"
@@ -50,10 +50,10 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
     if manifest is not None and not missing:
         return manifest
     try:
-        from converters.convert import ArtifactRefused, convert_package
-        from converters.demo_data import write_split
-        from converters.export_onnx import export_package
-        from converters.models import get_spec
+        from .convert import ArtifactRefused, convert_package
+        from .demo_data import write_split
+        from .export_onnx import export_package
+        from .models import get_spec
     except ImportError as exc:
         raise EdgeRuntimeError(f"building the demo package needs the host tool chain ({exc.name} is missing): "
                                f"pip install 'edge-runtime[convert]'") from None
@@ -80,7 +80,7 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
 def demo_clip(root: Path) -> Path:
     clip = root / "shapes.avi"
     if not clip.is_file():
-        from converters.demo_data import write_clip
+        from .demo_data import write_clip
 
         write_clip(clip)
     return clip
