@@ -70,6 +70,8 @@ CONVERTERS: dict[tuple[str, str], str] = {
     ("tflite", "fp16"): "converters.convert_tflite:convert_tflite",
     ("tflite", "int8"): "converters.convert_tflite:convert_tflite",
 }
+
+
 class ArtifactRefused(EdgeRuntimeError):
     """Some converted artifacts failed their check against FP32 and were not listed; the others were.
     ``manifest`` is the package as written, ``refused`` one line per refused artifact."""
