@@ -8,7 +8,7 @@ other; ``threaded`` (the default) overlaps them in three threads joined by one-s
 so the next frame is read and preprocessed while the current one is inferred, and the previous one is
 decoded, drawn and written: the inference thread does nothing but run the model, so with a core left
 for the other two threads the model alone sets the frame rate (decoding in the inference thread cost
-5-8 % of the frame rate of a fast model). The one-slot queues bound what is in flight (three frames), so a live source's
+5-8 % of the frame rate of a fast model). The one-slot queues bound what is in flight (three input buffers, two results), so a live source's
 glass-to-result latency stays bounded: live sources drop stale frames in their capture thread.
 Drawing stays in the calling thread because OpenCV windows must be driven from it.
 """
