@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.bench import bench_package, synthetic_image
-from edge_runtime.hostinfo import cpu_summary, physical_cores
+from edge_runtime.deploy.hostinfo import cpu_summary, physical_cores
 from edge_runtime.manifest import load_manifest
 from edge_runtime.preprocess import ImagePreprocessor
 from edge_runtime.timing import summarize, time_calls

@@ -51,11 +51,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_runtime.deploy.hostinfo import cpu_summary, physical_cores
 from edge_runtime.detector import Detector
-from edge_runtime.hostinfo import cpu_summary, physical_cores
+from edge_runtime.io.pipeline import run_pipeline
+from edge_runtime.io.sources import open_source
 from edge_runtime.manifest import load_manifest
-from edge_runtime.pipeline import run_pipeline
-from edge_runtime.sources import open_source
 from edge_runtime.timing import StageTimes
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"

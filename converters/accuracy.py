@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.compare import compare
+from edge_runtime.evaluation.metrics import coco_evaluate
+from edge_runtime.evaluation.validate import EvaluationSet
 from edge_runtime.families import Family
-from edge_runtime.metrics import coco_evaluate
-from edge_runtime.validate import EvaluationSet
 
 log = logging.getLogger(__name__)
 Runner = Callable[[np.ndarray], list[np.ndarray]]  # NCHW tensor -> outputs in the FP32 artifact's order

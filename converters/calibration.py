@@ -16,9 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_runtime.errors import SourceError
+from edge_runtime.io.sources import IMAGE_EXTS, read_image
 from edge_runtime.manifest import InputSpec
 from edge_runtime.preprocess import ImagePreprocessor
-from edge_runtime.sources import IMAGE_EXTS, read_image
 
 
 def _spread(items: list, size: int) -> list:

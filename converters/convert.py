@@ -22,11 +22,11 @@ import edge_runtime
 from edge_runtime.backends import open_backend
 from edge_runtime.compare import compare, judge
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.evaluation.labels import load_class_map, read_labels
+from edge_runtime.evaluation.validate import EvaluationSet
 from edge_runtime.families import make_family
 from edge_runtime.fsutil import refuse_link, replace_file
-from edge_runtime.labels import load_class_map, read_labels
 from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
-from edge_runtime.validate import EvaluationSet
 
 from .accuracy import AccuracyBudget, CosineAgreement, MapMetric, Runner
 from .calibration import CalibrationSet

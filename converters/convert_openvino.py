@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.deploy.hostinfo import package_version
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.hostinfo import package_version
 from edge_runtime.manifest import sha256_file
 
 from .accuracy import Runner, run_nncf_search

@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.deploy.hostinfo import package_version
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.hostinfo import package_version
 
 from .accuracy import Runner, float_prefix_search
 from .convert import ConvertJob, ConvertResult

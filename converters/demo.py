@@ -17,9 +17,9 @@ from pathlib import Path
 
 from edge_runtime.detector import Detector
 from edge_runtime.errors import BackendUnavailableError, EdgeRuntimeError
+from edge_runtime.io.pipeline import RunSummary, run_pipeline
+from edge_runtime.io.sources import open_source
 from edge_runtime.manifest import Manifest, load_manifest, sha256_file
-from edge_runtime.pipeline import RunSummary, run_pipeline
-from edge_runtime.sources import open_source
 from edge_runtime.timing import format_table
 
 log = logging.getLogger(__name__)

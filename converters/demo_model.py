@@ -63,7 +63,7 @@ def evaluate_package(package: str | Path, count: int = 200, seed: int = 0, backe
                      precision: str = "fp32", progress: bool = True) -> dict[str, float]:
     """COCO metrics of a demo-shapes package, run by the runtime (score threshold 0.01) on held-out images."""
     from edge_runtime.detector import Detector
-    from edge_runtime.metrics import category_ids_for, coco_map, detections_to_coco
+    from edge_runtime.evaluation.metrics import category_ids_for, coco_map, detections_to_coco
 
     images, truth = coco_split("val", count, seed, progress)
     detector = Detector(package, backend=backend, precision=precision, score_threshold=0.01)

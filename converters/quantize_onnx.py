@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_static)
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .accuracy import run_nncf_search

@@ -16,10 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_runtime import Detector
 from converters.demo import build_package, demo_clip
-from edge_runtime.pipeline import run_pipeline
-from edge_runtime.sources import open_source
+from edge_runtime import Detector
+from edge_runtime.io.pipeline import run_pipeline
+from edge_runtime.io.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 # picked by eye from frames 10, 30, 58, 75, 100 and 126: every box right, shapes partly overlapping as in

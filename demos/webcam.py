@@ -10,9 +10,9 @@ stream and live statistics at http://127.0.0.1:8080/ (Ctrl-C to stop).
 import sys
 
 from edge_runtime import Detector, EdgeRuntimeError
-from edge_runtime.pipeline import display_available, run_pipeline
-from edge_runtime.serve import FrameServer
-from edge_runtime.sources import open_source
+from edge_runtime.io.pipeline import display_available, run_pipeline
+from edge_runtime.io.serve import FrameServer
+from edge_runtime.io.sources import open_source
 
 
 def main(package: str, source: str = "0") -> None:

@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from .backends import installed_backends, open_backend
+from .deploy.hostinfo import cpu_summary
 from .errors import ModelLoadError
 from .fsutil import atomic_write_text
-from .hostinfo import cpu_summary
 from .manifest import Artifact, Manifest
 
 log = logging.getLogger(__name__)

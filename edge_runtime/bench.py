@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 
 from .compare import compare
+from .deploy.hostinfo import cpu_summary
+from .deploy.targets import Target, efficiency
 from .errors import EdgeRuntimeError
-from .hostinfo import cpu_summary
+from .io.sources import read_image
 from .manifest import load_manifest
-from .sources import read_image
-from .targets import Target, efficiency
 from .timing import format_table, summarize, time_calls
 
 

@@ -58,7 +58,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 def _runnable_target(name: str) -> Any:
     """The target profile ``name`` (a name or a .toml path); one marked future is a one-line error."""
-    from .targets import load_target
+    from .deploy.targets import load_target
 
     target = load_target(name)
     target.require_runnable()
@@ -87,7 +87,7 @@ def _report_float_ops(detector: Any) -> None:
     """A delegate that runs only integer ops (Edge TPU, NXP VX) hands every float op back to the CPU."""
     if detector.artifact.format != "tflite" or not detector.backend.options.get("delegate"):
         return
-    from .tflite_ops import tflite_op_report
+    from .backends.tflite_ops import tflite_op_report
 
     report = tflite_op_report(detector.manifest.artifact_path(detector.artifact))
     if not (report.full_integer and report.integer_io):
@@ -504,7 +504,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         result["static"] = static.to_dict()
         macs_by_node = {layer.name: layer.macs for layer in static.layers}
     if args.package:
-        from .layer_latency import format_latency_table, profile_latency
+        from .backends.layer_latency import format_latency_table, profile_latency
 
         latency = profile_latency(args.package, args.backend, args.precision, runs=args.runs, threads=args.threads)
         print()
@@ -652,7 +652,7 @@ def _budget_cell(control: dict) -> str:
 
 def _reconnect_backoff(spec: str | None) -> tuple[float, float]:
     """``--reconnect-backoff FIRST[:MAX]`` -> (first, max) seconds."""
-    from .sources import RECONNECT_BACKOFF
+    from .io.sources import RECONNECT_BACKOFF
 
     if spec is None:
         return RECONNECT_BACKOFF
@@ -699,7 +699,7 @@ def _report_run(summary: Any, summary_json: str | None) -> None:
     for kind, path in summary.outputs.items():
         print(f"{kind}: {path}")
     if summary_json:
-        from .pipeline import write_json_atomic
+        from .io.pipeline import write_json_atomic
 
         write_json_atomic(summary_json, summary.to_dict())
 
@@ -709,8 +709,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .detector import Detector
     from .errors import SourceLostError
-    from .pipeline import display_available, run_pipeline
-    from .sources import open_source
+    from .io.pipeline import display_available, run_pipeline
+    from .io.sources import open_source
 
     if args.max_fps is not None and args.max_fps <= 0:
         raise EdgeRuntimeError(f"--max-fps {args.max_fps:g}: must be above 0")
@@ -722,7 +722,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         signals = cleanup.enter_context(_stop_on_signals(stop))
         server = None
         if args.serve:  # bind first: a busy port fails before the model and camera are opened
-            from .serve import FrameServer, parse_address
+            from .io.serve import FrameServer, parse_address
 
             server = cleanup.enter_context(FrameServer(parse_address(args.serve), tuple(args.allow_host), args.token))
             print(f"live view: {server.url}", file=sys.stderr, flush=True)  # the token is not printed
@@ -796,7 +796,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     with _host_tools("demo"):  # building the demo package is host work (edge_runtime imports no converters)
         from converters.demo import run_demo
-    from .pipeline import display_available
+    from .io.pipeline import display_available
 
     live = args.source is not None and (args.source.isdigit() or "://" in args.source or args.source == "picam")
     show = args.show == "yes" or (args.show == "auto" and live)
@@ -816,9 +816,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .labels import load_class_map, read_labels
+    from .evaluation.labels import load_class_map, read_labels
+    from .evaluation.validate import EvaluationSet, Protocol, report_table, validate_package
     from .manifest import load_manifest
-    from .validate import EvaluationSet, Protocol, report_table, validate_package
 
     data = None
     if args.data:
@@ -835,7 +835,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"json: {args.json}")
     if args.plot:
-        from .plot import validation_chart
+        from .evaluation.plot import validation_chart
 
         print(f"plot: {validation_chart(report, args.plot)}")
     return 0
@@ -848,10 +848,10 @@ def _split_list(text: str) -> list[str]:
 def cmd_targets(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .targets import all_targets, targets_table
+    from .deploy.targets import all_targets, targets_table
 
     if args.detect:
-        from .hostinfo import detect_host
+        from .deploy.hostinfo import detect_host
 
         host = detect_host()
         print(json.dumps(host.to_dict(), indent=2) if args.json else "\n".join(host.describe()))
@@ -862,11 +862,11 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from .bundle import make_bundle
+    from .deploy.bundle import make_bundle
     from .manifest import load_manifest
     target = _runnable_target(args.target)
     if target.delegate:  # full-integer accelerators: say before deployment what would fall back to the CPU
-        from .tflite_ops import tflite_op_report
+        from .backends.tflite_ops import tflite_op_report
 
         manifest = load_manifest(args.package)
         for art in manifest.artifacts:
@@ -879,7 +879,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .deploy import deploy
+    from .deploy.remote import deploy
 
     result = deploy(Path(args.bundle), args.host, args.port, Path(args.identity) if args.identity else None,
                     args.remote_dir, args.ssh_options, args.smoke_iters, args.remote_python,

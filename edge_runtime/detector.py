@@ -11,10 +11,10 @@ import numpy as np
 
 from .autoselect import fastest_artifact
 from .backends import Backend, open_backend
+from .deploy.hostinfo import physical_cores
 from .detections import Detections
 from .errors import ModelLoadError
 from .families import Family, make_family
-from .hostinfo import physical_cores
 from .manifest import Artifact, Manifest, load_manifest
 from .preprocess import ImageMeta
 

@@ -7,7 +7,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-
 #: samples kept per statistic for its percentiles: about 3 minutes at 60 FPS, 80 kB each
 WINDOW = 10_000
 

@@ -43,8 +43,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import FIXTURES, PACKAGES  # noqa: E402
 from agreement import Tolerance, from_reference, spread  # noqa: E402
+from conftest import FIXTURES, PACKAGES  # noqa: E402
 from reference_decode import torch_reference_detections  # noqa: E402
 
 from edge_runtime import Detections, Detector  # noqa: E402
@@ -57,8 +57,9 @@ class TorchDetector:
 
     def __init__(self, package: Path, key: str, threads: int) -> None:
         import torch
-        from converters.models import get_spec
         from reference_decode import load_torch_model
+
+        from converters.models import get_spec
 
         self.torch, self.threads = torch, threads
         self.inner = Detector(package, backend="onnx", precision="fp32", threads=1)

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from agreement import assert_same_as_reference
+
 from edge_runtime import Detections
 from edge_runtime.cli import main
 from edge_runtime.manifest import load_manifest

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import fixture_path
 
 pytest.importorskip("torch", reason="converting needs the host tool chain")
@@ -192,13 +191,13 @@ def kept_failed(demo_copy, broken_converter) -> Path:
 
 
 def test_kept_failed_artifact_is_marked_and_never_chosen(kept_failed, caplog, tmp_path):
+    from converters.demo import _time_artifacts
     from edge_runtime.autoselect import CACHE_NAME, auto_candidates, fastest_artifact
     from edge_runtime.bench import bench_package, bench_table
-    from edge_runtime.bundle import select_artifacts
-    from converters.demo import _time_artifacts
+    from edge_runtime.deploy.bundle import select_artifacts
+    from edge_runtime.deploy.targets import load_target
     from edge_runtime.detector import Detector
     from edge_runtime.manifest import load_manifest
-    from edge_runtime.targets import load_target
 
     manifest = load_manifest(kept_failed)
     bad = manifest.artifact("openvino", "fp32")

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import fixture_path
+
 from edge_runtime import Detector
 from edge_runtime.errors import BackendUnavailableError, SourceError
 from edge_runtime.manifest import load_manifest, sha256_file

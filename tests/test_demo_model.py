@@ -72,7 +72,7 @@ def test_labels_lie_in_the_image_and_cover_drawn_shapes():
 
 
 def test_coco_map_is_one_for_the_ground_truth_itself():
-    from edge_runtime.metrics import coco_map
+    from edge_runtime.evaluation.metrics import coco_map
 
     _, truth = coco_split("val", 5, progress=False)
     results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
@@ -110,7 +110,7 @@ def test_package_detects_held_out_shapes(demo_package):
 
 def test_package_finds_the_shapes_of_the_demo_clip(demo_package):
     from edge_runtime import Detector
-    from edge_runtime.metrics import category_ids_for, coco_map, detections_to_coco
+    from edge_runtime.evaluation.metrics import category_ids_for, coco_map, detections_to_coco
 
     frames, labels = zip(*clip_labelled())
     truth = clip_ground_truth("shapes.avi", list(labels))

@@ -1,4 +1,4 @@
-"""Deploy bundles (edge_runtime.bundle) and deploy over ssh (edge_runtime.deploy) against a real sshd.
+"""Deploy bundles (edge_runtime.deploy.bundle) and deploy over ssh (edge_runtime.deploy.remote) against a real sshd.
 
 The "device" is this machine: a throwaway sshd (Debian's openssh-server) on 127.0.0.1 with its own host
 and user keys, logged into as the current user, with the remote folders under tmp_path. The one real
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.bundle import inspect_bundle, make_bundle
-from edge_runtime.deploy import check_free_space, deploy
+from edge_runtime.deploy.bundle import inspect_bundle, make_bundle
+from edge_runtime.deploy.remote import check_free_space, deploy
 from edge_runtime.errors import EdgeRuntimeError
 
 SSHD = Path("/usr/sbin/sshd")
@@ -319,7 +319,7 @@ def test_too_little_disk_space():
 
 def test_too_little_disk_space_on_the_device(bundle, sshd, tmp_path, monkeypatch):
     """The real probe's df output goes through the same check (a venv that cannot fit anywhere)."""
-    monkeypatch.setattr("edge_runtime.deploy.VENV_BYTES", 2**60)
+    monkeypatch.setattr("edge_runtime.deploy.remote.VENV_BYTES", 2**60)
     with pytest.raises(EdgeRuntimeError) as excinfo:
         _deploy(bundle, sshd, tmp_path / "remote")
     assert "too little disk space in" in _one_line_error(excinfo)
@@ -336,7 +336,7 @@ def test_too_little_disk_space_on_the_device(bundle, sshd, tmp_path, monkeypatch
 ])
 def test_ssh_failures_map_to_one_line_errors(stderr, expected):
     """Failures a loopback sshd cannot produce, from the clients' real messages."""
-    from edge_runtime.deploy import ssh_error
+    from edge_runtime.deploy.remote import ssh_error
 
     message = str(ssh_error("pi@rpi", 22, f"Warning: Permanently added 'rpi' to the list of known hosts.\n{stderr}\n",
                             "copying"))

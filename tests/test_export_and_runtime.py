@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from agreement import REFERENCE_AT_EVAL_THRESHOLD, assert_same_as_reference
 from conftest import PACKAGES, fixture_path
+
 from edge_runtime import Detections, Detector
 from edge_runtime.families import make_family
 from edge_runtime.manifest import load_manifest
@@ -71,8 +71,9 @@ def detector(export):
 def test_onnx_matches_torch_on_real_image(export, read_image, key):
     torch = pytest.importorskip("torch")
     ort = pytest.importorskip("onnxruntime")
-    from converters.models import get_spec
     from reference_decode import load_torch_model
+
+    from converters.models import get_spec
 
     pkg = export(key)
     cfg = PACKAGES[key]
@@ -155,9 +156,10 @@ def test_manifest_records_everything_the_device_needs(export, key):
     assert graph_input.name == "input" and dims == [1, 3, size, size]
     assert [o.name for o in graph.graph.output] == list(exp["outputs"])
 
-    import edge_runtime
     import onnxruntime
     import torch
+
+    import edge_runtime
 
     by = data["produced_by"]
     assert by["edge_runtime"] == edge_runtime.__version__

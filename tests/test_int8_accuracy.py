@@ -13,9 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from agreement import int8_disagreements
 from conftest import fixture_path
+
 from edge_runtime import Detector
 from edge_runtime.manifest import load_manifest
 

@@ -13,7 +13,7 @@ from conftest import fixture_path
 
 from edge_runtime.coco import COCO_CLASSES
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.labels import (
+from edge_runtime.evaluation.labels import (
     ALIASES,
     FORMATS,
     Box,

@@ -25,7 +25,7 @@ from test_cli import REPO, assert_one_line_error, read_jsonl
 
 from edge_runtime.bench import WorkerCrashedError, bench_artifact, bench_package, run_isolated
 from edge_runtime.errors import SourceError
-from edge_runtime.sources import LatestFrameReader, open_source
+from edge_runtime.io.sources import LatestFrameReader, open_source
 from edge_runtime.timing import RollingStats, StageTimes
 
 CAMERA_FPS = 20  # slower than the demo model on one thread: every test frame is a real result
@@ -175,9 +175,8 @@ def test_close_wakes_a_reader_waiting_in_its_back_off(camera):
 
 def test_run_pipeline_stop_finishes_the_frames_in_flight(demo_package, tmp_path):
     from converters.demo_data import write_clip
-
     from edge_runtime import Detector
-    from edge_runtime.pipeline import run_pipeline
+    from edge_runtime.io.pipeline import run_pipeline
 
     clip = write_clip(tmp_path / "clip.avi", seconds=4, progress=False)
     detector = Detector(demo_package, backend="onnx", threads=1)
@@ -251,7 +250,7 @@ def test_bench_goes_on_after_a_crashed_worker(demo_package, tmp_path):
 
 def test_summary_json_is_written_atomically(tmp_path):
     from edge_runtime.errors import EdgeRuntimeError
-    from edge_runtime.pipeline import write_json_atomic
+    from edge_runtime.io.pipeline import write_json_atomic
 
     path = tmp_path / "out" / "summary.json"
     write_json_atomic(path, {"frames": 3})

@@ -10,8 +10,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 from torch import nn  # noqa: E402
 
-from converters.compress.lowrank import (apply_factorization, layer_inputs, layer_macs,  # noqa: E402
-                                         plan_factorization, svd_pointwise, tucker2)
+from converters.compress.lowrank import (  # noqa: E402
+    apply_factorization,
+    layer_inputs,
+    layer_macs,
+    plan_factorization,
+    svd_pointwise,
+    tucker2,
+)
 from converters.models import get_spec  # noqa: E402
 
 # the trained demo model's layers: their spectra are real, unlike a random init's flat ones

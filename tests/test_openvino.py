@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from agreement import unmatched
 
 pytest.importorskip("openvino", reason="the OpenVINO tests need openvino")

@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch", reason="the static profile exports the mode
 onnx = pytest.importorskip("onnx")
 
 from converters.profile import format_profile_table, module_path, profile_model, profile_onnx
+from edge_runtime.backends.layer_latency import format_latency_table, onnx_node, profile_latency
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.layer_latency import format_latency_table, onnx_node, profile_latency
 
 torch.set_num_threads(1)  # the test machine's cores are shared
 

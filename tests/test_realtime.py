@@ -12,9 +12,9 @@ from test_cli import assert_one_line_error, read_jsonl, run_cli
 
 from edge_runtime import Detector
 from edge_runtime.errors import SourceError, SourceLostError
-from edge_runtime.pipeline import RunSummary, run_pipeline
-from edge_runtime.sources import LiveSource, open_source
-from edge_runtime.thermal import cpu_temperature_c, describe
+from edge_runtime.io.pipeline import RunSummary, run_pipeline
+from edge_runtime.io.sources import LiveSource, open_source
+from edge_runtime.io.thermal import cpu_temperature_c, describe
 
 VIDEO = "video/vtest.avi"
 

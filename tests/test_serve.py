@@ -19,9 +19,9 @@ from test_cli import REPO, assert_one_line_error, run_cli
 
 from edge_runtime import Detector
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.pipeline import run_pipeline
-from edge_runtime.serve import BOUNDARY, FrameServer, host_allowed, parse_address
-from edge_runtime.sources import open_source
+from edge_runtime.io.pipeline import run_pipeline
+from edge_runtime.io.serve import BOUNDARY, FrameServer, host_allowed, parse_address
+from edge_runtime.io.sources import open_source
 
 VIDEO = "video/vtest.avi"
 

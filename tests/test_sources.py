@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.errors import SourceError
-from edge_runtime.sources import LatestFrameReader, LiveSource, open_source
+from edge_runtime.io.sources import LatestFrameReader, LiveSource, open_source
 
 
 def write_clip(path: Path, frames: int = 30, size: tuple[int, int] = (160, 120)) -> Path:

@@ -37,10 +37,10 @@ def test_convert_for_the_edgetpu_target_makes_a_full_integer_uint8_model(export,
     import shutil
 
     import pytest
-
     from conftest import fixture_path
+
+    from edge_runtime.backends.tflite_ops import tflite_op_report
     from edge_runtime.manifest import load_manifest
-    from edge_runtime.tflite_ops import tflite_op_report
 
     pytest.importorskip("onnx2tf")
     pkg = tmp_path / "yf"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.hostinfo import cpu_summary, detect_host, physical_cores
-from edge_runtime.targets import (
+from edge_runtime.deploy.hostinfo import cpu_summary, detect_host, physical_cores
+from edge_runtime.deploy.targets import (
     BACKENDS,
     PRECISIONS,
     Target,
@@ -18,6 +17,7 @@ from edge_runtime.targets import (
     load_target,
     targets_table,
 )
+from edge_runtime.errors import EdgeRuntimeError
 
 SHIPPED = ["arm64", "edgetpu", "npu-vx", "openvino-npu", "ort-qnn", "rknn-lite", "rpi4", "rpi5", "x86",
            "x86-vnni"]

@@ -254,7 +254,7 @@ def test_truncated_tflite_is_a_model_load_error(tflite_packages, tmp_path):
 
 def test_float_op_report_reads_the_graph_before_deployment(tflite_packages, yolo_int8_io_package):
     """What a full-integer target (Edge TPU, NXP VX) would hand back to the CPU, read from the file."""
-    from edge_runtime.tflite_ops import tflite_op_report
+    from edge_runtime.backends.tflite_ops import tflite_op_report
 
     fp32 = tflite_op_report(tflite_packages["nanodet-plus-m"] / "model_fp32.tflite")
     assert len(fp32.float_ops) == fp32.ops > 300 and not fp32.full_integer
@@ -292,7 +292,7 @@ def test_delegated_share_of_the_graph_is_reported(tflite_packages):
     reference kernels; with no delegate at all, every op is left."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from edge_runtime.tflite_ops import undelegated_ops
+    from edge_runtime.backends.tflite_ops import undelegated_ops
 
     path = tflite_packages["nanodet-plus-m"] / "model_int8.tflite"
     det = Detector(tflite_packages["nanodet-plus-m"], backend="tflite", precision="int8", threads=2)

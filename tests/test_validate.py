@@ -13,10 +13,10 @@ import pytest
 from conftest import PACKAGES, fixture_path
 from test_cli import assert_one_line_error, run_cli
 
-from edge_runtime.labels import read_labels
+from edge_runtime.evaluation.labels import read_labels
+from edge_runtime.evaluation.metrics import coco_evaluate
+from edge_runtime.evaluation.validate import EvaluationSet, Protocol, validate_package
 from edge_runtime.manifest import load_manifest
-from edge_runtime.metrics import coco_evaluate
-from edge_runtime.validate import EvaluationSet, Protocol, validate_package
 
 VOC = "datasets/voc-indoor-85"
 CALIB = "images/calib-coco-val2017"

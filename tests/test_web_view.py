@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 pytest.importorskip("torch", reason="the demo package is exported with torch (host side)")
 
 from converters.demo_data import CLASS_NAMES, clip_frames, write_clip
-from edge_runtime.draw import class_color
+from edge_runtime.io.draw import class_color
 
 PAGE_BACKGROUND = (17, 17, 17)  # body background #111 of serve.PAGE
 CLIP_SECONDS, MAX_FPS = 6, 8  # 48 frames at 8 FPS: the run outlasts the browser's few seconds

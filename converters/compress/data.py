@@ -3,7 +3,7 @@
 ``TrainingData`` holds the whole set in memory as the model sees it (float16 NCHW, halving memory)
 with YOLO-style labels (class, cx, cy, w, h in 0..1 of the model input), so training never decodes
 an image twice. It comes from the generated shapes (``"demo"``) or from a labelled folder read by
-``edge_runtime.labels`` (COCO json, YOLO txt, VOC xml).
+``edge_runtime.evaluation.labels`` (COCO json, YOLO txt, VOC xml).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge_runtime.labels import LabelledImage, match_classes, read_labels
+from edge_runtime.evaluation.labels import LabelledImage, match_classes, read_labels
 from edge_runtime.preprocess import ImagePreprocessor
 
 from ..demo_data import make_image
@@ -89,7 +89,7 @@ def _folder_sample(image: LabelledImage, preprocess: ImagePreprocessor, to_model
 def read_training_folder(model_name: str, labels: str | Path, imgsz: int, class_names: Sequence[str] | None = None,
                          images: str | Path | None = None, limit: int | None = None, progress: bool = True
                          ) -> TrainingData:
-    """A labelled dataset (any format ``edge_runtime.labels`` reads) preprocessed for ``model_name``.
+    """A labelled dataset (any format ``edge_runtime.evaluation.labels`` reads) preprocessed for ``model_name``.
 
     ``class_names``: the model's classes; label classes are matched to them by name / alias and the
     unmatched ones left out. None: the labels' own class order is the model's.

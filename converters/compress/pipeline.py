@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_runtime.coco import COCO_CLASSES
 from edge_runtime.errors import EdgeRuntimeError
 
 from ..checkpoints import load_checkpoint, load_model
-from edge_runtime.coco import COCO_CLASSES
 from ..models import get_spec
 from .checkpoint import save_compressed
 
@@ -85,7 +85,6 @@ def _check(model_name: str, options: CompressOptions) -> None:
 
 def _calibration(model_name: str, imgsz: int, options: CompressOptions) -> list[torch.Tensor]:
     from ..calibration import CalibrationSet
-
     from .qat import calibration_batches
 
     return calibration_batches(CalibrationSet(options.calib, get_spec(model_name).input_spec(imgsz),

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..deploy.hostinfo import package_version
 from ..errors import BackendUnavailableError
-from ..hostinfo import package_version
 from .base import Backend, TensorSpec
 
 

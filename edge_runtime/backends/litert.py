@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..deploy.hostinfo import package_version
 from ..errors import BackendUnavailableError, ModelLoadError, first_line
-from ..hostinfo import package_version
 from .base import Backend, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class LiteRtBackend(Backend):
         """Library, accelerator, threads, how much of the graph the delegates took and any fallback."""
         from collections import Counter
 
-        from ..tflite_ops import undelegated_ops
+        from .tflite_ops import undelegated_ops
 
         total, left = undelegated_ops(self._interpreter)
         share = f"all {total} ops" if not left else (

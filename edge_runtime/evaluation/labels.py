@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 
-from .errors import EdgeRuntimeError, first_line
+from ..errors import EdgeRuntimeError, first_line
 
 FORMATS = ("coco", "yolo", "voc", "txt")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # in order of preference when two share a stem

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .detections import Detections
+from ..detections import Detections
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:

@@ -25,15 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends import BACKENDS
-from .errors import EdgeRuntimeError, UnsafePathError, first_line
-from .fsutil import atomic_output
+from ..backends import BACKENDS
+from ..errors import EdgeRuntimeError, UnsafePathError, first_line
+from ..fsutil import atomic_output
+from ..manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, sha256_file
 from .hostinfo import package_version
-from .manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, sha256_file
 from .targets import Target, load_target
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_REQUIREMENTS = ("numpy", "opencv-python-headless")
 # ``pip wheel`` builds in the source folder; these never belong in a wheel and stale build/ output would leak in
 _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",

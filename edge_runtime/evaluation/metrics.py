@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .detections import Detections
-from .errors import EdgeRuntimeError
+from ..detections import Detections
+from ..errors import EdgeRuntimeError
 
 ENGINES = ("faster-coco-eval", "pycocotools")
 # names of COCOeval.stats, in its order

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..errors import EdgeRuntimeError
 from .bundle import inspect_bundle
-from .errors import EdgeRuntimeError
 
 VENV_BYTES = 300 * 2**20  # a venv with numpy, OpenCV and one backend, plus pip's cache of their wheels
 CONNECT_TIMEOUT_S = 10

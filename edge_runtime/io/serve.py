@@ -23,15 +23,15 @@ import ipaddress
 import json
 import logging
 import threading
-from urllib.parse import parse_qs, urlsplit
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 
-from .errors import EdgeRuntimeError
+from ..errors import EdgeRuntimeError
 from .thermal import thermal_state
 
 log = logging.getLogger(__name__)

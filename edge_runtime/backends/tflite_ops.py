@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .backends.litert import _import_litert
-from .errors import ModelLoadError, first_line
+from ..errors import ModelLoadError, first_line
+from .litert import _import_litert
 
 _FLOAT = {np.dtype(np.float32), np.dtype(np.float16)}
 

@@ -21,8 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import SourceError, SourceLostError, first_line
-from .urls import redact_url
+from ..errors import SourceError, SourceLostError, first_line
+from ..urls import redact_url
 
 log = logging.getLogger(__name__)
 

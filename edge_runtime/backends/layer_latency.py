@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends import open_backend
-from .errors import EdgeRuntimeError
-from .hostinfo import physical_cores
-from .manifest import InputSpec, load_manifest
-from .timing import time_calls
+from ..deploy.hostinfo import physical_cores
+from ..errors import EdgeRuntimeError
+from ..manifest import InputSpec, load_manifest
+from ..timing import time_calls
+from . import open_backend
 
 PROFILED_BACKENDS = ("onnx", "openvino")
 TFLITE_UNSUPPORTED = ("per-layer latency is not available for tflite: the TFLite Python interpreter has no "

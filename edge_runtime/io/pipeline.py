@@ -30,16 +30,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .detections import Detections
-from .detector import Detector
-from .errors import EdgeRuntimeError, SourceLostError
-from .fsutil import atomic_write_text
+from ..detections import Detections
+from ..detector import Detector
+from ..errors import EdgeRuntimeError, SourceLostError
+from ..fsutil import atomic_write_text
+from ..preprocess import ImageMeta
+from ..timing import RollingStats, StageTimes, format_table
 from .draw import draw_detections, draw_fps
-from .preprocess import ImageMeta
 from .sources import Frame, Source
 from .thermal import describe as describe_thermal
 from .thermal import thermal_state
-from .timing import RollingStats, StageTimes, format_table
 
 log = logging.getLogger(__name__)
 WINDOW = "edge-runtime"

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeRuntimeError, first_line
+from ..errors import EdgeRuntimeError, first_line
+from ..timing import format_table
 from .hostinfo import physical_cores
-from .timing import format_table
 
 BACKENDS = ("onnx", "openvino", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -23,7 +23,7 @@ STATUSES = ("supported", "future")
 
 def search_dirs() -> list[Path]:
     """Repo checkout's targets/, the installed copy, then the user's own folder."""
-    return [Path(__file__).resolve().parents[1] / "targets",
+    return [Path(__file__).resolve().parents[2] / "targets",
             Path(sys.prefix) / "share" / "edge-runtime" / "targets",
             Path.home() / ".config" / "edge-runtime" / "targets"]
 

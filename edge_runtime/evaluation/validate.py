@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from .compare import compare
-from .detections import Detections
-from .detector import Detector
-from .errors import EdgeRuntimeError
+from ..compare import compare
+from ..detections import Detections
+from ..detector import Detector
+from ..errors import EdgeRuntimeError
+from ..io.sources import image_files, read_image
+from ..manifest import Artifact, Manifest, load_manifest
+from ..timing import format_table, summarize
 from .labels import ClassMatch, LabelledSet, match_classes
-from .manifest import Artifact, Manifest, load_manifest
 from .metrics import coco_evaluate, detections_to_coco
-from .sources import image_files, read_image
-from .timing import format_table, summarize
 
 #: label-free mode: reference detections at or above this score are the ground truth
 PSEUDO_LABEL_THRESHOLD = 0.3

@@ -1,0 +1,1 @@
+"""Target profiles, host detection, bundles for a target and the ssh install."""

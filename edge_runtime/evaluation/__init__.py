@@ -1,0 +1,1 @@
+"""Labels, COCO metrics, validation of a package against labelled images, the chart."""

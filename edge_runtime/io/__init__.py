@@ -1,0 +1,1 @@
+"""Sources, the frame pipeline, drawing, the web view and thermal readings."""
