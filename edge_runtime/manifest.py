@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .backends import option_keys
 from .compare import Verdict, judge
 from .errors import ManifestError, ModelLoadError
 from .fsutil import atomic_write_text
@@ -46,10 +47,9 @@ _ARTIFACT_REQUIRED = (("file", str), ("format", str), ("precision", str), ("sha2
 
 # A package is data from whoever made it: nothing in it may choose a native library (TFLite delegate),
 # an execution provider, a profiler output path or a plugin config. Those come from the CLI or a target
-# profile. Every key a backend reads as an option (backends/*.py), plus the obvious containers.
-BACKEND_KEYS = frozenset({"backend_options", "options", "delegate", "delegate_options", "device", "devices",
-                          "provider_options", "providers", "execution_provider", "profile_prefix", "config",
-                          "graph_optimization", "inference_precision", "performance_hint", "library"})
+# profile. Every key a backend reads as an option and every target key that becomes one (the backend
+# registry's option_keys), plus the obvious containers.
+BACKEND_KEYS = frozenset({"backend_options", "options", "devices", "providers", "library"}) | option_keys()
 # Artifact keys naming a file of the package (besides ``file``): they must resolve inside it.
 _FILE_KEYS = ("weights_file",)
 # Bounds that no real detector reaches but that keep a hostile manifest from asking for absurd buffers.

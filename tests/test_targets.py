@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.backends import ALL_PRECISIONS, formats
 from edge_runtime.deploy.hostinfo import cpu_summary, detect_host, physical_cores
 from edge_runtime.deploy.targets import (
-    BACKENDS,
-    PRECISIONS,
     Target,
     all_targets,
     available_targets,
@@ -73,8 +72,8 @@ def test_every_shipped_profile_loads(name: str) -> None:
     target = load_target(name)
     assert target.name == name and target.threads >= 1 and target.backends and target.precisions
     assert (REPO_TARGETS / f"{name}.toml").read_text().lstrip().startswith("#"), "each profile says why"
-    assert set(target.precisions) <= set(PRECISIONS)
-    assert target.status == "future" or set(target.backends) <= set(BACKENDS)
+    assert set(target.precisions) <= set(ALL_PRECISIONS)
+    assert target.status == "future" or set(target.backends) <= set(formats())
     assert set(target.peak_gflops) <= set(target.precisions)
 
 

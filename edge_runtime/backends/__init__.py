@@ -1,35 +1,64 @@
-"""Backend registry: artifact format -> backend class, imported only when used.
+"""Backend registry: artifact format -> backend class. The only list of formats.
 
-Adding a backend is one new module plus one line here.
+Adding a backend is one new module (a ``Backend`` subclass declaring its format, precisions,
+libraries, option and target keys; see base.py) plus one entry in ``BACKENDS``. Targets, manifest
+checks, host detection, the layer profiler and the host converters read what they need from here.
+The backend modules import their library only when an artifact is loaded.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..deploy.hostinfo import package_version
-from ..errors import BackendUnavailableError
-from .base import Backend, TensorSpec
+from ..errors import BackendUnavailableError, EdgeRuntimeError
+from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
+from .litert import LiteRtBackend
+from .onnxruntime import OrtBackend
+from .openvino import OpenVinoBackend
+
+BACKENDS: dict[str, type[Backend]] = {cls.format: cls for cls in (OrtBackend, OpenVinoBackend, LiteRtBackend)}
 
 
-@dataclass(frozen=True)
-class BackendEntry:
-    target: str  # "module:Class"
-    libraries: tuple[tuple[str, str], ...]  # (import name, distribution name); any one is enough
-    extra: str  # pip extra that installs it
+def formats() -> tuple[str, ...]:
+    """Every artifact format a backend is registered for, in registry order."""
+    return tuple(BACKENDS)
 
 
-BACKENDS: dict[str, BackendEntry] = {
-    "onnx": BackendEntry("edge_runtime.backends.onnxruntime:OrtBackend", (("onnxruntime", "onnxruntime"),), "onnx"),
-    "openvino": BackendEntry("edge_runtime.backends.openvino:OpenVinoBackend", (("openvino", "openvino"),),
-                             "openvino"),
-    "tflite": BackendEntry("edge_runtime.backends.litert:LiteRtBackend",
-                           (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")), "tflite"),
-}
+def precisions(fmt: str) -> tuple[str, ...]:
+    """The precisions the ``fmt`` backend runs."""
+    try:
+        return BACKENDS[fmt].precisions
+    except KeyError:
+        raise EdgeRuntimeError(f"unknown artifact format {fmt!r} (known: {', '.join(BACKENDS)})") from None
+
+
+def all_precisions() -> tuple[str, ...]:
+    """Every precision some backend runs, in first-declared order."""
+    return tuple(dict.fromkeys(p for cls in BACKENDS.values() for p in cls.precisions))
+
+
+ALL_PRECISIONS = all_precisions()
+
+
+def option_keys() -> frozenset[str]:
+    """Every key some backend reads from its options, and the target keys that become options."""
+    keys = set()
+    for cls in BACKENDS.values():
+        keys |= cls.option_keys | {k.name for k in cls.target_keys if k.option}
+    return frozenset(keys)
+
+
+def target_keys() -> dict[str, tuple[str, TargetKey]]:
+    """Target-profile key -> (format, its declaration), in registry order."""
+    return {key.name: (fmt, key) for fmt, cls in BACKENDS.items() for key in cls.target_keys}
+
+
+def profiled_formats() -> tuple[str, ...]:
+    """The formats whose backend has a per-layer profiler."""
+    return tuple(fmt for fmt, cls in BACKENDS.items() if cls.has_layer_profiler())
 
 
 def installed_library(fmt: str) -> str | None:
@@ -48,19 +77,25 @@ def installed_backends() -> dict[str, str]:
     return {fmt: lib for fmt in BACKENDS if (lib := installed_library(fmt))}
 
 
-def open_backend(path: Path, format: str, threads: int, options: dict[str, Any] | None = None) -> Backend:
-    """Load ``path`` with the backend registered for ``format``; a clear error when it is not installed."""
-    entry = BACKENDS.get(format)
-    if entry is None:
+def require_installed(path: Path, format: str) -> type[Backend]:
+    """The backend class for ``format``; a clear error when there is none or its library is missing."""
+    cls = BACKENDS.get(format)
+    if cls is None:
         raise BackendUnavailableError(f"{path}: no backend for artifact format {format!r} "
                                       f"(known: {', '.join(BACKENDS)})")
     if installed_library(format) is None:
         have = ", ".join(f"{f} ({lib})" for f, lib in installed_backends().items()) or "none"
-        needs = " or ".join(dist for _, dist in entry.libraries)
+        needs = " or ".join(dist for _, dist in cls.libraries)
         raise BackendUnavailableError(f"{path}: a {format} artifact needs {needs}, not installed here "
-                                      f"(installed backends: {have}); pip install 'edge-runtime[{entry.extra}]'")
-    module, cls = entry.target.split(":")
-    return getattr(importlib.import_module(module), cls)(path, threads, options)
+                                      f"(installed backends: {have}); pip install 'edge-runtime[{cls.extra}]'")
+    return cls
 
 
-__all__ = ["BACKENDS", "Backend", "TensorSpec", "installed_backends", "open_backend"]
+def open_backend(path: Path, format: str, threads: int, options: dict[str, Any] | None = None) -> Backend:
+    """Load ``path`` with the backend registered for ``format``; a clear error when it is not installed."""
+    return require_installed(path, format)(path, threads, options)
+
+
+__all__ = ["ALL_PRECISIONS", "BACKENDS", "Backend", "DeviceListing", "LayerTime", "LayerTimings", "TargetKey",
+           "TensorSpec", "all_precisions", "formats", "installed_backends", "installed_library", "open_backend",
+           "option_keys", "precisions", "profiled_formats", "require_installed", "target_keys"]

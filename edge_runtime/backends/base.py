@@ -1,13 +1,21 @@
-"""The backend interface: load an artifact, describe its tensors, run arrays in and out."""
+"""The backend interface: load an artifact, describe its tensors, run arrays in and out.
+
+A backend class also declares what the rest of the runtime needs to know about its format (the
+registry in ``backends/__init__.py`` reads these class attributes; nothing else lists formats):
+the precisions it runs, the libraries and pip extra it needs, the option keys it reads, the
+target-profile keys it accepts, how to list its devices, and an optional per-layer profiler.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from ..errors import EdgeRuntimeError
 
 
 @dataclass(frozen=True)
@@ -20,11 +28,76 @@ class TensorSpec:
     zero_point: int | None = None
 
 
+@dataclass(frozen=True)
+class TargetKey:
+    """A key a target profile (targets/*.toml) may set for this backend.
+
+    ``kind``: "string", "table" (of string values) or "choice" (one of ``choices``). ``option``: the
+    ``open_backend`` option it becomes, None when the converters read it (``tflite_io``). ``selects``
+    marks the key that names the accelerator (delegate, execution provider, device): the targets
+    table shows it, and the backend's options come from the profile only when it is set. ``needs``:
+    a key of the same backend that must be set with this one."""
+
+    name: str
+    kind: str = "string"
+    option: str | None = None
+    choices: tuple[str, ...] = ()
+    selects: bool = False
+    needs: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceListing:
+    """What ``targets --detect`` reports of the devices a backend's library sees.
+
+    ``key``: the HostInfo / JSON key; ``label``: the line's label; ``library``: named when it is not
+    installed; ``suggests``: device name -> the shipped target profile it fits."""
+
+    key: str
+    label: str
+    library: str
+    suggests: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    name: str  # the backend's node name (ONNX node name, OpenVINO adds "/WithoutBiases" and the like)
+    op_type: str
+    exec_type: str  # ORT: execution provider; OpenVINO: the kernel (e.g. brgconv_avx512_f32)
+    ms: float  # mean per run
+
+
+class LayerTimings(NamedTuple):
+    """What a backend's per-layer profiler measured: mean time per layer, in execution order, and the
+    wall time of each whole run of the same runs."""
+
+    layers: list[LayerTime]
+    run_ms: list[float]
+    backend: str  # the profiled backend's describe()
+    note: str
+
+
 class Backend(ABC):
     """One loaded artifact. Subclasses take (artifact path, threads, options) and nothing else,
     and fill ``inputs``/``outputs`` with the graph's tensor specs when they load it."""
 
     name: str = "backend"
+    #: the artifact format (manifest ``artifacts[].format``) the registry keys this backend under
+    format: str = ""
+    #: artifact precisions it runs, in the order the CLI lists them
+    precisions: tuple[str, ...] = ()
+    #: (import name, distribution name) of the libraries that run it; any one is enough
+    libraries: tuple[tuple[str, str], ...] = ()
+    #: the pip extra that installs one of them
+    extra: str = ""
+    #: every key ``options`` may hold (a package's manifest may hold none of them)
+    option_keys: frozenset[str] = frozenset()
+    #: the keys a target profile may set for this backend
+    target_keys: tuple[TargetKey, ...] = ()
+    #: what host detection lists for this library, None when it lists nothing
+    device_listing: DeviceListing | None = None
+    #: why ``profile_layers`` is not available, when the backend has no per-layer profiler
+    no_layer_profiler: str = ""
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
@@ -40,3 +113,24 @@ class Backend(ABC):
     def describe(self) -> str:
         """Short human description, e.g. 'onnxruntime 1.32 CPUExecutionProvider, 2 threads'."""
         return f"{self.name}, {self.threads} threads"
+
+    @classmethod
+    def list_devices(cls) -> list[str] | None:
+        """The devices / execution providers the installed library sees; None when it is not installed
+        (or fails to initialise: host detection must not stop) or lists none."""
+        return None
+
+    @classmethod
+    def has_layer_profiler(cls) -> bool:
+        return cls.profile_layers.__func__ is not Backend.profile_layers.__func__  # type: ignore[attr-defined]
+
+    @classmethod
+    def no_profiler_reason(cls) -> str:
+        return cls.no_layer_profiler or f"per-layer latency is not available for {cls.format}"
+
+    @classmethod
+    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
+                       ) -> LayerTimings:
+        """Load ``path`` with the library's own profiler on, run ``feed`` ``warmup`` then ``runs`` times,
+        and return the mean time of each layer over the timed runs."""
+        raise EdgeRuntimeError(cls.no_profiler_reason())

@@ -1,18 +1,14 @@
 """Per-layer latency of a package's artifact from its backend's own profiler (runs on the device).
 
-ONNX Runtime: the session's JSON trace (``enable_profiling``), one ``<node>_kernel_time`` event per node
-and run. OpenVINO: ``PERF_COUNT`` and the infer request's profiling info. The TFLite Python interpreter
-has no per-op profiler. Inputs are random tensors of the artifact's input shape: latency of these
-CNNs does not depend on the values.
+Each backend that has a profiler implements ``Backend.profile_layers`` (ONNX Runtime's JSON trace,
+OpenVINO's ``PERF_COUNT``); this module picks the artifact, feeds random tensors of its input shape
+(latency of these CNNs does not depend on the values) and formats the table.
 
 Only numpy and the backend are needed here (no torch, onnx or converters).
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,23 +18,8 @@ import numpy as np
 from ..deploy.hostinfo import physical_cores
 from ..errors import EdgeRuntimeError
 from ..manifest import InputSpec, load_manifest
-from ..timing import time_calls
-from . import open_backend
-
-PROFILED_BACKENDS = ("onnx", "openvino")
-TFLITE_UNSUPPORTED = ("per-layer latency is not available for tflite: the TFLite Python interpreter has no "
-                      "per-op profiler; use TensorFlow Lite's benchmark_model tool with --enable_op_profiling=true")
-# ORT's NCHWc pass (level "all", the deploy setting) renames fused convolutions after their output tensor
-# and adds Reorder nodes; at "extended" every node keeps its ONNX name (Conv + activation fused keep the Conv's)
-ORT_PROFILE_LEVEL = "extended"
-
-
-@dataclass(frozen=True)
-class LayerTime:
-    name: str  # the backend's node name (ONNX node name, OpenVINO adds "/WithoutBiases" and the like)
-    op_type: str
-    exec_type: str  # ORT: execution provider; OpenVINO: the kernel (e.g. brgconv_avx512_f32)
-    ms: float  # mean per run
+from . import BACKENDS, profiled_formats
+from .base import LayerTime
 
 
 @dataclass
@@ -93,11 +74,12 @@ def profile_latency(package: str | Path, backend: str = "onnx", precision: str |
                     warmup: int = 3, threads: int | None = None) -> LatencyProfile:
     """Mean per-layer latency over ``runs`` inferences after ``warmup``, of the package's first
     ``backend`` artifact (of ``precision`` when given), with the end-to-end mean of the same runs."""
-    if backend == "tflite":
-        raise EdgeRuntimeError(TFLITE_UNSUPPORTED)
-    if backend not in PROFILED_BACKENDS:
+    cls = BACKENDS.get(backend)
+    if cls is not None and not cls.has_layer_profiler():
+        raise EdgeRuntimeError(cls.no_profiler_reason())
+    if cls is None:
         raise EdgeRuntimeError(f"unknown backend {backend!r} for per-layer latency; choose one of "
-                               f"{', '.join(PROFILED_BACKENDS)}")
+                               f"{', '.join(profiled_formats())}")
     if runs < 1 or warmup < 0:
         raise EdgeRuntimeError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
     manifest = load_manifest(package)
@@ -105,67 +87,9 @@ def profile_latency(package: str | Path, backend: str = "onnx", precision: str |
     path = manifest.artifact_path(art)
     spec = manifest.input_for(art)
     feed = {spec.name: random_input(spec)}
-    threads = threads or physical_cores()
-    profiler = _profile_ort if backend == "onnx" else _profile_openvino
-    layers, run_ms, described, note = profiler(path, threads, feed, runs, warmup)
-    return LatencyProfile(artifact=art.file, backend=described, runs=runs, end_to_end_ms=float(np.mean(run_ms)),
-                          layers=layers, note=note)
-
-
-def _profile_ort(path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
-                 ) -> tuple[list[LayerTime], list[float], str, str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        backend = open_backend(path, "onnx", threads, {"profile_prefix": str(Path(tmp) / "ort"),
-                                                       "graph_optimization": ORT_PROFILE_LEVEL})
-        run_ms = time_calls(lambda: backend.run(feed), warmup, runs)
-        events = json.loads(Path(backend.session.end_profiling()).read_text())
-    layers = ort_layer_times(events, runs)
-    note = f"ONNX Runtime graph optimisation '{ORT_PROFILE_LEVEL}' (keeps ONNX node names; run/bench use 'all')"
-    return layers, run_ms, backend.describe(), note
-
-
-def ort_layer_times(events: list[dict[str, Any]], runs: int) -> list[LayerTime]:
-    """Mean time per node over the last ``runs`` 'model_run' spans of an ORT profiler trace (the
-    warm-up runs before them are in the trace too)."""
-    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                   if e.get("cat") == "Session" and e.get("name") == "model_run")[-runs:]
-    if len(spans) < runs:
-        raise EdgeRuntimeError(f"the ONNX Runtime trace holds {len(spans)} runs, expected {runs}")
-    total: dict[str, float] = {}
-    kind: dict[str, tuple[str, str]] = {}
-    for e in sorted(events, key=lambda e: e.get("ts", 0)):
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        if not any(start <= e["ts"] <= end for start, end in spans):
-            continue
-        name = e["name"][: -len("_kernel_time")]
-        total[name] = total.get(name, 0.0) + e["dur"] / 1e3
-        kind.setdefault(name, (e.get("args", {}).get("op_name", ""), e.get("args", {}).get("provider", "")))
-    return [LayerTime(name, *kind[name], ms / runs) for name, ms in total.items()]
-
-
-def _profile_openvino(path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
-                      ) -> tuple[list[LayerTime], list[float], str, str]:
-    import openvino.properties as props  # the backend opened below has imported openvino already
-
-    backend = open_backend(path, "openvino", threads, {"config": {props.enable_profiling(): True}})
-    # a request of our own: the backend's is private, and its run() adds output copies to each run
-    request = backend.compiled.create_infer_request()
-    for _ in range(warmup):
-        request.infer(feed)
-    total: dict[str, float] = {}
-    kind: dict[str, tuple[str, str]] = {}
-    run_ms = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        request.infer(feed)
-        run_ms.append((time.perf_counter() - t0) * 1e3)
-        for info in request.get_profiling_info():  # the last inference's layers
-            if str(info.status).endswith("EXECUTED"):
-                total[info.node_name] = total.get(info.node_name, 0.0) + info.real_time.total_seconds() * 1e3
-                kind.setdefault(info.node_name, (info.node_type, info.exec_type))
-    layers = [LayerTime(name, *kind[name], ms / runs) for name, ms in total.items()]
-    return layers, run_ms, backend.describe(), "OpenVINO fuses activations into the layer before them"
+    timings = cls.profile_layers(path, threads or physical_cores(), feed, runs, warmup)
+    return LatencyProfile(artifact=art.file, backend=timings.backend, runs=runs,
+                          end_to_end_ms=float(np.mean(timings.run_ms)), layers=timings.layers, note=timings.note)
 
 
 def format_latency_table(profile: LatencyProfile, top: int | None = None,

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..deploy.hostinfo import package_version
 from ..errors import BackendUnavailableError, ModelLoadError, first_line
-from .base import Backend, TensorSpec
+from .base import Backend, TargetKey, TensorSpec
 
 log = logging.getLogger(__name__)
 _QUANTIZED = ("int8", "uint8")
@@ -55,6 +55,17 @@ class LiteRtBackend(Backend):
     leaves the model on the CPU (XNNPACK) with one warning; ``describe()`` says which one ran."""
 
     name = "tflite"
+    format = "tflite"
+    precisions = ("fp32", "fp16", "int8")
+    libraries = (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"))
+    extra = "tflite"
+    option_keys = frozenset({"delegate", "delegate_options"})
+    target_keys = (TargetKey("delegate", option="delegate", selects=True),
+                   TargetKey("delegate_options", "table", option="delegate_options", needs="delegate"),
+                   # the converter's TFLite INT8 input/output type (int8/uint8 for NPU delegates)
+                   TargetKey("tflite_io", "choice", choices=("float32", "int8", "uint8")))
+    no_layer_profiler = ("per-layer latency is not available for tflite: the TFLite Python interpreter has no "
+                         "per-op profiler; use TensorFlow Lite's benchmark_model tool with --enable_op_profiling=true")
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
         super().__init__(path, threads, options)

@@ -9,22 +9,37 @@ Options (all optional):
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, EdgeRuntimeError, ModelLoadError, first_line
-from .base import Backend, TensorSpec
+from ..timing import time_calls
+from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
 
 log = logging.getLogger(__name__)
+# ORT's NCHWc pass (level "all", the deploy setting) renames fused convolutions after their output tensor
+# and adds Reorder nodes; at "extended" every node keeps its ONNX name (Conv + activation fused keep the Conv's)
+ORT_PROFILE_LEVEL = "extended"
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
                "tensor(int8)": "int8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
 class OrtBackend(Backend):
     name = "onnxruntime"
+    format = "onnx"
+    precisions = ("fp32", "fp16", "int8")
+    libraries = (("onnxruntime", "onnxruntime"),)
+    extra = "onnx"
+    option_keys = frozenset({"device", "provider_options", "graph_optimization", "profile_prefix"})
+    target_keys = (TargetKey("execution_provider", option="device", selects=True),
+                   TargetKey("provider_options", "table", option="provider_options", needs="execution_provider"))
+    device_listing = DeviceListing("ort_providers", "ONNX Runtime providers", "onnxruntime",
+                                   {"QNNExecutionProvider": "ort-qnn"})
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
         super().__init__(path, threads, options)
@@ -69,3 +84,48 @@ class OrtBackend(Backend):
 
     def describe(self) -> str:
         return f"onnxruntime {self._version} {self.session.get_providers()[0]}, {self.threads} threads"
+
+    @classmethod
+    def list_devices(cls) -> list[str] | None:
+        try:
+            import onnxruntime
+        except ImportError:
+            return None
+        try:
+            return list(onnxruntime.get_available_providers())
+        except Exception:  # a broken install must not stop detection
+            return None
+
+    @classmethod
+    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
+                       ) -> LayerTimings:
+        """The session's JSON trace (``enable_profiling``): one ``<node>_kernel_time`` event per node and run."""
+        from . import open_backend
+
+        with tempfile.TemporaryDirectory() as tmp:
+            backend = open_backend(path, cls.format, threads, {"profile_prefix": str(Path(tmp) / "ort"),
+                                                               "graph_optimization": ORT_PROFILE_LEVEL})
+            run_ms = time_calls(lambda: backend.run(feed), warmup, runs)
+            events = json.loads(Path(backend.session.end_profiling()).read_text())
+        note = f"ONNX Runtime graph optimisation '{ORT_PROFILE_LEVEL}' (keeps ONNX node names; run/bench use 'all')"
+        return LayerTimings(ort_layer_times(events, runs), run_ms, backend.describe(), note)
+
+
+def ort_layer_times(events: list[dict[str, Any]], runs: int) -> list[LayerTime]:
+    """Mean time per node over the last ``runs`` 'model_run' spans of an ORT profiler trace (the
+    warm-up runs before them are in the trace too)."""
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("cat") == "Session" and e.get("name") == "model_run")[-runs:]
+    if len(spans) < runs:
+        raise EdgeRuntimeError(f"the ONNX Runtime trace holds {len(spans)} runs, expected {runs}")
+    total: dict[str, float] = {}
+    kind: dict[str, tuple[str, str]] = {}
+    for e in sorted(events, key=lambda e: e.get("ts", 0)):
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if not any(start <= e["ts"] <= end for start, end in spans):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        total[name] = total.get(name, 0.0) + e["dur"] / 1e3
+        kind.setdefault(name, (e.get("args", {}).get("op_name", ""), e.get("args", {}).get("provider", "")))
+    return [LayerTime(name, *kind[name], ms / runs) for name, ms in total.items()]

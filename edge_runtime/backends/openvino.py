@@ -14,13 +14,14 @@ Options (all optional):
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, ModelLoadError
-from .base import Backend, TensorSpec
+from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,13 @@ def _numpy_dtype(name: str) -> np.dtype | None:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
+    format = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+    libraries = (("openvino", "openvino"),)
+    extra = "openvino"
+    option_keys = frozenset({"device", "inference_precision", "performance_hint", "config"})
+    target_keys = (TargetKey("openvino_device", option="device", selects=True),)
+    device_listing = DeviceListing("openvino_devices", "OpenVINO devices", "openvino", {"NPU": "openvino-npu"})
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
         super().__init__(path, threads, options)
@@ -153,3 +161,45 @@ class OpenVinoBackend(Backend):
 
     def describe(self) -> str:
         return f"openvino {self._version} {self.device} {self.precision}, {self.threads} threads"
+
+    @classmethod
+    def list_devices(cls) -> list[str] | None:
+        try:
+            try:
+                from openvino import Core
+            except ImportError:  # OpenVINO before 2023.1
+                from openvino.runtime import Core
+        except ImportError:
+            return None
+        try:
+            return list(Core().available_devices)
+        except Exception:  # a plugin that fails to initialise must not stop detection
+            return None
+
+    @classmethod
+    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
+                       ) -> LayerTimings:
+        """``PERF_COUNT`` and the infer request's profiling info, summed over the timed runs."""
+        from . import open_backend, require_installed
+
+        require_installed(path, cls.format)  # a clear error before openvino is imported
+        import openvino.properties as props
+
+        backend = open_backend(path, cls.format, threads, {"config": {props.enable_profiling(): True}})
+        # a request of our own: the backend's is private, and its run() adds output copies to each run
+        request = backend.compiled.create_infer_request()
+        for _ in range(warmup):
+            request.infer(feed)
+        total: dict[str, float] = {}
+        kind: dict[str, tuple[str, str]] = {}
+        run_ms = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            request.infer(feed)
+            run_ms.append((time.perf_counter() - t0) * 1e3)
+            for info in request.get_profiling_info():  # the last inference's layers
+                if str(info.status).endswith("EXECUTED"):
+                    total[info.node_name] = total.get(info.node_name, 0.0) + info.real_time.total_seconds() * 1e3
+                    kind.setdefault(info.node_name, (info.node_type, info.exec_type))
+        layers = [LayerTime(name, *kind[name], ms / runs) for name, ms in total.items()]
+        return LayerTimings(layers, run_ms, backend.describe(), "OpenVINO fuses activations into the layer before them")

@@ -1,6 +1,9 @@
 """Target profiles: small TOML files (``targets/*.toml``) describing a device: threads, the
 backend/precision order to prefer, and how to reach its accelerator (TFLite delegate, ONNX Runtime
-execution provider, OpenVINO device). A user adds a device by dropping a file, no code."""
+execution provider, OpenVINO device). A user adds a device by dropping a file, no code.
+
+The backends, precisions and backend-specific keys a profile may name come from the backend
+registry (``edge_runtime.backends``): ``Target`` has one field per key a backend declares."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import site
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..backends import all_precisions, formats, target_keys
+from ..backends.base import TargetKey
 from ..errors import EdgeRuntimeError, first_line
 from ..timing import format_table
 from .hostinfo import physical_cores
@@ -19,9 +24,6 @@ from .hostinfo import physical_cores
 if TYPE_CHECKING:
     from ..manifest import Manifest
 
-BACKENDS = ("onnx", "openvino", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8")
-TFLITE_IO = ("float32", "int8", "uint8")  # the converter's tflite_io values
 STATUSES = ("supported", "future")
 
 
@@ -34,41 +36,25 @@ def search_dirs() -> list[Path]:
             Path.home() / ".config" / "edge-runtime" / "targets"]
 
 
-@dataclass(frozen=True)
-class Target:
+class _TargetMethods:
     """One device profile. Fields past ``precisions`` are optional in the file.
 
     ``backends``/``precisions`` are preference orders (first = expected fastest). ``peak_gflops``
     maps a precision to the device's peak GFLOP/s (GOP/s for int8), for :func:`efficiency`.
-    ``status`` "future" marks a documentation-only profile that nothing can run yet.
+    ``status`` "future" marks a documentation-only profile that nothing can run yet. Between ``cpu``
+    and ``peak_gflops``: one field per key a backend declares (``Backend.target_keys``: delegate,
+    execution provider, OpenVINO device, ...), None or an empty table when unset.
     """
 
-    name: str
-    arch: str
-    description: str
-    threads: int
-    backends: tuple[str, ...]
-    precisions: tuple[str, ...]
-    cpu: str = ""
-    delegate: str | None = None
-    delegate_options: dict[str, str] = field(default_factory=dict)
-    execution_provider: str | None = None
-    provider_options: dict[str, str] = field(default_factory=dict)
-    openvino_device: str | None = None
-    tflite_io: str | None = None
-    peak_gflops: dict[str, float] = field(default_factory=dict)
-    status: str = "supported"
-    notes: str = ""
-
     def backend_options(self, backend: str) -> dict[str, Any]:
-        """Options for ``open_backend`` on this target (delegate, execution provider or device)."""
-        if backend == "tflite" and self.delegate:
-            return {"delegate": self.delegate, "delegate_options": dict(self.delegate_options)}
-        if backend == "onnx" and self.execution_provider:
-            return {"device": self.execution_provider, "provider_options": dict(self.provider_options)}
-        if backend == "openvino" and self.openvino_device:
-            return {"device": self.openvino_device}
-        return {}
+        """Options for ``open_backend`` on this target (delegate, execution provider or device): the
+        backend's keys that become options, when the profile sets the key that selects its accelerator."""
+        keys = [key for fmt, key in target_keys().values() if fmt == backend and key.option]
+        if not any(key.selects and getattr(self, key.name) for key in keys):
+            return {}
+        values = {key.option: getattr(self, key.name) for key in keys}
+        return {option: dict(value) if isinstance(value, dict) else value
+                for option, value in values.items() if value is not None}
 
     def require_runnable(self) -> None:
         """Raise a one-line error when this profile is documentation only (status "future")."""
@@ -79,7 +65,23 @@ class Target:
     @property
     def accelerator(self) -> str:
         """The delegate, execution provider and/or OpenVINO device, '' for CPU-only profiles."""
-        return ", ".join(v for v in (self.delegate, self.execution_provider, self.openvino_device) if v)
+        return ", ".join(v for _, key in target_keys().values() if key.selects and (v := getattr(self, key.name)))
+
+
+def _key_field(key: TargetKey) -> tuple[str, Any, Any]:
+    if key.kind == "table":
+        return key.name, dict[str, str], field(default_factory=dict)
+    return key.name, str | None, None
+
+
+Target = make_dataclass(
+    "Target",
+    [("name", str), ("arch", str), ("description", str), ("threads", int), ("backends", tuple[str, ...]),
+     ("precisions", tuple[str, ...]), ("cpu", str, ""),
+     *(_key_field(key) for _, key in target_keys().values()),
+     ("peak_gflops", dict[str, float], field(default_factory=dict)), ("status", str, "supported"),
+     ("notes", str, "")],
+    bases=(_TargetMethods,), frozen=True, namespace={"__doc__": _TargetMethods.__doc__, "__module__": __name__})
 
 
 def efficiency(macs: float, latency_ms: float, peak_gflops: float) -> float:
@@ -217,13 +219,17 @@ def _peaks(path: Path, key: str, value: object) -> dict[str, float]:
         raise EdgeRuntimeError(f"{path}: {key!r} must be a table precision = GFLOP/s, got {value!r}")
     peaks: dict[str, float] = {}
     for precision, peak in value.items():
-        if precision not in PRECISIONS:
+        if precision not in all_precisions():
             raise EdgeRuntimeError(f"{path}: {key!r} has unknown precision {precision!r} "
-                                   f"(known: {', '.join(PRECISIONS)})")
+                                   f"(known: {', '.join(all_precisions())})")
         if isinstance(peak, bool) or not isinstance(peak, (int, float)) or peak <= 0:
             raise EdgeRuntimeError(f"{path}: {key}.{precision} must be a positive number, got {peak!r}")
         peaks[precision] = float(peak)
     return peaks
+
+
+def _key_checker(key: TargetKey) -> Callable[[Path, str, object], Any]:
+    return {"string": _string, "table": _string_table}.get(key.kind) or _choices(key.choices)
 
 
 # key -> (checker, required); the order is the order of the "known keys" in error messages
@@ -235,12 +241,7 @@ _FIELDS: dict[str, tuple[Callable[[Path, str, object], Any], bool]] = {
     "backends": (_string_list, True),
     "precisions": (_string_list, True),
     "cpu": (_text, False),
-    "delegate": (_string, False),
-    "delegate_options": (_string_table, False),
-    "execution_provider": (_string, False),
-    "provider_options": (_string_table, False),
-    "openvino_device": (_string, False),
-    "tflite_io": (_choices(TFLITE_IO), False),
+    **{name: (_key_checker(key), False) for name, (_, key) in target_keys().items()},
     "peak_gflops": (_peaks, False),
     "status": (_choices(STATUSES), False),
     "notes": (_text, False),
@@ -270,19 +271,21 @@ def _check_consistency(path: Path, t: Target) -> None:
         raise EdgeRuntimeError(f"{path}: name {t.name!r} must match the file name, or "
                                f"'--target {t.name}' would not find it (rename the file to {t.name}.toml)")
     # a documentation-only profile may name a backend this project does not have yet (rknn)
-    bad = [b for b in t.backends if b not in BACKENDS] if t.status != "future" else []
+    bad = [b for b in t.backends if b not in formats()] if t.status != "future" else []
     if bad:
-        raise EdgeRuntimeError(f"{path}: unknown backend {', '.join(map(repr, bad))} (known: {', '.join(BACKENDS)})")
-    bad = [p for p in t.precisions if p not in PRECISIONS]
+        raise EdgeRuntimeError(f"{path}: unknown backend {', '.join(map(repr, bad))} (known: {', '.join(formats())})")
+    bad = [p for p in t.precisions if p not in all_precisions()]
     if bad:
         raise EdgeRuntimeError(f"{path}: unknown precision {', '.join(map(repr, bad))} "
-                               f"(known: {', '.join(PRECISIONS)})")
-    for key, backend in (("delegate", "tflite"), ("delegate_options", "tflite"), ("tflite_io", "tflite"),
-                         ("execution_provider", "onnx"), ("provider_options", "onnx"),
-                         ("openvino_device", "openvino")):
-        if getattr(t, key) and backend not in t.backends:
-            raise EdgeRuntimeError(f"{path}: {key!r} is set but {backend!r} is not in backends")
-    if t.delegate_options and not t.delegate:
-        raise EdgeRuntimeError(f"{path}: 'delegate_options' is set without a 'delegate'")
-    if t.provider_options and not t.execution_provider:
-        raise EdgeRuntimeError(f"{path}: 'provider_options' is set without an 'execution_provider'")
+                               f"(known: {', '.join(all_precisions())})")
+    keys = target_keys()
+    for name, (backend, _) in keys.items():
+        if getattr(t, name) and backend not in t.backends:
+            raise EdgeRuntimeError(f"{path}: {name!r} is set but {backend!r} is not in backends")
+    for name, (_, key) in keys.items():
+        if key.needs and getattr(t, name) and not getattr(t, key.needs):
+            raise EdgeRuntimeError(f"{path}: {name!r} is set without {_article(key.needs)} {key.needs!r}")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
