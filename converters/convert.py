@@ -1,7 +1,7 @@
 """Add artifacts (formats x precisions) to an existing package, each checked against FP32 ONNX.
 
-A converter is a function ``ConvertJob -> ConvertResult`` registered in ``CONVERTERS`` under
-(format, precision). The orchestrator runs it into a staging folder inside the package, loads the
+A converter is a function ``ConvertJob -> ConvertResult`` registered in ``converters.formats.CONVERTERS``
+under its format and precision. The orchestrator runs it into a staging folder inside the package, loads the
 new file with the *runtime's* own backend and compares its outputs with the FP32 ONNX artifact;
 only an artifact that passes ``edge_runtime.compare.judge`` is moved into the package (never
 through a link) and listed.
@@ -30,10 +30,9 @@ from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 
 from .accuracy import AccuracyBudget, CosineAgreement, MapMetric, Runner
 from .calibration import CalibrationSet
+from .formats import CONVERTERS, REFERENCE, check_formats, check_precisions, skip_reason
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx", "openvino", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -60,18 +59,6 @@ class ConvertResult:
     extra: dict[str, Any] = field(default_factory=dict)  # format-specific manifest fields
 
 
-# (format, precision) -> "module:function"; modules import their heavy libraries on use
-CONVERTERS: dict[tuple[str, str], str] = {
-    ("onnx", "int8"): "converters.quantize_onnx:quantize_onnx_int8",
-    ("openvino", "fp32"): "converters.convert_openvino:convert_openvino",
-    ("openvino", "fp16"): "converters.convert_openvino:convert_openvino",
-    ("openvino", "int8"): "converters.convert_openvino:convert_openvino",
-    ("tflite", "fp32"): "converters.convert_tflite:convert_tflite",
-    ("tflite", "fp16"): "converters.convert_tflite:convert_tflite",
-    ("tflite", "int8"): "converters.convert_tflite:convert_tflite",
-}
-
-
 class ArtifactRefused(EdgeRuntimeError):
     """Some converted artifacts failed their check against FP32 and were not listed; the others were.
     ``manifest`` is the package as written, ``refused`` one line per refused artifact."""
@@ -80,12 +67,6 @@ class ArtifactRefused(EdgeRuntimeError):
         super().__init__("; ".join(refused))
         self.manifest = manifest
         self.refused = refused
-
-
-UNSUPPORTED = {
-    ("onnx", "fp16"): "ONNX Runtime's CPU provider has no FP16 kernels for most ops and inserts casts "
-                      "(slower than FP32); use openvino or tflite for FP16",
-}
 
 
 def _to_layout(tensor: np.ndarray, layout: str) -> np.ndarray:
@@ -163,11 +144,8 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     """
     manifest = load_manifest(package)
     fp32 = manifest.artifact_path(manifest.artifact("onnx", "fp32"))
-    for value, known in ((formats, FORMATS), (precisions, PRECISIONS)):
-        bad = [v for v in value if v not in known]
-        if bad:
-            raise EdgeRuntimeError(f"unknown {'format' if known is FORMATS else 'precision'} {bad}; "
-                                   f"choose from {', '.join(known)}")
+    check_formats(formats)
+    check_precisions(precisions)
     if "int8" in precisions and calib is None:
         raise EdgeRuntimeError("INT8 needs calibration images: pass --calib FOLDER|VIDEO|COCO_JSON")
     if int8_min_cosine is not None and not 0 < int8_min_cosine <= 1:
@@ -205,12 +183,13 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     refused: list[str] = []
     for fmt in formats:
         for precision in precisions:
-            if (fmt, precision) == ("onnx", "fp32"):
+            if (fmt, precision) == REFERENCE:
                 continue
-            if (fmt, precision) in UNSUPPORTED:
-                log.warning("skipping %s %s: %s", fmt, precision, UNSUPPORTED[fmt, precision])
+            target = CONVERTERS[fmt].functions.get(precision)
+            if target is None:
+                log.warning("skipping %s %s: %s", fmt, precision, skip_reason(fmt, precision))
                 continue
-            module, func = CONVERTERS[fmt, precision].split(":")
+            module, func = target.split(":")
             try:
                 convert = getattr(importlib.import_module(module), func)
             except ImportError as exc:

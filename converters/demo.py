@@ -22,20 +22,19 @@ from edge_runtime.io.sources import open_source
 from edge_runtime.manifest import Manifest, load_manifest, sha256_file
 from edge_runtime.timing import format_table
 
+from .formats import CONVERTERS, REFERENCE, check_formats
+
 log = logging.getLogger(__name__)
 MODEL = "demo-shapes"
 CALIBRATION_IMAGES = 32
-# a format is built only when the libraries its converter needs are importable
-TOOLCHAINS = {"onnx": ("onnxruntime",), "openvino": ("openvino", "nncf"), "tflite": ("onnx2tf", "tensorflow")}
 
 
 def available_formats(wanted: list[str]) -> list[str]:
-    unknown = [f for f in wanted if f not in TOOLCHAINS]
-    if unknown:
-        raise EdgeRuntimeError(f"unknown format {unknown}; choose from {', '.join(TOOLCHAINS)}")
-    usable = [f for f in wanted if all(importlib.util.find_spec(m) for m in TOOLCHAINS[f])]
+    """The ``wanted`` formats whose converter's libraries are importable here (a format is built only then)."""
+    check_formats(wanted)
+    usable = [f for f in wanted if all(importlib.util.find_spec(m) for m in CONVERTERS[f].toolchain)]
     for f in set(wanted) - set(usable):
-        log.warning("skipping %s: %s not installed", f, " and ".join(TOOLCHAINS[f]))
+        log.warning("skipping %s: %s not installed", f, " and ".join(CONVERTERS[f].toolchain))
     return usable
 
 
@@ -45,7 +44,7 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
     a conversion that fails its check is not listed and its line is appended to ``refused``."""
     package = root / "package"
     manifest = load_manifest(package) if (package / "manifest.json").is_file() else None
-    missing = [(f, p) for f in formats for p in precisions if (f, p) != ("onnx", "fp16")
+    missing = [(f, p) for f in formats for p in precisions if ((f, p) == REFERENCE or p in CONVERTERS[f].functions)
                and (manifest is None or not any(a.format == f and a.precision == p for a in manifest.artifacts))]
     if manifest is not None and not missing:
         return manifest
@@ -61,7 +60,7 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
     if manifest is None or manifest.produced_by.get("source_sha256") != sha256_file(bundled):
         progress(f"exporting the bundled {MODEL} model to {package}")
         manifest = export_package(MODEL, None, package, progress=progress)
-        missing = [(f, p) for f, p in missing if (f, p) != ("onnx", "fp32")]
+        missing = [(f, p) for f, p in missing if (f, p) != REFERENCE]
     if missing:
         calib = root / "calibration"
         if not (calib / "train").is_dir():

@@ -145,9 +145,11 @@ def scaled_openvino(job):
 
 @pytest.fixture
 def broken_converter(monkeypatch):
-    from converters import convert
+    from converters.formats import CONVERTERS
 
-    monkeypatch.setitem(convert.CONVERTERS, ("openvino", "fp32"), f"{__name__}:scaled_openvino")
+    openvino = CONVERTERS["openvino"]
+    monkeypatch.setitem(CONVERTERS, "openvino",
+                        replace(openvino, functions={**openvino.functions, "fp32": f"{__name__}:scaled_openvino"}))
 
 
 @pytest.fixture

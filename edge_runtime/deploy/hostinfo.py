@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..backends.base import DeviceListing
 
 _X86_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
               "amx_int8", "amx_bf16", "amx_fp16")
@@ -163,9 +167,11 @@ def cpu_summary() -> dict[str, object]:
 
 @dataclass
 class HostInfo:
-    """What ``detect_host`` found. ``ort_providers``/``openvino_devices`` are None when the library
-    is not installed or the root is not the running system; ``matching_targets`` lists every
-    profile that fits, best first, and ``suggested_target`` is its first entry."""
+    """What ``detect_host`` found. ``backend_devices``: per backend that lists devices, its
+    ``DeviceListing.key`` (``ort_providers``, ``openvino_devices``) -> the devices its library sees,
+    None when it is not installed or the root is not the running system; each is also an attribute
+    and a top-level key of ``to_dict``. ``matching_targets`` lists every profile that fits, best
+    first, and ``suggested_target`` is its first entry."""
 
     arch: str
     cpu: str
@@ -175,10 +181,15 @@ class HostInfo:
     int8_fast: bool
     fp16_fast: bool
     npu_libraries: list[str]
-    ort_providers: list[str] | None
-    openvino_devices: list[str] | None
+    backend_devices: dict[str, list[str] | None]
     matching_targets: list[str]
     suggested_target: str | None
+
+    def __getattr__(self, name: str) -> list[str] | None:
+        devices = self.__dict__.get("backend_devices", {})
+        if name in devices:
+            return devices[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def is_x86(self) -> bool:
@@ -197,10 +208,11 @@ class HostInfo:
         lines.extend(self._precision_lines())
         libs = ", ".join(self.npu_libraries) or "none found"
         lines.append(f"NPU/delegate libraries: {libs}")
-        for label, found, lib in (("ONNX Runtime providers", self.ort_providers, "onnxruntime"),
-                                  ("OpenVINO devices", self.openvino_devices, "openvino")):
-            listed = ", ".join(found) if found is not None else f"not checked ({lib} not installed, or not this system)"
-            lines.append(f"{label}: {listed}")
+        for listing in _device_listings():
+            found = self.backend_devices.get(listing.key)
+            listed = ", ".join(found) if found is not None else \
+                f"not checked ({listing.library} not installed, or not this system)"
+            lines.append(f"{listing.label}: {listed}")
         if self.suggested_target:
             others = [t for t in self.matching_targets if t != self.suggested_target]
             lines.append(f"Suggested target: {self.suggested_target}"
@@ -227,8 +239,27 @@ class HostInfo:
         return [int8, fp16]
 
     def to_dict(self) -> dict[str, object]:
-        """Plain dict for JSON output."""
-        return asdict(self)
+        """Plain dict for JSON output; each backend's device list is a top-level key."""
+        flat: dict[str, object] = {}
+        for key, value in asdict(self).items():
+            if key == "backend_devices":
+                flat.update(value)
+            else:
+                flat[key] = value
+        return flat
+
+
+def _device_listings() -> list[DeviceListing]:
+    """The registered backends' device listings, in registry order."""
+    from ..backends import BACKENDS  # the registry imports this module: imported on use
+
+    return [cls.device_listing for cls in BACKENDS.values() if cls.device_listing is not None]
+
+
+def _backend_devices() -> dict[str, list[str] | None]:
+    from ..backends import BACKENDS
+
+    return {cls.device_listing.key: cls.list_devices() for cls in BACKENDS.values() if cls.device_listing}
 
 
 def _npu_libraries(root: Path) -> list[str]:
@@ -242,40 +273,16 @@ def _npu_libraries(root: Path) -> list[str]:
     return found
 
 
-def _ort_providers() -> list[str] | None:
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
-    try:
-        return list(onnxruntime.get_available_providers())
-    except Exception:  # a broken install must not stop detection
-        return None
-
-
-def _openvino_devices() -> list[str] | None:
-    try:
-        try:
-            from openvino import Core
-        except ImportError:  # OpenVINO before 2023.1
-            from openvino.runtime import Core
-    except ImportError:
-        return None
-    try:
-        return list(Core().available_devices)
-    except Exception:  # a plugin that fails to initialise must not stop detection
-        return None
-
-
 def _matching_targets(arch: str, cores: list[str], board: str, int8_fast: bool, libraries: list[str],
-                      ort: list[str] | None, openvino: list[str] | None) -> list[str]:
+                      devices: dict[str, list[str] | None]) -> list[str]:
     """Profiles that fit, best first: an accelerator, then the board, then the CPU family."""
     names = {Path(p).name for p in libraries}
     found = [target for lib, target in NPU_LIBRARIES.items() if lib in names]
-    if "NPU" in (openvino or []):
-        found.append("openvino-npu")
-    if "QNNExecutionProvider" in (ort or []) and "ort-qnn" not in found:
-        found.append("ort-qnn")
+    for listing in _device_listings():  # a device a backend's library sees (OpenVINO NPU, ORT QNN)
+        for device in devices.get(listing.key) or []:
+            target = listing.suggests.get(device)
+            if target and target not in found:
+                found.append(target)
     pi = re.search(r"Raspberry Pi (?:Compute Module )?(\d)", board)
     if pi and pi.group(1) in ("4", "5"):
         found.append(f"rpi{pi.group(1)}")
@@ -303,12 +310,11 @@ def detect_host(root: Path = Path("/"), machine: str | None = None) -> HostInfo:
     fp16_fast = any(f in flags for f in (_X86_FP16 if x86 else _ARM_FP16))
     board = _board(root, blocks)
     libraries = _npu_libraries(root)
-    ort = _ort_providers() if live else None
-    openvino = _openvino_devices() if live else None
+    devices = _backend_devices() if live else {listing.key: None for listing in _device_listings()}
     cores = _arm_cores(blocks)
-    matching = _matching_targets(arch, cores, board, int8_fast, libraries, ort, openvino)
+    matching = _matching_targets(arch, cores, board, int8_fast, libraries, devices)
     return HostInfo(arch=arch, cpu=_cpu_name(blocks) or (platform.processor() if live else ""), board=board,
                     cores=physical_cores() if live else _core_count(blocks),
                     flags=[f for f in _INTERESTING_FLAGS if f in flags], int8_fast=int8_fast, fp16_fast=fp16_fast,
-                    npu_libraries=libraries, ort_providers=ort, openvino_devices=openvino,
+                    npu_libraries=libraries, backend_devices=devices,
                     matching_targets=matching, suggested_target=matching[0] if matching else None)

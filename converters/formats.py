@@ -1,0 +1,64 @@
+"""The host's converters, keyed by artifact format: how ``convert`` makes each format from FP32 ONNX.
+
+Format and precision names come from the device's backend registry (``edge_runtime.backends``):
+this table only says, per registered format, which function writes each precision and which host
+libraries those functions need. A format the registry knows without an entry here is refused with
+one clear line. Light on purpose (no torch, tqdm or OpenCV): ``demo`` reads it on a device install.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edge_runtime.backends import all_precisions, formats, precisions
+from edge_runtime.errors import EdgeRuntimeError
+
+# the artifact export writes: every conversion starts from it, none makes it
+REFERENCE = ("onnx", "fp32")
+
+
+@dataclass(frozen=True)
+class FormatConverter:
+    """``functions``: precision -> "module:function" (``ConvertJob -> ConvertResult``), imported on use.
+    ``toolchain``: modules those functions need (``demo`` builds the format only where all import).
+    ``unsupported``: precision -> why this format has no converter for it (a warning, then skipped)."""
+
+    functions: dict[str, str]
+    toolchain: tuple[str, ...]
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+
+CONVERTERS: dict[str, FormatConverter] = {
+    "onnx": FormatConverter({"int8": "converters.quantize_onnx:quantize_onnx_int8"}, ("onnxruntime",), {
+        "fp16": "ONNX Runtime's CPU provider has no FP16 kernels for most ops and inserts casts "
+                "(slower than FP32); use openvino or tflite for FP16"}),
+    "openvino": FormatConverter(dict.fromkeys(precisions("openvino"), "converters.convert_openvino:convert_openvino"),
+                                ("openvino", "nncf")),
+    "tflite": FormatConverter(dict.fromkeys(precisions("tflite"), "converters.convert_tflite:convert_tflite"),
+                              ("onnx2tf", "tensorflow")),
+}
+
+
+def check_formats(wanted: list[str]) -> None:
+    """An error naming the first problem: a format no backend runs, or one this host cannot convert to."""
+    bad = [f for f in wanted if f not in formats()]
+    if bad:
+        raise EdgeRuntimeError(f"unknown format {bad}; choose from {', '.join(formats())}")
+    missing = [f for f in wanted if f not in CONVERTERS]
+    if missing:
+        have = ", ".join(f for f in formats() if f in CONVERTERS)
+        raise EdgeRuntimeError(f"no converter for format {', '.join(missing)} (the device runs it, but this host "
+                               f"cannot make it; convertible: {have})")
+
+
+def check_precisions(wanted: list[str]) -> None:
+    bad = [p for p in wanted if p not in all_precisions()]
+    if bad:
+        raise EdgeRuntimeError(f"unknown precision {bad}; choose from {', '.join(all_precisions())}")
+
+
+def skip_reason(fmt: str, precision: str) -> str:
+    """Why ``fmt`` ``precision`` is not converted (its backend does not run it, or no converter writes it)."""
+    if precision not in precisions(fmt):
+        return f"the {fmt} backend does not run {precision}"
+    return CONVERTERS[fmt].unsupported.get(precision, f"no converter writes {fmt} {precision}")
