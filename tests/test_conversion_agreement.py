@@ -145,6 +145,8 @@ def scaled_openvino(job):
 
 @pytest.fixture
 def broken_converter(monkeypatch):
+    from dataclasses import replace
+
     from converters.formats import CONVERTERS
 
     openvino = CONVERTERS["openvino"]
