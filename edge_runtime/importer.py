@@ -10,65 +10,34 @@ an exported package.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import edge_runtime
 
-from .backends import open_backend
+from .backends import BACKENDS, import_formats, open_backend
 from .compare import judge
 from .errors import EdgeRuntimeError, ModelLoadError, first_line
-from .families import make_family
+from .families import FAMILIES, importable_families, make_family
 from .families.base import Family
-from .families.single_output import SingleOutputFamily
 from .manifest import RESIZE_MODES, Artifact, InputSpec, Manifest, sha256_file
 
-FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 _FLOAT_DTYPES = ("float32", "float", "tensor(float)")
 
 
-@dataclass(frozen=True)
-class ImportDefaults:
-    """How the official project feeds and post-processes its model (the runtime's closest modes)."""
-    color: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize: str
-    decoder: dict[str, Any]
-    postprocess: dict[str, Any] = field(default_factory=dict)
-
-
-# the official preprocessing: Ultralytics' centred letterbox and YOLOX's top-left one, both padded with 114
-IMPORT_DEFAULTS: dict[str, ImportDefaults] = {
-    "yolox": ImportDefaults("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "letterbox_top_left",
-                            {"strides": [8, 16, 32], "sigmoid_in_graph": True},
-                            {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100, "multi_label": False}),
-    "yolov5": ImportDefaults("RGB", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "letterbox",
-                             {"strides": [8, 16, 32], "anchors_per_cell": 3},
-                             {"score_threshold": 0.25, "nms_iou": 0.45, "max_detections": 100, "multi_label": False}),
-    "yolov8": ImportDefaults("RGB", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "letterbox",
-                             {"strides": [8, 16, 32]},
-                             {"score_threshold": 0.25, "nms_iou": 0.7, "max_detections": 100, "multi_label": False}),
-    "nanodet-plus": ImportDefaults("BGR", (103.53, 116.28, 123.675), (57.375, 57.12, 58.395), "warp_affine",
-                                   {"strides": [8, 16, 32, 64], "reg_max": 7, "center_offset": 0.0},
-                                   {"score_threshold": 0.35, "nms_iou": 0.6, "max_detections": 100,
-                                    "multi_label": True}),
-    # TF Object Detection API SSD (MobileNet): [-1, 1] RGB input, stretched; its examples keep scores >= 0.5
-    "ssd": ImportDefaults("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), "resize", {},
-                          {"score_threshold": 0.5, "nms_iou": 0.6, "max_detections": 100, "multi_label": False}),
-}
 # label maps of the TF Object Detection API start with a placeholder for the background class
 _BACKGROUND_NAMES = ("???", "background", "__background__")
 
 
 def read_classes(classes: str | Path, family: str = "") -> tuple[str, ...]:
-    """"coco" -> the 80 COCO names (for ``ssd``: the 90 category-id slots TF models predict); else a
-    .txt file with one class name per line (a leading background placeholder such as '???' dropped)."""
+    """"coco" -> the 80 COCO names (the 90 category-id slots TF models predict, for a family with
+    ``coco_id_slots``: ssd); else a .txt file with one class name per line (a leading background
+    placeholder such as '???' dropped)."""
     if str(classes) == "coco":
         from .coco import COCO_CLASSES, coco_category_slots
 
-        return coco_category_slots() if family == "ssd" else tuple(COCO_CLASSES)
+        slots = family in FAMILIES and FAMILIES[family].coco_id_slots
+        return coco_category_slots() if slots else tuple(COCO_CLASSES)
     path = Path(classes)
     if not path.is_file():
         raise EdgeRuntimeError(f"{path}: class-names file not found (give 'coco' or a .txt, one name per line)")
@@ -106,23 +75,24 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
                  strides: list[int] | None = None, multi_label: bool | None = None) -> Manifest:
     """Copy ``model`` (.onnx or .tflite) into the new package ``out`` and write its manifest.
 
-    ``family``: one of IMPORT_DEFAULTS; its preprocessing and postprocess defaults apply unless
-    ``color``/``mean``/``std``/``resize``/``score_threshold``/``nms_iou``/``multi_label`` override
-    them; ``strides`` overrides the decoder's (e.g. a 4-level head). ``input_size`` is needed only
+    ``family``: one of ``importable_families()``; its preprocessing and postprocess defaults (the
+    family class's ``import_defaults``) apply unless ``color``/``mean``/``std``/``resize``/
+    ``score_threshold``/``nms_iou``/``multi_label`` override them; ``strides`` overrides the decoder's (e.g. a 4-level head). ``input_size`` is needed only
     when the model's input is dynamic. Every problem is a one-line EdgeRuntimeError.
     """
     model, out = Path(model), Path(out)
     if not model.is_file():
         raise ModelLoadError(f"{model}: model file not found")
-    fmt = FORMATS.get(model.suffix.lower())
+    fmt = import_formats().get(model.suffix.lower())
     if fmt is None:
-        raise ModelLoadError(f"{model}: cannot import a {model.suffix or 'suffix-less'} file (give .onnx or .tflite)")
-    if family not in IMPORT_DEFAULTS:
+        raise ModelLoadError(f"{model}: cannot import a {model.suffix or 'suffix-less'} file "
+                             f"(give {' or '.join(import_formats())})")
+    if family not in importable_families():
         raise EdgeRuntimeError(f"{model}: cannot import as family {family!r} "
-                               f"(importable: {', '.join(IMPORT_DEFAULTS)})")
+                               f"(importable: {', '.join(importable_families())})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EdgeRuntimeError(f"{out}: output folder exists and is not empty")
-    defaults = IMPORT_DEFAULTS[family]
+    defaults = FAMILIES[family].import_defaults
     color = color or defaults.color
     resize = resize or defaults.resize
     if color not in ("BGR", "RGB"):
@@ -140,8 +110,10 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
     if len(backend.inputs) != 1:
         raise ModelLoadError(f"{model}: has {len(backend.inputs)} inputs; an image detector has one")
     tin = backend.inputs[0]
-    # the TFLite backend feeds a quantised input from float through its scale, or casts an unscaled one
-    fed_from_float = str(tin.dtype) in _FLOAT_DTYPES or (fmt == "tflite" and str(tin.dtype) in ("uint8", "int8"))
+    # a backend that quantises inputs (TFLite) feeds a quantised input from float through its scale, or casts
+    # an unscaled one
+    fed_from_float = str(tin.dtype) in _FLOAT_DTYPES or (BACKENDS[fmt].quantizes_inputs
+                                                          and str(tin.dtype) in ("uint8", "int8"))
     if not fed_from_float:
         raise ModelLoadError(f"{model}: input {tin.name!r} is {tin.dtype}; importable inputs are float32 "
                              f"(and uint8/int8 for TFLite)")
@@ -154,7 +126,6 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
     for key, value in (("score_threshold", score_threshold), ("nms_iou", nms_iou), ("multi_label", multi_label)):
         if value is not None:
             postprocess[key] = value
-    suffix = ".onnx" if fmt == "onnx" else "_fp32.tflite"
     inp = InputSpec(name=tin.name, shape=shape, layout=layout, dtype="float32", color=color,
                     mean=tuple(float(v) for v in (mean or defaults.mean)),
                     std=tuple(float(v) for v in (std or defaults.std)), resize=resize)
@@ -162,11 +133,10 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
                      postprocess=postprocess, artifacts=(), produced_by={})
     decoder_family = make_family(draft)
     outputs = _pick_outputs(model, backend.outputs, decoder_family, classes, names)
-    if family == "ssd":  # the graph's max_detections: rows of its boxes output
-        decoder["max_detections"] = int(_spec_shape(backend, outputs[0])[1])
+    decoder.update(decoder_family.imported_decoder([_spec_shape(backend, o) for o in outputs]))
 
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"model{suffix}"
+    target = out / BACKENDS[fmt].import_file[1]
     shutil.copyfile(model, target)
     digest = sha256_file(target)
     art = Artifact(file=target.name, format=fmt, precision="fp32", sha256=digest, outputs=outputs,
@@ -196,7 +166,7 @@ def _pick_outputs(model: Path, outputs: list, fam: Family, classes: str | Path,
         return picked
     first = outputs[0]
     shape = tuple(first.shape)
-    implied = fam.classes_in(shape) if isinstance(fam, SingleOutputFamily) else None
+    implied = fam.classes_in(shape)
     if implied is not None and implied != len(names):  # the model fits the family; the class list does not
         src = "coco (the 80 COCO names)" if str(classes) == "coco" else str(classes)
         raise EdgeRuntimeError(f"{src}: lists {len(names)} class names; {model.name} output {first.name!r} "

@@ -61,6 +61,11 @@ def profiled_formats() -> tuple[str, ...]:
     return tuple(fmt for fmt, cls in BACKENDS.items() if cls.has_layer_profiler())
 
 
+def import_formats() -> dict[str, str]:
+    """Suffix of a foreign model file (``edge-runtime import``) -> the format that loads it."""
+    return {cls.import_file[0]: fmt for fmt, cls in BACKENDS.items() if cls.import_file}
+
+
 def installed_library(fmt: str) -> str | None:
     """'name version' of the first installed library that runs ``fmt`` artifacts, else None."""
     for module, dist in BACKENDS[fmt].libraries:
@@ -97,5 +102,5 @@ def open_backend(path: Path, format: str, threads: int, options: dict[str, Any] 
 
 
 __all__ = ["ALL_PRECISIONS", "BACKENDS", "Backend", "DeviceListing", "LayerTime", "LayerTimings", "TargetKey",
-           "TensorSpec", "all_precisions", "formats", "installed_backends", "installed_library", "open_backend",
+           "TensorSpec", "all_precisions", "formats", "import_formats", "installed_backends", "installed_library", "open_backend",
            "option_keys", "precisions", "profiled_formats", "require_installed", "target_keys"]

@@ -98,6 +98,11 @@ class Backend(ABC):
     device_listing: DeviceListing | None = None
     #: why ``profile_layers`` is not available, when the backend has no per-layer profiler
     no_layer_profiler: str = ""
+    #: (suffix of a foreign model file ``edge-runtime import`` takes, its file name in the package);
+    #: None: this format is not importable
+    import_file: tuple[str, str] | None = None
+    #: ``run`` takes float32 for a quantised (int8/uint8) input and quantises it with the input's scale
+    quantizes_inputs: bool = False
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
         self.path = Path(path)

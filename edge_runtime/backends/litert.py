@@ -64,6 +64,8 @@ class LiteRtBackend(Backend):
                    TargetKey("delegate_options", "table", option="delegate_options", needs="delegate"),
                    # the converter's TFLite INT8 input/output type (int8/uint8 for NPU delegates)
                    TargetKey("tflite_io", "choice", choices=("float32", "int8", "uint8")))
+    import_file = (".tflite", "model_fp32.tflite")
+    quantizes_inputs = True  # run() quantises each float input with its own scale and zero point
     no_layer_profiler = ("per-layer latency is not available for tflite: the TFLite Python interpreter has no "
                          "per-op profiler; use TensorFlow Lite's benchmark_model tool with --enable_op_profiling=true")
 

@@ -38,6 +38,7 @@ class OrtBackend(Backend):
     option_keys = frozenset({"device", "provider_options", "graph_optimization", "profile_prefix"})
     target_keys = (TargetKey("execution_provider", option="device", selects=True),
                    TargetKey("provider_options", "table", option="provider_options", needs="execution_provider"))
+    import_file = (".onnx", "model.onnx")
     device_listing = DeviceListing("ort_providers", "ONNX Runtime providers", "onnxruntime",
                                    {"QNNExecutionProvider": "ort-qnn"})
 

@@ -1,10 +1,13 @@
-"""Family registry: manifest ``model.family`` -> decoder class. One file + one line per family."""
+"""Family registry: manifest ``model.family`` -> decoder class. One file + one line per family.
+
+A family class declares its output roles, and for a foreign export (``edge-runtime import``) its
+preprocessing and postprocess defaults (``import_defaults``) and import checks (base.py)."""
 
 from __future__ import annotations
 
 from ..errors import ManifestError
 from ..manifest import InputSpec, Manifest
-from .base import Family
+from .base import Family, ImportDefaults
 from .nanodet import NanoDetDecoder
 from .nanodet_plus import NanoDetPlusDecoder
 from .ssd import SsdDecoder
@@ -27,6 +30,11 @@ FAMILIES: dict[str, type[Family]] = {
 }
 
 
+def importable_families() -> tuple[str, ...]:
+    """The families ``edge-runtime import`` accepts: those that declare import defaults."""
+    return tuple(name for name, cls in FAMILIES.items() if cls.import_defaults is not None)
+
+
 def make_family(manifest: Manifest, input_spec: InputSpec | None = None) -> Family:
     try:
         cls = FAMILIES[manifest.family]
@@ -36,4 +44,4 @@ def make_family(manifest: Manifest, input_spec: InputSpec | None = None) -> Fami
     return cls(manifest, input_spec)
 
 
-__all__ = ["FAMILIES", "Family", "make_family"]
+__all__ = ["FAMILIES", "Family", "ImportDefaults", "importable_families", "make_family"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +22,18 @@ def grid_cells(fh: int, fw: int, per_cell: int = 1) -> np.ndarray:
     return np.repeat(np.stack([xs.ravel(), ys.ravel()], 1), per_cell, axis=0)
 
 
+@dataclass(frozen=True)
+class ImportDefaults:
+    """How the official project feeds and post-processes its model (the runtime's closest modes):
+    what ``edge-runtime import`` writes into the manifest unless the command line overrides it."""
+    color: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str
+    decoder: dict[str, Any]
+    postprocess: dict[str, Any] = field(default_factory=dict)
+
+
 class Family(ABC):
     """Built from a manifest alone. ``decode`` turns one image's outputs into Detections.
 
@@ -30,6 +44,10 @@ class Family(ABC):
 
     #: roles of the graph outputs a family reads, in the order the manifest's artifact lists them
     output_roles: tuple[str, ...] = ("scores", "boxes")
+    #: preprocessing, decoder and postprocess defaults of a foreign export; None: not importable
+    import_defaults: ImportDefaults | None = None
+    #: "coco" classes mean the 90 COCO category-id slots (TF models) rather than the 80 names
+    coco_id_slots: bool = False
 
     def __init__(self, manifest: Manifest, input_spec: InputSpec | None = None) -> None:
         self.manifest = manifest
@@ -66,6 +84,16 @@ class Family(ABC):
             if isinstance(shape[axis], int) and shape[axis] != want:
                 return f"has {shape[axis]} {what} {want}"
         return None
+
+    def classes_in(self, shape: tuple[int | str, ...]) -> int | None:
+        """The class count an output of this ``shape`` implies when it otherwise fits the family (to
+        blame a wrong class list rather than a wrong family on import); None when it cannot tell."""
+        return None
+
+    def imported_decoder(self, shapes: list[tuple[int | str, ...]]) -> dict[str, Any]:
+        """Decoder fields an imported graph fixes itself, read from its outputs' ``shapes`` (in
+        ``output_roles`` order); added to the import defaults' decoder."""
+        return {}
 
     def match_outputs(self, outputs: list) -> tuple[str, ...] | None:
         """Names of a foreign graph's outputs in ``output_roles`` order (``outputs``: the backend's

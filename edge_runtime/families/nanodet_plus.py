@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import ImportDefaults
 from .single_output import SingleOutputFamily
 
 
 class NanoDetPlusDecoder(SingleOutputFamily):
+    # the COCO configs: BGR, ImageNet mean/std in 0..255, keep_ratio False (a plain warp)
+    import_defaults = ImportDefaults("BGR", (103.53, 116.28, 123.675), (57.375, 57.12, 58.395), "warp_affine",
+                                     {"strides": [8, 16, 32, 64], "reg_max": 7, "center_offset": 0.0},
+                                     {"score_threshold": 0.35, "nms_iou": 0.6, "max_detections": 100,
+                                      "multi_label": True})
     default_strides = (8, 16, 32, 64)
     layout_text = "[1, N, classes + 4 * (reg_max + 1)]"
 

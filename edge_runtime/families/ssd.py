@@ -17,10 +17,11 @@ quantised uint8 input is fed through its own scale and zero point by the TFLite 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
-from .base import Family
+from .base import Family, ImportDefaults
 
 _ROLE_WORDS = (("boxes", "box"), ("classes", "class"), ("scores", "score"), ("count", "num"))
 
@@ -33,11 +34,19 @@ def _index_suffix(name: str) -> int:
 
 class SsdDecoder(Family):
     output_roles = ("boxes", "classes", "scores", "count")
+    # [-1, 1] RGB input, stretched; the TF OD API examples keep scores >= 0.5
+    import_defaults = ImportDefaults("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), "resize", {},
+                                     {"score_threshold": 0.5, "nms_iou": 0.6, "max_detections": 100,
+                                      "multi_label": False})
+    coco_id_slots = True  # TF models predict the 90 COCO category ids, gaps included
 
     @property
     def num_candidates(self) -> int:
         # N is the graph's max_detections, read from the boxes output when the model loads
         return int(self.manifest.decoder.get("max_detections", 0))
+
+    def imported_decoder(self, shapes: list[tuple[int | str, ...]]) -> dict[str, Any]:
+        return {"max_detections": int(shapes[0][1])}  # the graph's own: rows of its boxes output
 
     def output_shape_problem(self, shape: tuple[int | str, ...]) -> str | None:
         if len(shape) == 3 and shape[0] in (1, "?") and shape[2] == 4:

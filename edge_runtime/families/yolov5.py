@@ -11,10 +11,16 @@ Preprocessing of the official model: RGB / 255, letterbox centred with pad 114 (
 
 from __future__ import annotations
 
+from .base import ImportDefaults
 from .single_output import SingleOutputFamily, xywh_to_xyxy
 
 
 class YoloV5Decoder(SingleOutputFamily):
+    # Ultralytics: RGB / 255, letterbox centred with pad 114
+    import_defaults = ImportDefaults("RGB", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "letterbox",
+                                     {"strides": [8, 16, 32], "anchors_per_cell": 3},
+                                     {"score_threshold": 0.25, "nms_iou": 0.45, "max_detections": 100,
+                                      "multi_label": False})
     leading_columns = 5
     layout_text = "[1, N, 5 + classes]"
 

@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import ImportDefaults
 from .single_output import SingleOutputFamily, xywh_to_xyxy
 
 
 class YoloV8Decoder(SingleOutputFamily):
+    # Ultralytics: RGB / 255, letterbox centred with pad 114
+    import_defaults = ImportDefaults("RGB", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), "letterbox",
+                                     {"strides": [8, 16, 32]},
+                                     {"score_threshold": 0.25, "nms_iou": 0.7, "max_detections": 100,
+                                      "multi_label": False})
     leading_columns = 4
     layout_text = "[1, 4 + classes, N] (or [1, N, 4 + classes])"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import ImportDefaults
 from .single_output import SingleOutputFamily, sigmoid, xywh_to_xyxy
 
 # exp() argument cap: a garbage tw would overflow float32 to inf; e^20 strides is already absurd
@@ -22,6 +23,11 @@ _MAX_LOG_WH = 20.0
 
 
 class YoloxDecoder(SingleOutputFamily):
+    # BGR 0..255, letterbox padded bottom-right with 114
+    import_defaults = ImportDefaults("BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "letterbox_top_left",
+                                     {"strides": [8, 16, 32], "sigmoid_in_graph": True},
+                                     {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100,
+                                      "multi_label": False})
     leading_columns = 5
     layout_text = "[1, N, 5 + classes]"
 
