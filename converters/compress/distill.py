@@ -2,7 +2,7 @@
 
 Every term is a divergence (KL) or a squared difference, so a student identical to its teacher has a
 loss of exactly zero.
-Per family (raw outputs as the models' ``forward`` returns them):
+Per family (raw outputs as the models' ``forward`` returns them; ``families.FAMILY_HOOKS`` picks the loss):
 
 - ``yolo-fastestv2``: per level (reg 4A, obj A, cls C maps). Objectness: binary KL between the
   tempered sigmoids, over every anchor (level weights as the task loss). Class: softmax KL with
@@ -27,8 +27,6 @@ import torch.nn.functional as F
 
 from ..yolo_fastest_v2_loss import BOX_GAIN, CLS_GAIN, LEVEL_BALANCE, OBJ_GAIN
 
-FAMILIES = ("yolo-fastestv2", "nanodet")
-
 
 def binary_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Elementwise KL(Bernoulli(sigmoid(t/T)) || Bernoulli(sigmoid(s/T))), from logits (stable)."""
@@ -48,7 +46,7 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum() / weights.sum().clamp_min(1e-6)
 
 
-def _yolo_fastest_v2(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float
+def yolo_fastest_v2_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float
                      ) -> dict[str, torch.Tensor]:
     box = obj = cls = student[0].new_zeros(())
     t2 = temperature ** 2
@@ -65,7 +63,7 @@ def _yolo_fastest_v2(student: Sequence[torch.Tensor], teacher: Sequence[torch.Te
     return {"kd_box": BOX_GAIN * box, "kd_obj": OBJ_GAIN * obj, "kd_cls": CLS_GAIN * cls}
 
 
-def _nanodet(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float, reg_max: int
+def nanodet_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float, reg_max: int
              ) -> dict[str, torch.Tensor]:
     cls = box = student[0].new_zeros(())
     bins = 4 * (reg_max + 1)
@@ -86,12 +84,11 @@ def _nanodet(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], t
 def distillation_loss(family: str, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
                       temperature: float = 1.0, reg_max: int = 7) -> tuple[torch.Tensor, dict[str, float]]:
     """Total distillation loss of ``student``'s raw outputs against ``teacher``'s (detached) and its parts."""
-    teacher = [t.detach() for t in teacher]
-    if family == "yolo-fastestv2":
-        parts = _yolo_fastest_v2(student, teacher, temperature)
-    elif family == "nanodet":
-        parts = _nanodet(student, teacher, temperature, reg_max)
-    else:
-        raise ValueError(f"no distillation loss for the {family} family (have: {', '.join(FAMILIES)})")
+    from .families import FAMILY_HOOKS  # the table imports this module's losses
+
+    hooks = FAMILY_HOOKS.get(family)
+    if hooks is None:
+        raise ValueError(f"no distillation loss for the {family} family (have: {', '.join(FAMILY_HOOKS)})")
+    parts = hooks.distill(student, [t.detach() for t in teacher], temperature, reg_max)
     total = sum(parts.values())
     return total, {k: float(v.detach()) for k, v in parts.items()}

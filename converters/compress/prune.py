@@ -35,6 +35,7 @@ from torch_pruning.dependency import index_mapping
 
 from ..models import get_spec
 from .data import TrainingData, augmented_batch
+from .families import FAMILY_HOOKS, families_with_task_loss
 from .train import batch_order, task_loss
 
 METHODS = ("l1", "taylor", "group")
@@ -63,11 +64,10 @@ def parameter_count(model: nn.Module) -> int:
 def output_layers(model: nn.Module, model_name: str) -> list[nn.Module]:
     """The convs whose outputs the decoder reads: never pruned."""
     family = get_spec(model_name).family
-    if family == "yolo-fastestv2":
-        return [model.output_reg_layers, model.output_obj_layers, model.output_cls_layers]
-    if family == "nanodet":
-        return [*model.head.gfl_cls, *getattr(model.head, "gfl_reg", [])]
-    raise ValueError(f"{model_name}: channel pruning supports the yolo-fastestv2 and nanodet families, not {family}")
+    if family not in FAMILY_HOOKS:
+        raise ValueError(f"{model_name}: channel pruning supports the {' and '.join(FAMILY_HOOKS)} families, "
+                         f"not {family}")
+    return FAMILY_HOOKS[family].output_layers(model)
 
 
 def shuffle_boundary_convs(model: nn.Module) -> list[nn.Module]:
@@ -112,7 +112,7 @@ def _accumulate_task_gradients(model: nn.Module, model_name: str, data: Training
     loss_fn = task_loss(model_name)
     if loss_fn is None:
         raise ValueError(f"{model_name}: 'taylor' pruning needs a task loss, which the project has only for the "
-                         f"yolo-fastestv2 family; use 'l1' or 'group'")
+                         f"{' and '.join(families_with_task_loss())} family; use 'l1' or 'group'")
     rng = np.random.default_rng(seed)
     model.eval().zero_grad(set_to_none=True)
     for ids in batch_order(len(data.images), batches, batch, rng):

@@ -3,7 +3,7 @@ pruning, knowledge distillation and quantization-aware training.
 
 The model is any ``nn.Module`` whose ``forward`` gives the family's raw head outputs (a pruned,
 factorised or fake-quantised model included); ``model_name`` only picks the losses. The task loss
-exists for the YOLO-FastestV2 family (``yolo_fastest_v2_loss``); NanoDet's (GFL + dynamic soft
+exists for the YOLO-FastestV2 family (``yolo_fastest_v2_loss``, see ``families.FAMILY_HOOKS``); NanoDet's (GFL + dynamic soft
 label assignment) is not in this project, so NanoDet models fine-tune by distillation alone: the
 teacher's outputs are the soft targets and the labels go unused.
 """
@@ -21,24 +21,17 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models import get_spec
-from ..yolo_fastest_v2_loss import yolo_fastest_v2_loss
 from .data import TrainingData, augmented_batch
 from .distill import distillation_loss
-
-LossFn = Callable[[tuple[torch.Tensor, ...], torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+from .families import LossFn, family_hooks
 
 
 def task_loss(model_name: str) -> LossFn | None:
     """``(raw outputs, (T, 6) targets) -> (loss, parts)`` of the model's family; None where the project
     has no task loss for it (NanoDet)."""
     spec = get_spec(model_name)
-    if spec.family != "yolo-fastestv2":
-        return None
-    # anchors and strides from a fresh build: the trained model may be wrapped (QAT) and lose attributes
-    reference = spec.build(1)
-    anchors = torch.tensor(reference.anchors, dtype=torch.float32).view(len(reference.strides),
-                                                                        reference.anchor_num, 2)
-    return lambda outputs, targets: yolo_fastest_v2_loss(outputs, targets, anchors, reference.strides)
+    hooks = family_hooks(spec.family)
+    return hooks.task_loss(spec) if hooks is not None and hooks.task_loss is not None else None
 
 
 def _reg_max(model_name: str) -> int:
@@ -81,7 +74,8 @@ def fine_tune(model: nn.Module, model_name: str, data: TrainingData, steps: int,
     if task is None and teacher is None:
         raise ValueError(f"{model_name}: the project has no task loss for the {family} family, so fine-tuning "
                          f"it needs a teacher (distillation)")
-    reg_max = _reg_max(model_name) if teacher is not None and family == "nanodet" else 7
+    hooks = family_hooks(family)
+    reg_max = _reg_max(model_name) if teacher is not None and hooks is not None and hooks.distill_reads_reg_max else 7
     if teacher is not None:
         teacher.eval()
     model.train()
