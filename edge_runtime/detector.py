@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def select_artifact(manifest: Manifest, backend: str, precision: str | None, threads: int) -> Artifact:
-    """Pick the artifact to run: ``backend`` is an artifact format (a key of
-    ``edge_runtime.backends.BACKENDS``) or "auto" (the fastest runnable verified artifact on this host, measured once and cached). A named
+    """Pick the artifact to run: ``backend`` is an artifact format (a key of ``edge_runtime.backends.BACKENDS``)
+    or "auto" (the fastest runnable verified artifact on this host, measured once and cached). A named
     artifact that failed its check against FP32 still runs, with a warning."""
     if backend != "auto":
         verified = (a for a in manifest.artifacts if a.verified and a.format == backend

@@ -77,8 +77,9 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
 
     ``family``: one of ``importable_families()``; its preprocessing and postprocess defaults (the
     family class's ``import_defaults``) apply unless ``color``/``mean``/``std``/``resize``/
-    ``score_threshold``/``nms_iou``/``multi_label`` override them; ``strides`` overrides the decoder's (e.g. a 4-level head). ``input_size`` is needed only
-    when the model's input is dynamic. Every problem is a one-line EdgeRuntimeError.
+    ``score_threshold``/``nms_iou``/``multi_label`` override them; ``strides`` overrides the
+    decoder's (e.g. a 4-level head). ``input_size`` is needed only when the model's input is dynamic.
+    Every problem is a one-line EdgeRuntimeError.
     """
     model, out = Path(model), Path(out)
     if not model.is_file():

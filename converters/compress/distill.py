@@ -46,8 +46,8 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum() / weights.sum().clamp_min(1e-6)
 
 
-def yolo_fastest_v2_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float
-                     ) -> dict[str, torch.Tensor]:
+def yolo_fastest_v2_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                                 temperature: float) -> dict[str, torch.Tensor]:
     box = obj = cls = student[0].new_zeros(())
     t2 = temperature ** 2
     for level in range(len(student) // 3):
@@ -63,8 +63,8 @@ def yolo_fastest_v2_distillation(student: Sequence[torch.Tensor], teacher: Seque
     return {"kd_box": BOX_GAIN * box, "kd_obj": OBJ_GAIN * obj, "kd_cls": CLS_GAIN * cls}
 
 
-def nanodet_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float, reg_max: int
-             ) -> dict[str, torch.Tensor]:
+def nanodet_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], temperature: float,
+                         reg_max: int) -> dict[str, torch.Tensor]:
     cls = box = student[0].new_zeros(())
     bins = 4 * (reg_max + 1)
     t2 = temperature ** 2

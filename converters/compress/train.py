@@ -3,9 +3,9 @@ pruning, knowledge distillation and quantization-aware training.
 
 The model is any ``nn.Module`` whose ``forward`` gives the family's raw head outputs (a pruned,
 factorised or fake-quantised model included); ``model_name`` only picks the losses. The task loss
-exists for the YOLO-FastestV2 family (``yolo_fastest_v2_loss``, see ``families.FAMILY_HOOKS``); NanoDet's (GFL + dynamic soft
-label assignment) is not in this project, so NanoDet models fine-tune by distillation alone: the
-teacher's outputs are the soft targets and the labels go unused.
+exists for the YOLO-FastestV2 family (``yolo_fastest_v2_loss``, in ``families.FAMILY_HOOKS``); NanoDet's
+(GFL + dynamic soft label assignment) is not in this project, so NanoDet models fine-tune by
+distillation alone: the teacher's outputs are the soft targets and the labels go unused.
 """
 
 from __future__ import annotations

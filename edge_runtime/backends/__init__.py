@@ -102,5 +102,5 @@ def open_backend(path: Path, format: str, threads: int, options: dict[str, Any] 
 
 
 __all__ = ["ALL_PRECISIONS", "BACKENDS", "Backend", "DeviceListing", "LayerTime", "LayerTimings", "TargetKey",
-           "TensorSpec", "all_precisions", "formats", "import_formats", "installed_backends", "installed_library", "open_backend",
-           "option_keys", "precisions", "profiled_formats", "require_installed", "target_keys"]
+           "TensorSpec", "all_precisions", "formats", "import_formats", "installed_backends", "installed_library",
+           "open_backend", "option_keys", "precisions", "profiled_formats", "require_installed", "target_keys"]
