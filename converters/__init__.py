@@ -84,7 +84,10 @@ class Converter:
 
         Returns the updated manifest; raises ``convert.ArtifactRefused`` (which holds it) when an artifact
         failed its check, after the others were added."""
+        from edge_runtime.backends import all_precisions
+
         from .convert import convert_package
+        from .formats import convertible_formats
 
         formats, precisions = _names(formats), _names(precision)
         if target is not None:
@@ -98,8 +101,8 @@ class Converter:
         options = {"calib_method": calib_method, "onnx_quantizer": onnx_quantizer, "ov_preset": ov_preset,
                    "tflite_io": tflite_io or "float32"}
         try:
-            return convert_package(self.package, formats or ["onnx", "openvino", "tflite"],
-                                   precisions or ["fp32", "fp16", "int8"], calib=calib, options=options,
+            return convert_package(self.package, formats or list(convertible_formats()),
+                                   precisions or list(all_precisions()), calib=calib, options=options,
                                    progress=progress, **convert_options)
         except ValueError as exc:  # argument errors (an unknown calib_method, ...) as one line
             raise EdgeRuntimeError(str(exc)) from None

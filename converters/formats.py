@@ -39,6 +39,12 @@ CONVERTERS: dict[str, FormatConverter] = {
 }
 
 
+def convertible_formats() -> tuple[str, ...]:
+    """The registered formats this host has a converter for, in registry order: what ``convert`` makes
+    when no format is named."""
+    return tuple(f for f in formats() if f in CONVERTERS)
+
+
 def check_formats(wanted: list[str]) -> None:
     """An error naming the first problem: a format no backend runs, or one this host cannot convert to."""
     bad = [f for f in wanted if f not in formats()]
@@ -46,7 +52,7 @@ def check_formats(wanted: list[str]) -> None:
         raise EdgeRuntimeError(f"unknown format {bad}; choose from {', '.join(formats())}")
     missing = [f for f in wanted if f not in CONVERTERS]
     if missing:
-        have = ", ".join(f for f in formats() if f in CONVERTERS)
+        have = ", ".join(convertible_formats())
         raise EdgeRuntimeError(f"no converter for format {', '.join(missing)} (the device runs it, but this host "
                                f"cannot make it; convertible: {have})")
 
