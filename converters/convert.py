@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,34 +30,11 @@ from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 
 from .accuracy import AccuracyBudget, CosineAgreement, MapMetric, Runner
 from .calibration import CalibrationSet
+from .convert_job import ConvertJob
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "openvino", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass
-class ConvertJob:
-    manifest: Manifest
-    fp32_onnx: Path
-    precision: str
-    calibration: CalibrationSet | None
-    options: dict[str, Any] = field(default_factory=dict)
-    progress: Callable[[str], None] = lambda msg: None
-    agreement: CosineAgreement | None = None  # with FP32 on held-out images, for converters' own choices
-    accuracy: AccuracyBudget | None = None  # INT8 only: keep layers in float until this is met
-    stage: Path | None = None  # where the converter writes; the package folder when None
-
-    @property
-    def out_dir(self) -> Path:
-        return self.stage or self.manifest.root
-
-
-@dataclass
-class ConvertResult:
-    file: str  # relative to the package folder
-    outputs: list[str]  # graph output names, in the family's role order
-    extra: dict[str, Any] = field(default_factory=dict)  # format-specific manifest fields
 
 
 # (format, precision) -> "module:function"; modules import their heavy libraries on use

@@ -50,7 +50,7 @@ from edge_runtime.deploy.hostinfo import package_version
 from edge_runtime.errors import EdgeRuntimeError
 
 from .accuracy import Runner, float_prefix_search
-from .convert import ConvertJob, ConvertResult
+from .convert_job import ConvertJob, ConvertResult
 
 log = logging.getLogger(__name__)
 IO_TYPES = ("float32", "int8", "uint8")
