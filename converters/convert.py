@@ -43,9 +43,9 @@ CONVERTERS: dict[tuple[str, str], str] = {
     ("openvino", "fp32"): "converters.convert_openvino:convert_openvino",
     ("openvino", "fp16"): "converters.convert_openvino:convert_openvino",
     ("openvino", "int8"): "converters.convert_openvino:convert_openvino",
-    ("tflite", "fp32"): "converters.convert_tflite:convert_tflite",
-    ("tflite", "fp16"): "converters.convert_tflite:convert_tflite",
-    ("tflite", "int8"): "converters.convert_tflite:convert_tflite",
+    ("tflite", "fp32"): "converters.tflite:convert_tflite",
+    ("tflite", "fp16"): "converters.tflite:convert_tflite",
+    ("tflite", "int8"): "converters.tflite:convert_tflite",
 }
 
 

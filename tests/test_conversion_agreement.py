@@ -244,7 +244,8 @@ def test_onnx2tf_batch_input_is_caught_from_its_log(demo_package, tmp_path):
     import onnx
     import onnx2tf
 
-    from converters.convert_tflite import ONNX2TF_SAMPLE, prepare_onnx, skipped_reference_run
+    from converters.tflite.onnx2tf_run import ONNX2TF_SAMPLE, skipped_reference_run
+    from converters.tflite.onnx_rewrite import prepare_onnx
 
     model, _ = prepare_onnx(demo_package / "model.onnx", "input")
     onnx.save(model, str(tmp_path / "model.onnx"))
