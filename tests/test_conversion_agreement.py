@@ -194,7 +194,7 @@ def test_kept_failed_artifact_is_marked_and_never_chosen(kept_failed, caplog, tm
     from converters.demo import _time_artifacts
     from edge_runtime.autoselect import CACHE_NAME, auto_candidates, fastest_artifact
     from edge_runtime.bench import bench_package, bench_table
-    from edge_runtime.deploy.bundle import select_artifacts
+    from edge_runtime.deploy.bundle import artifacts_for_target
     from edge_runtime.deploy.targets import load_target
     from edge_runtime.detector import Detector
     from edge_runtime.manifest import load_manifest
@@ -231,7 +231,7 @@ def test_kept_failed_artifact_is_marked_and_never_chosen(kept_failed, caplog, tm
     assert "FAILED" in bench_table(report) and "not chosen, failed its check" in bench_table(report)
     # package: never bundled
     target = load_target("x86")
-    assert bad not in select_artifacts(manifest, target)
+    assert bad not in artifacts_for_target(manifest, target)
 
 
 def test_onnx2tf_batch_input_is_caught_from_its_log(demo_package, tmp_path):
