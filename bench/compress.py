@@ -36,9 +36,10 @@ import onnx
 import torch
 
 from converters.checkpoints import load_model
-from converters.compress.checkpoint import save_compressed
+from converters.compress.compressed_checkpoint import save_compressed
 from converters.compress.data import load_training_data
-from converters.compress.lowrank import apply_factorization, plan_factorization
+from converters.compress.factorization import apply_factorization
+from converters.compress.lowrank import plan_factorization
 from converters.compress.prune import prune_channels, sparsify_magnitude, weight_bytes
 from converters.compress.train import fine_tune
 from converters.demo_model import evaluate_package

@@ -10,7 +10,7 @@ from torch import nn
 
 from edge_runtime.errors import CheckpointError, first_line
 
-from .compress.checkpoint import META_KEY, rebuild
+from .compress.compressed_checkpoint import META_KEY, rebuild
 from .models import ModelSpec
 
 # Training-only branches of NanoDet-Plus; the official loader drops them too.
@@ -19,7 +19,7 @@ _TRAINING_ONLY_PREFIXES = ("aux_fpn.", "aux_head.")
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read a checkpoint's weights: a plain state_dict (.pth) or a NanoDet/Lightning ``.ckpt``,
-    plus the structure notes of a compressed checkpoint (``converters.compress.checkpoint``), else None.
+    plus the structure notes of a compressed checkpoint (``converters.compress.compressed_checkpoint``), else None.
 
     ``weights_only=True`` refuses pickled code, so an untrusted file cannot run anything.
     NanoDet's EMA weights (``avg_model.``) win over ``model.``, as in NanoDet's own loader.

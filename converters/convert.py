@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,33 +30,12 @@ from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 
 from .accuracy import AccuracyBudget, CosineAgreement, MapMetric, Runner
 from .calibration import CalibrationSet
+from .convert_job import ConvertJob
 from .formats import CONVERTERS, REFERENCE, check_formats, check_precisions, skip_reason
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ConvertJob:
-    manifest: Manifest
-    fp32_onnx: Path
-    precision: str
-    calibration: CalibrationSet | None
-    options: dict[str, Any] = field(default_factory=dict)
-    progress: Callable[[str], None] = lambda msg: None
-    agreement: CosineAgreement | None = None  # with FP32 on held-out images, for converters' own choices
-    accuracy: AccuracyBudget | None = None  # INT8 only: keep layers in float until this is met
-    stage: Path | None = None  # where the converter writes; the package folder when None
-
-    @property
-    def out_dir(self) -> Path:
-        return self.stage or self.manifest.root
-
-
-@dataclass
-class ConvertResult:
-    file: str  # relative to the package folder
-    outputs: list[str]  # graph output names, in the family's role order
-    extra: dict[str, Any] = field(default_factory=dict)  # format-specific manifest fields
 
 
 class ArtifactRefused(EdgeRuntimeError):

@@ -41,7 +41,7 @@ from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.manifest import sha256_file
 
 from .accuracy import Runner, run_nncf_search
-from .convert import ConvertJob, ConvertResult
+from .convert_job import ConvertJob, ConvertResult
 
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
 _PRODUCERS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData"}

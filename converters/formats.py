@@ -34,7 +34,7 @@ CONVERTERS: dict[str, FormatConverter] = {
                 "(slower than FP32); use openvino or tflite for FP16"}),
     "openvino": FormatConverter(dict.fromkeys(precisions("openvino"), "converters.convert_openvino:convert_openvino"),
                                 ("openvino", "nncf")),
-    "tflite": FormatConverter(dict.fromkeys(precisions("tflite"), "converters.convert_tflite:convert_tflite"),
+    "tflite": FormatConverter(dict.fromkeys(precisions("tflite"), "converters.tflite:convert_tflite"),
                               ("onnx2tf", "tensorflow")),
 }
 

@@ -25,7 +25,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .accuracy import run_nncf_search
-from .convert import ConvertJob, ConvertResult
+from .convert_job import ConvertJob, ConvertResult
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}

@@ -24,7 +24,7 @@ from .preprocess import ImageMeta
 log = logging.getLogger(__name__)
 
 
-def select_artifact(manifest: Manifest, backend: str, precision: str | None, threads: int) -> Artifact:
+def artifact_to_run(manifest: Manifest, backend: str, precision: str | None, threads: int) -> Artifact:
     """Pick the artifact to run: ``backend`` is an artifact format (a key of ``edge_runtime.backends.BACKENDS``)
     or "auto" (the fastest runnable verified artifact on this host, measured once and cached). A named
     artifact that failed its check against FP32 still runs, with a warning."""
@@ -56,7 +56,7 @@ class Detector:
         self.manifest = load_manifest(package)
         choice = runtime_choice(self.manifest, target, backend, precision, threads, options)
         self.threads = choice.threads or physical_cores()
-        self.artifact = select_artifact(self.manifest, choice.backend, choice.precision, self.threads)
+        self.artifact = artifact_to_run(self.manifest, choice.backend, choice.precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
         # options come from the caller (CLI flags, a target profile), never from the package
         self.backend: Backend = open_backend(path, self.artifact.format, self.threads, choice.options)

@@ -15,7 +15,7 @@ pytest.importorskip("torch_pruning", reason="channel pruning needs torch-pruning
 from torch import nn  # noqa: E402
 
 from converters.checkpoints import load_model  # noqa: E402
-from converters.compress.checkpoint import save_compressed  # noqa: E402
+from converters.compress.compressed_checkpoint import save_compressed  # noqa: E402
 from converters.compress.data import augmented_batch, load_training_data, read_training_folder  # noqa: E402
 from converters.compress.distill import distillation_loss  # noqa: E402
 from converters.compress.prune import output_layers, prune_channels, sparsify_magnitude  # noqa: E402

@@ -198,7 +198,7 @@ def test_kept_failed_artifact_is_marked_and_never_chosen(kept_failed, caplog, tm
     from converters.demo import _time_artifacts
     from edge_runtime.autoselect import CACHE_NAME, auto_candidates, fastest_artifact
     from edge_runtime.bench import bench_package, bench_table
-    from edge_runtime.deploy.bundle import select_artifacts
+    from edge_runtime.deploy.bundle import artifacts_for_target
     from edge_runtime.deploy.targets import load_target
     from edge_runtime.detector import Detector
     from edge_runtime.manifest import load_manifest
@@ -235,7 +235,7 @@ def test_kept_failed_artifact_is_marked_and_never_chosen(kept_failed, caplog, tm
     assert "FAILED" in bench_table(report) and "not chosen, failed its check" in bench_table(report)
     # package: never bundled
     target = load_target("x86")
-    assert bad not in select_artifacts(manifest, target)
+    assert bad not in artifacts_for_target(manifest, target)
 
 
 def test_onnx2tf_batch_input_is_caught_from_its_log(demo_package, tmp_path):
@@ -248,7 +248,8 @@ def test_onnx2tf_batch_input_is_caught_from_its_log(demo_package, tmp_path):
     import onnx
     import onnx2tf
 
-    from converters.convert_tflite import ONNX2TF_SAMPLE, prepare_onnx, skipped_reference_run
+    from converters.tflite.onnx2tf_run import ONNX2TF_SAMPLE, skipped_reference_run
+    from converters.tflite.onnx_rewrite import prepare_onnx
 
     model, _ = prepare_onnx(demo_package / "model.onnx", "input")
     onnx.save(model, str(tmp_path / "model.onnx"))

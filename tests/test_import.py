@@ -200,7 +200,7 @@ def foreign_ssd_tflite(foreign_onnx, tmp_path_factory) -> Path:
     (scales 10, 10, 5, 5), a background score column, and the TFLite_Detection_PostProcess op."""
     tf = pytest.importorskip("tensorflow", reason="building the SSD TFLite needs tensorflow")
     pytest.importorskip("onnx2tf", reason="ONNX -> TensorFlow needs onnx2tf")
-    from converters.convert_tflite import onnx_to_keras
+    from converters.tflite.onnx2tf_run import onnx_to_keras
 
     samples = np.random.default_rng(0).standard_normal((2, IMGSZ, IMGSZ, 3)).astype(np.float32)
     graph = onnx.load(str(foreign_onnx["yolov8"]))

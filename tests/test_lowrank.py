@@ -1,4 +1,4 @@
-"""Low-rank factorisation (converters.compress.lowrank): exactness at full rank, error against rank,
+"""Low-rank factorisation (converters.compress.factorization, .lowrank): exactness at full rank, error against rank,
 the measured plan, and a factorised demo-shapes checkpoint through load_model and export_package."""
 
 from __future__ import annotations
@@ -10,14 +10,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 from torch import nn  # noqa: E402
 
-from converters.compress.lowrank import (  # noqa: E402
-    apply_factorization,
-    layer_inputs,
-    layer_macs,
-    plan_factorization,
-    svd_pointwise,
-    tucker2,
-)
+from converters.compress.factorization import apply_factorization, svd_pointwise, tucker2  # noqa: E402
+from converters.compress.lowrank import layer_inputs, layer_macs, plan_factorization  # noqa: E402
 from converters.models import get_spec  # noqa: E402
 
 # the trained demo model's layers: their spectra are real, unlike a random init's flat ones
@@ -122,7 +116,7 @@ def test_factorised_checkpoint_loads_and_exports(demo_model, tmp_path):
     import onnxruntime as ort
 
     from converters.checkpoints import load_model
-    from converters.compress.checkpoint import save_compressed
+    from converters.compress.compressed_checkpoint import save_compressed
     from converters.export_onnx import export_package
 
     model = copy.deepcopy(demo_model)

@@ -81,7 +81,7 @@ def packages(trained, calibration, calib_dir, tmp_path_factory) -> dict[str, Pat
     """A short QAT run exported to INT8, and the PTQ package with the same quantiser settings."""
     import copy
 
-    from converters.compress.checkpoint import save_compressed
+    from converters.compress.compressed_checkpoint import save_compressed
     from converters.compress.data import load_training_data
     from converters.compress.qat import export_qat_int8, qat_fine_tune
     from converters.convert import convert_package

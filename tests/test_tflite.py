@@ -292,7 +292,7 @@ def test_delegated_share_of_the_graph_is_reported(tflite_packages):
     reference kernels; with no delegate at all, every op is left."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from edge_runtime.backends.tflite_ops import undelegated_ops
+    from edge_runtime.backends.litert import undelegated_ops
 
     path = tflite_packages["nanodet-plus-m"] / "model_int8.tflite"
     det = Detector(tflite_packages["nanodet-plus-m"], backend="tflite", precision="int8", threads=2)

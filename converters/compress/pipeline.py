@@ -4,7 +4,7 @@
     distillation) -> QAT (fake-quant fine-tune) -> magnitude sparsity (size report) -> save
 
 Each step is optional; every step that ran leaves an entry in the checkpoint's history, which
-``export`` carries on like any other checkpoint (``converters.compress.checkpoint``).
+``export`` carries on like any other checkpoint (``converters.compress.compressed_checkpoint``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from edge_runtime.errors import EdgeRuntimeError
 
 from ..checkpoints import load_checkpoint, load_model
 from ..models import get_spec
-from .checkpoint import save_compressed
+from .compressed_checkpoint import save_compressed
 
 
 @dataclass
@@ -139,7 +139,8 @@ def compress_model(model_name: str, weights: str | Path | None, out: str | Path,
                                         seed=options.seed)
         history.append(summary.history_entry())
     if options.low_rank:
-        from .lowrank import apply_factorization, format_reports, plan_factorization
+        from .factorization import apply_factorization
+        from .lowrank import format_reports, plan_factorization
 
         # each layer's error is measured on what real images make of its input
         example = (torch.from_numpy(data.images[:8].astype(np.float32)) if data is not None

@@ -204,7 +204,7 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
     from ..demo_model import MODEL, evaluate_package
     from ..export_onnx import export_package
     from ..models import get_spec
-    from .checkpoint import save_compressed
+    from .compressed_checkpoint import save_compressed
     from .data import load_training_data
     from .lowrank import interleaved_times
 

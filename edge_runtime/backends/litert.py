@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 _QUANTIZED = ("int8", "uint8")
 
 
-def _import_litert(path: Path) -> tuple[Any, Any, str]:
+def import_litert(path: Path) -> tuple[Any, Any, str]:
     """(Interpreter class, load_delegate, 'library version'); ai-edge-litert preferred."""
     try:
         from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -71,7 +71,7 @@ class LiteRtBackend(Backend):
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
         super().__init__(path, threads, options)
-        Interpreter, load_delegate, self._library = _import_litert(self.path)
+        Interpreter, load_delegate, self._library = import_litert(self.path)
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: TFLite model file not found")
         self._accelerator = "XNNPACK"
@@ -148,11 +148,34 @@ class LiteRtBackend(Backend):
         """Library, accelerator, threads, how much of the graph the delegates took and any fallback."""
         from collections import Counter
 
-        from .tflite_ops import undelegated_ops
-
         total, left = undelegated_ops(self._interpreter)
         share = f"all {total} ops" if not left else (
             f"{total - len(left)} of {total} ops; not delegated: "
             + ", ".join(f"{op} x{n}" for op, n in Counter(left).most_common()))
         text = f"{self._library} {self._accelerator} ({share}), {self.threads} threads"
         return f"{text} ({self._fallback})" if self._fallback else text
+
+
+def undelegated_ops(interpreter: Any) -> tuple[int, list[str]]:
+    """After ``allocate_tensors``: (ops of the model, names of those no delegate took).
+
+    LiteRT appends one DELEGATE node per partition a delegate (XNNPACK or an external one) claimed;
+    the original nodes stay listed. A partition is the part of the graph between the DELEGATE node's
+    inputs and outputs, so walking back from its outputs to its inputs finds the ops it replaced.
+    """
+    ops = interpreter._get_ops_details()
+    original = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {int(t): op["index"] for op in original for t in op["outputs"]}
+    by_index = {op["index"]: op for op in original}
+    claimed: set[int] = set()
+    for node in (op for op in ops if op["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in node["inputs"]}
+        stack = [int(t) for t in node["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            index = producer.get(tensor)
+            if tensor in boundary or index is None or index in claimed:
+                continue
+            claimed.add(index)
+            stack.extend(int(t) for t in by_index[index]["inputs"] if t >= 0)
+    return len(original), [op["op_name"] for op in original if op["index"] not in claimed]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelLoadError, first_line
-from .litert import _import_litert
+from .litert import import_litert
 
 _FLOAT = {np.dtype(np.float32), np.dtype(np.float16)}
 
@@ -54,7 +54,7 @@ class TfliteOpReport:
 
 def tflite_op_report(path: str | Path) -> TfliteOpReport:
     path = Path(path)
-    Interpreter = _import_litert(path)[0]
+    Interpreter = import_litert(path)[0]
     try:
         interpreter = Interpreter(model_path=str(path))
         ops = interpreter._get_ops_details()  # the only graph listing the Python API offers
@@ -76,28 +76,3 @@ def tflite_op_report(path: str | Path) -> TfliteOpReport:
         else:
             report.float_ops.append(entry)
     return report
-
-
-def undelegated_ops(interpreter: Any) -> tuple[int, list[str]]:
-    """After ``allocate_tensors``: (ops of the model, names of those no delegate took).
-
-    LiteRT appends one DELEGATE node per partition a delegate (XNNPACK or an external one) claimed;
-    the original nodes stay listed. A partition is the part of the graph between the DELEGATE node's
-    inputs and outputs, so walking back from its outputs to its inputs finds the ops it replaced.
-    """
-    ops = interpreter._get_ops_details()
-    original = [op for op in ops if op["op_name"] != "DELEGATE"]
-    producer = {int(t): op["index"] for op in original for t in op["outputs"]}
-    by_index = {op["index"]: op for op in original}
-    claimed: set[int] = set()
-    for node in (op for op in ops if op["op_name"] == "DELEGATE"):
-        boundary = {int(t) for t in node["inputs"]}
-        stack = [int(t) for t in node["outputs"]]
-        while stack:
-            tensor = stack.pop()
-            index = producer.get(tensor)
-            if tensor in boundary or index is None or index in claimed:
-                continue
-            claimed.add(index)
-            stack.extend(int(t) for t in by_index[index]["inputs"] if t >= 0)
-    return len(original), [op["op_name"] for op in original if op["index"] not in claimed]

@@ -47,7 +47,7 @@ def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = 
     package, out = Path(package), Path(out)
     profile = load_target(target)
     manifest = load_manifest(package)
-    kept = select_artifacts(manifest, profile)
+    kept = artifacts_for_target(manifest, profile)
     top = _safe_name(f"{manifest.name}-{profile.name}")
     with tempfile.TemporaryDirectory(prefix="edge-bundle-") as tmp:
         stage = Path(tmp) / top
@@ -67,7 +67,7 @@ def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = 
     return out
 
 
-def select_artifacts(manifest: Manifest, target: Target) -> list[Artifact]:
+def artifacts_for_target(manifest: Manifest, target: Target) -> list[Artifact]:
     """The package's verified artifacts whose format and precision the target runs; an error when there
     is none. One that failed its check against FP32 never ships."""
     wanted = [a for a in manifest.artifacts

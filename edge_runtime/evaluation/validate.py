@@ -157,7 +157,9 @@ def predict(detector: Detector, images: Iterable[np.ndarray], count: int, keep_o
     return Prediction(dets, summarize(times), outputs, sizes)
 
 
-def select_artifacts(manifest: Manifest, backend: str | None, precision: str | None) -> list[Artifact]:
+def artifacts_to_validate(manifest: Manifest, backend: str | None, precision: str | None) -> list[Artifact]:
+    """Every artifact of the format ``backend`` (None or "all": any) and ``precision`` (None: any), failed
+    ones too (validate reports them); an error naming what the package has when none matches."""
     chosen = [a for a in manifest.artifacts if backend in (None, "all", a.format) and precision in (None, a.precision)]
     if not chosen:
         have = ", ".join(a.key for a in manifest.artifacts)
@@ -200,7 +202,7 @@ def validate_package(package: str | Path, data: EvaluationSet | None = None, ima
     """
     manifest = load_manifest(package)
     protocol = protocol or Protocol()
-    chosen = select_artifacts(manifest, backend, precision)
+    chosen = artifacts_to_validate(manifest, backend, precision)
     label_free = data is None
     ref_art = reference_artifact(manifest, reference) if label_free or any(
         a.precision == "fp32" for a in manifest.artifacts) else None

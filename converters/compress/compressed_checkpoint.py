@@ -8,7 +8,7 @@ dict that ``torch.load(weights_only=True)`` reads (tensors, str, int, float, lis
                                            "factorized": {"backbone.conv1.0": {...}},
                                            "history": [{"step": "prune", ...}, ...]}}
 
-Loading builds the named model, replays the factorisations (``converters.compress.lowrank``), then resizes
+Loading builds the named model, replays the factorisations (``converters.compress.factorization``), then resizes
 every Conv2d / BatchNorm2d / Linear whose stored weight has other channel counts (pruning), and
 loads the weights strictly. No Python code or pickled module travels in the file.
 """
@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .factorization import apply_factorization
 
 META_KEY = "edge_runtime"
 
@@ -75,8 +77,6 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
 def rebuild(model: nn.Module, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
     """Turn a freshly built ``model`` into the compressed one ``state`` + ``meta`` describe."""
     if meta.get("factorized"):
-        from .lowrank import apply_factorization
-
         apply_factorization(model, meta["factorized"])
     resize_to_state(model, state)
     return model
