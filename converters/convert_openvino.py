@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.deploy.hostinfo import package_version
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.manifest import sha256_file
+from edge_runtime.versions import package_version
 
 from .accuracy import Runner, run_nncf_search
 from .convert_job import ConvertJob, ConvertResult

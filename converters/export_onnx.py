@@ -16,10 +16,10 @@ import torch
 import edge_runtime
 from edge_runtime.coco import COCO_CLASSES
 from edge_runtime.compare import compare, judge
-from edge_runtime.deploy.hostinfo import package_version
 from edge_runtime.errors import CheckpointError, EdgeRuntimeError
 from edge_runtime.fsutil import atomic_output
 from edge_runtime.manifest import RESIZE_MODES, Artifact, Manifest, sha256_file
+from edge_runtime.versions import package_version
 
 from .checkpoints import load_model
 from .compress.fuse import fuse_model

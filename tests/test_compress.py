@@ -17,7 +17,7 @@ from torch import nn  # noqa: E402
 from converters.checkpoints import load_model  # noqa: E402
 from converters.compress.compressed_checkpoint import save_compressed  # noqa: E402
 from converters.compress.data import augmented_batch, load_training_data, read_training_folder  # noqa: E402
-from converters.compress.distill import distillation_loss  # noqa: E402
+from converters.compress.families import distillation_loss  # noqa: E402
 from converters.compress.prune import output_layers, prune_channels, sparsify_magnitude  # noqa: E402
 from converters.compress.train import fine_tune, task_loss  # noqa: E402
 from converters.models import get_spec  # noqa: E402

@@ -24,8 +24,12 @@ def _module_name(path: Path) -> str:
 
 
 def _all_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Every import, at any depth (inside functions too)."""
-    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    """Every import, at any depth (inside functions too), except type-only ``if TYPE_CHECKING:`` blocks."""
+    typing_only = {id(n) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for stmt in node.body for n in ast.walk(stmt)}
+    return [node for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in typing_only]
 
 
 def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:

@@ -79,16 +79,3 @@ def nanodet_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torc
         box = box + _weighted_mean(side_kl, torch.sigmoid(t_cls).amax(1)) * t2
     levels = len(student)
     return {"kd_cls": cls / levels, "kd_box": box / levels}
-
-
-def distillation_loss(family: str, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                      temperature: float = 1.0, reg_max: int = 7) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total distillation loss of ``student``'s raw outputs against ``teacher``'s (detached) and its parts."""
-    from .families import FAMILY_HOOKS  # the table imports this module's losses
-
-    hooks = FAMILY_HOOKS.get(family)
-    if hooks is None:
-        raise ValueError(f"no distillation loss for the {family} family (have: {', '.join(FAMILY_HOOKS)})")
-    parts = hooks.distill(student, [t.detach() for t in teacher], temperature, reg_max)
-    total = sum(parts.values())
-    return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -63,3 +63,14 @@ def family_hooks(family: str) -> CompressHooks | None:
 
 def families_with_task_loss() -> list[str]:
     return [name for name, hooks in FAMILY_HOOKS.items() if hooks.task_loss is not None]
+
+
+def distillation_loss(family: str, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                      temperature: float = 1.0, reg_max: int = 7) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total distillation loss of ``student``'s raw outputs against ``teacher``'s (detached) and its parts."""
+    hooks = FAMILY_HOOKS.get(family)
+    if hooks is None:
+        raise ValueError(f"no distillation loss for the {family} family (have: {', '.join(FAMILY_HOOKS)})")
+    parts = hooks.distill(student, [t.detach() for t in teacher], temperature, reg_max)
+    total = sum(parts.values())
+    return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from ..models import get_spec
 from .data import TrainingData, augmented_batch
-from .distill import distillation_loss
-from .families import LossFn, family_hooks
+from .families import LossFn, distillation_loss, family_hooks
 
 
 def task_loss(model_name: str) -> LossFn | None:

@@ -23,8 +23,8 @@ import os
 import time
 from typing import Any
 
-from edge_runtime.deploy.hostinfo import package_version
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.versions import package_version
 
 from ..convert_job import ConvertJob, ConvertResult
 from .int8 import quantize_int8

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.deploy.hostinfo import package_version
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.versions import package_version
 
 from ..convert_job import ConvertJob
 from .onnx_rewrite import prepare_onnx

@@ -12,8 +12,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from ..deploy.hostinfo import package_version
 from ..errors import BackendUnavailableError, EdgeRuntimeError
+from ..versions import package_version
 from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
 from .litert import LiteRtBackend
 from .onnxruntime import OrtBackend

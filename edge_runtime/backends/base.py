@@ -137,5 +137,5 @@ class Backend(ABC):
     def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
                        ) -> LayerTimings:
         """Load ``path`` with the library's own profiler on, run ``feed`` ``warmup`` then ``runs`` times,
-        and return the mean time of each layer over the timed runs."""
+        and return the mean time of each layer over the timed runs. Called after ``require_installed``."""
         raise EdgeRuntimeError(cls.no_profiler_reason())

@@ -18,7 +18,7 @@ import numpy as np
 from ..deploy.hostinfo import physical_cores
 from ..errors import EdgeRuntimeError
 from ..manifest import InputSpec, load_manifest
-from . import BACKENDS, profiled_formats
+from . import BACKENDS, profiled_formats, require_installed
 from .base import LayerTime
 
 
@@ -87,6 +87,7 @@ def profile_latency(package: str | Path, backend: str = "onnx", precision: str |
     path = manifest.artifact_path(art)
     spec = manifest.input_for(art)
     feed = {spec.name: random_input(spec)}
+    require_installed(path, backend)  # a clear error before the library is imported
     timings = cls.profile_layers(path, threads or physical_cores(), feed, runs, warmup)
     return LatencyProfile(artifact=art.file, backend=timings.backend, runs=runs,
                           end_to_end_ms=float(np.mean(timings.run_ms)), layers=timings.layers, note=timings.note)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..deploy.hostinfo import package_version
 from ..errors import BackendUnavailableError, ModelLoadError, first_line
+from ..versions import package_version
 from .base import Backend, TargetKey, TensorSpec
 
 log = logging.getLogger(__name__)

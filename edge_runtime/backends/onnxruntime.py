@@ -101,11 +101,9 @@ class OrtBackend(Backend):
     def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
                        ) -> LayerTimings:
         """The session's JSON trace (``enable_profiling``): one ``<node>_kernel_time`` event per node and run."""
-        from . import open_backend
-
         with tempfile.TemporaryDirectory() as tmp:
-            backend = open_backend(path, cls.format, threads, {"profile_prefix": str(Path(tmp) / "ort"),
-                                                               "graph_optimization": ORT_PROFILE_LEVEL})
+            backend = cls(path, threads, {"profile_prefix": str(Path(tmp) / "ort"),
+                                           "graph_optimization": ORT_PROFILE_LEVEL})
             run_ms = time_calls(lambda: backend.run(feed), warmup, runs)
             events = json.loads(Path(backend.session.end_profiling()).read_text())
         note = f"ONNX Runtime graph optimisation '{ORT_PROFILE_LEVEL}' (keeps ONNX node names; run/bench use 'all')"

@@ -29,7 +29,7 @@ from ..backends import BACKENDS
 from ..errors import EdgeRuntimeError, UnsafePathError, first_line
 from ..fsutil import atomic_output
 from ..manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, sha256_file
-from .hostinfo import package_version
+from ..versions import package_version
 from .targets import Target, load_target
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,14 +42,6 @@ NPU_LIBRARIES = {"libedgetpu.so.1": "edgetpu", "libvx_delegate.so": "npu-vx", "l
 _LIBRARY_DIRS = ("usr/lib", "usr/lib/aarch64-linux-gnu", "usr/lib/x86_64-linux-gnu", "usr/local/lib", "usr/lib64")
 _X86_ARCHES = ("x86_64", "i386", "i686")
 _MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}  # Windows / macOS spellings
-
-
-def package_version(dist: str) -> str | None:
-    """Installed version of a distribution, or None when it is not installed."""
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 # --- /proc/cpuinfo ------------------------------------------------------------------------------

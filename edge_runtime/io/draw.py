@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
-from ..detections import Detections
+if TYPE_CHECKING:  # Detections.plot imports this module
+    from ..detections import Detections
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
