@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgeRuntimeError, first_line
 from ..timing import format_table
 from .hostinfo import physical_cores
+
+if TYPE_CHECKING:
+    from ..manifest import Artifact, Manifest
 
 BACKENDS = ("onnx", "openvino", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -74,6 +77,78 @@ class Target:
     def accelerator(self) -> str:
         """The delegate, execution provider and/or OpenVINO device, '' for CPU-only profiles."""
         return ", ".join(v for v in (self.delegate, self.execution_provider, self.openvino_device) if v)
+
+
+def load_runnable_target(name_or_path: str) -> Target:
+    """The profile ``name_or_path`` (see :func:`load_target`); one marked future is a one-line error."""
+    target = load_target(name_or_path)
+    target.require_runnable()
+    return target
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What a detector opens: artifact format ("auto" = the fastest runnable), precision (None = any),
+    inference threads (None = physical cores) and backend options (delegate, execution provider, device)."""
+
+    backend: str
+    precision: str | None
+    threads: int | None
+    options: dict[str, Any]
+
+
+def resolve_runtime(artifacts: Sequence[Artifact], target: Target | None = None, backend: str = "auto",
+                    precision: str | None = None, threads: int | None = None,
+                    options: dict[str, Any] | None = None) -> RuntimeChoice:
+    """The runtime for a package's ``artifacts`` on ``target``: what is given explicitly wins; the target
+    fills in the first of its backends (then precisions) the package holds, its threads and the chosen
+    backend's delegate / execution provider / device, which ``options`` (``--device``, ``--delegate``)
+    override. Without a target, the given values as they are."""
+    options = dict(options or {})
+    if target is None:
+        return RuntimeChoice(backend, precision, threads, options)
+    if backend == "auto":
+        backend = next((b for b in target.backends if any(a.format == b for a in artifacts)), "auto")
+    precision = precision or next((p for p in target.precisions
+                                   if any(a.precision == p and backend in ("auto", a.format) for a in artifacts)), None)
+    profile_options = target.backend_options(backend) if backend != "auto" else {}
+    return RuntimeChoice(backend, precision, threads or target.threads, {**profile_options, **options})
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """What ``convert`` adds: every format x precision, and the I/O type of TFLite INT8 models."""
+
+    formats: tuple[str, ...]
+    precisions: tuple[str, ...]
+    tflite_io: str
+
+    def describe(self) -> str:
+        return (f"{','.join(self.formats)} x {','.join(self.precisions)}"
+                + (f", TFLite I/O {self.tflite_io}" if self.tflite_io != "float32" else ""))
+
+
+def conversion_plan(formats: Sequence[str] = (), precisions: Sequence[str] = (), tflite_io: str | None = None,
+                    target: Target | None = None) -> ConversionPlan:
+    """The formats, precisions and TFLite I/O given; else the target's (exactly what it runs); else
+    every backend x every precision with float32 TFLite I/O."""
+    if target is not None:
+        formats, precisions = formats or target.backends, precisions or target.precisions
+        tflite_io = tflite_io or target.tflite_io
+    return ConversionPlan(tuple(formats or BACKENDS), tuple(precisions or PRECISIONS), tflite_io or "float32")
+
+
+def full_integer_check(manifest: Manifest, artifact: Artifact) -> tuple[bool, str] | None:
+    """A full-integer delegate (Edge TPU, NXP VX) runs integer ops only and hands every float op back
+    to the CPU. For a TFLite artifact: (whether the delegate can run it whole, one line describing its
+    ops, read from the file); None for other formats."""
+    if artifact.format != "tflite":
+        return None
+    from ..backends.tflite_ops import tflite_op_report
+
+    report = tflite_op_report(manifest.artifact_path(artifact))
+    whole = report.full_integer and report.integer_io
+    return whole, report.describe() + ("" if whole else " (a full-integer delegate runs the rest on the CPU)")
 
 
 def efficiency(macs: float, latency_ms: float, peak_gflops: float) -> float:
