@@ -21,9 +21,15 @@ STDOUT = "-"  # an output file argument meaning standard output
 _json_stream: TextIO | None = None
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Epilogs keep their line breaks; ``{MODELS}`` in an argument's help becomes the model registry's
-    names, read only when help is shown (the registry is host code: torch)."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped per paragraph, example epilogs kept as written; ``{MODELS}`` in an
+    argument's help becomes the model registry's names, read only when help is shown (the registry
+    is host code: torch)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return "\n".join(super(HelpFormatter, self)._fill_text(part, width, indent) for part in text.split("\n"))
 
     def _expand_help(self, action: argparse.Action) -> str:
         text = super()._expand_help(action)
