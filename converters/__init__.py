@@ -1,0 +1,108 @@
+"""Host side: a checkpoint -> a package folder (FP32 ONNX + manifest.json) -> more artifacts, each checked.
+
+``Converter`` is the front door; its work is done by ``export_onnx.export_package`` and
+``convert.convert_package``, imported on use so that ``import converters`` stays light (torch, onnx and
+TensorFlow load only for the step that needs them).
+
+>>> pkg = Converter.export(model="demo-shapes", out="pkg/")         # bundled weights
+>>> pkg.to("openvino", precision="fp16")                            # verified against FP32, listed
+>>> pkg.to("tflite", precision="int8", calib="calib_images/")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_runtime.errors import EdgeRuntimeError
+
+if TYPE_CHECKING:
+    from edge_runtime.deploy.targets import Target
+    from edge_runtime.manifest import Manifest
+
+__all__ = ["Converter"]
+
+MIN_OPSET = 13
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    """A comma-separated string or a list of names -> the list; None -> []."""
+    if value is None:
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+
+
+class Converter:
+    """A package folder on the host: ``export`` writes one from a checkpoint, ``to`` adds artifacts to it."""
+
+    def __init__(self, package: str | Path) -> None:
+        self.package = Path(package)
+
+    @classmethod
+    def export(cls, model: str, out: str | Path, weights: str | Path | None = None, *, imgsz: int | None = None,
+               classes: str | Path | None = None, resize: str | None = None, opset: int = 17,
+               simplify: bool = True, force: bool = False,
+               progress: Callable[[str], None] = lambda msg: None) -> Converter:
+        """Export ``model`` (a name from ``edge-runtime export --help``) with ``weights`` (a checkpoint,
+        "official" / "official:NAME" for the downloaded, sha256-checked official one, None for the bundled
+        weights of demo-shapes) to FP32 ONNX + manifest.json in ``out``, which must be new or empty unless
+        ``force``. Returns the Converter of the new package."""
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise EdgeRuntimeError(f"{out}: exists and is not a folder")
+        if out.exists() and any(out.iterdir()) and not force:  # before any work
+            raise EdgeRuntimeError(f"{out}: exists and is not empty (pick a new folder, or force=True / --force "
+                                   f"to write into it)")
+        if opset < MIN_OPSET:
+            raise EdgeRuntimeError(f"opset {opset}: use {MIN_OPSET} or newer")
+        from .export_onnx import export_package
+
+        try:
+            if isinstance(weights, str) and weights.split(":")[0] == "official":
+                from .official import fetch, resolve
+
+                entry = resolve(weights, model, imgsz)
+                progress(f"official weights {entry.name}: {entry.description}")
+                weights = fetch(entry, progress=False)[0]
+            export_package(model, weights, out, imgsz=imgsz, classes=classes, resize=resize, opset=opset,
+                           simplify=simplify, progress=progress)
+        except ValueError as exc:  # unknown model or weights name and similar argument errors
+            raise EdgeRuntimeError(str(exc)) from None
+        return cls(out)
+
+    def to(self, formats: str | Sequence[str] | None = None, precision: str | Sequence[str] | None = None,
+           calib: str | Path | None = None, *, target: str | Target | None = None, tflite_io: str | None = None,
+           calib_method: str = "minmax", onnx_quantizer: str = "nncf", ov_preset: str = "mixed",
+           progress: Callable[[str], None] = lambda msg: None, **convert_options: Any) -> Manifest:
+        """Add ``formats`` x ``precision`` (names or comma-separated lists of onnx/openvino/tflite and
+        fp32/fp16/int8) to the package, each checked against FP32 ONNX; INT8 needs ``calib`` (image folder,
+        video or COCO json). ``target`` (profile name, .toml path or Target) supplies what is left None: its
+        backends, precisions and TFLite I/O type; with neither, every format and precision.
+        ``convert_options`` go to ``convert.convert_package`` as they are (calib_size, int8_min_cosine,
+        val_images, val_size, max_map_drop, val_data, val_format, class_map, keep_failed).
+
+        Returns the updated manifest; raises ``convert.ArtifactRefused`` (which holds it) when an artifact
+        failed its check, after the others were added."""
+        from .convert import convert_package
+
+        formats, precisions = _names(formats), _names(precision)
+        if target is not None:
+            from edge_runtime.deploy.targets import runnable_target
+
+            profile = runnable_target(target)
+            formats, precisions = formats or list(profile.backends), precisions or list(profile.precisions)
+            tflite_io = tflite_io or profile.tflite_io
+            progress(f"target {profile.name}: {','.join(formats)} x {','.join(precisions)}"
+                     + (f", TFLite I/O {tflite_io}" if tflite_io else ""))
+        options = {"calib_method": calib_method, "onnx_quantizer": onnx_quantizer, "ov_preset": ov_preset,
+                   "tflite_io": tflite_io or "float32"}
+        try:
+            return convert_package(self.package, formats or ["onnx", "openvino", "tflite"],
+                                   precisions or ["fp32", "fp16", "int8"], calib=calib, options=options,
+                                   progress=progress, **convert_options)
+        except ValueError as exc:  # argument errors (an unknown calib_method, ...) as one line
+            raise EdgeRuntimeError(str(exc)) from None
+
+    def __repr__(self) -> str:
+        return f"Converter({str(self.package)!r})"

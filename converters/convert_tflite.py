@@ -728,7 +728,9 @@ def convert_tflite(job: ConvertJob) -> ConvertResult:
         import onnx2tf  # noqa: F401  (checked here so a missing one is a clear error)
         import tensorflow as tf
     except ImportError as exc:
-        raise EdgeRuntimeError(f"TFLite conversion needs {exc.name} (pip install 'edge-runtime[convert]')") from None
+        raise EdgeRuntimeError(f"TFLite conversion needs {exc.name}: pip install 'edge-runtime[convert]', then "
+                               f"pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 (a second step: their "
+                               f"declared pins fight numpy 2)") from None
 
     graph = _tf_graph(job)
     start = time.perf_counter()

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from .autoselect import fastest_artifact
 from .backends import Backend, open_backend
 from .deploy.hostinfo import physical_cores
+from .deploy.targets import Target, runtime_choice
 from .detections import Detections
 from .errors import ModelLoadError
 from .families import Family, make_family
+from .io.sources import load_image
 from .manifest import Artifact, Manifest, load_manifest
 from .preprocess import ImageMeta
 
@@ -39,19 +42,24 @@ def select_artifact(manifest: Manifest, backend: str, precision: str | None, thr
 class Detector:
     """Loads a package (manifest + artifact), runs images through preprocess -> backend -> decode.
 
-    >>> det = Detector("pkg/")
-    >>> dets = det(cv2.imread("street.jpg"))      # Detections in original-image pixels
+    >>> det = Detector("pkg/", target="rpi4")     # the artifact, threads and delegate the profile prefers
+    >>> dets = det("street.jpg")                  # or an HxWx3 BGR array; a list gives a list
+    >>> dets.save("street.out.jpg", "street.jpg")  # Detections in original-image pixels, drawn
+
+    ``target`` (a profile name, .toml path or ``Target``) fills in what ``backend``, ``precision`` and
+    ``threads`` leave open (see ``deploy.targets.runtime_choice``); ``options`` override its backend options.
     """
 
-    def __init__(self, package: str | Path, backend: str = "auto", precision: str | None = None,
-                 threads: int | None = None, options: dict[str, Any] | None = None,
+    def __init__(self, package: str | Path, target: str | Target | None = None, backend: str = "auto",
+                 precision: str | None = None, threads: int | None = None, options: dict[str, Any] | None = None,
                  score_threshold: float | None = None, nms_iou: float | None = None) -> None:
         self.manifest = load_manifest(package)
-        self.threads = threads or physical_cores()
-        self.artifact = select_artifact(self.manifest, backend, precision, self.threads)
+        choice = runtime_choice(self.manifest, target, backend, precision, threads, options)
+        self.threads = choice.threads or physical_cores()
+        self.artifact = select_artifact(self.manifest, choice.backend, choice.precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
         # options come from the caller (CLI flags, a target profile), never from the package
-        self.backend: Backend = open_backend(path, self.artifact.format, self.threads, dict(options or {}))
+        self.backend: Backend = open_backend(path, self.artifact.format, self.threads, choice.options)
         self.input_spec = self.manifest.input_for(self.artifact)
         self.family: Family = make_family(self.manifest, self.input_spec)
         if score_threshold is not None:
@@ -106,8 +114,21 @@ class Detector:
         """Raw outputs -> thresholded, class-wise NMS'd Detections in original-image pixels."""
         return self.family.decode(outputs, meta)
 
-    def __call__(self, image: np.ndarray) -> Detections:
-        """Detect objects in one HxWx3 uint8 BGR image; per-stage times land in ``last_timings`` (ms)."""
+    @overload
+    def __call__(self, image: np.ndarray | str | Path) -> Detections: ...
+
+    @overload
+    def __call__(self, image: Sequence[np.ndarray | str | Path]) -> list[Detections]: ...
+
+    def __call__(self, image: np.ndarray | str | Path | Sequence[np.ndarray | str | Path]
+                 ) -> Detections | list[Detections]:
+        """Detect objects in an HxWx3 uint8 BGR image or an image file (a list of either: a list of
+        Detections); per-stage times of the last image land in ``last_timings`` (ms)."""
+        if isinstance(image, (list, tuple)):
+            return [self._detect(load_image(one)) for one in image]
+        return self._detect(load_image(image))
+
+    def _detect(self, image: np.ndarray) -> Detections:
         t0 = time.perf_counter()
         tensor, meta = self.preprocess(image)
         t1 = time.perf_counter()

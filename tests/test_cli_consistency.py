@@ -201,24 +201,16 @@ def test_help_lists_every_export_model_and_the_exit_statuses():
     assert "--json FILE" in top and "'-' = stdout" in top
 
 
-def test_the_rules_behind_the_flags_live_in_the_api(demo_package):
-    """--target fills in what run and convert are not given (deploy.targets), explicit flags win."""
-    from edge_runtime.deploy.targets import conversion_plan, load_target, resolve_runtime
-    from edge_runtime.manifest import load_manifest
+def test_the_rules_behind_the_flags_live_in_the_api():
+    """--target fills in what convert is not given (deploy.targets.conversion_plan), explicit flags win."""
+    from edge_runtime.deploy.targets import conversion_plan, load_target
 
-    artifacts = load_manifest(demo_package).artifacts  # one FP32 ONNX
-    x86, edgetpu = load_target("x86"), load_target("edgetpu")
-    choice = resolve_runtime(artifacts, x86)
-    assert (choice.backend, choice.precision, choice.threads, choice.options) == ("onnx", "fp32", x86.threads, {})
-    assert resolve_runtime(artifacts, x86, precision="int8", threads=3).precision == "int8"
-    # a profile whose backends the package lacks leaves auto; its delegate applies only to its backend
-    assert resolve_runtime(artifacts, edgetpu) == resolve_runtime(artifacts, edgetpu, "auto")
-    assert resolve_runtime(artifacts, edgetpu).backend == "auto" and resolve_runtime(artifacts, edgetpu).options == {}
-    delegated = resolve_runtime(artifacts, edgetpu, "tflite", options={"delegate": "libmine.so"})
-    assert delegated.options == {"delegate": "libmine.so", "delegate_options": {}}
-    assert resolve_runtime(artifacts, None, "onnx", None, 2, {"device": "CPU"}).options == {"device": "CPU"}
+    edgetpu = load_target("edgetpu")
     plan = conversion_plan(target=edgetpu)
     assert (plan.formats, plan.precisions, plan.tflite_io) == (("tflite",), ("int8",), "uint8")
     assert plan.describe() == "tflite x int8, TFLite I/O uint8"
+    plan = conversion_plan(["onnx"], [], "int8", edgetpu)
+    assert (plan.formats, plan.precisions, plan.tflite_io) == (("onnx",), ("int8",), "int8")
     plan = conversion_plan(["onnx"], [], None, None)
     assert (plan.formats, plan.precisions, plan.tflite_io) == (("onnx",), ("fp32", "fp16", "int8"), "float32")
+    assert plan.describe() == "onnx x fp32,fp16,int8"

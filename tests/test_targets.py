@@ -135,6 +135,22 @@ def test_user_profile_in_config_dir_is_found_by_name(tmp_path: Path, monkeypatch
         load_target("typo")
 
 
+def test_profile_installed_with_pip_user_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pip install --user`` puts the wheel's data files (share/edge-runtime/targets) under the user
+    scheme's data folder, the user base (PYTHONUSERBASE, ~/.local): searched after sys.prefix."""
+    import site
+    import sysconfig
+
+    assert sysconfig.get_path("data", sysconfig.get_preferred_scheme("user")) == site.getuserbase()  # pip's rule
+    monkeypatch.setattr(site, "USER_BASE", str(tmp_path))
+    folder = tmp_path / "share" / "edge-runtime" / "targets"
+    folder.mkdir(parents=True)
+    (folder / "user-board.toml").write_text('name = "user-board"\narch = "aarch64"\nbackends = ["onnx"]\n'
+                                            'precisions = ["fp32"]\n')
+    assert available_targets()["user-board"] == folder / "user-board.toml"
+    assert load_target("user-board").arch == "aarch64"
+
+
 def test_old_style_profile_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "legacy.toml"
     path.write_text('name = "legacy"\narch = "x86_64"\ndescription = "old"\nthreads = "physical"\n'

@@ -83,9 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import bench_package, bench_table
-    from ..deploy.targets import load_runnable_target
+    from ..deploy.targets import runnable_target
 
-    target = load_runnable_target(args.target) if args.target else None
+    target = runnable_target(args.target) if args.target else None
     report = bench_package(args.package, threads=args.threads or (target.threads if target else None),
                            warmup=args.warmup, iters=args.iters, image=args.image, isolate=not args.no_isolate,
                            progress=progress, target=target)

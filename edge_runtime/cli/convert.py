@@ -58,11 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..deploy.targets import conversion_plan, load_runnable_target
+    from ..deploy.targets import conversion_plan, runnable_target
 
     with host_tools("convert"):
         from converters.convert import ArtifactRefused, convert_package
-    target = load_runnable_target(args.target) if args.target else None
+    target = runnable_target(args.target) if args.target else None
     plan = conversion_plan(split_list(args.to), split_list(args.precisions), args.tflite_io, target)
     if target is not None:
         progress(f"target {target.name}: {plan.describe()}")

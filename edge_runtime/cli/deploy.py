@@ -50,10 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     from ..deploy.bundle import make_bundle
-    from ..deploy.targets import full_integer_check, load_runnable_target
+    from ..deploy.targets import full_integer_check, runnable_target
     from ..manifest import load_manifest
 
-    target = load_runnable_target(args.target)
+    target = runnable_target(args.target)
     if target.delegate:  # full-integer accelerators: say before deployment what would fall back to the CPU
         manifest = load_manifest(args.package)
         for art in manifest.artifacts:

@@ -87,19 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "[$EDGE_RUNTIME_SERVE_TOKEN]")
 
 
-def runtime_choice(args: argparse.Namespace) -> Any:
-    """run's flags -> ``deploy.targets.RuntimeChoice`` (the --target fills in what is not given)."""
-    from ..deploy.targets import load_runnable_target, resolve_runtime
-
-    flags = {k: v for k, v in (("device", args.device), ("delegate", args.delegate)) if v}
-    if not args.target:
-        return resolve_runtime((), None, args.backend, args.precision, args.threads, flags)
-    from ..manifest import load_manifest
-
-    target, artifacts = load_runnable_target(args.target), load_manifest(args.package).artifacts
-    return resolve_runtime(artifacts, target, args.backend, args.precision, args.threads, flags)
-
-
 def warn_float_ops(detector: Any) -> None:
     """A delegate that runs only integer ops (Edge TPU, NXP VX) hands every float op back to the CPU."""
     from ..deploy.targets import full_integer_check
@@ -185,9 +172,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             server = cleanup.enter_context(FrameServer(parse_address(args.serve), tuple(args.allow_host), args.token))
             print(f"live view: {server.url}", file=sys.stderr, flush=True)  # the token is not printed
-        choice = runtime_choice(args)
-        detector = Detector(args.package, backend=choice.backend, precision=choice.precision, threads=choice.threads,
-                            options=choice.options, score_threshold=args.conf, nms_iou=args.iou)
+        # --device / --delegate override the --target profile's delegate, execution provider or device
+        flags = {k: v for k, v in (("device", args.device), ("delegate", args.delegate)) if v}
+        detector = Detector(args.package, target=args.target, backend=args.backend, precision=args.precision,
+                            threads=args.threads, options=flags, score_threshold=args.conf, nms_iou=args.iou)
         warn_float_ops(detector)
         source = open_source(args.source, reconnect_tries=args.reconnect_tries, reconnect_backoff=backoff)
         show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())

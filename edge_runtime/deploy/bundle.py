@@ -128,20 +128,26 @@ def _stage_wheel(dst: Path, wheel_dir: Path | None, build: Path, progress: Calla
         wheel = found[-1]  # the newest when several versions lie there
     else:
         progress(f"building the edge-runtime wheel from {REPO_ROOT}")
-        # a clean copy: an in-tree build reuses build/lib, where files deleted from the source live on
-        src = build / "src"
-        shutil.copytree(REPO_ROOT, src, ignore=_NOT_SOURCE)
-        wheels = build / "wheels"
-        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                               "--disable-pip-version-check", "-q", "-w", str(wheels), str(src)],
-                              capture_output=True, text=True, check=False)
-        found = sorted(wheels.glob("edge_runtime-*.whl"))
-        if proc.returncode != 0 or not found:
-            last = (proc.stderr.strip() or proc.stdout.strip() or "no wheel written").splitlines()[-1]
-            raise EdgeRuntimeError(f"{REPO_ROOT}: building the edge-runtime wheel failed: {last}")
-        wheel = found[0]
+        wheel = build_wheel(build)
     shutil.copy2(wheel, dst / wheel.name)
     return dst / wheel.name
+
+
+def build_wheel(build: Path) -> Path:
+    """The edge-runtime wheel built from this source tree, in ``build``/wheels (``build`` is a new or empty
+    folder; the build uses this interpreter's setuptools, no index)."""
+    # a clean copy: an in-tree build reuses build/lib, where files deleted from the source live on
+    src = build / "src"
+    shutil.copytree(REPO_ROOT, src, ignore=_NOT_SOURCE)
+    wheels = build / "wheels"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "--disable-pip-version-check", "-q", "-w", str(wheels), str(src)],
+                          capture_output=True, text=True, check=False)
+    found = sorted(wheels.glob("edge_runtime-*.whl"))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr.strip() or proc.stdout.strip() or "no wheel written").splitlines()[-1]
+        raise EdgeRuntimeError(f"{REPO_ROOT}: building the edge-runtime wheel failed: {last}")
+    return found[0]
 
 
 def requirements_text(formats: list[str]) -> str:

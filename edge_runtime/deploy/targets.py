@@ -4,9 +4,10 @@ execution provider, OpenVINO device). A user adds a device by dropping a file, n
 
 from __future__ import annotations
 
+import site
 import sys
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,9 +26,11 @@ STATUSES = ("supported", "future")
 
 
 def search_dirs() -> list[Path]:
-    """Repo checkout's targets/, the installed copy, then the user's own folder."""
+    """Repo checkout's targets/, the installed copy (venv or system, then ``pip install --user``'s data
+    folder), then the user's own folder."""
     return [Path(__file__).resolve().parents[2] / "targets",
             Path(sys.prefix) / "share" / "edge-runtime" / "targets",
+            Path(site.getuserbase()) / "share" / "edge-runtime" / "targets",
             Path.home() / ".config" / "edge-runtime" / "targets"]
 
 
@@ -77,42 +80,6 @@ class Target:
     def accelerator(self) -> str:
         """The delegate, execution provider and/or OpenVINO device, '' for CPU-only profiles."""
         return ", ".join(v for v in (self.delegate, self.execution_provider, self.openvino_device) if v)
-
-
-def load_runnable_target(name_or_path: str) -> Target:
-    """The profile ``name_or_path`` (see :func:`load_target`); one marked future is a one-line error."""
-    target = load_target(name_or_path)
-    target.require_runnable()
-    return target
-
-
-@dataclass(frozen=True)
-class RuntimeChoice:
-    """What a detector opens: artifact format ("auto" = the fastest runnable), precision (None = any),
-    inference threads (None = physical cores) and backend options (delegate, execution provider, device)."""
-
-    backend: str
-    precision: str | None
-    threads: int | None
-    options: dict[str, Any]
-
-
-def resolve_runtime(artifacts: Sequence[Artifact], target: Target | None = None, backend: str = "auto",
-                    precision: str | None = None, threads: int | None = None,
-                    options: dict[str, Any] | None = None) -> RuntimeChoice:
-    """The runtime for a package's ``artifacts`` on ``target``: what is given explicitly wins; the target
-    fills in the first of its backends (then precisions) the package holds, its threads and the chosen
-    backend's delegate / execution provider / device, which ``options`` (``--device``, ``--delegate``)
-    override. Without a target, the given values as they are."""
-    options = dict(options or {})
-    if target is None:
-        return RuntimeChoice(backend, precision, threads, options)
-    if backend == "auto":
-        backend = next((b for b in target.backends if any(a.format == b for a in artifacts)), "auto")
-    precision = precision or next((p for p in target.precisions
-                                   if any(a.precision == p and backend in ("auto", a.format) for a in artifacts)), None)
-    profile_options = target.backend_options(backend) if backend != "auto" else {}
-    return RuntimeChoice(backend, precision, threads or target.threads, {**profile_options, **options})
 
 
 @dataclass(frozen=True)
@@ -185,6 +152,42 @@ def load_target(name_or_path: str) -> Target:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise EdgeRuntimeError(f"{path}: not a valid target profile ({first_line(exc)})") from None
     return _parse(path, data)
+
+
+def runnable_target(target: str | Target) -> Target:
+    """``target`` (a profile name, a .toml path or a loaded profile); one marked future is a one-line error."""
+    profile = target if isinstance(target, Target) else load_target(target)
+    profile.require_runnable()
+    return profile
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What to open a package with: ``Detector(pkg, backend=..., precision=..., threads=..., options=...)``."""
+
+    backend: str  # an artifact format, or "auto"
+    precision: str | None  # None: any
+    threads: int | None  # None: the physical cores
+    options: dict[str, Any]  # for open_backend: delegate, execution provider or OpenVINO device
+
+
+def runtime_choice(manifest: Manifest, target: str | Target | None = None, backend: str = "auto",
+                   precision: str | None = None, threads: int | None = None,
+                   options: Mapping[str, Any] | None = None) -> RuntimeChoice:
+    """Fill in what the caller left open (backend "auto", precision/threads None) from ``target``: its first
+    backend the package has an artifact for, then its first precision that backend has, its threads and
+    that backend's delegate / execution provider / device. ``options`` override the profile's."""
+    given = dict(options or {})
+    if target is None:
+        return RuntimeChoice(backend, precision, threads, given)
+    profile, artifacts = runnable_target(target), manifest.artifacts
+    if backend == "auto":
+        backend = next((b for b in profile.backends if any(a.format == b for a in artifacts)), "auto")
+    if precision is None:
+        precision = next((p for p in profile.precisions
+                          if any(a.precision == p and backend in ("auto", a.format) for a in artifacts)), None)
+    profile_options = profile.backend_options(backend) if backend != "auto" else {}
+    return RuntimeChoice(backend, precision, threads or profile.threads, {**profile_options, **given})
 
 
 def all_targets() -> list[Target]:

@@ -353,10 +353,10 @@ def _yolo_names(labels: Path, names: Path | None) -> tuple[list[str], Path]:
 
 def _yaml_names(path: Path) -> list[str]:
     try:
-        import yaml  # optional: the device install has no PyYAML
+        import yaml  # in the validate extra; a bare device install has no PyYAML
     except ImportError:
-        raise LabelError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or pass a names file "
-                         f"with one class name per line") from None
+        raise LabelError(f"{path}: reading YAML needs PyYAML (pip install 'edge-runtime[validate]'); or pass a "
+                         f"names file with one class name per line") from None
     try:
         data = yaml.safe_load(_read_text(path))
     except yaml.YAMLError as exc:

@@ -244,7 +244,7 @@ class _Stages:
         self.total_dets += len(dets)
         self.class_totals.update(dets.labels)
         if self.jsonl is not None:
-            self.jsonl.write({"index": frame.index, "name": frame.name, "detections": dets.to_list()})
+            self.jsonl.write({"index": frame.index, "name": frame.name, **dets.to_json()})
         now = time.perf_counter()
         # the frame interval is averaged, not its inverse: a mean of 1/dt overstates the rate when frames
         # arrive unevenly (a paced 10 FPS run showed 20-40 FPS)

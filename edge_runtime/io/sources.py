@@ -77,10 +77,18 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
+    """The image file ``path`` as an HxWx3 uint8 BGR array; a one-line SourceError when it cannot be read."""
+    if not path.exists():
+        raise SourceError(f"{path}: no such file")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise SourceError(f"{path}: not a readable image")
     return image
+
+
+def load_image(image: np.ndarray | str | Path) -> np.ndarray:
+    """``image`` itself when it is an array, else the image file it names (``read_image``)."""
+    return read_image(Path(image)) if isinstance(image, (str, Path)) else image
 
 
 class ImageFiles(Source):
