@@ -5,7 +5,7 @@ Prepare the packages once (host tool chain; F=../shared/fixtures):
 
     edge-runtime export --model nanodet-plus-m --weights $F/weights/nanodet-plus-m/nanodet-plus-m_320_coco.ckpt \\
         --imgsz 320 --out pkg320/
-    edge-runtime convert pkg320/ --to onnx,openvino,tflite --precision fp32,int8 \\
+    edge-runtime convert pkg320/ --to onnx,openvino,tflite --precisions fp32,int8 \\
         --calib $F/images/calib-coco-val2017 --calib-size 32
     edge-runtime export --model demo-shapes --out shapes/
 

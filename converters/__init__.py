@@ -11,11 +11,12 @@ TensorFlow load only for the step that needs them).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, UsageError
 
 if TYPE_CHECKING:
     from edge_runtime.deploy.targets import Target
@@ -52,10 +53,10 @@ class Converter:
         if out.exists() and not out.is_dir():
             raise EdgeRuntimeError(f"{out}: exists and is not a folder")
         if out.exists() and any(out.iterdir()) and not force:  # before any work
-            raise EdgeRuntimeError(f"{out}: exists and is not empty (pick a new folder, or force=True / --force "
-                                   f"to write into it)")
+            raise UsageError(f"{out}: exists and is not empty (pick a new folder, or force=True / --force "
+                             f"to write into it)")
         if opset < MIN_OPSET:
-            raise EdgeRuntimeError(f"opset {opset}: use {MIN_OPSET} or newer")
+            raise UsageError(f"opset {opset}: use {MIN_OPSET} or newer")
         from .export_onnx import export_package
 
         try:
@@ -64,11 +65,11 @@ class Converter:
 
                 entry = resolve(weights, model, imgsz)
                 progress(f"official weights {entry.name}: {entry.description}")
-                weights = fetch(entry, progress=False)[0]
+                weights = fetch(entry, progress=sys.stderr.isatty())[0]
             export_package(model, weights, out, imgsz=imgsz, classes=classes, resize=resize, opset=opset,
                            simplify=simplify, progress=progress)
         except ValueError as exc:  # unknown model or weights name and similar argument errors
-            raise EdgeRuntimeError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         return cls(out)
 
     def to(self, formats: str | Sequence[str] | None = None, precision: str | Sequence[str] | None = None,
@@ -85,27 +86,31 @@ class Converter:
         Returns the updated manifest; raises ``convert.ArtifactRefused`` (which holds it) when an artifact
         failed its check, after the others were added."""
         from edge_runtime.backends import all_precisions
+        from edge_runtime.deploy.targets import conversion_plan, runnable_target
 
         from .convert import convert_package
         from .formats import convertible_formats
 
-        formats, precisions = _names(formats), _names(precision)
-        if target is not None:
-            from edge_runtime.deploy.targets import runnable_target
-
-            profile = runnable_target(target)
-            formats, precisions = formats or list(profile.backends), precisions or list(profile.precisions)
-            tflite_io = tflite_io or profile.tflite_io
-            progress(f"target {profile.name}: {','.join(formats)} x {','.join(precisions)}"
-                     + (f", TFLite I/O {tflite_io}" if tflite_io else ""))
+        profile = runnable_target(target) if target is not None else None
+        formats = _names(formats) or ([] if profile else list(convertible_formats()))
+        plan = conversion_plan(formats, _names(precision) or ([] if profile else list(all_precisions())),
+                               tflite_io, profile)
+        if profile is not None:
+            progress(f"target {profile.name}: {plan.describe()}")
         options = {"calib_method": calib_method, "onnx_quantizer": onnx_quantizer, "ov_preset": ov_preset,
-                   "tflite_io": tflite_io or "float32"}
+                   "tflite_io": plan.tflite_io}
         try:
-            return convert_package(self.package, formats or list(convertible_formats()),
-                                   precisions or list(all_precisions()), calib=calib, options=options,
-                                   progress=progress, **convert_options)
-        except ValueError as exc:  # argument errors (an unknown calib_method, ...) as one line
-            raise EdgeRuntimeError(str(exc)) from None
+            return convert_package(self.package, list(plan.formats), list(plan.precisions), calib=calib,
+                                   options=options, progress=progress, **convert_options)
+        except ValueError as exc:  # an unknown format, precision, calib_method ... as one line
+            raise UsageError(str(exc)) from None
+
+    @property
+    def manifest(self) -> Manifest:
+        """The package's manifest as it is on disk now."""
+        from edge_runtime.manifest import load_manifest
+
+        return load_manifest(self.package)
 
     def __repr__(self) -> str:
         return f"Converter({str(self.package)!r})"

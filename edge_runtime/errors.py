@@ -1,9 +1,18 @@
 """One exception family. Every message names the file (or source) and the problem on one line;
-the CLI prints it as ``error: <message>`` and exits with status 2."""
+the CLI prints it as ``error: <message>`` and exits with the class's ``exit_status``: 1 for a runtime
+failure, 2 for a usage error (and for a live source given up on, the status services restart on)."""
 
 
 class EdgeRuntimeError(Exception):
     """Base class for user-facing errors."""
+
+    exit_status = 1
+
+
+class UsageError(EdgeRuntimeError):
+    """Arguments that cannot work together or name an impossible output (caught before any work)."""
+
+    exit_status = 2
 
 
 class ManifestError(EdgeRuntimeError):
@@ -20,8 +29,10 @@ class SourceError(EdgeRuntimeError):
 
 class SourceLostError(SourceError):
     """A live source (camera, stream) stopped delivering and did not come back within its reconnect
-    tries. ``summary`` holds what the run measured until then (set by ``run_pipeline``)."""
+    tries. ``summary`` holds what the run measured until then (set by ``run_pipeline``). Exit status 2,
+    as docs/service.md documents for ``Restart=on-failure`` units."""
 
+    exit_status = 2
     summary: object = None
 
 

@@ -28,8 +28,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, status: int = 1) -> None:
+    """One ``error:`` line holding every needle, no traceback, exit ``status`` (1: a runtime failure,
+    2: a usage error or a live source given up on)."""
+    assert proc.returncode == status, (proc.returncode, proc.stderr)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr
     assert lines[-1].startswith("error: "), proc.stderr
@@ -129,7 +131,7 @@ def test_export_errors_are_one_line(fixtures, tmp_path):
     assert_one_line_error(run_cli("export", "--model", "nanodet-plus-m", "--weights", str(weights),
                                   "--out", str(tmp_path)), str(weights), "nanodet-plus-m")
     assert_one_line_error(run_cli("export", "--model", "resnet", "--weights", str(weights), "--out", str(tmp_path)),
-                          "unknown model")
+                          "unknown model", status=2)
     bogus = tmp_path / "bogus.pth"
     bogus.write_bytes(b"not a checkpoint at all")
     assert_one_line_error(run_cli("export", "--model", "yolo-fastestv2", "--weights", str(bogus),
@@ -141,9 +143,10 @@ def test_export_into_a_non_empty_folder_needs_force(tmp_path):
     keep = tmp_path / "keep.txt"
     keep.write_text("mine")
     assert_one_line_error(run_cli("export", "--model", "demo-shapes", "--out", str(tmp_path)),
-                          str(tmp_path), "not empty", "--force")
+                          str(tmp_path), "not empty", "--force", status=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
-    assert_one_line_error(run_cli("export", "--model", "demo-shapes", "--out", str(keep)), str(keep), "not a folder")
+    assert_one_line_error(run_cli("export", "--model", "demo-shapes", "--out", str(keep)), str(keep), "not a folder",
+                          status=2)
     pytest.importorskip("torch")
     proc = run_cli("export", "--model", "demo-shapes", "--out", str(tmp_path), "--force")
     assert proc.returncode == 0, proc.stderr
@@ -164,13 +167,13 @@ def test_run_never_loads_a_library_the_package_names(package_copy, fixtures, tmp
     assert not marker.exists()
 
 
-def test_package_refuses_a_symlink_inside_the_package(package_copy, tmp_path):
+def test_bundle_refuses_a_symlink_inside_the_package(package_copy, tmp_path):
     """A linked secret must never ship: the bundle is refused before anything is built or written."""
     secret = tmp_path / "id_rsa"
     secret.write_text("-----BEGIN PRIVATE KEY-----")
     (package_copy / "notes.txt").symlink_to(secret)
     out = tmp_path / "bundle.tar.gz"
-    proc = run_cli("package", str(package_copy), "--target", "x86", "-o", str(out))
+    proc = run_cli("bundle", str(package_copy), "--target", "x86", "-o", str(out))
     assert_one_line_error(proc, str(package_copy / "notes.txt"), "symbolic link")
     assert not out.exists() and not list(tmp_path.glob(".bundle.tar.gz.*"))
 
@@ -259,8 +262,9 @@ def test_device_extra_pulls_no_host_libraries():
     assert names(extras["onnx"]) == ["onnxruntime"]
     assert names(extras["openvino"]) == ["openvino"]
     assert names(extras["tflite"]) == ["ai-edge-litert"]
-    assert "torch==2.13.0" in extras["convert"]  # the only torch anywhere, pinned
-    assert not any(dep.startswith("torch") for name, deps in extras.items() if name != "convert" for dep in deps)
+    assert "torch==2.13.0" in extras["export"]  # the only torch anywhere, pinned ([convert] builds on [export])
+    assert "edge-runtime[export]" in extras["convert"]
+    assert not any("torch" in names(deps) for name, deps in extras.items() if name != "export")
 
 
 def test_help_explains_every_command():

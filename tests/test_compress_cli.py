@@ -44,7 +44,7 @@ def test_prune_distill_and_export(shapes, tmp_path):
     # the pruned graph converts like any other: OpenVINO and TFLite FP32 agree with its ONNX
     pytest.importorskip("openvino", reason="OpenVINO conversion needs openvino")
     pytest.importorskip("onnx2tf", reason="TFLite conversion needs onnx2tf")
-    proc = run_cli("convert", str(pkg), "--to", "openvino,tflite", "--precision", "fp32")
+    proc = run_cli("convert", str(pkg), "--to", "openvino,tflite", "--precisions", "fp32")
     assert proc.returncode == 0, proc.stderr
     for fmt in ("openvino", "tflite"):
         agreement = load_manifest(pkg).artifact(fmt, "fp32").extra["fp32_agreement"]
@@ -90,4 +90,4 @@ def test_low_rank_checkpoint_rebuilds_and_exports(shapes, tmp_path):
     (["--model", "demo-shapes", "--distill"], "need --data"),
 ])
 def test_argument_mistakes_are_one_line_errors(args, needle, tmp_path):
-    assert_one_line_error(run_cli("compress", *args, "--out", str(tmp_path / "x.ckpt")), needle)
+    assert_one_line_error(run_cli("compress", *args, "--out", str(tmp_path / "x.ckpt")), needle, status=2)

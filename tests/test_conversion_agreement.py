@@ -180,7 +180,7 @@ def test_broken_artifact_is_refused_and_not_written(demo_copy, broken_converter,
 def test_cli_refusal_is_one_line_and_exit_1(demo_copy, broken_converter, capsys):
     from edge_runtime.cli import main
 
-    rc = main(["convert", str(demo_copy), "--to", "openvino", "--precision", "fp32"])
+    rc = main(["convert", str(demo_copy), "--to", "openvino", "--precisions", "fp32"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 1 and len(err) == 1 and "model_openvino_fp32.xml) refused" in err[0], err
 

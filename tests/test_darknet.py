@@ -201,12 +201,12 @@ def test_weights_for_another_cfg_is_one_line_error(tmp_path):
     assert "\n" not in str(err.value) and str(weights) in str(err.value)
 
 
-def test_xl_weights_under_the_1_1_name_is_one_line_error():
+def test_xl_weights_under_the_1_1_name_is_one_line_error(tmp_path):
     pytest.importorskip("torch")
     from test_cli import assert_one_line_error, run_cli
 
     weights = _weights("yolo-fastest-1.1-xl")  # its cfg beside it is the XL one
-    proc = run_cli("export", "--model", "yolo-fastest-1.1", "--weights", str(weights), "--out", "/nonexistent/x")
+    proc = run_cli("export", "--model", "yolo-fastest-1.1", "--weights", str(weights), "--out", str(tmp_path / "x"))
     assert_one_line_error(proc, str(weights), "describes yolo-fastest-1.1-xl, not yolo-fastest-1.1",
                           "--model yolo-fastest-1.1-xl")
 

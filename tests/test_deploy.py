@@ -143,10 +143,10 @@ def deployed(nanodet_plus_package, wheel_dir, sshd, tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("remote")
     bundle, result = root / "nanodet-x86.tar.gz", root / "deploy.json"
-    made = run_cli("package", str(nanodet_plus_package), "--target", "x86", "-o", str(bundle),
+    made = run_cli("bundle", str(nanodet_plus_package), "--target", "x86", "-o", str(bundle),
                    "--wheel-dir", str(wheel_dir))
     assert made.returncode == 0, made.stderr
-    options = [arg for option in CLIENT_OPTIONS for arg in ("-o", option)]
+    options = [arg for option in CLIENT_OPTIONS for arg in ("--ssh-option", option)]
     proc = run_cli("deploy", str(bundle), "--host", sshd.host, "--port", str(sshd.port), "--identity", str(sshd.key),
                    "--remote-dir", str(root / "edge-runtime"), *options, "--smoke-iters", "3", "--json", str(result))
     if proc.returncode != 0 and "install.sh failed" in proc.stderr and any(s in proc.stderr for s in NO_INDEX):

@@ -134,7 +134,7 @@ def test_lost_camera_is_retried_then_a_one_line_failure_with_results_kept(demo_p
         if proc.poll() is None:
             proc.kill()
     assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
-                          camera.url, "lost and not back after 3 reconnect attempts")
+                          camera.url, "lost and not back after 3 reconnect attempts", status=2)
     assert [line for line in err.splitlines() if "reconnecting in" in line] == [
         f"WARNING: {camera.url}: no frame, reconnecting in {d} s (attempt {i}/3)"
         for i, d in ((1, "0.1"), (2, "0.2"), (3, "0.2"))]

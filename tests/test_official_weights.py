@@ -157,4 +157,4 @@ def test_cli_export_official_and_fetch(mirror, fixtures, tmp_path):
     assert len(mirror.requests) == 1  # export downloaded it once; fetch found it in the cache
     assert_one_line_error(run_cli("fetch", "yolo-fastest-1.1", env=env), "HTTP 404")
     assert_one_line_error(run_cli("export", "--model", "yolo-fastestv2", "--weights", "official:nanodet-plus-m-416",
-                                  "--out", str(tmp_path / "x"), env=env), "not --model yolo-fastestv2")
+                                  "--out", str(tmp_path / "x"), env=env), "not --model yolo-fastestv2", status=2)

@@ -166,4 +166,4 @@ def test_profile_cli_prints_both_tables_and_writes_json(demo_ov_package, tmp_pat
     # OpenVINO's conv layers join the ONNX nodes of the static table, MACs included
     joined = [row for row in latency["layers"] if "macs" in row]
     assert joined and all(row["macs"] >= 0 for row in joined)
-    assert_one_line_error(run_cli("profile"), "a package folder or --model")
+    assert_one_line_error(run_cli("profile"), "a package folder or --model", status=2)

@@ -13,7 +13,7 @@ def test_targets_table_and_json():
     for name in ("x86", "x86-vnni", "arm64", "rpi4", "rpi5", "edgetpu", "npu-vx", "openvino-npu", "ort-qnn",
                  "rknn-lite"):
         assert f"\n{name} " in "\n" + table.stdout, name
-    profiles = {t["name"]: t for t in json.loads(run_cli("targets", "--json").stdout)}
+    profiles = {t["name"]: t for t in json.loads(run_cli("targets", "--json", "-").stdout)}
     assert profiles["edgetpu"]["delegate"] == "libedgetpu.so.1" and profiles["edgetpu"]["tflite_io"] == "uint8"
     assert profiles["rpi4"]["threads"] == 4 and profiles["rknn-lite"]["status"] == "future"
 
@@ -21,7 +21,7 @@ def test_targets_table_and_json():
 def test_detect_describes_this_host():
     text = run_cli("targets", "--detect")
     assert text.returncode == 0 and "Suggested target:" in text.stdout, text.stderr
-    info = json.loads(run_cli("targets", "--detect", "--json").stdout)
+    info = json.loads(run_cli("targets", "--detect", "--json", "-").stdout)
     assert info["suggested_target"] and info["arch"] and info["cores"] >= 1
 
 

@@ -152,7 +152,7 @@ def test_cli_errors_are_one_line(int8_package, voc, tmp_path):
     (bad / "2007_000027.txt").write_text("chair 10 20 x 40\n")
     assert_one_line_error(run_cli("validate", str(int8_package), "--data", str(bad), "--images", str(voc[1])),
                           "2007_000027.txt", "line 1")
-    assert_one_line_error(run_cli("validate", str(int8_package)), "--images")
+    assert_one_line_error(run_cli("validate", str(int8_package)), "--images", status=2)
     none_match = tmp_path / "other"
     none_match.mkdir()
     (none_match / "2007_000027.txt").write_text("cabinetry 10 20 30 40\n")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edge_runtime.coco import COCO_CLASSES
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, UsageError
 
 from ..checkpoints import load_checkpoint, load_model
 from ..models import get_spec
@@ -63,24 +63,24 @@ def _steps(options: CompressOptions, images: int) -> int:
 
 
 def _check(model_name: str, options: CompressOptions) -> None:
-    """Argument problems found before any minute of work."""
+    """Argument problems found before any minute of work (usage errors: exit status 2)."""
     trains = options.steps or options.epochs or options.qat or options.method == "taylor" and options.prune
     if (trains or options.distill) and options.data is None:
-        raise EdgeRuntimeError("fine-tuning, distillation, QAT and taylor pruning need --data (a labelled folder, "
-                               "or 'demo' for the generated shapes)")
+        raise UsageError("fine-tuning, distillation, QAT and taylor pruning need --data (a labelled folder, "
+                         "or 'demo' for the generated shapes)")
     if options.qat and options.calib is None:
-        raise EdgeRuntimeError("--qat needs --calib (images to calibrate the activation ranges on)")
+        raise UsageError("--qat needs --calib (images to calibrate the activation ranges on)")
     if options.low_rank and options.data is None and options.calib is None:
-        raise EdgeRuntimeError("--low-rank measures each layer's error on real images: give --data or --calib")
+        raise UsageError("--low-rank measures each layer's error on real images: give --data or --calib")
     from .train import task_loss
 
     if (options.steps or options.epochs or options.qat) and task_loss(model_name) is None and not options.distill:
         family = get_spec(model_name).family
-        raise EdgeRuntimeError(f"{model_name}: the {family} family has no task loss in this project, so fine-tuning "
-                               f"it is distillation: add --distill (the uncompressed model, or --teacher, teaches)")
+        raise UsageError(f"{model_name}: the {family} family has no task loss in this project, so fine-tuning "
+                         f"it is distillation: add --distill (the uncompressed model, or --teacher, teaches)")
     for name, value in (("--prune", options.prune), ("--low-rank", options.low_rank), ("--sparsity", options.sparsity)):
         if value is not None and not 0 < value < 1:
-            raise EdgeRuntimeError(f"{name} must lie in (0, 1), got {value}")
+            raise UsageError(f"{name} must lie in (0, 1), got {value}")
 
 
 def _calibration(model_name: str, imgsz: int, options: CompressOptions) -> list[torch.Tensor]:

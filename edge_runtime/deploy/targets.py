@@ -10,19 +10,20 @@ from __future__ import annotations
 import site
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends import all_precisions, formats, target_keys
+from ..backends import formats as registered_formats  # conversion_plan has a parameter named formats
 from ..backends.base import TargetKey
 from ..errors import EdgeRuntimeError, first_line
 from ..timing import format_table
 from .hostinfo import physical_cores
 
 if TYPE_CHECKING:
-    from ..manifest import Manifest
+    from ..manifest import Artifact, Manifest
 
 STATUSES = ("supported", "future")
 
@@ -82,6 +83,43 @@ Target = make_dataclass(
      ("peak_gflops", dict[str, float], field(default_factory=dict)), ("status", str, "supported"),
      ("notes", str, "")],
     bases=(_TargetMethods,), frozen=True, namespace={"__doc__": _TargetMethods.__doc__, "__module__": __name__})
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """What ``convert`` adds: every format x precision, and the I/O type of TFLite INT8 models."""
+
+    formats: tuple[str, ...]
+    precisions: tuple[str, ...]
+    tflite_io: str
+
+    def describe(self) -> str:
+        return (f"{','.join(self.formats)} x {','.join(self.precisions)}"
+                + (f", TFLite I/O {self.tflite_io}" if self.tflite_io != "float32" else ""))
+
+
+def conversion_plan(formats: Sequence[str] = (), precisions: Sequence[str] = (), tflite_io: str | None = None,
+                    target: Target | None = None) -> ConversionPlan:
+    """The formats, precisions and TFLite I/O given; else the target's (exactly what it runs); else
+    every backend x every precision with float32 TFLite I/O."""
+    if target is not None:
+        formats, precisions = formats or target.backends, precisions or target.precisions
+        tflite_io = tflite_io or target.tflite_io
+    return ConversionPlan(tuple(formats or registered_formats()), tuple(precisions or all_precisions()),
+                          tflite_io or "float32")
+
+
+def full_integer_check(manifest: Manifest, artifact: Artifact) -> tuple[bool, str] | None:
+    """A full-integer delegate (Edge TPU, NXP VX) runs integer ops only and hands every float op back
+    to the CPU. For a TFLite artifact: (whether the delegate can run it whole, one line describing its
+    ops, read from the file); None for other formats."""
+    if artifact.format != "tflite":
+        return None
+    from ..backends.tflite_ops import tflite_op_report
+
+    report = tflite_op_report(manifest.artifact_path(artifact))
+    whole = report.full_integer and report.integer_io
+    return whole, report.describe() + ("" if whole else " (a full-integer delegate runs the rest on the CPU)")
 
 
 def efficiency(macs: float, latency_ms: float, peak_gflops: float) -> float:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import cv2
 import numpy as np
@@ -96,13 +96,14 @@ class RunSummary:
                 "latency_ms": self.latency, **self.thermal, "stopped": self.stopped, "outputs": self.outputs}
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
+def write_json_atomic(path: str | Path, data: Any, **dumps: Any) -> None:
     """``data`` as JSON at ``path``, all or nothing (``fsutil.atomic_write_text``: a run killed mid-write
-    leaves the previous file or none, never half a file); a failure is one line."""
+    leaves the previous file or none, never half a file); a failure is one line. ``dumps``: json.dumps
+    options (indent 2 unless given)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(data, indent=2))
+        atomic_write_text(path, json.dumps(data, **{"indent": 2, **dumps}))
     except EdgeRuntimeError:
         raise
     except OSError as exc:
@@ -113,7 +114,12 @@ class JsonLines:
     """``--json``: one JSON object per frame and line, flushed as frames arrive, so memory stays flat
     and a run that is killed keeps every complete line it wrote."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path | TextIO) -> None:
+        self._owned = not hasattr(path, "write")  # a stream (the CLI's stdout for '--json -') stays open
+        self.path: Path | None = None
+        if not self._owned:
+            self._file = path
+            return
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +132,8 @@ class JsonLines:
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._owned:
+            self._file.close()
 
 
 class _VideoSink:
@@ -183,8 +190,9 @@ class _Stages:
     """The per-frame work, shared by both schedules. ``read``/``prepare`` run in the reader thread,
     ``infer`` in the inference thread, ``decode``/``finish`` in the caller's thread (sequentially: all in one)."""
 
-    def __init__(self, detector: Detector, source: Source, save_dir: Path | None, json_path: str | Path | None,
-                 show: bool, progress: bool, max_fps: float | None, on_result: ResultCallback | None) -> None:
+    def __init__(self, detector: Detector, source: Source, save_dir: Path | None,
+                 json_path: str | Path | TextIO | None, show: bool, progress: bool, max_fps: float | None,
+                 on_result: ResultCallback | None) -> None:
         self.detector, self.source = detector, source
         self.save_dir, self.show, self.progress = save_dir, show, progress
         self.on_result = on_result
@@ -412,7 +420,7 @@ def _close_on_stop(stop: threading.Event, done: threading.Event, source: Source)
 
 
 def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None = None,
-                 json_path: str | Path | None = None, show: bool = False, max_frames: int | None = None,
+                 json_path: str | Path | TextIO | None = None, show: bool = False, max_frames: int | None = None,
                  progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
                  on_result: ResultCallback | None = None, stop: threading.Event | None = None) -> RunSummary:
     """Run ``detector`` on every frame of ``source`` (live sources: the newest frame each time);
@@ -421,10 +429,10 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
     Stages timed per frame: read, preprocess, inference, postprocess, draw and write (when drawing /
     saving); glass-to-result latency from each frame's capture time. ``mode`` is "threaded" or
     "sequential" (same detections, frame by frame); ``max_fps`` limits the rate; ``on_result``
-    receives every annotated frame with live statistics. ``json_path`` gets one JSON line per frame
-    as it is done. Setting ``stop`` (e.g. from a signal handler) ends the run normally: reading stops,
-    the frames in flight are finished and the summary is returned. Memory stays flat however long the
-    run: statistics are bounded (``RollingStats``), nothing is kept per frame.
+    receives every annotated frame with live statistics. ``json_path`` (a file or an open text stream)
+    gets one JSON line per frame as it is done. Setting ``stop`` (e.g. from a signal handler) ends the
+    run normally: reading stops, the frames in flight are finished and the summary is returned. Memory
+    stays flat however long the run: statistics are bounded (``RollingStats``), nothing is kept per frame.
 
     A live source that is lost for good raises ``SourceLostError`` after everything is written; its
     ``summary`` holds the run until then.
@@ -463,7 +471,7 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
         outputs["save_dir"] = str(save_dir)
     if stages.video is not None and stages.video.path is not None:
         outputs["video"] = str(stages.video.path)
-    if stages.jsonl is not None:
+    if stages.jsonl is not None and stages.jsonl.path is not None:
         outputs["json"] = str(stages.jsonl.path)
     summary = RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
                          latency=stages.latency.summary(), dropped=stages.dropped, thermal=thermal_state(),

@@ -1,0 +1,7 @@
+"""``python -m edge_runtime.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
