@@ -178,8 +178,13 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
             int8 = precision == "int8"
             with tempfile.TemporaryDirectory(prefix=".convert-", dir=manifest.root) as stage:
                 staged = replace(manifest, root=Path(stage))
-                result = convert(ConvertJob(manifest, fp32, precision, calibration, dict(options or {}), progress,
-                                            agreement if int8 else None, budget if int8 else None, Path(stage)))
+                try:
+                    result = convert(ConvertJob(manifest, fp32, precision, calibration, dict(options or {}),
+                                                progress, agreement if int8 else None, budget if int8 else None,
+                                                Path(stage)))
+                except ImportError as exc:  # a library the converter imports on use (nncf, onnx2tf, ...)
+                    raise EdgeRuntimeError(f"converting to {fmt} {precision} needs {exc.name}, not installed: "
+                                           f"pip install 'edge-runtime[convert]'") from None
                 art = Artifact(file=result.file, format=fmt, precision=precision,
                                sha256=sha256_file(Path(stage) / result.file), outputs=tuple(result.outputs),
                                extra=result.extra)

@@ -29,7 +29,8 @@ class FormatConverter:
 
 
 CONVERTERS: dict[str, FormatConverter] = {
-    "onnx": FormatConverter({"int8": "converters.quantize_onnx:quantize_onnx_int8"}, ("onnxruntime",), {
+    # nncf: the default ONNX INT8 quantiser (--onnx-quantizer nncf)
+    "onnx": FormatConverter({"int8": "converters.quantize_onnx:quantize_onnx_int8"}, ("onnxruntime", "nncf"), {
         "fp16": "ONNX Runtime's CPU provider has no FP16 kernels for most ops and inserts casts "
                 "(slower than FP32); use openvino or tflite for FP16"}),
     "openvino": FormatConverter(dict.fromkeys(precisions("openvino"), "converters.convert_openvino:convert_openvino"),
