@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.errors import EdgeRuntimeError, UsageError
+from edge_runtime.errors import UsageError
 
 if TYPE_CHECKING:
     from edge_runtime.deploy.targets import Target
@@ -49,12 +49,9 @@ class Converter:
         "official" / "official:NAME" for the downloaded, sha256-checked official one, None for the bundled
         weights of demo-shapes) to FP32 ONNX + manifest.json in ``out``, which must be new or empty unless
         ``force``. Returns the Converter of the new package."""
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise EdgeRuntimeError(f"{out}: exists and is not a folder")
-        if out.exists() and any(out.iterdir()) and not force:  # before any work
-            raise UsageError(f"{out}: exists and is not empty (pick a new folder, or force=True / --force "
-                             f"to write into it)")
+        from edge_runtime.fsutil import require_new_folder
+
+        out = require_new_folder(out, force, "pick a new folder, or force=True / --force to write into it")
         if opset < MIN_OPSET:
             raise UsageError(f"opset {opset}: use {MIN_OPSET} or newer")
         from .export_onnx import export_package

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +38,19 @@ from .formats import CONVERTERS, REFERENCE, check_formats, check_precisions, ski
 log = logging.getLogger(__name__)
 
 
+
+
+@contextmanager
+def _missing_library_is_one_line(fmt: str, precision: str) -> Iterator[None]:
+    """A third-party library a converter needs (nncf, openvino, tensorflow, ...) missing -> one error line;
+    an ImportError inside this project is a bug and propagates as it is."""
+    try:
+        yield
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in ("converters", "edge_runtime", ""):
+            raise
+        raise EdgeRuntimeError(f"converting to {fmt} {precision} needs {exc.name}, not installed: "
+                               f"pip install 'edge-runtime[convert]'") from None
 
 
 class ArtifactRefused(EdgeRuntimeError):
@@ -169,22 +184,16 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                 log.warning("skipping %s %s: %s", fmt, precision, skip_reason(fmt, precision))
                 continue
             module, func = target.split(":")
-            try:
+            with _missing_library_is_one_line(fmt, precision):
                 convert = getattr(importlib.import_module(module), func)
-            except ImportError as exc:
-                raise EdgeRuntimeError(f"converting to {fmt} needs {exc.name}, not installed: "
-                                       f"pip install 'edge-runtime[convert]'") from None
             progress(f"{fmt} {precision}: converting")
             int8 = precision == "int8"
             with tempfile.TemporaryDirectory(prefix=".convert-", dir=manifest.root) as stage:
                 staged = replace(manifest, root=Path(stage))
-                try:
+                with _missing_library_is_one_line(fmt, precision):  # converters import their libraries on use
                     result = convert(ConvertJob(manifest, fp32, precision, calibration, dict(options or {}),
                                                 progress, agreement if int8 else None, budget if int8 else None,
                                                 Path(stage)))
-                except ImportError as exc:  # a library the converter imports on use (nncf, onnx2tf, ...)
-                    raise EdgeRuntimeError(f"converting to {fmt} {precision} needs {exc.name}, not installed: "
-                                           f"pip install 'edge-runtime[convert]'") from None
                 art = Artifact(file=result.file, format=fmt, precision=precision,
                                sha256=sha256_file(Path(stage) / result.file), outputs=tuple(result.outputs),
                                extra=result.extra)

@@ -10,7 +10,6 @@ chain (torch); a package already built in the output folder is reused without it
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -29,12 +28,16 @@ MODEL = "demo-shapes"
 CALIBRATION_IMAGES = 32
 
 
-def available_formats(wanted: list[str]) -> list[str]:
-    """The ``wanted`` formats whose converter's libraries are importable here (a format is built only then)."""
-    check_formats(wanted)
-    usable = [f for f in wanted if all(importlib.util.find_spec(m) for m in CONVERTERS[f].toolchain)]
-    for f in set(wanted) - set(usable):
-        log.warning("skipping %s: %s not installed", f, " and ".join(CONVERTERS[f].toolchain))
+def buildable(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (format, precision) pairs whose converter's libraries are importable here (a pair is built only
+    then; the FP32 ONNX reference comes from export)."""
+    usable = []
+    for fmt, precision in pairs:
+        missing = [] if (fmt, precision) == REFERENCE else CONVERTERS[fmt].missing_libraries(precision)
+        if missing:
+            log.warning("skipping %s %s: %s not installed", fmt, precision, " and ".join(missing))
+        else:
+            usable.append((fmt, precision))
     return usable
 
 
@@ -44,8 +47,10 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
     a conversion that fails its check is not listed and its line is appended to ``refused``."""
     package = root / "package"
     manifest = load_manifest(package) if (package / "manifest.json").is_file() else None
-    missing = [(f, p) for f in formats for p in precisions if ((f, p) == REFERENCE or p in CONVERTERS[f].functions)
-               and (manifest is None or not any(a.format == f and a.precision == p for a in manifest.artifacts))]
+    missing = buildable([(f, p) for f in formats for p in precisions
+                         if ((f, p) == REFERENCE or p in CONVERTERS[f].functions)
+                         and (manifest is None or not any(a.format == f and a.precision == p
+                                                          for a in manifest.artifacts))])
     if manifest is not None and not missing:
         return manifest
     try:
@@ -126,7 +131,7 @@ def run_demo(out: str | Path, source: str | None, formats: list[str], precisions
     ``frames`` None: the whole clip or video file; 150 for a camera or stream (per timed artifact).
     """
     root = Path(out)
-    formats = available_formats(formats)
+    check_formats(formats)
     manifest = build_package(root, formats, precisions, progress, refused)
     if source is None:
         source = str(demo_clip(root))

@@ -8,10 +8,11 @@ one clear line. Light on purpose (no torch, tqdm or OpenCV): ``demo`` reads it o
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 from edge_runtime.backends import all_precisions, formats, precisions
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import UsageError
 
 # the artifact export writes: every conversion starts from it, none makes it
 REFERENCE = ("onnx", "fp32")
@@ -20,19 +21,26 @@ REFERENCE = ("onnx", "fp32")
 @dataclass(frozen=True)
 class FormatConverter:
     """``functions``: precision -> "module:function" (``ConvertJob -> ConvertResult``), imported on use.
-    ``toolchain``: modules those functions need (``demo`` builds the format only where all import).
+    ``toolchain``: modules those functions need, ``precision_toolchain`` more for one precision with the
+    default options (``demo`` builds a format x precision only where all import).
     ``unsupported``: precision -> why this format has no converter for it (a warning, then skipped)."""
 
     functions: dict[str, str]
     toolchain: tuple[str, ...]
     unsupported: dict[str, str] = field(default_factory=dict)
+    precision_toolchain: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def missing_libraries(self, precision: str) -> list[str]:
+        """The modules ``precision``'s conversion needs that are not installed here."""
+        needed = self.toolchain + self.precision_toolchain.get(precision, ())
+        return [m for m in needed if importlib.util.find_spec(m) is None]
 
 
 CONVERTERS: dict[str, FormatConverter] = {
-    # nncf: the default ONNX INT8 quantiser (--onnx-quantizer nncf)
-    "onnx": FormatConverter({"int8": "converters.quantize_onnx:quantize_onnx_int8"}, ("onnxruntime", "nncf"), {
+    "onnx": FormatConverter({"int8": "converters.quantize_onnx:quantize_onnx_int8"}, ("onnxruntime",), {
         "fp16": "ONNX Runtime's CPU provider has no FP16 kernels for most ops and inserts casts "
-                "(slower than FP32); use openvino or tflite for FP16"}),
+                "(slower than FP32); use openvino or tflite for FP16"},
+        precision_toolchain={"int8": ("nncf",)}),  # the default quantiser (--onnx-quantizer nncf)
     "openvino": FormatConverter(dict.fromkeys(precisions("openvino"), "converters.convert_openvino:convert_openvino"),
                                 ("openvino", "nncf")),
     "tflite": FormatConverter(dict.fromkeys(precisions("tflite"), "converters.tflite:convert_tflite"),
@@ -50,18 +58,18 @@ def check_formats(wanted: list[str]) -> None:
     """An error naming the first problem: a format no backend runs, or one this host cannot convert to."""
     bad = [f for f in wanted if f not in formats()]
     if bad:
-        raise EdgeRuntimeError(f"unknown format {bad}; choose from {', '.join(formats())}")
+        raise UsageError(f"unknown format {bad}; choose from {', '.join(formats())}")
     missing = [f for f in wanted if f not in CONVERTERS]
     if missing:
         have = ", ".join(convertible_formats())
-        raise EdgeRuntimeError(f"no converter for format {', '.join(missing)} (the device runs it, but this host "
-                               f"cannot make it; convertible: {have})")
+        raise UsageError(f"no converter for format {', '.join(missing)} (the device runs it, but this host "
+                         f"cannot make it; convertible: {have})")
 
 
 def check_precisions(wanted: list[str]) -> None:
     bad = [p for p in wanted if p not in all_precisions()]
     if bad:
-        raise EdgeRuntimeError(f"unknown precision {bad}; choose from {', '.join(all_precisions())}")
+        raise UsageError(f"unknown precision {bad}; choose from {', '.join(all_precisions())}")
 
 
 def skip_reason(fmt: str, precision: str) -> str:

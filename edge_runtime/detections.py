@@ -60,7 +60,7 @@ class Detections:
     def save(self, path: str | Path, image: np.ndarray | str | Path | None = None) -> Path:
         """Write ``path`` whole or not at all: JSON (:meth:`to_json`) when it ends in .json, else ``image``
         with the detections drawn, in the format its suffix names (.jpg, .png, ...)."""
-        from .fsutil import atomic_write_bytes, atomic_write_text
+        from .fsutil import atomic_write_image, atomic_write_text
 
         path = Path(path)
         if not path.parent.is_dir():
@@ -70,15 +70,7 @@ class Detections:
         if image is None:
             raise EdgeRuntimeError(f"{path}: saving an annotated image needs the image (save(path, image)); "
                                    f"name a .json file for the detections alone")
-        import cv2
-
-        try:
-            ok, encoded = cv2.imencode(path.suffix, self.plot(image))
-        except cv2.error:
-            ok = False
-        if not ok:
-            raise EdgeRuntimeError(f"{path}: OpenCV cannot write images of type {path.suffix or '(no suffix)'!r}")
-        return atomic_write_bytes(path, encoded.tobytes())
+        return atomic_write_image(path, self.plot(image))
 
     @classmethod
     def empty(cls, class_names: Sequence[str]) -> "Detections":

@@ -53,3 +53,32 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_image(path: str | Path, image: object) -> Path:
+    """Encode ``image`` (BGR uint8) in the format ``path``'s suffix names and write it whole or not at all."""
+    import cv2
+
+    from .errors import EdgeRuntimeError
+
+    path = Path(path)
+    try:
+        ok, encoded = cv2.imencode(path.suffix, image)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise EdgeRuntimeError(f"{path}: OpenCV cannot write images of type {path.suffix or '(no suffix)'!r}")
+    return atomic_write_bytes(path, encoded.tobytes())
+
+
+def require_new_folder(out: str | Path, force: bool = False, hint: str = "pick a new folder") -> Path:
+    """``out`` as a Path when it is missing or an empty folder (or any folder with ``force``); else a
+    usage error, raised before any work."""
+    from .errors import UsageError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    if out.exists() and not force and any(out.iterdir()):
+        raise UsageError(f"{out}: exists and is not empty ({hint})")
+    return out

@@ -20,6 +20,7 @@ from .compare import judge
 from .errors import EdgeRuntimeError, ModelLoadError, first_line
 from .families import FAMILIES, importable_families, make_family
 from .families.base import Family
+from .fsutil import require_new_folder
 from .manifest import RESIZE_MODES, Artifact, InputSpec, Manifest, sha256_file
 
 _FLOAT_DTYPES = ("float32", "float", "tensor(float)")
@@ -91,8 +92,7 @@ def import_model(model: str | Path, family: str, out: str | Path, classes: str |
     if family not in importable_families():
         raise EdgeRuntimeError(f"{model}: cannot import as family {family!r} "
                                f"(importable: {', '.join(importable_families())})")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EdgeRuntimeError(f"{out}: output folder exists and is not empty")
+    require_new_folder(out)
     defaults = FAMILIES[family].import_defaults
     color = color or defaults.color
     resize = resize or defaults.resize

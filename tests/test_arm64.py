@@ -13,7 +13,7 @@ onnxruntime 1.32.0, ai-edge-litert 2.3.0 on both sides), over the 11 sample phot
 - Same input tensor: raw outputs differ by <= 3e-6 (ONNX FP32) and <= 3e-7 (TFLite INT8), so the
   detections match to 1e-4 px and 1e-6 in score: the 1 px / 0.02 asked for holds with room to spare.
 - Own preprocessing: cv2.resize(INTER_LINEAR) gives ~20 % of input values one uint8 level off
-  (2 levels on 1 in 3 million; docs/toolchain.md says +-1). YOLO-FastestV2 amplifies that: end to
+  (2 levels on 1 in 3 million; ../shared/docs/toolchain.md says +-1). YOLO-FastestV2 amplifies that: end to
   end, 4 of 41 images (ONNX FP32) and 13 of 41 (TFLite INT8) differ in class lists (detections just
   over the 0.3 threshold: horses.jpg's 0.32 'elephant' on x86 TFLite INT8 is gone on arm64), and
   matched boxes move by up to ~70-85 input pixels (another anchor wins NMS) even at scores >= 0.5.
@@ -233,7 +233,7 @@ def test_arm64_detections_match_x86(arm64_python, arm64_package, tmp_path):
             box, score = _match(want["e2e"], same)
             assert box <= BOX_TOL_PX, f"{where}, same input: boxes differ by {box:.3f} px"
             assert score <= SCORE_TOL, f"{where}, same input: scores differ by {score:.4f}"
-            # arm64's own preprocessing: cv2.resize INTER_LINEAR rounds differently (docs/toolchain.md)
+            # arm64's own preprocessing: cv2.resize INTER_LINEAR rounds differently (../shared/docs/toolchain.md)
             levels = have["input_diff"]["max"] / level
             assert levels <= PIXEL_LEVELS_TOL + 1e-3, f"{where}: arm64 input differs by {levels:.2f} uint8 levels"
             # end to end on arm64 (its own preprocessing): confident classes survive, nothing finer

@@ -214,3 +214,23 @@ def test_the_rules_behind_the_flags_live_in_the_api():
     plan = conversion_plan(["onnx"], [], None, None)
     assert (plan.formats, plan.precisions, plan.tflite_io) == (("onnx",), ("fp32", "fp16", "int8"), "float32")
     assert plan.describe() == "onnx x fp32,fp16,int8"
+
+
+@pytest.mark.parametrize("case", sorted(OUTPUT_FILES), ids="-".join)
+def test_stdout_is_only_for_json(case, demo_package):
+    """'-' means stdout for --json and --summary-json; any other output named '-' is a usage error
+    (before, `bundle -o -` wrote a file called '-'), also before any work."""
+    command, dest = case
+    proc = run_cli(*OUTPUT_FILES[case](demo_package, "-"))
+    if dest in commands()[command].get_default("stdout_outputs"):
+        assert dest in ("json", "summary_json")
+        return
+    flag = "--" + dest.replace("_", "-")
+    assert_one_line_error(proc, f"{flag} -: only --json and --summary-json write to stdout", status=2)
+
+
+def test_a_chart_name_opencv_cannot_write_is_refused_before_the_run(demo_package, tmp_path):
+    out = tmp_path / "chart.txt"
+    proc = run_cli(*OUTPUT_FILES[("validate", "plot")](demo_package, str(out)))
+    assert_one_line_error(proc, f"{out}: --plot writes .png or .jpg or .jpeg files", status=2)
+    assert not out.exists()

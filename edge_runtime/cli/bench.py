@@ -7,6 +7,8 @@ import sys
 
 from ..backends import ALL_PRECISIONS, BACKENDS
 from ..errors import UsageError
+from ..evaluation.labels import FORMATS as LABEL_FORMATS
+from ..evaluation.metrics import ENGINES
 from .common import (
     add_command,
     add_json_option,
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None,
                    help="labels: COCO json, or a folder of YOLO txt / Pascal VOC xml / '<class> l t r b' txt files")
     p.add_argument("--images", default=None, help="image folder [COCO: the json's folder; VOC: ../JPEGImages]")
-    p.add_argument("--format", default="auto", choices=["auto", "coco", "yolo", "voc", "txt"],
+    p.add_argument("--format", default="auto", choices=["auto", *LABEL_FORMATS],
                    help="label format [auto: from the files]")
     p.add_argument("--names", default=None,
                    help="YOLO class names file (one per line) [classes.txt / *.names / data.yaml]")
@@ -72,11 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.001, help="score threshold for evaluation [0.001]")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold [manifest's]")
     p.add_argument("--max-dets", type=int, default=100, help="detections kept per image [100]")
-    p.add_argument("--engine", default=None, choices=["faster-coco-eval", "pycocotools"],
+    p.add_argument("--engine", default=None, choices=ENGINES,
                    help="COCO evaluator [faster-coco-eval when installed, else pycocotools]")
     p.add_argument("--per-class", action="store_true", help="add a per-class AP table")
     add_json_option(p, "the whole report")
-    add_output_file(p, "--plot", metavar="PNG",
+    add_output_file(p, "--plot", metavar="PNG", suffixes=(".png", ".jpg", ".jpeg"),
                     help="write a chart: mAP per artifact and PR curves at IoU 0.5")
 
 

@@ -54,7 +54,7 @@ def add_command(sub: argparse._SubParsersAction, name: str, func: Command, help:
     # no help= at all keeps a command out of the list (help=SUPPRESS prints '==SUPPRESS==' on 3.11)
     listed = {} if help is None else {"help": help}
     parser = sub.add_parser(name, description=description, epilog=epilog, formatter_class=HelpFormatter, **listed)
-    parser.set_defaults(func=func, output_files=(), output_folders=())
+    parser.set_defaults(func=func, output_files=(), output_folders=(), stdout_outputs=(), output_suffixes={})
     return parser
 
 
@@ -62,10 +62,16 @@ def _record(parser: argparse.ArgumentParser, kind: str, dest: str) -> None:
     parser.set_defaults(**{kind: (*parser.get_default(kind), dest)})
 
 
-def add_output_file(parser: argparse.ArgumentParser, *flags: str, help: str, **kwargs: Any) -> argparse.Action:
-    """An argument naming a file the command writes; its folder must exist and be writable."""
+def add_output_file(parser: argparse.ArgumentParser, *flags: str, help: str, stdout: bool = False,
+                    suffixes: tuple[str, ...] = (), **kwargs: Any) -> argparse.Action:
+    """An argument naming a file the command writes; its folder must exist and be writable. ``stdout``:
+    '-' means standard output; ``suffixes``: the file types the writer can make."""
     action = parser.add_argument(*flags, help=help, **{"default": None, "metavar": "FILE", **kwargs})
     _record(parser, "output_files", action.dest)
+    if stdout:
+        _record(parser, "stdout_outputs", action.dest)
+    if suffixes:
+        parser.set_defaults(output_suffixes={**parser.get_default("output_suffixes"), action.dest: suffixes})
     return action
 
 
@@ -79,7 +85,7 @@ def add_output_folder(parser: argparse.ArgumentParser, *flags: str, help: str, *
 def add_json_option(parser: argparse.ArgumentParser, what: str) -> argparse.Action:
     """``--json FILE``: ``what`` as JSON; '-' writes it on stdout and the rest of the output to stderr."""
     return add_output_file(parser, "--json", help=f"write {what} as JSON to FILE ('-': stdout, the other output then "
-                                                  "goes to stderr)")
+                                                  "goes to stderr)", stdout=True)
 
 
 def add_out_option(parser: argparse.ArgumentParser, what: str, folder: bool = False, **kwargs: Any) -> argparse.Action:
@@ -149,8 +155,14 @@ def guard_outputs(args: argparse.Namespace) -> None:
     pending = tuple(Path(folder).absolute() for folder in folders)
     for dest in args.output_files:
         value = getattr(args, dest)
+        flag = "--" + dest.replace("_", "-")
+        if value == STDOUT and dest not in args.stdout_outputs:
+            raise UsageError(f"{flag} -: only --json and --summary-json write to stdout; name a file")
         if value and value != STDOUT:
             check_output_file(value, pending)
+            suffixes = args.output_suffixes.get(dest, ())
+            if suffixes and Path(value).suffix.lower() not in suffixes:
+                raise UsageError(f"{value}: {flag} writes {' or '.join(suffixes)} files")
 
 
 @contextmanager

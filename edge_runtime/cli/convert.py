@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..backends import all_precisions, formats, target_keys
+from ..evaluation.labels import FORMATS as LABEL_FORMATS
 from .common import add_command, add_package_argument, add_precisions_option, host_tools, progress, split_list
 
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "mAP on --val-data/--val-images is at most POINTS below FP32's (e.g. 0.5)")
     p.add_argument("--val-data", default=None, metavar="LABELS",
                    help="labels for --max-map-drop: COCO json or a folder of YOLO/VOC/txt labels (as validate --data)")
-    p.add_argument("--val-format", default="auto", choices=["auto", "coco", "yolo", "voc", "txt"],
+    p.add_argument("--val-format", default="auto", choices=["auto", *LABEL_FORMATS],
                    help="format of --val-data [auto]")
     p.add_argument("--class-map", default=None, metavar="JSON", help="label class -> model class names (as validate)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],

@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold [manifest's]")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     add_output_file(p, "--summary-json", help="write the timing summary as JSON at the end (also after Ctrl-C / "
-                                              "SIGTERM; '-': stdout)")
+                                              "SIGTERM; '-': stdout)", stdout=True)
     p.add_argument("--reconnect-tries", type=int, default=None, metavar="N",
                    help="camera/stream: reopen a lost source at most N times in a row, then exit with an error "
                         "(status 2) [no limit]")

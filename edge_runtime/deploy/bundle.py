@@ -288,7 +288,7 @@ def inspect_bundle(bundle: Path) -> BundleInfo:
         raise EdgeRuntimeError(f"{bundle}: not a readable .tar.gz bundle ({first_line(exc)})") from None
     found = re.search(r'^MIN_PYTHON="(\d+)\.(\d+)"', text, re.MULTILINE)
     if not found:
-        raise EdgeRuntimeError(f"{bundle}: not a bundle made by 'edge-runtime package' "
+        raise EdgeRuntimeError(f"{bundle}: not a bundle made by 'edge-runtime bundle' "
                                f"(expected one top folder with install.sh)")
     return BundleInfo(top=tops.pop(), min_python=(int(found[1]), int(found[2])))
 

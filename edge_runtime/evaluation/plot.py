@@ -10,6 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..fsutil import atomic_write_image
+
 # BGR, distinguishable in print and for the common colour-vision deficiencies (Okabe-Ito)
 PALETTE = [(178, 114, 0), (0, 159, 230), (115, 158, 0), (167, 121, 204), (0, 94, 213), (233, 180, 86),
            (66, 228, 240), (0, 0, 0)]
@@ -64,8 +66,4 @@ def validation_chart(report: dict[str, Any], path: str | Path) -> Path:
         cv2.polylines(img, [pts], False, PALETTE[i % len(PALETTE)], 2, cv2.LINE_AA)
         _text(img, f"{row['format']} {row['precision']}  AP50 {row['map50']:.3f}", (x0 + w - 200, y0 + 20 + 18 * i),
               0.42, PALETTE[i % len(PALETTE)])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"{path}: OpenCV could not write the chart (use a .png name)")
-    return path
+    return atomic_write_image(path, img)
