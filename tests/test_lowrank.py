@@ -148,3 +148,21 @@ def test_factorised_checkpoint_loads_and_exports(demo_model, tmp_path):
         demo_model.get_submodule(n), e, shapes[n]) for n, e in PLAN.items())
     dense = export_package("demo-shapes", None, tmp_path / "dense").artifact("onnx", "fp32")
     assert dense.extra["macs"] - art.extra["macs"] == saved > 0
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_layer_timing_runs_the_layer_through_the_backends_timing_runner(backend, tmp_path):
+    """The runner layer timing uses (``Backend.timing_runner``: outputs bound once) runs the exported
+    layer, and the backend's own ``run`` still gives torch's result afterwards."""
+    pytest.importorskip({"onnx": "onnxruntime", "openvino": "openvino"}[backend])
+    from converters.compress.lowrank import _backend_runner
+    from edge_runtime.backends import open_backend
+
+    layer = torch.nn.Conv2d(8, 16, 1)
+    runner = _backend_runner(layer, (1, 8, 12, 12), backend, tmp_path, "conv", 1)
+    for _ in range(3):
+        runner()
+    x = torch.randn(1, 8, 12, 12)
+    got = open_backend(tmp_path / "conv.onnx", backend, 1).run({"input": x.numpy()})
+    with torch.no_grad():
+        assert np.abs(next(iter(got.values())) - layer(x).numpy()).max() < 1e-4

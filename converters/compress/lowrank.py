@@ -127,31 +127,15 @@ def relative_error(original: nn.Module, factorised: nn.Module, inputs: list[torc
 def _backend_runner(layer: nn.Module, shape: tuple[int, ...], backend: str, folder: Path, tag: str,
                     threads: int) -> Callable[[], Any]:
     """``layer`` exported alone to ONNX on an input of ``shape``, loaded by the runtime's ``backend``
-    (its session settings), run into preallocated outputs: fresh numpy outputs of 100+ KiB come
-    from glibc's mmap and page-faulted in on every call, measured here to make a 48x24x24 1x1 conv
-    take 0.25 ms instead of 0.04 ms on some runs and not others."""
+    (its session settings), run by the backend's ``timing_runner`` (outputs into buffers made once)."""
     from edge_runtime.backends import open_backend
 
     from ..export_onnx import write_onnx
 
     path = folder / f"{tag}.onnx"
     dummy = torch.randn(shape)
-    with torch.no_grad():
-        output = layer.eval()(dummy).numpy()
-    write_onnx(layer, dummy, path, ("output",), simplify=False)
-    opened = open_backend(path, backend, threads)
-    if backend == "onnx":
-        import onnxruntime as ort
-
-        binding = opened.session.io_binding()
-        binding.bind_cpu_input("input", dummy.numpy())
-        binding.bind_ortvalue_output("output", ort.OrtValue.ortvalue_from_shape_and_type(output.shape, output.dtype))
-        return lambda: opened.session.run_with_iobinding(binding)
-    if backend == "openvino":
-        request = opened.compiled.create_infer_request()
-        feed = {0: dummy.numpy()}
-        return lambda: request.infer(feed, share_inputs=True, share_outputs=True)
-    raise ValueError(f"layer timing runs on onnx or openvino, not {backend!r}")
+    write_onnx(layer.eval(), dummy, path, ("output",), simplify=False)
+    return open_backend(path, backend, threads).timing_runner({"input": dummy.numpy()})
 
 
 def interleaved_times(runners: list[Callable[[], Any]], rounds: int, inner: int) -> list[list[float]]:

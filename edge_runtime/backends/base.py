@@ -9,6 +9,7 @@ target-profile keys it accepts, how to list its devices, and an optional per-lay
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -114,6 +115,12 @@ class Backend(ABC):
     @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference; returns every output by name."""
+
+    def timing_runner(self, inputs: dict[str, np.ndarray]) -> Callable[[], object]:
+        """A call that runs ``inputs`` with as little around the inference as the library allows
+        (outputs into buffers allocated once), for timing one layer or model; its results are not
+        read. This default is ``run``."""
+        return lambda: self.run(inputs)
 
     def describe(self) -> str:
         """Short human description, e.g. 'onnxruntime 1.32 CPUExecutionProvider, 2 threads'."""
