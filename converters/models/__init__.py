@@ -46,6 +46,8 @@ class ModelSpec:
     weights: Path | None = None  # bundled default checkpoint: export needs no --weights
     # loads weights whose architecture comes from a file beside them (darknet .cfg), instead of build + state_dict
     load: Callable[[Path], tuple[nn.Module, int]] | None = None
+    # the class count a checkpoint was trained with, read from its classifier weights (a state_dict)
+    num_classes_from: Callable[[dict[str, Any]], int] = lambda state_dict: _no_class_count()
 
     def input_spec(self, imgsz: int, resize: str | None = None) -> InputSpec:
         """The input block export writes at ``imgsz`` (``resize`` overrides the model's mode): what the
@@ -53,11 +55,14 @@ class ModelSpec:
         return InputSpec(name="input", shape=(1, 3, imgsz, imgsz), layout="NCHW", dtype="float32", color=self.color,
                          mean=self.mean, std=self.std, resize=resize or self.resize)
 
-    def num_classes_from(self, state_dict: dict[str, Any]) -> int:
-        """The class count a checkpoint was trained with, read from its classifier weights."""
-        if self.family == "yolo-fastestv2":
-            return int(state_dict["output_cls_layers.weight"].shape[0])
-        return int(state_dict["head.gfl_cls.0.weight"].shape[0]) - 4 * (7 + 1)
+
+def _no_class_count() -> int:
+    raise CheckpointError("this model's class count is not read from a state_dict (its loader gives it)")
+
+
+def _nanodet_classes(state_dict: dict[str, Any]) -> int:
+    """gfl_cls outputs the classes plus 4 sides x (reg_max + 1) distribution bins (reg_max 7)."""
+    return int(state_dict["head.gfl_cls.0.weight"].shape[0]) - 4 * (7 + 1)
 
 
 def _nanodet_decoder(center_offset: float) -> Callable[[nn.Module], dict[str, Any]]:
@@ -80,6 +85,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 _YOLO_FASTEST_V2_COMMON = dict(family="yolo-fastestv2", deploy=YoloFastestV2Deploy, mean=(0.0, 0.0, 0.0),
                                std=(255.0, 255.0, 255.0), resize="resize", output_names=("scores", "box_sigmoid"),
                                decoder=_yolo_fastest_v2_decoder,
+                               num_classes_from=lambda sd: int(sd["output_cls_layers.weight"].shape[0]),
                                postprocess={"score_threshold": 0.3, "nms_iou": 0.4, "max_detections": 100,
                                             "multi_label": False})
 
@@ -110,7 +116,7 @@ _DARKNET_YOLOV3_COMMON = dict(family="yolov3", build=_darknet_build, deploy=Yolo
                               postprocess={"score_threshold": 0.25, "nms_iou": 0.45, "max_detections": 100,
                                            "multi_label": False})
 _NANODET_COMMON = dict(family="nanodet", deploy=NanoDetDeploy, mean=NANODET_MEAN, std=NANODET_STD,
-                       output_names=("scores", "distances"))
+                       output_names=("scores", "distances"), num_classes_from=_nanodet_classes)
 
 
 def _nanodet_plus(name: str, backbone: str, fpn_channels: int) -> ModelSpec:
