@@ -117,11 +117,16 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
                                  else f"{package}: every artifact's benchmark worker crashed ({failed[0]['error']})")
     base = next((r for r in rows if (r["format"], r["precision"]) == ("onnx", "fp32")), rows[0])
     by_key = {a.key: a for a in manifest.artifacts}
+    own_fp32 = {r["format"]: r for r in rows if r["precision"] == "fp32"}
     for r in rows:
         r["speedup_vs_baseline"] = base["latency_ms"]["median"] / r["latency_ms"]["median"]
         r["cosine_vs_baseline"] = compare(base["outputs"], r["outputs"])["cosine"]
+        # INT8/FP16 against the same backend's FP32, timed in this run: the speed a precision buys
+        fp32 = own_fp32.get(r["format"])
+        r["speedup_vs_own_fp32"] = fp32["latency_ms"]["median"] / r["latency_ms"]["median"] if fp32 else None
         art = by_key[f"{r['format']}-{r['precision']}"]
         r["verified"], r["verification"] = art.verified, art.verdict.describe()
+        r["recorded_accuracy"] = recorded_accuracy(art.extra)
     # the fastest is named among verified artifacts only: a fast wrong one is no answer
     fastest = min((r for r in rows if r["verified"]), key=lambda r: r["latency_ms"]["median"], default=None)
     for r in rows:
@@ -131,6 +136,30 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
             "threads": rows[0]["threads"], "warmup": warmup, "iters": iters, "isolated": isolate,
             "host": cpu_summary(), "baseline": base["artifact"], "macs": macs, "results": rows, "failed": failed,
             "fastest_verified": fastest["artifact"] if fastest else None}
+
+
+def recorded_accuracy(extra: dict[str, Any]) -> dict[str, float]:
+    """What convert measured against FP32 for this artifact: the mean per-image output cosine on its
+    held-out images and, for an INT8 made against a labelled budget, the mAP drop in points."""
+    found: dict[str, float] = {}
+    agreement = extra.get("fp32_agreement", {})
+    if "cosine_mean" in agreement or "cosine" in agreement:
+        found["cosine_mean"] = float(agreement.get("cosine_mean", agreement.get("cosine")))
+    control = extra.get("quantization", {}).get("accuracy_control") or {}
+    if control.get("metric") == "map" and "drop" in control:
+        found["map_drop_points"] = 100 * float(control["drop"])
+    return found
+
+
+def _ratio_cell(row: dict[str, Any]) -> str:
+    ratio = row["speedup_vs_own_fp32"]
+    return "-" if row["precision"] == "fp32" or ratio is None else f"{ratio:.2f}x"
+
+
+def _accuracy_cell(found: dict[str, float]) -> str:
+    parts = [f"cos {found['cosine_mean']:.4f}"] if "cosine_mean" in found else []
+    parts += [f"mAP -{found['map_drop_points']:.2f} pt"] if "map_drop_points" in found else []
+    return ", ".join(parts) or "-"
 
 
 def roofline(report: dict[str, Any], target: Target) -> list[str]:
@@ -168,11 +197,17 @@ def bench_table(report: dict[str, Any]) -> str:
             f"{', one process per artifact' if report['isolated'] else ''}")
     rows = [[r["artifact"], r["format"], r["precision"], r["size_mb"], r["latency_ms"]["median"],
              r["latency_ms"]["p90"], r["fps"], r["end_to_end_ms"]["median"], f"{r['speedup_vs_baseline']:.2f}x",
-             f"{r['cosine_vs_baseline']:.4f}", "yes" if r["verified"] else "FAILED", r["backend"]]
+             _ratio_cell(r),
+             f"{r['cosine_vs_baseline']:.4f}", _accuracy_cell(r["recorded_accuracy"]),
+             "yes" if r["verified"] else "FAILED", r["backend"]]
             for r in report["results"]]
     table = format_table(["artifact", "format", "precision", "MB", "median ms", "p90 ms", "FPS", "e2e ms",
-                          f"speed vs {report['baseline']}", "cosine", "verified", "ran on"], rows)
+                          f"speed vs {report['baseline']}", "vs its FP32", "cosine", "recorded vs FP32",
+                          "verified", "ran on"], rows)
+    slower = [f"{r['artifact']} ({r['speedup_vs_own_fp32']:.2f}x)" for r in report["results"]
+              if r["precision"] != "fp32" and r["speedup_vs_own_fp32"] is not None and r["speedup_vs_own_fp32"] < 1]
     failed = [f"{r['artifact']}: {r['verification']}" for r in report["results"] if not r["verified"]]
     fastest = (f"fastest verified: {report['fastest_verified']}" if report["fastest_verified"]
                else "fastest verified: none (no artifact passed its check against FP32)")
-    return "\n".join([head, table, fastest] + [f"not chosen, failed its check: {line}" for line in failed])
+    return "\n".join([head, table, fastest] + [f"not chosen, failed its check: {line}" for line in failed]
+                     + ([f"slower than its own FP32 on this CPU: {', '.join(slower)}"] if slower else []))

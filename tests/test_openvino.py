@@ -303,3 +303,24 @@ def test_describe_names_openvino_and_inference_precision(ov_packages, precision)
     text = det.describe()
     assert "openvino" in text and f"openvino {precision}" in text
     assert "CPU f32, 2 threads" in text, text  # FP16 and INT8 IRs too: non-quantised ops in f32
+
+
+def test_bench_gives_each_precision_against_its_own_fp32_and_the_recorded_accuracy(ov_packages):
+    """bench (in-process, few runs: the ratios are not asserted, only that each is this run's own
+    FP32 median over the artifact's) names each artifact's speed against the same backend's FP32 and
+    what convert recorded against FP32."""
+    from edge_runtime.bench import bench_package, bench_table
+
+    package = ov_packages("yolo-fastestv2")
+    report = bench_package(package, threads=1, warmup=1, iters=3, isolate=False)
+    rows = {(r["format"], r["precision"]): r for r in report["results"]}
+    fp32 = rows[("openvino", "fp32")]
+    for precision in ("fp16", "int8"):
+        row = rows[("openvino", precision)]
+        want = fp32["latency_ms"]["median"] / row["latency_ms"]["median"]
+        assert row["speedup_vs_own_fp32"] == pytest.approx(want)
+        recorded = load_manifest(package).artifact("openvino", precision).extra["fp32_agreement"]["cosine_mean"]
+        assert row["recorded_accuracy"]["cosine_mean"] == pytest.approx(recorded)
+    assert rows[("onnx", "fp32")]["speedup_vs_own_fp32"] == pytest.approx(1.0)
+    table = bench_table(report)
+    assert "vs its FP32" in table and f"cos {rows[('openvino', 'int8')]['recorded_accuracy']['cosine_mean']:.4f}" in table
