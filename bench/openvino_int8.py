@@ -73,7 +73,8 @@ def kernel_precision(exec_type: str, node_type: str) -> str:
         return "reorder"
     match = re.search(r"_(I8|U8|FP32|F32|BF16|FP16|F16|I32)$", exec_type, re.IGNORECASE)
     kind = match.group(1).upper() if match else ""
-    return {"I8": "int8", "U8": "int8", "FP32": "f32", "F32": "f32", "BF16": "bf16", "FP16": "f16", "F16": "f16"}.get(kind, "other")
+    kinds = {"I8": "int8", "U8": "int8", "FP32": "f32", "F32": "f32", "BF16": "bf16", "FP16": "f16", "F16": "f16"}
+    return kinds.get(kind, "other")
 
 
 def layer_profile(backend: Any, feed: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
