@@ -158,7 +158,7 @@ def _ratio_cell(row: dict[str, Any]) -> str:
 
 def _accuracy_cell(found: dict[str, float]) -> str:
     parts = [f"cos {found['cosine_mean']:.4f}"] if "cosine_mean" in found else []
-    parts += [f"mAP -{found['map_drop_points']:.2f} pt"] if "map_drop_points" in found else []
+    parts += [f"mAP {-found['map_drop_points']:+.2f} pt"] if "map_drop_points" in found else []  # -: a drop
     return ", ".join(parts) or "-"
 
 
@@ -197,8 +197,7 @@ def bench_table(report: dict[str, Any]) -> str:
             f"{', one process per artifact' if report['isolated'] else ''}")
     rows = [[r["artifact"], r["format"], r["precision"], r["size_mb"], r["latency_ms"]["median"],
              r["latency_ms"]["p90"], r["fps"], r["end_to_end_ms"]["median"], f"{r['speedup_vs_baseline']:.2f}x",
-             _ratio_cell(r),
-             f"{r['cosine_vs_baseline']:.4f}", _accuracy_cell(r["recorded_accuracy"]),
+             _ratio_cell(r), f"{r['cosine_vs_baseline']:.4f}", _accuracy_cell(r["recorded_accuracy"]),
              "yes" if r["verified"] else "FAILED", r["backend"]]
             for r in report["results"]]
     table = format_table(["artifact", "format", "precision", "MB", "median ms", "p90 ms", "FPS", "e2e ms",
