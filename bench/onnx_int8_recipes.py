@@ -3,31 +3,28 @@
     python bench/onnx_int8_recipes.py PKG --calib ../shared/fixtures/images/calib-coco-val2017 --calib-size 32
 
 Each recipe is a set of ``converters.quantize_onnx`` options (the same code ``edge-runtime convert``
-runs). Every round runs each model ``--per-round`` times in turn, on the same preprocessed image and
-thread count, so a machine shared with other work slows all of them alike: only the ratios mean
+runs). Every round runs each model ``--per-round`` times in turn (``interleaved_times``, the order
+rotating), on the same preprocessed image and thread count, so a machine shared with other work slows
+all of them alike: only the ratios mean
 something there, not the milliseconds. Cosine: per held-out image (calibration images left out), the
 lowest cosine over the outputs against FP32, as ``convert``'s ``fp32_agreement``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
+from int8_probe import fp32_cosines, heading, image_sets, probe_arguments  # bench/, beside this script
 
-from converters.calibration import CalibrationSet
+from converters.compress.lowrank import interleaved_times
 from converters.convert_job import ConvertJob
 from converters.quantize_onnx import quantize_onnx_int8
 from edge_runtime.backends import open_backend
-from edge_runtime.compare import compare
 from edge_runtime.deploy.hostinfo import cpu_summary
 from edge_runtime.manifest import load_manifest
-from edge_runtime.timing import time_calls
-from edge_runtime.versions import package_version
 
 # name -> (activation x weight types ONNX Runtime runs, converter options)
 RECIPES: dict[str, tuple[str, dict]] = {
@@ -40,26 +37,17 @@ RECIPES: dict[str, tuple[str, dict]] = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("package")
-    ap.add_argument("--calib", required=True, help="calibration images; the rest of the folder is held out")
-    ap.add_argument("--calib-size", type=int, default=32)
-    ap.add_argument("--held-out", type=int, default=24)
+    ap = probe_arguments(__doc__, rounds=30, per_round=5)
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--per-round", type=int, default=5)
-    ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     manifest = load_manifest(args.package)
-    fp32_art = manifest.artifact("onnx", "fp32")
-    calibration = CalibrationSet(args.calib, manifest.input, args.calib_size, progress=False)
-    held_out = CalibrationSet(args.calib, manifest.input, args.held_out, exclude=calibration.used, progress=False,
-                              desc="held-out images")
-    name, outputs = manifest.input.name, list(fp32_art.outputs)
+    calibration, held_out = image_sets(manifest, args)
+    cosines_of = fp32_cosines(manifest, held_out, args.threads)
+    name = manifest.input.name
+    feed = {name: held_out.tensors[0]}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"fp32": manifest.artifact_path(fp32_art)}
+        models = {"fp32": manifest.artifact_path(manifest.artifact("onnx", "fp32"))}
         for recipe in args.recipes:
             stage = Path(tmp) / recipe
             stage.mkdir()
@@ -67,28 +55,11 @@ def main() -> None:
             job = ConvertJob(manifest, models["fp32"], "int8", calibration, options=dict(RECIPES[recipe][1]),
                              stage=stage)
             models[recipe] = stage / quantize_onnx_int8(job).file
-        sessions = {key: open_backend(path, "onnx", args.threads) for key, path in models.items()}
-
-        def run(key: str, tensor: np.ndarray) -> list[np.ndarray]:
-            result = sessions[key].run({name: tensor})
-            return [result[o] for o in outputs]
-
-        reference = [run("fp32", t) for t in held_out.tensors]
-        cosines = {key: [compare(ref, run(key, t))["cosine"] for ref, t in zip(reference, held_out.tensors)]
-                   for key in args.recipes}
-        tensor = held_out.tensors[0]
-        samples: dict[str, list[float]] = {key: [] for key in sessions}
-        for key in sessions:  # warm-up
-            time_calls(partial(run, key, tensor), 5, 0)
-        for _ in range(args.rounds):
-            for key in sessions:
-                samples[key] += time_calls(partial(run, key, tensor), 0, args.per_round)
-    medians = {key: float(np.median(values)) for key, values in samples.items()}
-    host = cpu_summary()
-    print(f"\n{manifest.name} {list(manifest.input.shape)}, {host['cpu']} ({' '.join(host['flags'])}), "
-          f"onnxruntime {package_version('onnxruntime')}, nncf {package_version('nncf')}, {args.threads} threads, "
-          f"{args.rounds} interleaved rounds x {args.per_round}, medians; cosine on {len(held_out)} held-out images "
-          f"({args.calib_size} calibration)\n")
+        backends = {key: open_backend(path, "onnx", args.threads) for key, path in models.items()}
+        cosines = {key: cosines_of(lambda t, b=backends[key]: b.run({name: t})) for key in args.recipes}
+        samples = interleaved_times([b.timing_runner(feed) for b in backends.values()], args.rounds, args.per_round)
+    medians = {key: float(np.median(s)) for key, s in zip(backends, samples)}
+    print(f"\n{heading(manifest, args, 'onnxruntime', len(held_out))}\n")
     print("| recipe | activations x weights | median ms | speed vs FP32 | cosine mean | cosine worst |")
     print("|---|---|---:|---:|---:|---:|")
     rows = []
@@ -101,7 +72,8 @@ def main() -> None:
         print(f"| {key} | {kind} | {ms:.2f} | {row['speed_vs_fp32']:.2f}x | {row['cosine_mean']:.4f} "
               f"| {row['cosine_worst']:.4f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"host": host, "threads": args.threads, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"host": cpu_summary(), "threads": args.threads, "rows": rows},
+                                              indent=2))
 
 
 if __name__ == "__main__":

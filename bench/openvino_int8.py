@@ -18,7 +18,6 @@ FP32 ONNX, as ``convert``'s ``fp32_agreement``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import tempfile
@@ -27,16 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from int8_probe import fp32_cosines, heading, image_sets, probe_arguments  # bench/, beside this script
 
-from converters.calibration import CalibrationSet
 from converters.compress.lowrank import interleaved_times
 from converters.convert_job import ConvertJob
 from converters.convert_openvino import convert_openvino, decode_tail
 from edge_runtime.backends import open_backend
-from edge_runtime.compare import compare
 from edge_runtime.deploy.hostinfo import cpu_summary
 from edge_runtime.manifest import load_manifest
-from edge_runtime.versions import package_version
 
 # IR name -> (precision, converter options, post-pass on the converted IR or None);
 # "int8" is what `convert --precisions int8` makes today
@@ -148,19 +145,11 @@ POST_PASSES = {"concat": quantize_concat_inputs}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("package")
-    ap.add_argument("--calib", required=True, help="calibration images; the rest of the folder is held out")
-    ap.add_argument("--calib-size", type=int, default=32)
-    ap.add_argument("--held-out", type=int, default=24)
+    ap = probe_arguments(__doc__, rounds=20, per_round=10)
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--per-round", type=int, default=10)
     ap.add_argument("--profile-runs", type=int, default=20)
     ap.add_argument("--layers", type=int, default=0, help="list the N slowest float nodes per INT8 variant")
     ap.add_argument("--keep", default=None, help="folder to keep the IRs in (default: a temporary one)")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args()
     variants = ["fp32"] + [v for v in args.variants if v != "fp32"]  # the reference of the ratios
 
@@ -169,15 +158,10 @@ def main() -> None:
 
     manifest = load_manifest(args.package)
     fp32_onnx = manifest.artifact_path(manifest.artifact("onnx", "fp32"))
-    outputs = list(manifest.artifact("onnx", "fp32").outputs)
-    calibration = CalibrationSet(args.calib, manifest.input, args.calib_size, progress=False)
-    held_out = CalibrationSet(args.calib, manifest.input, args.held_out, exclude=calibration.used, progress=False,
-                              desc="held-out images")
+    calibration, held_out = image_sets(manifest, args)
+    cosines_of = fp32_cosines(manifest, held_out, args.threads)
     name = manifest.input.name
-    onnx_ref = open_backend(fp32_onnx, "onnx", args.threads)
-    reference = [[onnx_ref.run({name: t})[o] for o in outputs] for t in held_out.tensors]
-    tensor = held_out.tensors[0]
-    feed = {name: tensor}
+    feed = {name: held_out.tensors[0]}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
         irs: dict[str, Path] = {}
@@ -203,16 +187,11 @@ def main() -> None:
                                     {"inference_precision": hint, "config": {props.enable_profiling(): True}})
             profiles[v] = layer_profile(profiled, feed, args.profile_runs)
             del profiled
-            got = [backends[v].run({name: t}) for t in held_out.tensors]
-            cosines[v] = [compare(ref, [g[o] for o in outputs])["cosine"] for ref, g in zip(reference, got)]
+            cosines[v] = cosines_of(lambda t, b=backends[v]: b.run({name: t}))
         runners = [backends[v].timing_runner(feed) for v in variants]
         samples = interleaved_times(runners, args.rounds, args.per_round)
     medians = {v: float(np.median(s)) for v, s in zip(variants, samples)}
-    host = cpu_summary()
-    print(f"\n{manifest.name} {list(manifest.input.shape)}, {host['cpu']} ({' '.join(host['flags'])}), "
-          f"openvino {package_version('openvino')}, nncf {package_version('nncf')}, {args.threads} threads, "
-          f"{args.rounds} interleaved rounds x {args.per_round}, medians; cosine vs FP32 ONNX on {len(held_out)} "
-          f"held-out images ({args.calib_size} calibration)\n")
+    print(f"\n{heading(manifest, args, 'openvino', len(held_out))}\n")
     print("| variant | hint | median ms | speed vs FP32 | int8 time | f32 time | bf16 time | reorder time "
           "| float convs | cosine mean | cosine worst |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -244,7 +223,8 @@ def main() -> None:
             for la in slow[:args.layers]:
                 print(f"  {la['ms']:.3f} ms  {la['type']:<18} {la['kernel']:<28} {la['node']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"host": host, "threads": args.threads, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"host": cpu_summary(), "threads": args.threads, "rows": rows},
+                                              indent=2))
 
 
 if __name__ == "__main__":
