@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from int8_probe import fp32_cosines, heading, image_sets, probe_arguments  # bench/, beside this script
 
-from converters.compress.lowrank import interleaved_times
 from converters.convert_job import ConvertJob
 from converters.quantize_onnx import quantize_onnx_int8
 from edge_runtime.backends import open_backend
 from edge_runtime.deploy.hostinfo import cpu_summary
 from edge_runtime.manifest import load_manifest
+from edge_runtime.timing import interleaved_times
 
 # name -> (activation x weight types ONNX Runtime runs, converter options)
 RECIPES: dict[str, tuple[str, dict]] = {

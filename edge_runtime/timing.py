@@ -102,3 +102,20 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
     return samples
+
+
+def interleaved_times(runners: list[Callable[[], Any]], rounds: int, inner: int) -> list[list[float]]:
+    """Per round, each runner's mean ms per call over ``inner`` calls. The runners take turns within
+    a round and the order rotates, so drift and the neighbours' load hit all of them alike."""
+    for run in runners:  # warm-up: first calls allocate and pick kernels
+        for _ in range(3):
+            run()
+    samples: list[list[float]] = [[] for _ in runners]
+    for r in range(rounds):
+        for k in range(len(runners)):
+            i = (k + r) % len(runners)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                runners[i]()
+            samples[i].append((time.perf_counter() - t0) * 1e3 / inner)
+    return samples

@@ -21,7 +21,6 @@ import argparse
 import gc
 import math
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_runtime.timing import format_table
+from edge_runtime.timing import format_table, interleaved_times
 
 from .factorization import Plan, factorizable, factorized_layer
 from .hooks import run_with_hooks
@@ -136,23 +135,6 @@ def _backend_runner(layer: nn.Module, shape: tuple[int, ...], backend: str, fold
     dummy = torch.randn(shape)
     write_onnx(layer.eval(), dummy, path, ("output",), simplify=False)
     return open_backend(path, backend, threads).timing_runner({"input": dummy.numpy()})
-
-
-def interleaved_times(runners: list[Callable[[], Any]], rounds: int, inner: int) -> list[list[float]]:
-    """Per round, each runner's mean ms per call over ``inner`` calls. The runners take turns within
-    a round and the order rotates, so drift and the neighbours' load hit all of them alike."""
-    for run in runners:  # warm-up: first calls allocate and pick kernels
-        for _ in range(3):
-            run()
-    samples: list[list[float]] = [[] for _ in runners]
-    for r in range(rounds):
-        for k in range(len(runners)):
-            i = (k + r) % len(runners)
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                runners[i]()
-            samples[i].append((time.perf_counter() - t0) * 1e3 / inner)
-    return samples
 
 
 def plan_factorization(model: nn.Module, example: torch.Tensor, ratio: float = 0.5,

@@ -196,6 +196,7 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
 
     from edge_runtime.backends import open_backend
     from edge_runtime.manifest import load_manifest
+    from edge_runtime.timing import interleaved_times
 
     from ..calibration import CalibrationSet
     from ..checkpoints import load_model
@@ -206,7 +207,6 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
     from ..models import get_spec
     from .compressed_checkpoint import save_compressed
     from .data import load_training_data
-    from .lowrank import interleaved_times
 
     out = Path(out)
     torch.set_num_threads(1)
