@@ -71,7 +71,7 @@ class Converter:
 
     def to(self, formats: str | Sequence[str] | None = None, precision: str | Sequence[str] | None = None,
            calib: str | Path | None = None, *, target: str | Target | None = None, tflite_io: str | None = None,
-           calib_method: str = "minmax", onnx_quantizer: str = "nncf", ov_preset: str = "mixed",
+           calib_method: str = "minmax", onnx_quantizer: str = "auto", ov_preset: str = "mixed",
            progress: Callable[[str], None] = lambda msg: None, **convert_options: Any) -> Manifest:
         """Add ``formats`` x ``precision`` (names or comma-separated lists of onnx/openvino/tflite and
         fp32/fp16/int8) to the package, each checked against FP32 ONNX; INT8 needs ``calib`` (image folder,
@@ -96,6 +96,9 @@ class Converter:
             progress(f"target {profile.name}: {plan.describe()}")
         options = {"calib_method": calib_method, "onnx_quantizer": onnx_quantizer, "ov_preset": ov_preset,
                    "tflite_io": plan.tflite_io}
+        if profile is not None:  # the profile's other converter keys (ONNX weight bits ...) and its name
+            options.update({k: v for k, v in profile.converter_options().items() if k not in options},
+                           target=profile.name)
         try:
             return convert_package(self.package, list(plan.formats), list(plan.precisions), calib=calib,
                                    options=options, progress=progress, **convert_options)

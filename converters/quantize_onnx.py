@@ -1,11 +1,15 @@
 """ONNX INT8 (QDQ, per-channel weights) with the decode tail in float, by one of two quantisers:
 
-- ``nncf`` (default): NNCF's ONNX backend, MIXED preset (symmetric weights, asymmetric
-  activations) with fast bias correction. Measured on this project's models it keeps far more
-  accuracy than plain static quantisation (NanoDet-Plus-m scores cosine 0.973 vs 0.818,
-  YOLO-FastestV2 0.986 vs 0.975), because bias correction repairs the depthwise convolutions.
-- ``ort``: ONNX Runtime's ``quantize_static`` with a selectable calibration method (minmax,
-  entropy, percentile).
+- ``nncf``: NNCF's ONNX backend, MIXED preset (symmetric weights, asymmetric activations) with
+  fast bias correction; int8 activations (S8S8) and no quantiser between a Conv and its activation,
+  so ONNX Runtime runs those Convs in float: accurate, often slower than FP32.
+- ``ort``: ONNX Runtime's ``quantize_static``, uint8 activations (U8S8) with a quantiser after each
+  Conv: the graph ONNX Runtime fuses into ``QLinearConv``, fast, but less accurate on models whose
+  Convs feed a LeakyRelu (docs/formats-and-int8.md).
+- ``auto`` (the default): both, each measured against FP32 on held-out images and timed on this
+  host when it is the CPU the package is for; the fastest one whose accuracy is within
+  ``RECIPE_COSINE_SLACK`` of the best (or meets the budget) ships, and the manifest records both
+  measurements and why (``quantization.recipe``).
 
 The "tail" is every node between the last convolutions and the graph outputs (reshape, concat,
 sigmoid, softmax-integral...): quantising it would put 0..1 scores and 0..reg_max distances
@@ -15,6 +19,7 @@ outputs to the first Conv on each path.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,11 +29,19 @@ import onnxruntime
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from .accuracy import run_nncf_search
+from edge_runtime.deploy.hostinfo import detect_host
+from edge_runtime.timing import interleaved_times
+
+from .accuracy import CosineAgreement, run_nncf_search
 from .convert_job import ConvertJob, ConvertResult
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
+QUANTIZERS = ("auto", "nncf", "ort")
+ACTIVATIONS = {"nncf": "S8S8", "ort": "U8S8"}  # activation x weight integer types ONNX Runtime multiplies
+# ``auto`` keeps the faster recipe only if its mean cosine with FP32 is within this of the more accurate
+# one's: NanoDet-Plus-m's U8S8 (0.905 vs 0.992) is out, YOLO-FastestV2's (0.985 vs 0.985) is in
+RECIPE_COSINE_SLACK = 0.003
 
 
 def decode_tail_nodes(model: onnx.ModelProto, stop_types: tuple[str, ...] = ("Conv",)) -> list[str]:
@@ -91,6 +104,18 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     return info
 
 
+def _reduce_range(job: ConvertJob) -> bool:
+    """7-bit weights: x86 without VNNI multiplies u8 x s8 pairs with 16-bit saturation (AVX2's
+    vpmaddubsw), which 7-bit weights avoid. The option wins, then the target profile's
+    ``onnx_weight_bits``, then this host (x86 without VNNI/AMX)."""
+    if "onnx_reduce_range" in job.options:
+        return bool(job.options["onnx_reduce_range"])
+    if job.options.get("target"):
+        return job.options.get("onnx_weight_bits") == "7"
+    host = detect_host()
+    return host.is_x86 and not host.int8_fast
+
+
 def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
     opts = job.options
     method = opts.get("calib_method", "minmax")
@@ -99,8 +124,7 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
     extra_options: dict = {"ActivationSymmetric": False, "WeightSymmetric": True}
     if method == "percentile":
         extra_options["CalibPercentile"] = float(opts.get("calib_percentile", 99.999))
-    # x86 without VNNI multiplies u8 x s8 with 16-bit saturation: 7-bit weights avoid it
-    reduce_range = bool(opts.get("onnx_reduce_range", True))
+    reduce_range = _reduce_range(job)
     quantize_static(str(prepared), str(out), _TensorReader(job.manifest.input.name, job.calibration.tensors),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -110,12 +134,66 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
             "reduce_range": reduce_range}
 
 
+def _host_is_target(job: ConvertJob) -> tuple[bool, str]:
+    """Whether timing here tells how the package runs where it goes, and the host's name."""
+    host = detect_host()
+    name = f"{host.cpu or 'unknown CPU'} ({host.arch})"
+    target = job.options.get("target")
+    return target is None or target == host.suggested_target, name
+
+
+def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> tuple[str, dict]:
+    """The recipe ``auto`` ships, and the record of why: each candidate's accuracy against FP32 (the
+    budget's metric, else cosine on held-out images) and, when this host is the package's CPU, its
+    speed against FP32 timed interleaved."""
+    name = job.manifest.input.name
+    outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
+    budget, images = job.accuracy, "held-out"
+    metric = budget.metric if budget is not None else job.agreement
+    if metric is None:  # no held-out images: a spread of the calibration ones, said so in the record
+        metric = CosineAgreement(_runner(onnx.load(str(fp32)), name, outputs),
+                                 job.calibration.tensors[:: max(1, len(job.calibration) // 8)][:8])
+        images = "calibration"
+    value = {key: metric(_runner(onnx.load(str(path)), name, outputs)) for key, path in candidates.items()}
+    measured, host = _host_is_target(job)
+    speed: dict[str, float] = {}
+    if measured:
+        job.progress(f"onnx int8: timing {', '.join(candidates)} against FP32 on this host")
+        sessions = [_runner(onnx.load(str(path)), name, outputs) for path in (fp32, *candidates.values())]
+        feed = metric.images[0]
+        samples = interleaved_times([lambda s=s: s(feed) for s in sessions], rounds=10, inner=3)
+        medians = [float(np.median(t)) for t in samples]
+        speed = {key: medians[0] / ms for key, ms in zip(candidates, medians[1:])}
+    if budget is not None:
+        floor, rule = budget.target, f"meets the budget ({metric.name} >= {budget.target:.4f})"
+    else:
+        floor = max(value.values()) - RECIPE_COSINE_SLACK
+        rule = f"within {RECIPE_COSINE_SLACK} of the best cosine"
+    eligible = [key for key in candidates if value[key] >= floor] or [max(value, key=value.get)]
+    if speed:
+        chosen = max(eligible, key=speed.get)
+        why = f"the fastest on {host} whose {metric.name} is {rule}"
+        faster = [key for key in candidates if speed[key] > speed[chosen]]
+        why += "".join(f"; {key} is faster ({speed[key]:.2f}x FP32) but its {metric.name} {value[key]:.4f} is not"
+                       for key in faster)
+    else:
+        chosen = max(eligible, key=value.get)
+        why = f"the most accurate: speed not measured ({host} is not target {job.options.get('target')})"
+    record = {"chosen": chosen, "activations": ACTIVATIONS[chosen], "why": why, "host": host,
+              "metric": metric.name, "measured_on": f"{len(metric.images)} {images} images",
+              "candidates": {key: {"activations": ACTIVATIONS[key], metric.name: round(value[key], 5),
+                                   **({"speed_vs_fp32": round(speed[key], 3)} if speed else {})}
+                             for key in candidates}}
+    return chosen, record
+
+
 def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
-    """Options: ``onnx_quantizer`` (nncf | ort, default nncf), ``calib_method`` for ort (minmax |
-    entropy | percentile), ``onnx_keep_tail_float`` (default True)."""
-    quantizer = job.options.get("onnx_quantizer", "nncf")
-    if quantizer not in ("nncf", "ort"):
-        raise ValueError("onnx_quantizer must be nncf or ort")
+    """Options: ``onnx_quantizer`` (auto | nncf | ort, default auto), ``calib_method`` for ort
+    (minmax | entropy | percentile), ``onnx_keep_tail_float`` (default True), ``onnx_reduce_range``
+    (7-bit weights for ort; default from the target or host, ``_reduce_range``)."""
+    quantizer = job.options.get("onnx_quantizer") or "auto"
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"onnx_quantizer must be one of {', '.join(QUANTIZERS)}")
     if quantizer == "ort" and job.accuracy is not None:
         raise ValueError("accuracy-aware INT8 runs on NNCF: drop onnx_quantizer=ort (--onnx-quantizer ort)")
     out_name = "model_int8.onnx"
@@ -124,12 +202,29 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
         quant_pre_process(str(job.fp32_onnx), str(prepared), skip_symbolic_shape=False)
         model = onnx.load(str(prepared))
         excluded = decode_tail_nodes(model) if job.options.get("onnx_keep_tail_float", True) else []
-        job.progress(f"onnx int8: {quantizer} on {len(job.calibration)} images, {len(excluded)} tail nodes in float")
+        keys = ["nncf", "ort"] if quantizer == "auto" else [quantizer]
+        job.progress(f"onnx int8: {', '.join(keys)} on {len(job.calibration)} images, "
+                     f"{len(excluded)} tail nodes in float")
+        made: dict[str, tuple[Path, dict]] = {}
+        for key in keys:
+            path = Path(tmp) / f"{key}.onnx"
+            info = _quantize_nncf(job, model, excluded, path) if key == "nncf" else \
+                _quantize_ort(job, prepared, excluded, path)
+            made[key] = path, {"quantizer": key, "activations": ACTIVATIONS[key], **info}
+        chosen, recipe = quantizer, None
+        if len(made) > 1:
+            chosen, recipe = _choose_recipe(job, job.fp32_onnx, {key: path for key, (path, _) in made.items()})
+            for key, (_, made_info) in made.items():
+                recipe["candidates"][key].update({k: made_info[k] for k in ("tool", "reduce_range") if k in made_info})
+            job.progress(f"onnx int8: {chosen} ({ACTIVATIONS[chosen]}), {recipe['why']}")
+        path, info = made[chosen]
         # job.out_dir is convert's fresh staging folder: the file reaches the package by os.replace
-        if quantizer == "nncf":
-            info = _quantize_nncf(job, model, excluded, job.out_dir / out_name)
-        else:
-            info = _quantize_ort(job, prepared, excluded, job.out_dir / out_name)
-    info.update({"quantizer": quantizer, "format": "QDQ", "per_channel": True, "float_nodes": excluded})
+        shutil.move(path, job.out_dir / out_name)
+    info.update({"format": "QDQ", "per_channel": True, "float_nodes": excluded})
+    if recipe is not None:
+        info["recipe"] = recipe
+        if job.accuracy is not None and "accuracy_control" not in info:  # met as quantised, no layer in float
+            measured = recipe["candidates"][chosen][recipe["metric"]]
+            info["accuracy_control"] = job.accuracy.describe(measured, measured, [])
     return ConvertResult(file=out_name, outputs=list(job.manifest.artifact("onnx", "fp32").outputs),
                          extra={"quantization": info})

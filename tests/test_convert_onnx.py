@@ -50,7 +50,8 @@ def test_onnx_int8_artifact_is_recorded_and_close_to_fp32(int8_packages, key):
     art = manifest.artifact("onnx", "int8")
     assert art.sha256 == sha256_file(manifest.root / art.file)
     quant = art.extra["quantization"]
-    assert quant["format"] == "QDQ" and quant["quantizer"] == "nncf" and quant["float_nodes"]
+    assert quant["format"] == "QDQ" and quant["quantizer"] == quant["recipe"]["chosen"] and quant["float_nodes"]
+    assert activation_types(manifest.root / art.file) == quant["activations"]
     assert art.extra["calibration"] == {"source": "calib-coco-val2017", "kind": "folder", "images": CALIB_SIZE[key]}
     worst, mean = MIN_COSINE[key]
     agreement = art.extra["fp32_agreement"]
@@ -58,6 +59,57 @@ def test_onnx_int8_artifact_is_recorded_and_close_to_fp32(int8_packages, key):
     assert agreement["checked_on"] == {"held_out_images": 24, "source": "calib-coco-val2017"}
     # the graph really holds integer weights: its file is well under the FP32 size
     assert (manifest.root / art.file).stat().st_size < 0.7 * (manifest.root / "model.onnx").stat().st_size
+
+
+def activation_types(path: Path) -> str:
+    """'U8S8' or 'S8S8': the integer types of the graph's quantised activations and weights."""
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(path))
+    zero_points = {t.name: t.data_type for t in model.graph.initializer}
+    kinds = {zero_points[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert len(kinds) == 1, kinds
+    return {TensorProto.UINT8: "U8S8", TensorProto.INT8: "S8S8"}[kinds.pop()]
+
+
+def test_onnx_int8_recipe_is_chosen_by_what_was_measured(int8_packages):
+    """auto quantises with both recipes and ships the fastest on this host among those whose cosine is
+    within RECIPE_COSINE_SLACK of the best. NanoDet-Plus-m's U8S8 graph quantises each Conv before its
+    LeakyRelu: measured 0.905 against NNCF's 0.992, so NNCF ships whatever the speed. YOLO-FastestV2's
+    two are equal (0.985), so the faster ships: U8S8 on this VNNI CPU (1.33x FP32 against 0.70x)."""
+    from converters.quantize_onnx import RECIPE_COSINE_SLACK
+
+    for key, pkg in int8_packages.items():
+        recipe = load_manifest(pkg).artifact("onnx", "int8").extra["quantization"]["recipe"]
+        found = recipe["candidates"]
+        assert set(found) == {"nncf", "ort"} and recipe["metric"] == "cosine", recipe
+        assert recipe["measured_on"] == "24 held-out images"
+        assert all("speed_vs_fp32" in c for c in found.values()), recipe  # no target: this host is the CPU
+        best = max(c["cosine"] for c in found.values())
+        eligible = [k for k, c in found.items() if c["cosine"] >= best - RECIPE_COSINE_SLACK]
+        assert recipe["chosen"] == max(eligible, key=lambda k: found[k]["speed_vs_fp32"]), recipe
+        assert recipe["activations"] == found[recipe["chosen"]]["activations"]
+        if key == "nanodet-plus-m":
+            assert found["ort"]["cosine"] < found["nncf"]["cosine"] - 0.05 and recipe["chosen"] == "nncf", recipe
+
+
+def test_target_profile_sets_the_onnx_recipe_inputs(export, tmp_path):
+    """The x86 profile (AVX2, no VNNI) asks for 7-bit weights in the U8S8 graph; the speed is timed
+    only when this host is the profile's CPU, otherwise the more accurate recipe ships."""
+    from converters import Converter
+    from edge_runtime.deploy.hostinfo import detect_host
+
+    pkg = tmp_path / "yfv2"
+    shutil.copytree(export("yolo-fastestv2"), pkg)
+    art = Converter(pkg).to("onnx", "int8", fixture_path(CALIB), target="x86", calib_size=32).artifact("onnx", "int8")
+    recipe = art.extra["quantization"]["recipe"]
+    assert recipe["candidates"]["ort"]["reduce_range"] is True
+    here = detect_host().suggested_target == "x86"
+    assert all(("speed_vs_fp32" in c) == here for c in recipe["candidates"].values()), recipe
+    if not here:
+        assert "speed not measured" in recipe["why"] and "target x86" in recipe["why"]
+        assert recipe["chosen"] == max(recipe["candidates"], key=lambda k: recipe["candidates"][k]["cosine"])
 
 
 @pytest.mark.parametrize("key", ["nanodet-plus-m", "yolo-fastestv2"])

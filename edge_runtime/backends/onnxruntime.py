@@ -38,7 +38,10 @@ class OrtBackend(Backend):
     extra = "onnx"
     option_keys = frozenset({"device", "provider_options", "graph_optimization", "profile_prefix"})
     target_keys = (TargetKey("execution_provider", option="device", selects=True),
-                   TargetKey("provider_options", "table", option="provider_options", needs="execution_provider"))
+                   TargetKey("provider_options", "table", option="provider_options", needs="execution_provider"),
+                   # the converter's INT8 weights for ONNX Runtime's U8S8 kernels: 7 bits where the CPU
+                   # multiplies u8 x s8 pairs with 16-bit saturation (x86 without VNNI)
+                   TargetKey("onnx_weight_bits", "choice", choices=("8", "7")))
     import_file = (".onnx", "model.onnx")
     device_listing = DeviceListing("ort_providers", "ONNX Runtime providers", "onnxruntime",
                                    {"QNNExecutionProvider": "ort-qnn"})

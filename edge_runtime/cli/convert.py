@@ -47,8 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-map", default=None, metavar="JSON", help="label class -> model class names (as validate)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="calibration method of the 'ort' ONNX quantiser [minmax]")
-    p.add_argument("--onnx-quantizer", default="nncf", choices=["nncf", "ort"],
-                   help="ONNX INT8 by NNCF (bias correction, more accurate) or ONNX Runtime's quantize_static [nncf]")
+    p.add_argument("--onnx-quantizer", default="auto", choices=["auto", "nncf", "ort"],
+                   help="ONNX INT8 recipe: nncf (int8 activations, bias correction: accurate, often slower than "
+                        "FP32), ort (ONNX Runtime's quantize_static, uint8 activations: its fast kernels), or auto: "
+                        "both, and the fastest on this host whose cosine with FP32 is as good (or meets the "
+                        "budget); the manifest records both and why [auto]")
     p.add_argument("--ov-preset", default="mixed", choices=["mixed", "performance"],
                    help="NNCF preset for OpenVINO INT8 [mixed]")
     p.add_argument("--tflite-io", default=None, choices=target_keys()["tflite_io"][1].choices,

@@ -57,6 +57,11 @@ class _TargetMethods:
         return {option: dict(value) if isinstance(value, dict) else value
                 for option, value in values.items() if value is not None}
 
+    def converter_options(self) -> dict[str, Any]:
+        """The keys the profile sets that the converters read (TFLite I/O type, ONNX weight bits ...)."""
+        return {key.name: getattr(self, key.name) for _, key in target_keys().values()
+                if key.option is None and getattr(self, key.name) is not None}
+
     def require_runnable(self) -> None:
         """Raise a one-line error when this profile is documentation only (status "future")."""
         if self.status == "future":
