@@ -168,11 +168,11 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> 
         floor, rule = budget.target, f"meets the budget ({metric.name} >= {budget.target:.4f})"
     else:
         floor = max(value.values()) - RECIPE_COSINE_SLACK
-        rule = f"within {RECIPE_COSINE_SLACK} of the best cosine"
+        rule = f"is within {RECIPE_COSINE_SLACK} of the best"
     eligible = [key for key in candidates if value[key] >= floor] or [max(value, key=value.get)]
     if speed:
         chosen = max(eligible, key=speed.get)
-        why = f"the fastest on {host} whose {metric.name} is {rule}"
+        why = f"the fastest on {host} whose {metric.name} {rule}"
         faster = [key for key in candidates if speed[key] > speed[chosen]]
         why += "".join(f"; {key} is faster ({speed[key]:.2f}x FP32) but its {metric.name} {value[key]:.4f} is not"
                        for key in faster)
