@@ -22,6 +22,7 @@ import numpy as np
 
 import edge_runtime
 from edge_runtime.backends import open_backend
+from edge_runtime.budget import DEFAULT_MAX_COSINE_DROP
 from edge_runtime.compare import compare, judge
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.evaluation.labels import load_class_map, read_labels
@@ -36,8 +37,8 @@ from .convert_job import ConvertJob
 from .formats import CONVERTERS, REFERENCE, check_formats, check_precisions, skip_reason
 
 log = logging.getLogger(__name__)
-
-
+# the default INT8 budget (mean cosine >= 1 - DEFAULT_MAX_COSINE_DROP) needs at least this many held-out images
+MIN_HELD_OUT = 8
 
 
 @contextmanager
@@ -116,6 +117,40 @@ def _map_metric(manifest: Manifest, reference: Runner, data: str | Path, images:
     return MapMetric(reference, evaluation, make_family(manifest))
 
 
+def _no_search(fmt: str, options: dict[str, Any]) -> str | None:
+    """Why ``fmt``'s INT8 converter cannot search for a budget with these options (None: it can). Only the
+    default budget steps aside; an explicit one is the converter's error."""
+    if fmt == "onnx" and options.get("onnx_quantizer") == "ort":
+        return "the ort quantiser has no accuracy-aware search (--onnx-quantizer nncf has)"
+    if fmt == "tflite" and options.get("tflite_io") not in (None, "float32"):
+        return f"full-integer TFLite ({options['tflite_io']} I/O) keeps no layer in float"
+    return None
+
+
+def _budget_record(budget: AccuracyBudget | None, int8_min_cosine: float | None, max_map_drop: float | None,
+                   held_out: CalibrationSet | None, calibration: CalibrationSet, val_images: str | Path | None
+                   ) -> dict[str, Any]:
+    """The manifest's ``int8_budget``: ``max_drop`` as ``--max-drop`` reads it (None: no budget checked) and
+    one line saying what was checked on, or why nothing was."""
+    if budget is None:
+        if int8_min_cosine == 0:
+            return {"max_drop": "off", "set_by": "--int8-min-cosine 0", "note": "none (--int8-min-cosine 0)"}
+        have = 0 if held_out is None else len(held_out)
+        where = val_images if val_images is not None else f"{calibration.source} beyond the {len(calibration)} " \
+                                                          f"calibration images"
+        return {"max_drop": None, "set_by": None,
+                "note": f"none checked: {have} held-out images in {where}, the default budget needs "
+                        f"{MIN_HELD_OUT} (add images, lower --calib-size or pass --val-images DIR)"}
+    if max_map_drop is not None:
+        max_drop, set_by = f"map:{max_map_drop:g}", f"--max-map-drop {max_map_drop:g}"
+    else:
+        max_drop = f"cos:{budget.max_drop:.6g}"
+        set_by = f"--int8-min-cosine {int8_min_cosine:g}" if int8_min_cosine else "default"
+    images = len(budget.metric.images)
+    return {"max_drop": max_drop, "set_by": set_by, "validation_images": images,
+            "note": f"{max_drop} ({set_by}) on {images} held-out images"}
+
+
 def convert_package(package: str | Path, formats: list[str], precisions: list[str],
                     calib: str | Path | None = None, calib_size: int = 100, options: dict[str, Any] | None = None,
                     progress: Callable[[str], None] = lambda msg: None, int8_min_cosine: float | None = None,
@@ -126,10 +161,12 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
 
     INT8 needs ``calib`` (a folder of images, a video or a COCO json). Every new artifact is checked
     against FP32 ONNX on held-out images (``val_images``, else images of ``calib`` not used to
-    calibrate; the calibration images themselves only when there are no others). With
-    ``int8_min_cosine`` INT8 is accuracy-aware: layers go back to float until the mean per-image
-    cosine with FP32 on the held-out images reaches it; with ``max_map_drop`` (mAP points) until
-    the COCO mAP on the labelled ``val_data`` / ``val_images`` is within that of FP32's. Returns the
+    calibrate; the calibration images themselves only when there are no others). INT8 is accuracy-aware:
+    layers go back to float until the mean per-image cosine with FP32 on the held-out images reaches
+    ``int8_min_cosine`` (None: 0.99 when there are at least ``MIN_HELD_OUT`` held-out images, else no
+    budget; 0: no budget), or with ``max_map_drop`` (mAP points) until the COCO mAP on the labelled
+    ``val_data`` / ``val_images`` is within that of FP32's. The budget applied (or why none was) is
+    recorded in the manifest's ``int8_budget``, the default of ``--backend auto``'s. Returns the
     updated manifest.
 
     An artifact that fails its check (``edge_runtime.compare.judge``) is not listed and its file is
@@ -142,10 +179,10 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     check_precisions(precisions)
     if "int8" in precisions and calib is None:
         raise EdgeRuntimeError("INT8 needs calibration images: pass --calib FOLDER|VIDEO|COCO_JSON")
-    if int8_min_cosine is not None and not 0 < int8_min_cosine <= 1:
-        raise EdgeRuntimeError(f"--int8-min-cosine must be in (0, 1], got {int8_min_cosine}")
+    if int8_min_cosine is not None and not 0 <= int8_min_cosine <= 1:
+        raise EdgeRuntimeError(f"--int8-min-cosine must be in [0, 1] (0: no budget), got {int8_min_cosine}")
     if max_map_drop is not None:
-        if int8_min_cosine is not None:
+        if int8_min_cosine:
             raise EdgeRuntimeError("choose one INT8 budget: --max-map-drop or --int8-min-cosine")
         if max_map_drop < 0 or val_data is None:
             raise EdgeRuntimeError("--max-map-drop needs a drop >= 0 (mAP points) and labelled images: "
@@ -153,11 +190,12 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     calibration = CalibrationSet(calib, manifest.input, calib_size) if calib is not None else None
     held_out = _held_out(manifest, calibration, val_images, val_size) if calibration is not None else None
     agreement = budget = None
+    default_budget = False
     needs_reference = "int8" in precisions and (held_out is not None or max_map_drop is not None)
     reference = _fp32_runner(manifest) if needs_reference else None
     if held_out is not None and reference is not None:
         agreement = CosineAgreement(reference, held_out.tensors)
-    if int8_min_cosine is not None and "int8" in precisions:
+    if int8_min_cosine and "int8" in precisions:
         if agreement is None:
             raise EdgeRuntimeError(f"--int8-min-cosine needs held-out images: {calib} has none beyond the "
                                    f"{len(calibration)} used to calibrate; pass --val-images DIR")
@@ -165,6 +203,14 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     if max_map_drop is not None and "int8" in precisions:
         budget = AccuracyBudget(_map_metric(manifest, reference, val_data, val_images, val_format, class_map,
                                             progress), max_drop=max_map_drop / 100)
+    if "int8" in precisions:
+        default_budget = (budget is None and int8_min_cosine is None and held_out is not None
+                          and len(held_out) >= MIN_HELD_OUT)
+        if default_budget:
+            budget = AccuracyBudget(agreement, max_drop=DEFAULT_MAX_COSINE_DROP)
+        manifest = replace(manifest, int8_budget=_budget_record(budget, int8_min_cosine, max_map_drop, held_out,
+                                                                calibration, val_images))
+        progress(f"int8 budget: {manifest.int8_budget['note']}")
     check = held_out if held_out is not None else calibration
     if check is None:
         samples = [np.random.default_rng(0).standard_normal((1, 3, *manifest.input.size_hw)).astype(np.float32)]
@@ -190,10 +236,13 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
             int8 = precision == "int8"
             with tempfile.TemporaryDirectory(prefix=".convert-", dir=manifest.root) as stage:
                 staged = replace(manifest, root=Path(stage))
+                job_budget = budget if int8 else None
+                if job_budget is not None and default_budget and (reason := _no_search(fmt, options or {})):
+                    progress(f"{fmt} int8: without the default budget: {reason}")
+                    job_budget = None
                 with _missing_library_is_one_line(fmt, precision):  # converters import their libraries on use
                     result = convert(ConvertJob(manifest, fp32, precision, calibration, dict(options or {}),
-                                                progress, agreement if int8 else None, budget if int8 else None,
-                                                Path(stage)))
+                                                progress, agreement if int8 else None, job_budget, Path(stage)))
                 art = Artifact(file=result.file, format=fmt, precision=precision,
                                sha256=sha256_file(Path(stage) / result.file), outputs=tuple(result.outputs),
                                extra=result.extra)

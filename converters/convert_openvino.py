@@ -173,11 +173,12 @@ def _quantize(model: Any, job: ConvertJob, input_name: str) -> tuple[Any, dict[s
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
         job.progress(f"openvino int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
                      f"{len(budget.metric.images)} held-out images")
-        before = budget.metric(_runner(ov.compile_model(quantized, "CPU", _CPU_F32), input_name, outputs))
+        before = after = budget.metric(_runner(ov.compile_model(quantized, "CPU", _CPU_F32), input_name, outputs))
         plain_float = set(float_convs(quantized))
-        quantized = run_nncf_search(model, budget, input_name, tensors,
-                                    lambda compiled: _runner(compiled, input_name, outputs), **settings)
-        after = budget.metric(_runner(ov.compile_model(quantized, "CPU", _CPU_F32), input_name, outputs))
+        if before < budget.target:  # met as quantised: NNCF's search would quantise again to the same model
+            quantized = run_nncf_search(model, budget, input_name, tensors,
+                                        lambda compiled: _runner(compiled, input_name, outputs), **settings)
+            after = budget.metric(_runner(ov.compile_model(quantized, "CPU", _CPU_F32), input_name, outputs))
         info["accuracy_control"] = budget.describe(before, after, sorted(set(float_convs(quantized)) - plain_float))
     return quantized, {**info, "tool": "nncf.quantize", "preset": preset_name, "ignore_tail": ignore_tail,
                        "ignored_tail_ops": len(tail), "float_first_convs": float_depth, "float_convs": head,

@@ -94,11 +94,12 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
         job.progress(f"onnx int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
                      f"{len(budget.metric.images)} held-out images")
-        before = budget.metric(_runner(quantized, name, outputs))
+        before = after = budget.metric(_runner(quantized, name, outputs))
         plain_float = set(float_convs(quantized))
-        quantized = run_nncf_search(model, budget, name, job.calibration.tensors,
-                                    lambda proto: _runner(proto, name, outputs), **settings)
-        after = budget.metric(_runner(quantized, name, outputs))
+        if before < budget.target:  # met as quantised: NNCF's search would quantise again to the same model
+            quantized = run_nncf_search(model, budget, name, job.calibration.tensors,
+                                        lambda proto: _runner(proto, name, outputs), **settings)
+            after = budget.metric(_runner(quantized, name, outputs))
         info["accuracy_control"] = budget.describe(before, after, sorted(set(float_convs(quantized)) - plain_float))
     onnx.save(quantized, str(out))
     return info

@@ -1,6 +1,8 @@
-"""``--backend auto``: time each runnable, verified artifact briefly on this host, pick the fastest,
-and remember the choice in the package (``autoselect.json``) so the next start is instant. An artifact
-that failed its check against FP32 (``Artifact.verified``) is never a candidate."""
+"""``--backend auto``: time each runnable, verified artifact briefly on this host, pick the fastest whose
+recorded accuracy drop against FP32 is within the budget (``budget.DropBudget``), and remember the choice in
+the package (``autoselect.json``, keyed by host, threads, artifacts and budget) so the next start is instant.
+An artifact that failed its check against FP32 (``Artifact.verified``) is never a candidate, nor one over
+the budget, not even when a cached choice names it."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from .backends import installed_backends, open_backend
+from .budget import DropBudget, Judgement, budget_for
 from .deploy.hostinfo import cpu_summary
 from .errors import ModelLoadError
 from .fsutil import atomic_write_text
@@ -21,9 +25,10 @@ log = logging.getLogger(__name__)
 CACHE_NAME = "autoselect.json"
 
 
-def _host_key(manifest: Manifest, candidates: list[Artifact], threads: int) -> str:
+def _host_key(candidates: list[Artifact], threads: int, budget: DropBudget) -> str:
     host = cpu_summary()
-    ident = json.dumps([host["cpu"], host["arch"], host["flags"], threads, sorted(a.sha256 for a in candidates)])
+    ident = json.dumps([host["cpu"], host["arch"], host["flags"], threads, sorted(a.sha256 for a in candidates),
+                        str(budget)])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -42,13 +47,51 @@ def measure(manifest: Manifest, art: Artifact, threads: int, runs: int = 10) -> 
     return float(np.median(times))
 
 
+@dataclass(frozen=True)
+class AutoChoice:
+    """What auto chose and why: every runnable verified artifact's measured median (ms; empty when there
+    was only one) and its recorded drop judged against ``budget``."""
+
+    artifact: Artifact
+    budget: DropBudget
+    median_ms: dict[str, float]
+    judged: dict[str, Judgement]
+    cached: bool = False
+
+    @property
+    def over_budget(self) -> list[str]:
+        return [key for key, verdict in self.judged.items() if not verdict.within]
+
+    def explain(self) -> str:
+        """One line: the choice, its time and recorded drop, the budget, and each artifact the budget excluded."""
+        key = self.artifact.key
+        facts = [f"{self.median_ms[key]:.2f} ms" if key in self.median_ms else "not timed: the only candidate"]
+        facts += [self.judged[key].drop] if key in self.judged else []
+        line = f"auto: {key} ({self.artifact.file}, {', '.join(facts)}), budget {self.budget} ({self.budget.source})"
+        excluded = [f"{k} ({f'{self.median_ms[k]:.2f} ms, ' if k in self.median_ms else ''}{self.judged[k].drop})"
+                    for k in self.over_budget]
+        line += f"; excluded, over budget: {', '.join(excluded)}" if excluded else ""
+        return line + ("; timings cached" if self.cached else "")
+
+
 def auto_candidates(manifest: Manifest, precision: str | None = None) -> list[Artifact]:
-    """The artifacts auto may choose: verified, of ``precision`` (None: any), with a backend installed."""
+    """The artifacts auto may time: verified, of ``precision`` (None: any), with a backend installed."""
     runnable = installed_backends()
     return [a for a in manifest.artifacts if a.verified and a.format in runnable and precision in (None, a.precision)]
 
 
-def fastest_artifact(manifest: Manifest, threads: int, precision: str | None = None) -> Artifact:
+def fastest_artifact(manifest: Manifest, threads: int, precision: str | None = None,
+                     max_drop: str | DropBudget | None = None) -> Artifact:
+    """The fastest runnable verified artifact within the accuracy budget (see ``choose_artifact``)."""
+    return choose_artifact(manifest, threads, precision, max_drop).artifact
+
+
+def choose_artifact(manifest: Manifest, threads: int, precision: str | None = None,
+                    max_drop: str | DropBudget | None = None) -> AutoChoice:
+    """Auto's choice with its reasons. ``max_drop``: a ``DropBudget`` or its text ('cos:0.01', 'map:0.5',
+    'off'); None: the budget convert recorded in the package, else the built-in cos:0.01. Raises
+    ``ModelLoadError`` when no runnable verified artifact is within the budget (naming each one's drop)."""
+    budget = budget_for(manifest, max_drop)
     choices = auto_candidates(manifest, precision)
     if not choices:
         wanted = [a for a in manifest.artifacts if precision in (None, a.precision)]
@@ -57,24 +100,36 @@ def fastest_artifact(manifest: Manifest, threads: int, precision: str | None = N
             raise ModelLoadError(f"{manifest.path}: no verified artifact to choose from; failed their check "
                                  f"against FP32: {failed}")
         # a verified one whose backend is missing: opening it names the extra to install
-        return next((a for a in wanted if a.verified), None) or manifest.artifact(None, precision)
+        art = next((a for a in wanted if a.verified), None) or manifest.artifact(None, precision)
+        return AutoChoice(art, budget, {}, {})
+    judged = {a.key: budget.judge(a) for a in choices}
+    within = [a for a in choices if judged[a.key].within]
+    if not within:
+        drops = "; ".join(f"{key}: {verdict.drop}" for key, verdict in judged.items())
+        raise ModelLoadError(f"{manifest.path}: no {precision + ' ' if precision else ''}artifact is within the "
+                             f"accuracy budget {budget} ({budget.source}): {drops}; pass a looser --max-drop "
+                             f"(or --max-drop off)")
     if len(choices) == 1:
-        return choices[0]
-    key = _host_key(manifest, choices, threads)
+        return AutoChoice(within[0], budget, {}, judged)
+    key = _host_key(choices, threads, budget)
     cache_path = manifest.root / CACHE_NAME
     try:
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         cache = {}
     entry = cache.get(key)
-    if entry is None or entry.get("choice") not in {a.key for a in choices}:
+    cached = (isinstance(entry, dict) and entry.get("choice") in {a.key for a in within}
+              and isinstance(entry.get("median_ms"), dict) and set(entry["median_ms"]) == set(judged))
+    if not cached:
         timings = {a.key: measure(manifest, a, threads) for a in choices}
-        entry = {"choice": min(timings, key=timings.get), "median_ms": timings, "threads": threads,
-                 "host": cpu_summary()["cpu"], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        entry = {"choice": min((a.key for a in within), key=timings.get), "median_ms": timings,
+                 "budget": str(budget), "over_budget": {k: v.drop for k, v in judged.items() if not v.within},
+                 "threads": threads, "host": cpu_summary()["cpu"], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         cache[key] = entry
         log.info("auto backend: %s", ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(timings.items(), key=lambda kv: kv[1])))
         try:
             atomic_write_text(cache_path, json.dumps(cache, indent=2))  # a linked cache is refused (an OSError)
         except OSError:  # a read-only package still works, it just measures again next time
             log.debug("cannot cache the auto choice in %s", cache_path)
-    return next(a for a in choices if a.key == entry["choice"])
+    chosen = next(a for a in within if a.key == entry["choice"])
+    return AutoChoice(chosen, budget, {k: float(v) for k, v in entry["median_ms"].items()}, judged, cached)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from .budget import DropBudget, budget_for, recorded_accuracy
 from .compare import compare
 from .deploy.hostinfo import cpu_summary
 from .deploy.targets import Target, efficiency
@@ -94,12 +95,16 @@ def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
 def bench_package(package: str | Path, threads: int | None = None, warmup: int = 5, iters: int = 50,
                   image: str | Path | None = None, isolate: bool = True, options: dict[str, Any] | None = None,
                   progress: Callable[[str], None] = lambda msg: None, target: Target | None = None,
-                  worker: Callable[..., dict[str, Any]] = bench_artifact) -> dict[str, Any]:
+                  worker: Callable[..., dict[str, Any]] = bench_artifact,
+                  max_drop: str | DropBudget | None = None) -> dict[str, Any]:
     """Benchmark each artifact of ``package``; ``isolate`` runs each in its own process, and an artifact
     whose process crashes is listed under ``failed`` (one line each) while the others are measured.
     ``target`` adds its delegate / execution provider / device to each backend's options. ``worker``
-    measures one artifact (``bench_artifact``'s arguments; tests pass one that crashes)."""
+    measures one artifact (``bench_artifact``'s arguments; tests pass one that crashes). ``max_drop``: the
+    accuracy budget (as ``--backend auto`` takes it) that names ``fastest_within_budget``, auto's rule on
+    this run's timings."""
     manifest = load_manifest(package)
+    budget = budget_for(manifest, max_drop)
     frame = read_image(Path(image)) if image else synthetic_image(manifest.input.size_hw)
     rows, failed = [], []
     for art in manifest.artifacts:
@@ -127,28 +132,20 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
         art = by_key[f"{r['format']}-{r['precision']}"]
         r["verified"], r["verification"] = art.verified, art.verdict.describe()
         r["recorded_accuracy"] = recorded_accuracy(art.extra)
+        judged = budget.judge(art)
+        r["within_budget"], r["recorded_drop"] = judged.within, judged.drop
     # the fastest is named among verified artifacts only: a fast wrong one is no answer
     fastest = min((r for r in rows if r["verified"]), key=lambda r: r["latency_ms"]["median"], default=None)
+    within = min((r for r in rows if r["verified"] and r["within_budget"]), key=lambda r: r["latency_ms"]["median"],
+                 default=None)
     for r in rows:
         del r["outputs"]
     macs = next((a.extra.get("macs") for a in manifest.artifacts if a.format == "onnx" and a.precision == "fp32"), None)
     return {"package": str(manifest.root), "model": manifest.name, "input": list(manifest.input.shape),
             "threads": rows[0]["threads"], "warmup": warmup, "iters": iters, "isolated": isolate,
             "host": cpu_summary(), "baseline": base["artifact"], "macs": macs, "results": rows, "failed": failed,
-            "fastest_verified": fastest["artifact"] if fastest else None}
-
-
-def recorded_accuracy(extra: dict[str, Any]) -> dict[str, float]:
-    """What convert measured against FP32 for this artifact: the mean per-image output cosine on its
-    held-out images and, for an INT8 made against a labelled budget, the mAP drop in points."""
-    found: dict[str, float] = {}
-    agreement = extra.get("fp32_agreement", {})
-    if "cosine_mean" in agreement or "cosine" in agreement:
-        found["cosine_mean"] = float(agreement.get("cosine_mean", agreement.get("cosine")))
-    control = extra.get("quantization", {}).get("accuracy_control") or {}
-    if control.get("metric") == "map" and "drop" in control:
-        found["map_drop_points"] = 100 * float(control["drop"])
-    return found
+            "fastest_verified": fastest["artifact"] if fastest else None, "budget": str(budget),
+            "budget_source": budget.source, "fastest_within_budget": within["artifact"] if within else None}
 
 
 def _ratio_cell(row: dict[str, Any]) -> str:
@@ -208,5 +205,9 @@ def bench_table(report: dict[str, Any]) -> str:
     failed = [f"{r['artifact']}: {r['verification']}" for r in report["results"] if not r["verified"]]
     fastest = (f"fastest verified: {report['fastest_verified']}" if report["fastest_verified"]
                else "fastest verified: none (no artifact passed its check against FP32)")
-    return "\n".join([head, table, fastest] + [f"not chosen, failed its check: {line}" for line in failed]
+    over = [f"{r['artifact']} ({r['recorded_drop']})" for r in report["results"] if r["verified"] and
+            not r["within_budget"]]
+    auto = (f"auto's choice within the accuracy budget {report['budget']} ({report['budget_source']}): "
+            f"{report['fastest_within_budget'] or 'none'}" + (f"; over budget: {', '.join(over)}" if over else ""))
+    return "\n".join([head, table, fastest, auto] + [f"not chosen, failed its check: {line}" for line in failed]
                      + ([f"slower than its own FP32 on this CPU: {', '.join(slower)}"] if slower else []))

@@ -10,8 +10,9 @@ from typing import Any, overload
 
 import numpy as np
 
-from .autoselect import fastest_artifact
+from .autoselect import AutoChoice, choose_artifact
 from .backends import Backend, open_backend
+from .budget import DropBudget
 from .deploy.hostinfo import physical_cores
 from .deploy.targets import Target, runtime_choice
 from .detections import Detections
@@ -24,10 +25,12 @@ from .preprocess import ImageMeta
 log = logging.getLogger(__name__)
 
 
-def artifact_to_run(manifest: Manifest, backend: str, precision: str | None, threads: int) -> Artifact:
+def artifact_to_run(manifest: Manifest, backend: str, precision: str | None, threads: int,
+                    max_drop: str | DropBudget | None = None) -> Artifact:
     """Pick the artifact to run: ``backend`` is an artifact format (a key of ``edge_runtime.backends.BACKENDS``)
-    or "auto" (the fastest runnable verified artifact on this host, measured once and cached). A named
-    artifact that failed its check against FP32 still runs, with a warning."""
+    or "auto" (the fastest runnable verified artifact on this host within the accuracy budget ``max_drop``,
+    measured once and cached: ``autoselect.choose_artifact``). A named artifact that failed its check against
+    FP32 still runs, with a warning."""
     if backend != "auto":
         verified = (a for a in manifest.artifacts if a.verified and a.format == backend
                     and precision in (None, a.precision))
@@ -36,7 +39,7 @@ def artifact_to_run(manifest: Manifest, backend: str, precision: str | None, thr
             log.warning("%s: %s has no passing check against FP32 (%s); its detections may be wrong",
                         manifest.path, art.file, art.verdict.describe())
         return art
-    return fastest_artifact(manifest, threads, precision)
+    return choose_artifact(manifest, threads, precision, max_drop).artifact
 
 
 class Detector:
@@ -48,15 +51,25 @@ class Detector:
 
     ``target`` (a profile name, .toml path or ``Target``) fills in what ``backend``, ``precision`` and
     ``threads`` leave open (see ``deploy.targets.runtime_choice``); ``options`` override its backend options.
+    ``max_drop``: the accuracy budget of ``backend="auto"`` ('cos:0.01', 'map:0.5', 'off' or a
+    ``budget.DropBudget``; None: the package's, see ``budget.budget_for``); ``auto_choice`` then says
+    what was chosen and why (``auto_choice.explain()``).
     """
 
     def __init__(self, package: str | Path, target: str | Target | None = None, backend: str = "auto",
                  precision: str | None = None, threads: int | None = None, options: dict[str, Any] | None = None,
-                 score_threshold: float | None = None, nms_iou: float | None = None) -> None:
+                 score_threshold: float | None = None, nms_iou: float | None = None,
+                 max_drop: str | DropBudget | None = None) -> None:
         self.manifest = load_manifest(package)
         choice = runtime_choice(self.manifest, target, backend, precision, threads, options)
         self.threads = choice.threads or physical_cores()
-        self.artifact = artifact_to_run(self.manifest, choice.backend, choice.precision, self.threads)
+        self.auto_choice: AutoChoice | None = None
+        if choice.backend == "auto":
+            self.auto_choice = choose_artifact(self.manifest, self.threads, choice.precision, max_drop)
+            self.artifact = self.auto_choice.artifact
+            log.info("%s", self.auto_choice.explain())
+        else:
+            self.artifact = artifact_to_run(self.manifest, choice.backend, choice.precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
         # options come from the caller (CLI flags, a target profile), never from the package
         self.backend: Backend = open_backend(path, self.artifact.format, self.threads, choice.options)

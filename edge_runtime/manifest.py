@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import option_keys
+from .budget import check_recorded_budget
 from .compare import Verdict, judge
 from .errors import ManifestError, ModelLoadError
 from .fsutil import atomic_write_text
@@ -113,6 +114,8 @@ class Manifest:
     postprocess: dict[str, float]
     artifacts: tuple[Artifact, ...]
     produced_by: dict[str, Any]
+    # the INT8 accuracy budget convert applied (``max_drop`` as --max-drop reads it, null: none checked)
+    int8_budget: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -176,6 +179,7 @@ class Manifest:
             "artifacts": [{"file": a.file, "format": a.format, "precision": a.precision, "sha256": a.sha256,
                            "outputs": list(a.outputs), **a.extra} for a in self.artifacts],
             "produced_by": self.produced_by,
+            **({"int8_budget": self.int8_budget} if self.int8_budget is not None else {}),
         }
 
     def save(self) -> Path:
@@ -324,6 +328,8 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
         if not all(isinstance(v, kind) and not isinstance(v, bool) for v in inp[key]):
             raise ManifestError(f"{where}: input.{key} must hold numbers, got {inp[key]}")
     _check_numbers(where, data)
+    if "int8_budget" in data:
+        check_recorded_budget(where, data["int8_budget"])
     if len(inp["shape"]) != 4 or inp["layout"] not in ("NCHW", "NHWC"):
         raise ManifestError(f"{where}: input.shape must have 4 dims and input.layout be NCHW or NHWC")
     _check_shape(where, "input.shape", inp["shape"])
@@ -363,6 +369,7 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
         postprocess=dict(data["postprocess"]),
         artifacts=tuple(artifacts),
         produced_by=dict(data.get("produced_by", {})),
+        int8_budget=data.get("int8_budget"),
     )
 
 

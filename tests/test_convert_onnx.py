@@ -32,7 +32,8 @@ def int8_packages(export, tmp_path_factory):
     for key in ("nanodet-plus-m", "yolo-fastestv2"):
         pkg = tmp_path_factory.mktemp("int8") / key
         shutil.copytree(export(key), pkg)
-        convert_package(pkg, ["onnx"], ["int8"], calib=fixture_path(CALIB), calib_size=CALIB_SIZE[key])
+        convert_package(pkg, ["onnx"], ["int8"], calib=fixture_path(CALIB), calib_size=CALIB_SIZE[key],
+                        int8_min_cosine=0)  # plain INT8 (the budget: test_int8_accuracy, test_autoselect_budget)
         out[key] = pkg
     return out
 

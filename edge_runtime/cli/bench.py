@@ -12,9 +12,11 @@ from ..evaluation.metrics import ENGINES
 from .common import (
     add_command,
     add_json_option,
+    add_max_drop_option,
     add_output_file,
     add_package_argument,
     add_threads_option,
+    max_drop_budget,
     progress,
     write_json,
 )
@@ -24,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "bench", cmd_bench, help="latency table of every artifact in a package",
         description="Measure each artifact (warm-up, then timed runs): median/p90 latency, FPS, end-to-end time "
-                    "with pre/post-processing, and speed relative to FP32. An artifact whose worker process crashes "
-                    "gets one error line, the others are still measured (exit status 1).",
+                    "with pre/post-processing, speed relative to FP32 ONNX and to its own backend's FP32, the "
+                    "accuracy drop convert recorded, and which artifact --backend auto picks within --max-drop. An "
+                    "artifact whose worker process crashes gets one error line, the others are still measured (exit "
+                    "status 1).",
         examples=["edge-runtime bench pkg/ --json bench.json",
                   "edge-runtime bench pkg/ --target rpi4 --iters 100   # + roofline vs the profile's peak"])
     add_package_argument(p)
@@ -39,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default=None,
                    help="target profile: its delegate / execution provider / device, and a roofline line per "
                         "artifact (GFLOP/s reached vs the profile's peak)")
+    add_max_drop_option(p)
 
     p = add_command(
         sub, "validate", cmd_validate,
@@ -86,10 +91,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import bench_package, bench_table
     from ..deploy.targets import runnable_target
 
+    budget = max_drop_budget(args)
     target = runnable_target(args.target) if args.target else None
     report = bench_package(args.package, threads=args.threads or (target.threads if target else None),
                            warmup=args.warmup, iters=args.iters, image=args.image, isolate=not args.no_isolate,
-                           progress=progress, target=target)
+                           progress=progress, target=target, max_drop=budget)
     print(bench_table(report))
     if target is not None:
         from ..bench import roofline

@@ -104,6 +104,24 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None = No
                         help=help or "inference threads [physical cores]")
 
 
+def add_max_drop_option(parser: argparse.ArgumentParser) -> None:
+    """``--max-drop BUDGET``: the accuracy budget of ``--backend auto`` (``edge_runtime.budget``)."""
+    parser.add_argument("--max-drop", default=None, metavar="BUDGET",
+                        help="accuracy budget of --backend auto: it picks the fastest artifact whose drop against "
+                             "FP32, as convert recorded it, is within BUDGET: cos:D (1 - mean per-image output "
+                             "cosine on held-out images, e.g. cos:0.01), map:P (COCO mAP points, e.g. map:0.5; an "
+                             "artifact without a recorded mAP drop is judged by cos when BUDGET also names it, "
+                             "else not chosen), map:P,cos:D, or off. FP32 counts as no drop [the INT8 budget "
+                             "convert recorded in the package, else cos:0.01]")
+
+
+def max_drop_budget(args: argparse.Namespace) -> Any:
+    """``--max-drop`` read before any work (a bad value: one usage line, exit status 2); None when not given."""
+    from ..budget import parse_budget
+
+    return None if args.max_drop is None else parse_budget(args.max_drop)
+
+
 def add_precisions_option(p: argparse.ArgumentParser, default: str | None, help: str) -> None:
     """``--precisions a,b``: a list (the singular ``--precision`` elsewhere is one value; it stays
     accepted here, hidden)."""

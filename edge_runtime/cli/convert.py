@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "convert", cmd_convert, help="add ONNX INT8, OpenVINO and TFLite artifacts to a package (host)",
         description="Convert the package's FP32 ONNX into more formats and precisions. Every new artifact is run by "
                     "the device-side backend and compared with FP32 ONNX; only one that passes its check (FP32/FP16: "
-                    "worst-image cosine >= 0.999; INT8: its budget when given, else mean cosine >= 0.90 and worst >= "
-                    "0.50) is written into the package and manifest.json. A refused artifact is one error line and "
+                    "worst-image cosine >= 0.999; INT8: its budget, by default mean cosine >= 0.99 on held-out "
+                    "images) is written into the package and manifest.json. A refused artifact is one error line and "
                     "exit status 1; the others are still written.",
         examples=["edge-runtime convert pkg/ --to onnx,openvino --precisions fp32,int8 --calib calib/",
                   "edge-runtime convert pkg/ --target edgetpu --calib calib/   # exactly what the target runs"])
@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-size", type=int, default=100, help="calibration images [100]")
     p.add_argument("--int8-min-cosine", type=float, default=None, metavar="C",
                    help="accuracy-aware INT8 (ONNX, OpenVINO, TFLite): keep the most sensitive layers in float until "
-                        "the mean per-image output cosine with FP32 on held-out images reaches C (e.g. 0.99)")
+                        "the mean per-image output cosine with FP32 on held-out images reaches C; 0: no budget "
+                        "[0.99 when --calib (or --val-images) leaves at least 8 held-out images, else none; the "
+                        "budget is recorded in the manifest as --backend auto's default --max-drop]")
     p.add_argument("--val-images", default=None, metavar="DIR",
                    help="held-out images to check every artifact on [images of --calib not used to calibrate]")
     p.add_argument("--val-size", type=int, default=24, help="held-out images to use [24]")
@@ -94,6 +96,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if checked:
         print("cosine vs FP32 ONNX per image (lowest over outputs) on " +
               ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in checked.items()))
+    if manifest.int8_budget is not None:
+        print(f"int8 budget: {manifest.int8_budget['note']}")
     for line in refused:
         print(f"error: {line}", file=sys.stderr)
     return 1 if refused else 0

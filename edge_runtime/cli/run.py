@@ -17,11 +17,13 @@ from ..urls import redact_url
 from .common import (
     add_command,
     add_json_option,
+    add_max_drop_option,
     add_output_file,
     add_output_folder,
     add_package_argument,
     add_threads_option,
     json_target,
+    max_drop_budget,
     write_json,
 )
 
@@ -32,8 +34,9 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """The package and how to run it (run's flags; --precision is one value)."""
     add_package_argument(p)
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
-                   help="artifact format to run, or auto (the fastest this host can run, measured once and cached "
-                        "in the package) [auto]")
+                   help="artifact format to run, or auto (the fastest this host can run within --max-drop, "
+                        "measured once and cached in the package) [auto]")
+    add_max_drop_option(p)
     p.add_argument("--precision", default=None, choices=ALL_PRECISIONS, help="artifact precision to run [any]")
     add_threads_option(p)
     p.add_argument("--device", default=None,
@@ -162,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.reconnect_tries is not None and args.reconnect_tries < 0:
         raise UsageError(f"--reconnect-tries {args.reconnect_tries}: must be 0 or more")
     backoff = reconnect_backoff(args.reconnect_backoff)
+    budget = max_drop_budget(args)
     stop = threading.Event()
     with ExitStack() as cleanup:
         signals = cleanup.enter_context(stop_on_signals(stop))
@@ -174,7 +178,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         # --device / --delegate override the --target profile's delegate, execution provider or device
         flags = {k: v for k, v in (("device", args.device), ("delegate", args.delegate)) if v}
         detector = Detector(args.package, target=args.target, backend=args.backend, precision=args.precision,
-                            threads=args.threads, options=flags, score_threshold=args.conf, nms_iou=args.iou)
+                            threads=args.threads, options=flags, score_threshold=args.conf, nms_iou=args.iou,
+                            max_drop=budget)
+        if detector.auto_choice is not None:
+            print(detector.auto_choice.explain(), file=sys.stderr)
         warn_float_ops(detector)
         source = open_source(args.source, reconnect_tries=args.reconnect_tries, reconnect_backoff=backoff)
         show = args.show == "yes" or (args.show == "auto" and source.stream and display_available())
