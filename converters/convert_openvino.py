@@ -254,7 +254,11 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
 
         job.progress(f"openvino int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
                      f"{len(budget.metric.images)} held-out images, {config['INFERENCE_PRECISION_HINT']}")
-        before = measure(quantized)
+        # "before": the recipe without the search (with the Concat pass, as "after" has it)
+        plain = quantized.clone()
+        if concat_pass:
+            quantize_concat_inputs(plain, tensors, input_name)
+        before = measure(plain)
         plain_float = set(float_convs(quantized))
         quantized = run_nncf_search(model, budget, input_name, tensors,
                                     lambda compiled: _runner(compiled, input_name, outputs), **settings)
