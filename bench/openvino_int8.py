@@ -3,8 +3,9 @@
     python bench/openvino_int8.py PKG --calib ../shared/fixtures/images/calib-coco-val2017 --calib-size 32
 
 Each variant is an IR made by ``converters.convert_openvino`` (the code ``edge-runtime convert`` runs)
-with a set of converter options, compiled with an ``INFERENCE_PRECISION_HINT`` (f32, as the runtime
-backend pins on CPU, or bf16 for the float parts). All models run in one process, 2 threads, on the
+with a set of converter options (``int8`` is the default recipe, with the Concat pass; ``int8-plain`` and
+its variants are without it), compiled with an ``INFERENCE_PRECISION_HINT`` given per variant (f32, or
+bf16 for the float parts, which the runtime uses for an INT8 IR on a CPU with BF16). All models run in one process, 2 threads, on the
 same preprocessed image; the rounds take turns and rotate (``interleaved_times``), so a machine shared
 with other work slows them alike: only the ratios mean something there, not the milliseconds.
 
@@ -30,37 +31,38 @@ from int8_probe import fp32_cosines, heading, image_sets, probe_arguments  # ben
 
 from converters.compress.lowrank import interleaved_times
 from converters.convert_job import ConvertJob
-from converters.convert_openvino import convert_openvino, decode_tail
+from converters.convert_openvino import convert_openvino
 from edge_runtime.backends import open_backend
 from edge_runtime.deploy.hostinfo import cpu_summary
 from edge_runtime.manifest import load_manifest
 
-# IR name -> (precision, converter options, post-pass on the converted IR or None);
-# "int8" is what `convert --precisions int8` makes today
-IRS: dict[str, tuple[str, dict[str, Any], str | None]] = {
-    "fp32": ("fp32", {}, None),
-    "int8": ("int8", {}, None),
-    "int8-performance": ("int8", {"ov_preset": "performance"}, None),
-    "int8-first-int8": ("int8", {"ov_float_first_convs": 0}, None),
-    "int8-tail-int8": ("int8", {"ov_ignore_tail": False}, None),
-    "int8-all-int8": ("int8", {"ov_float_first_convs": 0, "ov_ignore_tail": False}, None),
-    "int8-concat": ("int8", {}, "concat"),
-    "int8-concat-first-int8": ("int8", {"ov_float_first_convs": 0}, "concat"),
+# IR name -> (precision, converter options); "int8" is what `convert --precisions int8` makes, "int8-plain"
+# the same without the Concat pass (`quantize_concat_inputs`), and the variants of that
+PLAIN = {"ov_quantize_concat_inputs": False}
+IRS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fp32": ("fp32", {}),
+    "int8-plain": ("int8", PLAIN),
+    "int8-performance": ("int8", {**PLAIN, "ov_preset": "performance"}),
+    "int8-first-int8": ("int8", {**PLAIN, "ov_float_first_convs": 0}),
+    "int8-tail-int8": ("int8", {**PLAIN, "ov_ignore_tail": False}),
+    "int8-all-int8": ("int8", {**PLAIN, "ov_float_first_convs": 0, "ov_ignore_tail": False}),
+    "int8": ("int8", {}),
+    "int8-first-int8-concat": ("int8", {"ov_float_first_convs": 0}),
 }
 # variant name -> (IR name, INFERENCE_PRECISION_HINT)
 VARIANTS: dict[str, tuple[str, str]] = {
     "fp32": ("fp32", "f32"),
     "fp32/bf16": ("fp32", "bf16"),
-    "int8": ("int8", "f32"),
-    "int8/bf16": ("int8", "bf16"),
+    "int8-plain": ("int8-plain", "f32"),
+    "int8-plain/bf16": ("int8-plain", "bf16"),
     "int8-performance": ("int8-performance", "f32"),
     "int8-first-int8": ("int8-first-int8", "f32"),
     "int8-tail-int8": ("int8-tail-int8", "f32"),
     "int8-all-int8": ("int8-all-int8", "f32"),
     "int8-all-int8/bf16": ("int8-all-int8", "bf16"),
-    "int8-concat": ("int8-concat", "f32"),
-    "int8-concat/bf16": ("int8-concat", "bf16"),
-    "int8-concat-first-int8": ("int8-concat-first-int8", "f32"),
+    "int8": ("int8", "f32"),
+    "int8/bf16": ("int8", "bf16"),
+    "int8-first-int8-concat": ("int8-first-int8-concat", "f32"),
 }
 
 
@@ -92,56 +94,6 @@ def layer_profile(backend: Any, feed: dict[str, np.ndarray], runs: int) -> list[
             for name, ms in total.items()]
 
 
-def quantize_concat_inputs(model: Any, tensors: list[np.ndarray], input_name: str) -> int:
-    """Put a FakeQuantize (256 levels, the input's min..max over ``tensors``) on every float input of
-    the Concats outside the decode tail that NNCF left partly or wholly float; returns how many.
-
-    NNCF quantises the inputs of convolutions and moves the quantizers up through data-movement ops
-    only while every consumer wants them: in a ShuffleNetV2 unit the channel split feeds a conv (the
-    branch) and the next Concat (the pass-through half), so its quantizer stops below the split and
-    the Concat -> ShuffleChannels (or Gather) -> Split chain runs in f32 on full-size tensors. With
-    both Concat inputs quantized, the CPU plugin's low-precision pass runs that chain in u8."""
-    import openvino as ov
-    import openvino.opset13 as ops
-
-    tail = set(decode_tail(model))
-    sources = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "Concat" or op.get_friendly_name() in tail:
-            continue
-        for port in op.inputs():
-            src = port.get_source_output()
-            if src.get_node().get_type_name() not in ("FakeQuantize", "Constant"):
-                sources.append((port, src))
-    if not sources:
-        return 0
-    # ranges: run the model with the sources as extra outputs (a copy: add_outputs changes the model)
-    probe = model.clone()
-    by_name = {op.get_friendly_name(): op for op in probe.get_ordered_ops()}
-    extra = [by_name[src.get_node().get_friendly_name()].output(src.get_index()) for _, src in sources]
-    probe.add_outputs(extra)
-    compiled = ov.compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    first = len(compiled.outputs) - len(extra)
-    lows = np.full(len(extra), np.inf)
-    highs = np.full(len(extra), -np.inf)
-    for tensor in tensors:
-        request.infer({input_name: tensor})
-        for i in range(len(extra)):
-            value = request.get_output_tensor(first + i).data
-            lows[i] = min(lows[i], float(value.min()))
-            highs[i] = max(highs[i], float(value.max()))
-    for (port, src), low, high in zip(sources, lows, highs):
-        low = min(low, 0.0)  # zero must be exact (padding, the LeakyRelu's kink)
-        lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
-        fq = ops.fake_quantize(src, lo, hi, lo, hi, 256)
-        fq.set_friendly_name(f"{src.get_node().get_friendly_name()}/concat_fq")
-        port.replace_source_output(fq.output(0))
-    model.validate_nodes_and_infer_types()
-    return len(sources)
-
-
-POST_PASSES = {"concat": quantize_concat_inputs}
 
 
 def main() -> None:
@@ -153,7 +105,6 @@ def main() -> None:
     args = ap.parse_args()
     variants = ["fp32"] + [v for v in args.variants if v != "fp32"]  # the reference of the ratios
 
-    import openvino as ov
     import openvino.properties as props
 
     manifest = load_manifest(args.package)
@@ -166,19 +117,17 @@ def main() -> None:
         root = Path(args.keep or tmp)
         irs: dict[str, Path] = {}
         for ir in dict.fromkeys(VARIANTS[v][0] for v in variants):
-            precision, options, post = IRS[ir]
+            precision, options = IRS[ir]
             stage = root / ir
             stage.mkdir(parents=True, exist_ok=True)
-            print(f"  converting: {ir} {options} {post or ''}", flush=True)
+            print(f"  converting: {ir} {options}", flush=True)
             job = ConvertJob(manifest, fp32_onnx, precision, calibration if precision == "int8" else None,
                              options=dict(options), stage=stage)
-            irs[ir] = stage / convert_openvino(job).file
-            if post:
-                model = ov.Core().read_model(str(irs[ir]))
-                added = POST_PASSES[post](model, calibration.tensors, name)
-                print(f"    {post}: {added} FakeQuantize added", flush=True)
-                irs[ir] = stage / f"{irs[ir].stem}_{post}.xml"
-                ov.save_model(model, str(irs[ir]), compress_to_fp16=False)
+            result = convert_openvino(job)
+            irs[ir] = stage / result.file
+            if precision == "int8":
+                print(f"    {result.extra['quantization']['concat_inputs_quantized']} Concat inputs quantised",
+                      flush=True)
         backends, profiles, cosines = {}, {}, {}
         for v in variants:
             ir, hint = VARIANTS[v]
@@ -204,8 +153,7 @@ def main() -> None:
             share[layer["precision"]] += layer["ms"] / total
         float_convs = sum(1 for layer in layers if "Convolution" in layer["type"] and layer["precision"] != "int8")
         convs = sum(1 for layer in layers if "Convolution" in layer["type"])
-        row = {"variant": v, "ir": VARIANTS[v][0], "options": IRS[VARIANTS[v][0]][1],
-               "post_pass": IRS[VARIANTS[v][0]][2], "hint": VARIANTS[v][1],
+        row = {"variant": v, "ir": VARIANTS[v][0], "options": IRS[VARIANTS[v][0]][1], "hint": VARIANTS[v][1],
                "median_ms": medians[v], "speed_vs_fp32": medians["fp32"] / medians[v],
                "share": dict(share), "float_convs": float_convs, "convs": convs,
                "cosine_mean": float(np.mean(cosines[v])), "cosine_worst": float(np.min(cosines[v])),

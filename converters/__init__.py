@@ -72,11 +72,14 @@ class Converter:
     def to(self, formats: str | Sequence[str] | None = None, precision: str | Sequence[str] | None = None,
            calib: str | Path | None = None, *, target: str | Target | None = None, tflite_io: str | None = None,
            calib_method: str = "minmax", onnx_quantizer: str = "auto", ov_preset: str = "mixed",
-           progress: Callable[[str], None] = lambda msg: None, **convert_options: Any) -> Manifest:
+           openvino_inference_precision: str | None = None, progress: Callable[[str], None] = lambda msg: None,
+           **convert_options: Any) -> Manifest:
         """Add ``formats`` x ``precision`` (names or comma-separated lists of onnx/openvino/tflite and
         fp32/fp16/int8) to the package, each checked against FP32 ONNX; INT8 needs ``calib`` (image folder,
         video or COCO json). ``target`` (profile name, .toml path or Target) supplies what is left None: its
-        backends, precisions and TFLite I/O type; with neither, every format and precision.
+        backends, precisions, TFLite I/O type and OpenVINO INT8 inference precision; with neither, every format
+        and precision. ``openvino_inference_precision``: the hint an OpenVINO INT8 IR is verified and run with
+        ("auto": bf16 when this CPU has BF16, "bf16", "f32"; None: the target's, else "auto").
         ``convert_options`` go to ``convert.convert_package`` as they are (calib_size, int8_min_cosine,
         val_images, val_size, max_map_drop, val_data, val_format, class_map, keep_failed).
 
@@ -94,11 +97,12 @@ class Converter:
                                tflite_io, profile)
         if profile is not None:
             progress(f"target {profile.name}: {plan.describe()}")
-        options = {"calib_method": calib_method, "onnx_quantizer": onnx_quantizer, "ov_preset": ov_preset,
-                   "tflite_io": plan.tflite_io}
-        if profile is not None:  # the profile's other converter keys (ONNX weight bits ...) and its name
-            options.update({k: v for k, v in profile.converter_options().items() if k not in options},
-                           target=profile.name)
+        options = {**plan.settings, "calib_method": calib_method, "onnx_quantizer": onnx_quantizer,
+                   "ov_preset": ov_preset, "tflite_io": plan.tflite_io}
+        if openvino_inference_precision is not None:
+            options["openvino_inference_precision"] = openvino_inference_precision
+        if profile is not None:  # the ONNX recipe times candidates only on the target's own CPU
+            options["target"] = profile.name
         try:
             return convert_package(self.package, list(plan.formats), list(plan.precisions), calib=calib,
                                    options=options, progress=progress, **convert_options)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 import edge_runtime
-from edge_runtime.backends import open_backend
+from edge_runtime.backends import open_artifact, open_backend
 from edge_runtime.budget import DEFAULT_MAX_COSINE_DROP
 from edge_runtime.compare import compare, judge
 from edge_runtime.errors import EdgeRuntimeError
@@ -70,13 +70,15 @@ def _to_layout(tensor: np.ndarray, layout: str) -> np.ndarray:
 
 def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray],
                     reference: list[list[np.ndarray]] | None = None) -> dict[str, float]:
-    """``art`` against the FP32 ONNX artifact: worst max abs diff, and per image the lowest cosine
-    over the outputs: its worst (``cosine``) and mean (``cosine_mean``) over the samples.
+    """``art`` against the FP32 ONNX artifact, run as the runtime runs it (with the settings its entry
+    records, e.g. OpenVINO's inference precision): worst max abs diff, and per image the lowest cosine
+    over the outputs: its worst (``cosine``) and mean (``cosine_mean``) over the samples; ``backend``: how
+    it ran (the backend's ``describe()``).
     ``reference``: FP32's outputs on ``samples`` when the caller has them (one run for all artifacts)."""
     if reference is None:
         run = _fp32_runner(manifest)
         reference = [run(tensor) for tensor in samples]
-    got = open_backend(manifest.artifact_path(art), art.format, 2)
+    got = open_artifact(manifest, art, 2)
     spec = manifest.input_for(art)
     diffs, cosines = [], []
     for tensor, want in zip(samples, reference):
@@ -84,7 +86,8 @@ def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray]
         result = compare(want, [have[n] for n in art.outputs])
         diffs.append(result["max_abs_diff"])
         cosines.append(result["cosine"])
-    return {"max_abs_diff": max(diffs), "cosine": min(cosines), "cosine_mean": float(np.mean(cosines))}
+    return {"max_abs_diff": max(diffs), "cosine": min(cosines), "cosine_mean": float(np.mean(cosines)),
+            "backend": got.describe()}
 
 
 def _held_out(manifest: Manifest, calibration: CalibrationSet, val_images: str | Path | None, size: int

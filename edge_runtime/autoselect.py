@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends import installed_backends, open_backend
+from .backends import installed_backends, open_artifact
 from .budget import DropBudget, Judgement, budget_for
 from .deploy.hostinfo import cpu_summary
 from .errors import ModelLoadError
@@ -35,7 +35,7 @@ def _host_key(candidates: list[Artifact], threads: int, budget: DropBudget) -> s
 def measure(manifest: Manifest, art: Artifact, threads: int, runs: int = 10) -> float:
     """Median model-only latency (ms) of ``art`` on a zero input."""
     spec = manifest.input_for(art)
-    backend = open_backend(manifest.artifact_path(art), art.format, threads)
+    backend = open_artifact(manifest, art, threads)
     feed = {spec.name: np.zeros(spec.shape, np.float32)}
     for _ in range(3):
         backend.run(feed)

@@ -11,7 +11,7 @@ from typing import Any, overload
 import numpy as np
 
 from .autoselect import AutoChoice, choose_artifact
-from .backends import Backend, open_backend
+from .backends import Backend, open_artifact
 from .budget import DropBudget
 from .deploy.hostinfo import physical_cores
 from .deploy.targets import Target, runtime_choice
@@ -71,8 +71,10 @@ class Detector:
         else:
             self.artifact = artifact_to_run(self.manifest, choice.backend, choice.precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
-        # options come from the caller (CLI flags, a target profile), never from the package
-        self.backend: Backend = open_backend(path, self.artifact.format, self.threads, choice.options)
+        # options come from the caller (CLI flags, a target profile); the package adds only the settings its
+        # artifact was verified with (Backend.recorded_options checks them), which the caller's override
+        self.backend: Backend = open_artifact(self.manifest, self.artifact, self.threads, choice.options,
+                                              verify=False)
         self.input_spec = self.manifest.input_for(self.artifact)
         self.family: Family = make_family(self.manifest, self.input_spec)
         if score_threshold is not None:

@@ -181,7 +181,7 @@ def test_default_budget_needs_held_out_images_and_0_turns_it_off(demo_package, c
     # every image calibrates: none held out, no budget checked, and auto falls back to the built-in one
     manifest = convert_package(few, ["onnx"], ["int8"], calib=calib, calib_size=CALIB_SIZE + HELD_OUT)
     assert manifest.int8_budget["max_drop"] is None
-    assert manifest.int8_budget["note"].startswith(f"none checked: 0 held-out images") and \
+    assert manifest.int8_budget["note"].startswith("none checked: 0 held-out images") and \
         f"needs {MIN_HELD_OUT}" in manifest.int8_budget["note"]
     assert "accuracy_control" not in manifest.artifact("onnx", "int8").extra["quantization"]
     assert budget_for(load_manifest(few)).source == "built-in"

@@ -214,6 +214,10 @@ def test_the_rules_behind_the_flags_live_in_the_api():
     plan = conversion_plan(["onnx"], [], None, None)
     assert (plan.formats, plan.precisions, plan.tflite_io) == (("onnx",), ("fp32", "fp16", "int8"), "float32")
     assert plan.describe() == "onnx x fp32,fp16,int8"
+    # a target's other converter settings (backend keys with no runtime option) travel in the plan
+    plan = conversion_plan(target=load_target("x86-vnni"))
+    assert plan.settings == {"openvino_inference_precision": "auto"}
+    assert plan.describe() == "openvino,onnx x int8,fp32, openvino_inference_precision auto"
 
 
 @pytest.mark.parametrize("case", sorted(OUTPUT_FILES), ids="-".join)

@@ -18,9 +18,10 @@ pytest.importorskip("openvino", reason="the OpenVINO tests need openvino")
 
 from conftest import PACKAGES, SAMPLES  # tests/ is on sys.path, see conftest
 
+from converters.convert_openvino import int8_inference_precision
 from edge_runtime import Detector
-from edge_runtime.backends import open_backend
-from edge_runtime.errors import ModelLoadError
+from edge_runtime.backends import open_artifact, open_backend
+from edge_runtime.errors import EdgeRuntimeError, ModelLoadError
 from edge_runtime.manifest import load_manifest, sha256_file
 
 MODELS = {"nanodet-plus-m": "nanodet_plus_package", "yolo-fastestv2": "yolo_fastestv2_package"}
@@ -71,10 +72,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def raw_outputs(package: Path, fmt: str, precision: str, tensors: list[np.ndarray]) -> list[list[np.ndarray]]:
-    """Outputs (in the manifest's role order) of one artifact on every input tensor."""
+    """Outputs (in the manifest's role order) of one artifact on every input tensor, run as the runtime runs
+    it (an OpenVINO INT8 IR with its recorded inference precision)."""
     manifest = load_manifest(package)
     art = manifest.artifact(fmt, precision)
-    backend = open_backend(manifest.artifact_path(art), fmt, 2)
+    backend = open_artifact(manifest, art, 2)
     return [[out[name] for name in art.outputs] for out in
             (backend.run({manifest.input.name: t}) for t in tensors)]
 
@@ -108,7 +110,7 @@ def test_manifest_lists_openvino_artifacts(ov_package):
         assert sha256_file(weights) == art.extra["weights_sha256"]
         assert art.outputs == onnx_outputs
         agreement = art.extra["fp32_agreement"]
-        assert set(agreement) == {"max_abs_diff", "cosine", "cosine_mean", "checked_on"}
+        assert set(agreement) == {"max_abs_diff", "cosine", "cosine_mean", "backend", "checked_on"}
         assert agreement["cosine_mean"] >= agreement["cosine"]
         assert art.extra["converter"]["openvino"] and art.extra["converter"]["nncf"]
     quant = manifest.artifact("openvino", "int8").extra
@@ -303,7 +305,9 @@ def test_describe_names_openvino_and_inference_precision(ov_packages, precision)
     det = Detector(ov_packages("yolo-fastestv2"), backend="openvino", precision=precision, threads=2)
     text = det.describe()
     assert "openvino" in text and f"openvino {precision}" in text
-    assert "CPU f32, 2 threads" in text, text  # FP16 and INT8 IRs too: non-quantised ops in f32
+    # FP16 IRs too compute their float ops in f32; INT8 in the hint it was verified with (bf16 on a BF16 CPU)
+    want = int8_inference_precision("auto") if precision == "int8" else "f32"
+    assert f"CPU {want}, 2 threads" in text, text
 
 
 def test_bench_gives_each_precision_against_its_own_fp32_and_the_recorded_accuracy(ov_packages):
@@ -326,3 +330,86 @@ def test_bench_gives_each_precision_against_its_own_fp32_and_the_recorded_accura
     table = bench_table(report)
     int8_cosine = rows[("openvino", "int8")]["recorded_accuracy"]["cosine_mean"]
     assert "vs its FP32" in table and f"cos {int8_cosine:.4f}" in table
+
+
+# --------------------------------------------------------------------------- the INT8 recipe (issue 16)
+
+
+def _hint(compiled) -> str:
+    used = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return used.get_type_name() if hasattr(used, "get_type_name") else str(used)
+
+
+def test_int8_recipe_is_recorded_and_verified_under_its_hint(ov_package):
+    """The default recipe: NNCF, then the Concat pass (ShuffleNetV2 units: their Concat inputs quantised,
+    as many FakeQuantize nodes in the IR as recorded), and the hint chosen for this CPU recorded on the INT8
+    IR only, with convert's FP32 check run under it."""
+    import openvino as ov
+
+    from edge_runtime.deploy.hostinfo import cpu_has_bf16
+
+    manifest = load_manifest(ov_package)
+    art = manifest.artifact("openvino", "int8")
+    added = art.extra["quantization"]["concat_inputs_quantized"]
+    assert added > 0, art.extra["quantization"]
+    model = ov.Core().read_model(str(ov_package / art.file))
+    assert sum(op.get_friendly_name().endswith("/concat_fq") for op in model.get_ordered_ops()) == added
+    hint = art.extra["inference_precision_hint"]
+    assert hint == int8_inference_precision("auto") == ("bf16" if cpu_has_bf16() else "f32")
+    assert f"CPU {hint}, 2 threads" in art.extra["fp32_agreement"]["backend"], art.extra["fp32_agreement"]
+    for precision in ("fp32", "fp16"):  # bf16 would cost them their 0.999 floor: nothing recorded, f32
+        other = manifest.artifact("openvino", precision).extra
+        assert "inference_precision_hint" not in other and "CPU f32" in other["fp32_agreement"]["backend"]
+
+
+def test_runtime_compiles_with_the_recorded_hint(ov_packages):
+    package = ov_packages("nanodet-plus-m")
+    recorded = load_manifest(package).artifact("openvino", "int8").extra["inference_precision_hint"]
+    int8 = Detector(package, backend="openvino", precision="int8", threads=2)
+    assert _hint(int8.backend.compiled) == recorded
+    fp32 = Detector(package, backend="openvino", precision="fp32", threads=2)
+    assert _hint(fp32.backend.compiled) == "f32"
+    # the caller's option wins over what the package records
+    forced = Detector(package, backend="openvino", precision="int8", threads=2, options={"inference_precision": "f32"})
+    assert _hint(forced.backend.compiled) == "f32"
+
+
+def test_recorded_bf16_falls_back_to_f32_without_cpu_bf16_once_in_the_log(ov_packages, monkeypatch, caplog):
+    """A CPU without AVX512-BF16/AMX-BF16 (host detection made to say so) runs an IR verified in bf16 in f32,
+    and says so once per process; only the two recorded values count."""
+    from edge_runtime.backends import openvino as ov_backend
+
+    path = ov_packages("nanodet-plus-m") / "model_openvino_int8.xml"
+    monkeypatch.setattr(ov_backend, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(ov_backend, "_fallback_logged", False)
+    with caplog.at_level(logging.INFO, logger=ov_backend.log.name):
+        first = open_backend(path, "openvino", 2, {"verified_precision": "bf16"})
+        second = open_backend(path, "openvino", 2, {"verified_precision": "bf16"})
+    assert _hint(first.compiled) == _hint(second.compiled) == "f32" and "CPU f32" in first.describe()
+    said = [r.getMessage() for r in caplog.records if "BF16" in r.getMessage()]
+    assert len(said) == 1 and str(path) in said[0] and "f32" in said[0], said
+    assert ov_backend.OpenVinoBackend.recorded_options({"inference_precision_hint": "bf16"}) == \
+        {"verified_precision": "bf16"}
+    for junk in ("f16", "u8", {"config": 1}, None):
+        assert ov_backend.OpenVinoBackend.recorded_options({"inference_precision_hint": junk}) == {}
+
+
+def test_target_forces_f32_and_the_check_runs_in_f32(demo_package, tmp_path, fixtures):
+    """openvino_inference_precision = "f32" in a target profile: the INT8 IR records f32 and is checked
+    and run in f32 even on a BF16 CPU (the demo model is ShuffleNetV2 too: the Concat pass applies)."""
+    pytest.importorskip("nncf", reason="OpenVINO INT8 conversion needs nncf")
+    from converters import Converter
+
+    package = tmp_path / "pkg"
+    shutil.copytree(demo_package, package)
+    profile = tmp_path / "f32-ov.toml"
+    profile.write_text('name = "f32-ov"\narch = "x86_64"\nbackends = ["openvino"]\nprecisions = ["int8"]\n'
+                       'openvino_inference_precision = "f32"\n')
+    manifest = Converter(package).to(calib=fixtures(CALIB), target=str(profile), calib_size=8, val_size=8)
+    art = manifest.artifact("openvino", "int8")
+    assert art.verified and art.extra["inference_precision_hint"] == "f32"
+    assert art.extra["quantization"]["concat_inputs_quantized"] > 0
+    assert "CPU f32, 2 threads" in art.extra["fp32_agreement"]["backend"]
+    assert _hint(Detector(package, backend="openvino", precision="int8", threads=2).backend.compiled) == "f32"
+    with pytest.raises(EdgeRuntimeError, match="openvino_inference_precision 'f16' is not one of auto, bf16, f32"):
+        int8_inference_precision("f16")

@@ -51,12 +51,14 @@ def test_registry_helpers_read_the_backend_classes():
     assert backends.profiled_formats() == ("onnx", "openvino")
     assert backends.import_formats() == {".onnx": "onnx", ".tflite": "tflite"}
     assert list(target_keys()) == ["execution_provider", "provider_options", "onnx_weight_bits", "openvino_device",
-                                   "delegate", "delegate_options", "tflite_io"]
+                                   "openvino_inference_precision", "delegate", "delegate_options", "tflite_io"]
     # every option a backend reads is refused in a manifest, and so is every target key that becomes one
     for cls in BACKENDS.values():
         assert cls.option_keys <= BACKEND_KEYS
         assert {k.name for k in cls.target_keys if k.option} <= BACKEND_KEYS
     assert "tflite_io" not in BACKEND_KEYS  # a converter setting, not a backend option
+    # an OpenVINO artifact records its verified hint under a key of its own, not the option's name
+    assert "inference_precision_hint" not in BACKEND_KEYS and "verified_precision" in BACKEND_KEYS
     # Target has a field per declared key
     assert set(target_keys()) <= set(Target.__dataclass_fields__)
 

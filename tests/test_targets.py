@@ -172,6 +172,10 @@ def test_old_style_profile_still_loads(tmp_path: Path) -> None:
      "unknown backend 'onxx' (known: onnx, openvino, tflite)"),
     ('name = "bad"\narch = "x86_64"\nbackends = ["tflite"]\nprecisions = ["int8"]\ntflite_io = "u8"\n',
      "'tflite_io' must be one of float32, int8, uint8, got 'u8'"),
+    ('name = "bad"\narch = "x86_64"\nbackends = ["openvino"]\nprecisions = ["int8"]\n'
+     'openvino_inference_precision = "f16"\n', "'openvino_inference_precision' must be one of auto, bf16, f32, got 'f16'"),
+    ('name = "bad"\narch = "x86_64"\nbackends = ["onnx"]\nprecisions = ["int8"]\nopenvino_inference_precision = "bf16"\n',
+     "'openvino_inference_precision' is set but 'openvino' is not in backends"),
     ('name = "bad"\narch = "x86_64"\nbackends = ["onnx"]\nprecisions = ["fp32"]\nstatus = "maybe"\n',
      "'status' must be one of supported, future"),
     ('arch = "x86_64"\nbackends = ["onnx"]\nprecisions = ["fp32"]\n', "missing required key 'name'"),

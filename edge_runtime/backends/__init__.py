@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailableError, EdgeRuntimeError
 from ..versions import package_version
@@ -18,6 +18,9 @@ from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, Te
 from .litert import LiteRtBackend
 from .onnxruntime import OrtBackend
 from .openvino import OpenVinoBackend
+
+if TYPE_CHECKING:
+    from ..manifest import Artifact, Manifest
 
 BACKENDS: dict[str, type[Backend]] = {cls.format: cls for cls in (OrtBackend, OpenVinoBackend, LiteRtBackend)}
 
@@ -101,6 +104,17 @@ def open_backend(path: Path, format: str, threads: int, options: dict[str, Any] 
     return require_installed(path, format)(path, threads, options)
 
 
+def open_artifact(manifest: Manifest, art: Artifact, threads: int, options: dict[str, Any] | None = None,
+                  verify: bool = True) -> Backend:
+    """Load a package's artifact (its checksum checked unless ``verify`` is False) with ``options`` over
+    the settings its manifest entry records as verified (``Backend.recorded_options``: OpenVINO's
+    inference precision); the caller's options win."""
+    path = manifest.artifact_path(art, verify)
+    cls = require_installed(path, art.format)
+    return cls(path, threads, {**cls.recorded_options(art.extra), **(options or {})})
+
+
 __all__ = ["ALL_PRECISIONS", "BACKENDS", "Backend", "DeviceListing", "LayerTime", "LayerTimings", "TargetKey",
            "TensorSpec", "all_precisions", "formats", "import_formats", "installed_backends", "installed_library",
-           "open_backend", "option_keys", "precisions", "profiled_formats", "require_installed", "target_keys"]
+           "open_artifact", "open_backend", "option_keys", "precisions", "profiled_formats", "require_installed",
+           "target_keys"]

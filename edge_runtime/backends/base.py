@@ -127,6 +127,12 @@ class Backend(ABC):
         return f"{self.name}, {self.threads} threads"
 
     @classmethod
+    def recorded_options(cls, artifact_extra: dict[str, Any]) -> dict[str, Any]:
+        """Options from the artifact's manifest entry: only settings its converter verified it with,
+        checked here value by value (a package chooses no library, device or config). None by default."""
+        return {}
+
+    @classmethod
     def list_devices(cls) -> list[str] | None:
         """The devices / execution providers the installed library sees; None when it is not installed
         (or fails to initialise: host detection must not stop) or lists none."""
@@ -141,8 +147,9 @@ class Backend(ABC):
         return cls.no_layer_profiler or f"per-layer latency is not available for {cls.format}"
 
     @classmethod
-    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
-                       ) -> LayerTimings:
-        """Load ``path`` with the library's own profiler on, run ``feed`` ``warmup`` then ``runs`` times,
-        and return the mean time of each layer over the timed runs. Called after ``require_installed``."""
+    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int,
+                       options: dict[str, Any] | None = None) -> LayerTimings:
+        """Load ``path`` with ``options`` and the library's own profiler on, run ``feed`` ``warmup`` then
+        ``runs`` times, and return the mean time of each layer over the timed runs. Called after
+        ``require_installed``."""
         raise EdgeRuntimeError(cls.no_profiler_reason())

@@ -88,7 +88,8 @@ def profile_latency(package: str | Path, backend: str = "onnx", precision: str |
     spec = manifest.input_for(art)
     feed = {spec.name: random_input(spec)}
     require_installed(path, backend)  # a clear error before the library is imported
-    timings = cls.profile_layers(path, threads or physical_cores(), feed, runs, warmup)
+    # profiled as it runs: with the settings its manifest entry records as verified (bf16 on OpenVINO)
+    timings = cls.profile_layers(path, threads or physical_cores(), feed, runs, warmup, cls.recorded_options(art.extra))
     return LatencyProfile(artifact=art.file, backend=timings.backend, runs=runs,
                           end_to_end_ms=float(np.mean(timings.run_ms)), layers=timings.layers, note=timings.note)
 

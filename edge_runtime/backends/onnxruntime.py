@@ -116,11 +116,11 @@ class OrtBackend(Backend):
             return None
 
     @classmethod
-    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
-                       ) -> LayerTimings:
+    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int,
+                       options: dict[str, Any] | None = None) -> LayerTimings:
         """The session's JSON trace (``enable_profiling``): one ``<node>_kernel_time`` event per node and run."""
         with tempfile.TemporaryDirectory() as tmp:
-            backend = cls(path, threads, {"profile_prefix": str(Path(tmp) / "ort"),
+            backend = cls(path, threads, {**(options or {}), "profile_prefix": str(Path(tmp) / "ort"),
                                            "graph_optimization": ORT_PROFILE_LEVEL})
             run_ms = time_calls(lambda: backend.run(feed), warmup, runs)
             events = json.loads(Path(backend.session.end_profiling()).read_text())

@@ -5,8 +5,13 @@ Options (all optional):
                            A physical device this machine lacks falls back to CPU with one warning.
   ``inference_precision``  INFERENCE_PRECISION_HINT; on CPU (also when AUTO/MULTI/HETERO picks it) it
                            defaults to "f32" so that FP32 and FP16 IRs are computed in f32 (the plugin would
-                           pick bf16/f16 on some CPUs); GPU/NPU keep their plugin default unless set.
-                           ``describe()`` reports the precision the compiled model actually uses.
+                           pick bf16/f16 on some CPUs), or to ``verified_precision``; GPU/NPU keep their
+                           plugin default unless set. ``describe()`` reports the precision the compiled
+                           model actually uses.
+  ``verified_precision``   the hint ``convert`` verified the artifact with (its manifest entry's
+                           ``inference_precision_hint``, passed by ``open_artifact``): "bf16" is used on CPU
+                           when this CPU has AVX512-BF16 or AMX-BF16; without them f32 (more exact than what
+                           was verified), said once per process in the log.
   ``performance_hint``     PERFORMANCE_HINT, default "LATENCY" (one stream, one request).
   ``config``               further compile properties, passed as they are.
 """
@@ -21,10 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from ..deploy.hostinfo import cpu_has_bf16
 from ..errors import BackendUnavailableError, ModelLoadError
 from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
 
 log = logging.getLogger(__name__)
+
+# the INFERENCE_PRECISION_HINT values an artifact may record as verified (inference_precision_hint)
+RECORDED_PRECISIONS = ("bf16", "f32")
+_fallback_logged = False
 
 # devices that choose or combine physical devices themselves: never "missing"
 _VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
@@ -63,6 +73,20 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(port.get_any_name(), shape, dtype)
 
 
+def _cpu_precision(path: Path, verified: object) -> str:
+    """The CPU hint for an artifact verified with ``verified``: bf16 only where this CPU computes it natively."""
+    global _fallback_logged
+    if verified != "bf16":
+        return "f32"
+    if cpu_has_bf16():
+        return "bf16"
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.info("%s: verified with INFERENCE_PRECISION_HINT bf16, but this CPU has neither AVX512-BF16 nor "
+                 "AMX-BF16: running its float parts in f32 (more exact than what was verified; said once)", path)
+    return "f32"
+
+
 def _numpy_dtype(name: str) -> np.dtype | None:
     try:
         return np.dtype(name)
@@ -76,8 +100,11 @@ class OpenVinoBackend(Backend):
     precisions = ("fp32", "fp16", "int8")
     libraries = (("openvino", "openvino"),)
     extra = "openvino"
-    option_keys = frozenset({"device", "inference_precision", "performance_hint", "config"})
-    target_keys = (TargetKey("openvino_device", option="device", selects=True),)
+    option_keys = frozenset({"device", "inference_precision", "verified_precision", "performance_hint", "config"})
+    # openvino_inference_precision: the hint an INT8 IR is verified with and records (the converter reads it;
+    # "auto": bf16 where the converting CPU has it)
+    target_keys = (TargetKey("openvino_device", option="device", selects=True),
+                   TargetKey("openvino_inference_precision", "choice", choices=("auto", "bf16", "f32")))
     device_listing = DeviceListing("openvino_devices", "OpenVINO devices", "openvino", {"NPU": "openvino-npu"})
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
@@ -111,10 +138,12 @@ class OpenVinoBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with multi-line messages
             raise ModelLoadError(f"{path}: cannot load OpenVINO model (corrupt or truncated?): {_reason(exc)}") from None
 
-        # CPU: our thread count, and f32 unless asked otherwise (the plugin would pick bf16/f16 on
-        # CPUs that have them). Other devices keep their own default precision unless options set one.
+        # CPU: our thread count, and f32 or the verified bf16 unless asked otherwise (the plugin would pick
+        # bf16/f16 on CPUs that have them). Other devices keep their own default precision unless options set one.
         virtual = device.split(":")[0].upper() in _VIRTUAL_DEVICES
-        precision = self.options.get("inference_precision", "f32" if device == "CPU" or virtual else None)
+        precision = self.options.get("inference_precision")
+        if precision is None and (device == "CPU" or virtual):
+            precision = _cpu_precision(path, self.options.get("verified_precision"))
         cpu_config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads)}
         if precision:
             cpu_config["INFERENCE_PRECISION_HINT"] = str(precision)
@@ -149,6 +178,12 @@ class OpenVinoBackend(Backend):
         self._output_names = [o.name for o in self.outputs]
         self._input_dtypes = {s.name: _numpy_dtype(s.dtype) for s in self.inputs}
         self._request = self.compiled.create_infer_request()
+
+    @classmethod
+    def recorded_options(cls, artifact_extra: dict[str, Any]) -> dict[str, Any]:
+        """``inference_precision_hint`` ("bf16" or "f32"), as the verified precision; any other value is ignored."""
+        hint = artifact_extra.get("inference_precision_hint")
+        return {"verified_precision": hint} if hint in RECORDED_PRECISIONS else {}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}
@@ -185,12 +220,13 @@ class OpenVinoBackend(Backend):
             return None
 
     @classmethod
-    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int
-                       ) -> LayerTimings:
+    def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int,
+                       options: dict[str, Any] | None = None) -> LayerTimings:
         """``PERF_COUNT`` and the infer request's profiling info, summed over the timed runs."""
         import openvino.properties as props
 
-        backend = cls(path, threads, {"config": {props.enable_profiling(): True}})
+        options = options or {}
+        backend = cls(path, threads, {**options, "config": {**options.get("config", {}), props.enable_profiling(): True}})
         # a request of our own: the backend's is private, and its run() adds output copies to each run
         request = backend.compiled.create_infer_request()
         for _ in range(warmup):

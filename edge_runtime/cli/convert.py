@@ -56,6 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "budget); the manifest records both and why [auto]")
     p.add_argument("--ov-preset", default="mixed", choices=["mixed", "performance"],
                    help="NNCF preset for OpenVINO INT8 [mixed]")
+    p.add_argument("--openvino-inference-precision", default=None,
+                   choices=target_keys()["openvino_inference_precision"][1].choices,
+                   help="INFERENCE_PRECISION_HINT an OpenVINO INT8 IR is checked and run with (its float parts); auto: "
+                        "bf16 when this CPU has AVX512-BF16 or AMX-BF16 [auto; --target: its "
+                        "openvino_inference_precision]")
     p.add_argument("--tflite-io", default=None, choices=target_keys()["tflite_io"][1].choices,
                    help="TFLite INT8 input/output tensor type (int8/uint8 for NPU delegates) [float32; --target: "
                         "its tflite_io]")
@@ -73,7 +78,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         manifest = Converter(args.package).to(
             split_list(args.to), split_list(args.precisions), args.calib, target=args.target,
             tflite_io=args.tflite_io, calib_method=args.calib_method, onnx_quantizer=args.onnx_quantizer,
-            ov_preset=args.ov_preset, progress=progress, calib_size=args.calib_size,
+            ov_preset=args.ov_preset, openvino_inference_precision=args.openvino_inference_precision,
+            progress=progress, calib_size=args.calib_size,
             int8_min_cosine=args.int8_min_cosine, val_images=args.val_images, val_size=args.val_size,
             max_map_drop=args.max_map_drop, val_data=args.val_data, val_format=args.val_format,
             class_map=args.class_map, keep_failed=args.keep_failed)

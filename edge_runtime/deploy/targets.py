@@ -57,11 +57,6 @@ class _TargetMethods:
         return {option: dict(value) if isinstance(value, dict) else value
                 for option, value in values.items() if value is not None}
 
-    def converter_options(self) -> dict[str, Any]:
-        """The keys the profile sets that the converters read (TFLite I/O type, ONNX weight bits ...)."""
-        return {key.name: getattr(self, key.name) for _, key in target_keys().values()
-                if key.option is None and getattr(self, key.name) is not None}
-
     def require_runnable(self) -> None:
         """Raise a one-line error when this profile is documentation only (status "future")."""
         if self.status == "future":
@@ -92,26 +87,33 @@ Target = make_dataclass(
 
 @dataclass(frozen=True)
 class ConversionPlan:
-    """What ``convert`` adds: every format x precision, and the I/O type of TFLite INT8 models."""
+    """What ``convert`` adds: every format x precision, the I/O type of TFLite INT8 models, and the target's
+    other settings the converters read (``settings``: its backend keys with no runtime option, e.g.
+    ``openvino_inference_precision``)."""
 
     formats: tuple[str, ...]
     precisions: tuple[str, ...]
     tflite_io: str
+    settings: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         return (f"{','.join(self.formats)} x {','.join(self.precisions)}"
-                + (f", TFLite I/O {self.tflite_io}" if self.tflite_io != "float32" else ""))
+                + (f", TFLite I/O {self.tflite_io}" if self.tflite_io != "float32" else "")
+                + "".join(f", {name} {value}" for name, value in self.settings.items()))
 
 
 def conversion_plan(formats: Sequence[str] = (), precisions: Sequence[str] = (), tflite_io: str | None = None,
                     target: Target | None = None) -> ConversionPlan:
     """The formats, precisions and TFLite I/O given; else the target's (exactly what it runs); else
-    every backend x every precision with float32 TFLite I/O."""
+    every backend x every precision with float32 TFLite I/O. The target's other converter settings too."""
+    settings: dict[str, str] = {}
     if target is not None:
         formats, precisions = formats or target.backends, precisions or target.precisions
         tflite_io = tflite_io or target.tflite_io
+        settings = {name: value for name, (_, key) in target_keys().items()
+                    if key.option is None and name != "tflite_io" and (value := getattr(target, name))}
     return ConversionPlan(tuple(formats or registered_formats()), tuple(precisions or all_precisions()),
-                          tflite_io or "float32")
+                          tflite_io or "float32", settings)
 
 
 def full_integer_check(manifest: Manifest, artifact: Artifact) -> tuple[bool, str] | None:
