@@ -5,9 +5,10 @@
 Each variant is an IR made by ``converters.convert_openvino`` (the code ``edge-runtime convert`` runs)
 with a set of converter options (``int8`` is the default recipe, with the Concat pass; ``int8-plain`` and
 its variants are without it), compiled with an ``INFERENCE_PRECISION_HINT`` given per variant (f32, or
-bf16 for the float parts, which the runtime uses for an INT8 IR on a CPU with BF16). All models run in one process, 2 threads, on the
-same preprocessed image; the rounds take turns and rotate (``interleaved_times``), so a machine shared
-with other work slows them alike: only the ratios mean something there, not the milliseconds.
+bf16 for the float parts, which the runtime uses for an INT8 IR on a CPU with BF16). All models run in
+one process, 2 threads, on the same preprocessed image; the rounds take turns and rotate
+(``interleaved_times``), so a machine shared with other work slows them alike: only the ratios mean
+something there, not the milliseconds.
 
 Per variant it also reads the compiled graph's profiling counters (``PERF_COUNT``): per executed node
 its kernel (``exec_type``, which ends in the precision it computed in: ``_I8``, ``_FP32``, ``_BF16``)
@@ -29,12 +30,12 @@ from typing import Any
 import numpy as np
 from int8_probe import fp32_cosines, heading, image_sets, probe_arguments  # bench/, beside this script
 
-from converters.compress.lowrank import interleaved_times
 from converters.convert_job import ConvertJob
 from converters.convert_openvino import convert_openvino
 from edge_runtime.backends import open_backend
 from edge_runtime.deploy.hostinfo import cpu_summary
 from edge_runtime.manifest import load_manifest
+from edge_runtime.timing import interleaved_times
 
 # IR name -> (precision, converter options); "int8" is what `convert --precisions int8` makes, "int8-plain"
 # the same without the Concat pass (`quantize_concat_inputs`), and the variants of that

@@ -143,7 +143,8 @@ def _budget_record(budget: AccuracyBudget | None, int8_min_cosine: float | None,
                                                           f"calibration images"
         return {"max_drop": None, "set_by": None,
                 "note": f"none checked: {have} held-out images in {where}, the default budget needs "
-                        f"{MIN_HELD_OUT} (add images, lower --calib-size or pass --val-images DIR)"}
+                        f"{MIN_HELD_OUT} (" + ("add images to it or raise --val-size" if val_images is not None else
+                                             "add images, lower --calib-size or pass --val-images DIR") + ")"}
     if max_map_drop is not None:
         max_drop, set_by = f"map:{max_map_drop:g}", f"--max-map-drop {max_map_drop:g}"
     else:

@@ -30,6 +30,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edge_runtime.deploy.hostinfo import detect_host
+from edge_runtime.deploy.targets import load_target
 from edge_runtime.timing import interleaved_times
 
 from .accuracy import CosineAgreement, run_nncf_search
@@ -105,18 +106,6 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     return info
 
 
-def _reduce_range(job: ConvertJob) -> bool:
-    """7-bit weights: x86 without VNNI multiplies u8 x s8 pairs with 16-bit saturation (AVX2's
-    vpmaddubsw), which 7-bit weights avoid. The option wins, then the target profile's
-    ``onnx_weight_bits``, then this host (x86 without VNNI/AMX)."""
-    if "onnx_reduce_range" in job.options:
-        return bool(job.options["onnx_reduce_range"])
-    if job.options.get("target"):
-        return job.options.get("onnx_weight_bits") == "7"
-    host = detect_host()
-    return host.is_x86 and not host.int8_fast
-
-
 def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
     opts = job.options
     method = opts.get("calib_method", "minmax")
@@ -135,18 +124,37 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
             "reduce_range": reduce_range}
 
 
+def _host_cpu_target() -> str | None:
+    """The first CPU-only profile ``targets --detect`` matches here (a board's, else the CPU family's)."""
+    return next((name for name in detect_host().matching_targets if not load_target(name).accelerator), None)
+
+
+def _reduce_range(job: ConvertJob) -> bool:
+    """7-bit weights: x86 without VNNI multiplies u8 x s8 pairs with 16-bit saturation (AVX2's
+    vpmaddubsw), which 7-bit weights avoid. The option wins, then the target profile's
+    ``onnx_weight_bits`` (no target: this host's CPU profile's); a profile that does not say gets
+    7 bits, right on every CPU."""
+    if "onnx_reduce_range" in job.options:
+        return bool(job.options["onnx_reduce_range"])
+    if job.options.get("target"):
+        return job.options.get("onnx_weight_bits", "7") == "7"
+    here = _host_cpu_target()
+    return (load_target(here).onnx_weight_bits if here else None) in (None, "7")
+
+
 def _host_is_target(job: ConvertJob) -> tuple[bool, str]:
-    """Whether timing here tells how the package runs where it goes, and the host's name."""
+    """Whether timing here tells how the package runs where it goes (no target, or the target is this
+    host's CPU profile), and the host's name."""
     host = detect_host()
     name = f"{host.cpu or 'unknown CPU'} ({host.arch})"
     target = job.options.get("target")
-    return target is None or target == host.suggested_target, name
+    return target is None or target == _host_cpu_target(), name
 
 
-def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> tuple[str, dict]:
+def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> tuple[str, dict, float]:
     """The recipe ``auto`` ships, and the record of why: each candidate's accuracy against FP32 (the
     budget's metric, else cosine on held-out images) and, when this host is the package's CPU, its
-    speed against FP32 timed interleaved."""
+    speed against FP32 timed interleaved. Returns the choice, the record and the choice's measured value."""
     name = job.manifest.input.name
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
     budget, images = job.accuracy, "held-out"
@@ -185,7 +193,7 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> 
               "candidates": {key: {"activations": ACTIVATIONS[key], metric.name: round(value[key], 5),
                                    **({"speed_vs_fp32": round(speed[key], 3)} if speed else {})}
                              for key in candidates}}
-    return chosen, record
+    return chosen, record, value[chosen]
 
 
 def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
@@ -214,7 +222,8 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
             made[key] = path, {"quantizer": key, "activations": ACTIVATIONS[key], **info}
         chosen, recipe = quantizer, None
         if len(made) > 1:
-            chosen, recipe = _choose_recipe(job, job.fp32_onnx, {key: path for key, (path, _) in made.items()})
+            chosen, recipe, measured = _choose_recipe(job, job.fp32_onnx,
+                                                      {key: path for key, (path, _) in made.items()})
             for key, (_, made_info) in made.items():
                 recipe["candidates"][key].update({k: made_info[k] for k in ("tool", "reduce_range") if k in made_info})
             job.progress(f"onnx int8: {chosen} ({ACTIVATIONS[chosen]}), {recipe['why']}")
@@ -225,7 +234,6 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
     if recipe is not None:
         info["recipe"] = recipe
         if job.accuracy is not None and "accuracy_control" not in info:  # met as quantised, no layer in float
-            measured = recipe["candidates"][chosen][recipe["metric"]]
             info["accuracy_control"] = job.accuracy.describe(measured, measured, [])
     return ConvertResult(file=out_name, outputs=list(job.manifest.artifact("onnx", "fp32").outputs),
                          extra={"quantization": info})

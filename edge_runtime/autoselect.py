@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from .backends import installed_backends, open_artifact
 from .budget import DropBudget, Judgement, budget_for
+from .compare import as_float
 from .deploy.hostinfo import cpu_summary
 from .errors import ModelLoadError
 from .fsutil import atomic_write_text
@@ -118,15 +120,19 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
     except (OSError, json.JSONDecodeError):
         cache = {}
     entry = cache.get(key)
-    cached = (isinstance(entry, dict) and entry.get("choice") in {a.key for a in within}
-              and isinstance(entry.get("median_ms"), dict) and set(entry["median_ms"]) == set(judged))
+    # a damaged or edited cache entry is a miss, never an error: every field is checked before use
+    cached = (isinstance(entry, dict) and isinstance(entry.get("choice"), str)
+              and entry["choice"] in {a.key for a in within} and isinstance(entry.get("median_ms"), dict)
+              and set(entry["median_ms"]) == set(judged)
+              and all(math.isfinite(as_float(v)) for v in entry["median_ms"].values()))
     if not cached:
         timings = {a.key: measure(manifest, a, threads) for a in choices}
         entry = {"choice": min((a.key for a in within), key=timings.get), "median_ms": timings,
                  "budget": str(budget), "over_budget": {k: v.drop for k, v in judged.items() if not v.within},
                  "threads": threads, "host": cpu_summary()["cpu"], "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         cache[key] = entry
-        log.info("auto backend: %s", ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(timings.items(), key=lambda kv: kv[1])))
+        log.info("auto backend: %s", ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(timings.items(),
+                                                                                  key=lambda kv: kv[1])))
         try:
             atomic_write_text(cache_path, json.dumps(cache, indent=2))  # a linked cache is refused (an OSError)
         except OSError:  # a read-only package still works, it just measures again next time

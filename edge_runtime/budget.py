@@ -15,13 +15,16 @@ admits every verified artifact.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compare import as_float
 from .errors import ManifestError, UsageError
 
 DEFAULT_MAX_COSINE_DROP = 0.01  # convert's default INT8 budget: mean per-image cosine >= 0.99
 OFF = "off"
+EPSILON = 1e-9  # as convert counts a budget met: 1 - 0.99 is 0.010000000000000009 in floats
 SYNTAX = ("cos:D (1 - mean output cosine with FP32, e.g. cos:0.01), map:P (mAP points below FP32, e.g. map:0.5), "
           "both comma-separated, or off")
 
@@ -56,10 +59,10 @@ class DropBudget:
             return Judgement(True, describe_drop(found) or "no recorded drop")
         if self.max_map_points is not None and "map_drop_points" in found:
             drop = found["map_drop_points"]
-            return Judgement(drop <= self.max_map_points, f"mAP drop {drop:.2f} pt")
+            return Judgement(drop <= self.max_map_points + EPSILON, f"mAP drop {drop:.2f} pt")
         if self.max_cosine_drop is not None and "cosine_mean" in found:
             drop = 1.0 - found["cosine_mean"]
-            return Judgement(drop <= self.max_cosine_drop, f"cosine drop {drop:.4f}")
+            return Judgement(drop <= self.max_cosine_drop + EPSILON, f"cosine drop {drop:.4f}")
         if art.precision == "fp32":
             return Judgement(True, "no drop (FP32)")
         wanted = "mAP drop" if self.max_cosine_drop is None else "cosine"
@@ -125,13 +128,17 @@ def describe_drop(found: dict[str, float]) -> str:
 
 def recorded_accuracy(extra: dict[str, Any]) -> dict[str, float]:
     """What convert measured against FP32 for this artifact: the mean per-image output cosine on its
-    held-out images and, for an INT8 made against a labelled budget, the mAP drop in points."""
+    held-out images and, for an INT8 made against a labelled budget, the mAP drop in points. A value that
+    is not a finite number (a damaged manifest) counts as not recorded."""
     found: dict[str, float] = {}
-    agreement = extra.get("fp32_agreement", {})
-    if isinstance(agreement, dict) and ("cosine_mean" in agreement or "cosine" in agreement):
-        found["cosine_mean"] = float(agreement.get("cosine_mean", agreement.get("cosine")))
-    quantization = extra.get("quantization", {})
-    control = (quantization.get("accuracy_control") if isinstance(quantization, dict) else None) or {}
-    if control.get("metric") == "map" and "drop" in control:
-        found["map_drop_points"] = 100 * float(control["drop"])
+    agreement = extra.get("fp32_agreement")
+    if isinstance(agreement, dict):
+        cosine = as_float(agreement.get("cosine_mean", agreement.get("cosine")))
+        if math.isfinite(cosine):
+            found["cosine_mean"] = cosine
+    quantization = extra.get("quantization")
+    control = quantization.get("accuracy_control") if isinstance(quantization, dict) else None
+    drop = as_float(control.get("drop")) if isinstance(control, dict) and control.get("metric") == "map" else math.nan
+    if math.isfinite(drop):
+        found["map_drop_points"] = 100 * drop
     return found

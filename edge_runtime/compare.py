@@ -51,7 +51,7 @@ class Verdict:
         """A recorded verdict; a malformed one (from a hand-edited manifest) is a failed check."""
         if not isinstance(record, dict) or not isinstance(record.get("passed"), bool):
             return cls(False, "malformed verification record", None, None)
-        value, threshold = _as_float(record.get("value")), _as_float(record.get("threshold"))
+        value, threshold = as_float(record.get("value")), as_float(record.get("threshold"))
         return cls(record["passed"], str(record.get("check", ""))[:200], None if np.isnan(value) else value,
                    None if np.isnan(threshold) else threshold, record.get("higher_is_better") is not False)
 
@@ -69,13 +69,13 @@ def judge(precision: str, extra: dict[str, Any]) -> Verdict:
         return Verdict(True, "imported: the package's own reference", None, None)
     if "parity_vs_torch" in extra:
         parity = extra["parity_vs_torch"]
-        cosine = _as_float(parity.get("cosine") if isinstance(parity, dict) else None)
+        cosine = as_float(parity.get("cosine") if isinstance(parity, dict) else None)
         return _at_least("cosine vs torch", cosine, MIN_WORST_COSINE["fp32"])
     agreement = extra.get("fp32_agreement")
     if not isinstance(agreement, dict) or "cosine" not in agreement:
         return Verdict(False, "no agreement check against FP32 recorded", None, None)
     floor = MIN_WORST_COSINE.get(precision, MIN_WORST_COSINE["fp32"])
-    worst = _at_least("worst-image cosine vs FP32 ONNX", _as_float(agreement["cosine"]), floor)
+    worst = _at_least("worst-image cosine vs FP32 ONNX", as_float(agreement["cosine"]), floor)
     if precision != "int8" or not worst.passed:
         return worst
     quantization = extra.get("quantization")
@@ -84,17 +84,17 @@ def judge(precision: str, extra: dict[str, Any]) -> Verdict:
         if not control.get("met"):
             if control.get("metric") == "map":  # in mAP points, as --max-map-drop takes it
                 return Verdict(False, "INT8 budget not met: mAP drop (points) vs FP32",
-                               100 * _as_float(control.get("drop")), 100 * _as_float(control.get("max_drop")),
+                               100 * as_float(control.get("drop")), 100 * as_float(control.get("max_drop")),
                                higher_is_better=False)
-            return Verdict(False, f"INT8 budget not met: {control.get('metric')}", _as_float(control.get("after")),
-                           _as_float(control.get("target")))
+            return Verdict(False, f"INT8 budget not met: {control.get('metric')}", as_float(control.get("after")),
+                           as_float(control.get("target")))
         return Verdict(True, f"INT8 budget met ({control.get('metric')}) and {worst.check}", worst.value,
                        worst.threshold)
-    mean = _as_float(agreement.get("cosine_mean", agreement["cosine"]))
+    mean = as_float(agreement.get("cosine_mean", agreement["cosine"]))
     return _at_least("mean per-image cosine vs FP32 ONNX", mean, MIN_MEAN_COSINE_INT8)
 
 
-def _as_float(value: Any) -> float:
+def as_float(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 

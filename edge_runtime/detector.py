@@ -67,8 +67,12 @@ class Detector:
         if choice.backend == "auto":
             self.auto_choice = choose_artifact(self.manifest, self.threads, choice.precision, max_drop)
             self.artifact = self.auto_choice.artifact
-            log.info("%s", self.auto_choice.explain())
+            log.debug("%s", self.auto_choice.explain())  # the CLI prints it; a script reads auto_choice
         else:
+            if max_drop is not None:
+                log.warning("%s: the accuracy budget %s applies to backend auto; backend %s was named (by the "
+                            "caller or the target), so it is not applied", self.manifest.path, max_drop,
+                            choice.backend)
             self.artifact = artifact_to_run(self.manifest, choice.backend, choice.precision, self.threads)
         path = self.manifest.artifact_path(self.artifact)
         # options come from the caller (CLI flags, a target profile); the package adds only the settings its

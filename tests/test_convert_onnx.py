@@ -98,19 +98,31 @@ def test_onnx_int8_recipe_is_chosen_by_what_was_measured(int8_packages):
 def test_target_profile_sets_the_onnx_recipe_inputs(export, tmp_path):
     """The x86 profile (AVX2, no VNNI) asks for 7-bit weights in the U8S8 graph; the speed is timed
     only when this host is the profile's CPU, otherwise the more accurate recipe ships."""
+    from types import SimpleNamespace
+
     from converters import Converter
-    from edge_runtime.deploy.hostinfo import detect_host
+    from converters.quantize_onnx import _host_cpu_target, _reduce_range
+    from edge_runtime.deploy.targets import conversion_plan, load_target
+
+    # 7 bits where u8 x s8 pairs saturate in 16 bits (AVX2), 8 where the kernels accumulate in 32;
+    # a profile that does not say (edgetpu) gets the 7 that is right on every CPU
+    for name, seven in {"x86": True, "x86-vnni": False, "arm64": False, "rpi4": False, "edgetpu": True}.items():
+        settings = conversion_plan(target=load_target(name)).settings
+        assert _reduce_range(SimpleNamespace(options={"target": name, **settings})) is seven, name
+    assert _reduce_range(SimpleNamespace(options={"onnx_reduce_range": False, "target": "x86"})) is False
 
     pkg = tmp_path / "yfv2"
     shutil.copytree(export("yolo-fastestv2"), pkg)
-    art = Converter(pkg).to("onnx", "int8", fixture_path(CALIB), target="x86", calib_size=32).artifact("onnx", "int8")
+    art = Converter(pkg).to("onnx", "int8", fixture_path(CALIB), target="x86", calib_size=32,
+                            int8_min_cosine=0).artifact("onnx", "int8")
     recipe = art.extra["quantization"]["recipe"]
     assert recipe["candidates"]["ort"]["reduce_range"] is True
-    here = detect_host().suggested_target == "x86"
+    here = _host_cpu_target() == "x86"
     assert all(("speed_vs_fp32" in c) == here for c in recipe["candidates"].values()), recipe
     if not here:
         assert "speed not measured" in recipe["why"] and "target x86" in recipe["why"]
-        assert recipe["chosen"] == max(recipe["candidates"], key=lambda k: recipe["candidates"][k]["cosine"])
+        chosen = recipe["candidates"][recipe["chosen"]]["cosine"]
+        assert chosen == max(c["cosine"] for c in recipe["candidates"].values()), recipe
 
 
 @pytest.mark.parametrize("key", ["nanodet-plus-m", "yolo-fastestv2"])

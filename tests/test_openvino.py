@@ -346,7 +346,7 @@ def test_int8_recipe_is_recorded_and_verified_under_its_hint(ov_package):
     IR only, with convert's FP32 check run under it."""
     import openvino as ov
 
-    from edge_runtime.deploy.hostinfo import cpu_has_bf16
+    from edge_runtime.backends.openvino import cpu_has_bf16
 
     manifest = load_manifest(ov_package)
     art = manifest.artifact("openvino", "int8")

@@ -219,7 +219,8 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
         try:
             convert_package(packages[name], ["onnx"], ["int8"], calib=calib_dir, calib_size=calib_size,
                             options={"onnx_quantizer": quantizer, "calib_method": "minmax",
-                                     "onnx_reduce_range": reduce_range}, keep_failed=True)
+                                     "onnx_reduce_range": reduce_range}, keep_failed=True,
+                            int8_min_cosine=0)  # plain PTQ, no budget search: the baseline QAT is compared with
         except ArtifactRefused:  # kept, marked failed: a poor PTQ baseline is what this comparison measures
             pass
     model, num_classes = load_model(spec, spec.weights)

@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..deploy.hostinfo import cpu_has_bf16
 from ..errors import BackendUnavailableError, ModelLoadError
 from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
 
@@ -71,6 +71,19 @@ def _spec(port: Any) -> TensorSpec:
     except (RuntimeError, TypeError):  # element types numpy lacks (bf16, u4, ...)
         dtype = port.get_element_type().get_type_name()
     return TensorSpec(port.get_any_name(), shape, dtype)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """OpenVINO's CPU plugin computes bf16 natively here: it lists BF16 among the CPU's optimization
+    capabilities (AVX512-BF16 or AMX-BF16). The converter and the runtime both ask this, so an IR is
+    verified in the precision it will run in."""
+    import openvino as ov
+
+    try:
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - no CPU plugin: nothing runs in bf16 here
+        return False
 
 
 def _cpu_precision(path: Path, verified: object) -> str:

@@ -102,7 +102,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if checked:
         print("cosine vs FP32 ONNX per image (lowest over outputs) on " +
               ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in checked.items()))
-    if manifest.int8_budget is not None:
+    if manifest.int8_budget is not None and "int8" in split_list(args.precisions or "int8") and \
+            manifest.int8_budget.get("note"):
         print(f"int8 budget: {manifest.int8_budget['note']}")
     for line in refused:
         print(f"error: {line}", file=sys.stderr)

@@ -27,7 +27,6 @@ _SUMMARY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "f16
 # what makes INT8 / FP16 arithmetic faster than FP32 rather than merely smaller
 _X86_INT8 = ("avx512_vnni", "avx_vnni", "amx_int8")
 _X86_FP16 = ("avx512_fp16", "amx_fp16")
-_X86_BF16 = ("avx512_bf16", "amx_bf16")
 _ARM_INT8 = ("asimddp",)
 _ARM_FP16 = ("asimdhp", "fphp")
 
@@ -140,14 +139,6 @@ def physical_cores() -> int:
     listed = _core_count(list(_host_blocks()))
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(listed, logical)) if listed else max(1, logical)
-
-
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """This x86 CPU computes bf16 natively (AVX512-BF16 or AMX-BF16): OpenVINO's CPU plugin runs an
-    ``INFERENCE_PRECISION_HINT`` bf16 there; elsewhere bf16 would be emulated or refused."""
-    flags = _flags(list(_host_blocks()))
-    return any(f in flags for f in _X86_BF16)
 
 
 @lru_cache(maxsize=1)
