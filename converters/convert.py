@@ -123,8 +123,6 @@ def _map_metric(manifest: Manifest, reference: Runner, data: str | Path, images:
 def _no_search(fmt: str, options: dict[str, Any]) -> str | None:
     """Why ``fmt``'s INT8 converter cannot search for a budget with these options (None: it can). Only the
     default budget steps aside; an explicit one is the converter's error."""
-    if fmt == "onnx" and options.get("onnx_quantizer") == "ort":
-        return "the ort quantiser has no accuracy-aware search (--onnx-quantizer nncf has)"
     if fmt == "tflite" and options.get("tflite_io") not in (None, "float32"):
         return f"full-integer TFLite ({options['tflite_io']} I/O) keeps no layer in float"
     return None

@@ -33,7 +33,7 @@ from edge_runtime.deploy.hostinfo import detect_host
 from edge_runtime.deploy.targets import load_target
 from edge_runtime.timing import interleaved_times
 
-from .accuracy import CosineAgreement, run_nncf_search
+from .accuracy import CosineAgreement, float_prefix_search, run_nncf_search
 from .convert_job import ConvertJob, ConvertResult
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -43,6 +43,9 @@ ACTIVATIONS = {"nncf": "S8S8", "ort": "U8S8"}  # activation x weight integer typ
 # ``auto`` keeps the faster recipe only if its mean cosine with FP32 is within this of the more accurate
 # one's: NanoDet-Plus-m's U8S8 (0.905 vs 0.992) is out, YOLO-FastestV2's (0.985 vs 0.985) is in
 RECIPE_COSINE_SLACK = 0.003
+# the U8S8 graph's float-prefix search runs only this close under a budget: leading Convs in float gave
+# YOLO-FastestV2 0.985 -> 0.990; NanoDet-Plus-m's 0.905 is out of any prefix's reach
+ORT_SEARCH_GAP = 0.02
 
 
 def decode_tail_nodes(model: onnx.ModelProto, stop_types: tuple[str, ...] = ("Conv",)) -> list[str]:
@@ -106,7 +109,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     return info
 
 
-def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
+def _quantize_static(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
     opts = job.options
     method = opts.get("calib_method", "minmax")
     if method not in CALIBRATION_METHODS:
@@ -122,6 +125,47 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
                     extra_options=extra_options)
     return {"tool": f"onnxruntime {onnxruntime.__version__}", "calibration_method": method,
             "reduce_range": reduce_range}
+
+
+def conv_levels(model: onnx.ModelProto) -> list[list[str]]:
+    """The Convs grouped by depth from the input (longest path; ONNX lists nodes in topological order)."""
+    producer = {out: node.name for node in model.graph.node for out in node.output}
+    depth: dict[str, int] = {}
+    levels: dict[int, list[str]] = {}
+    for node in model.graph.node:
+        depth[node.name] = 1 + max((depth[producer[i]] for i in node.input if i in producer), default=-1)
+        if node.op_type == "Conv":
+            levels.setdefault(depth[node.name], []).append(node.name)
+    return [levels[d] for d in sorted(levels)]
+
+
+def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
+    """``quantize_static`` (U8S8); with a budget the plain graph missed by at most ``ORT_SEARCH_GAP``, the
+    fewest leading Convs in float that meet it (``float_prefix_search``, as TFLite's)."""
+    info = _quantize_static(job, prepared, excluded, out)
+    budget = job.accuracy
+    if budget is None:
+        return info
+    name, outputs = job.manifest.input.name, list(job.manifest.artifact("onnx", "fp32").outputs)
+    before = after = budget.metric(_runner(onnx.load(str(out)), name, outputs))
+    float_layers: list[str] = []
+    if before < budget.target - 1e-9:
+        if budget.target - before > ORT_SEARCH_GAP:
+            job.progress(f"onnx int8: ort {budget.metric.name} {before:.4f}, more than {ORT_SEARCH_GAP} under the "
+                         f"budget: no float-layer search")
+        else:
+            job.progress(f"onnx int8: ort {budget.metric.name} {before:.4f} < {budget.target:.4f}: searching "
+                         "leading Convs to keep in float")
+            trial = out.with_name(f"{out.stem}-trial.onnx")
+
+            def build(float_convs: list[str]):
+                _quantize_static(job, prepared, excluded + float_convs, trial)
+                return _runner(onnx.load(str(trial)), name, outputs)
+
+            float_layers, after = float_prefix_search(build, conv_levels(onnx.load(str(prepared))), budget,
+                                                      job.progress)
+            _quantize_static(job, prepared, excluded + float_layers, out)
+    return {**info, "accuracy_control": budget.describe(before, after, float_layers)}
 
 
 def _host_cpu_target() -> str | None:
@@ -178,7 +222,7 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> 
     else:
         floor = max(value.values()) - RECIPE_COSINE_SLACK
         rule = f"is within {RECIPE_COSINE_SLACK} of the best"
-    eligible = [key for key in candidates if value[key] >= floor] or [max(value, key=value.get)]
+    eligible = [key for key in candidates if value[key] >= floor - 1e-9] or [max(value, key=value.get)]
     if speed:
         chosen = max(eligible, key=speed.get)
         why = f"the fastest on {host} whose {metric.name} {rule}"
@@ -203,8 +247,6 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
     quantizer = job.options.get("onnx_quantizer") or "auto"
     if quantizer not in QUANTIZERS:
         raise ValueError(f"onnx_quantizer must be one of {', '.join(QUANTIZERS)}")
-    if quantizer == "ort" and job.accuracy is not None:
-        raise ValueError("accuracy-aware INT8 runs on NNCF: drop onnx_quantizer=ort (--onnx-quantizer ort)")
     out_name = "model_int8.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
