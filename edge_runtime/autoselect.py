@@ -119,6 +119,7 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         cache = {}
+    cache = cache if isinstance(cache, dict) else {}
     entry = cache.get(key)
     # a damaged or edited cache entry is a miss, never an error: every field is checked before use
     cached = (isinstance(entry, dict) and isinstance(entry.get("choice"), str)
