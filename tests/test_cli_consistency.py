@@ -216,8 +216,8 @@ def test_the_rules_behind_the_flags_live_in_the_api():
     assert plan.describe() == "onnx x fp32,fp16,int8"
     # a target's other converter settings (backend keys with no runtime option) travel in the plan
     plan = conversion_plan(target=load_target("x86-vnni"))
-    assert plan.settings == {"openvino_inference_precision": "auto"}
-    assert plan.describe() == "openvino,onnx x int8,fp32, openvino_inference_precision auto"
+    assert plan.settings == {"onnx_weight_bits": "8", "openvino_inference_precision": "auto"}
+    assert plan.describe() == "openvino,onnx x int8,fp32, onnx_weight_bits 8, openvino_inference_precision auto"
 
 
 @pytest.mark.parametrize("case", sorted(OUTPUT_FILES), ids="-".join)
