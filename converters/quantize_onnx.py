@@ -208,6 +208,7 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> 
                                  job.calibration.tensors[:: max(1, len(job.calibration) // 8)][:8])
         images = "calibration"
     value = {key: metric(_runner(onnx.load(str(path)), name, outputs)) for key, path in candidates.items()}
+    value = {key: v if np.isfinite(v) else -1.0 for key, v in value.items()}  # a NaN graph (a zero scale) loses
     measured, host = _host_is_target(job)
     speed: dict[str, float] = {}
     if measured:
