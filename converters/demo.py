@@ -26,6 +26,7 @@ from .formats import CONVERTERS, REFERENCE, check_formats
 log = logging.getLogger(__name__)
 MODEL = "demo-shapes"
 CALIBRATION_IMAGES = 32
+HELD_OUT_IMAGES = 16  # beside them, for convert's default INT8 budget (it needs 8 or more)
 
 
 def buildable(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -69,11 +70,12 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
     if missing:
         calib = root / "calibration"
         if not (calib / "train").is_dir():
-            write_split(calib, "train", CALIBRATION_IMAGES)
+            write_split(calib, "train", CALIBRATION_IMAGES + HELD_OUT_IMAGES)
         for fmt in dict.fromkeys(f for f, _ in missing):
             try:
                 manifest = convert_package(package, [fmt], [p for f, p in missing if f == fmt],
-                                           calib=calib / "train", calib_size=CALIBRATION_IMAGES, progress=progress)
+                                           calib=calib / "train", calib_size=CALIBRATION_IMAGES,
+                                           val_size=HELD_OUT_IMAGES, progress=progress)
             except ArtifactRefused as exc:
                 manifest = exc.manifest
                 if refused is not None:
