@@ -50,21 +50,13 @@ IRS: dict[str, tuple[str, dict[str, Any]]] = {
     "int8": ("int8", {}),
     "int8-first-int8-concat": ("int8", {"ov_float_first_convs": 0}),
 }
-# variant name -> (IR name, INFERENCE_PRECISION_HINT)
-VARIANTS: dict[str, tuple[str, str]] = {
-    "fp32": ("fp32", "f32"),
-    "fp32/bf16": ("fp32", "bf16"),
-    "int8-plain": ("int8-plain", "f32"),
-    "int8-plain/bf16": ("int8-plain", "bf16"),
-    "int8-performance": ("int8-performance", "f32"),
-    "int8-first-int8": ("int8-first-int8", "f32"),
-    "int8-tail-int8": ("int8-tail-int8", "f32"),
-    "int8-all-int8": ("int8-all-int8", "f32"),
-    "int8-all-int8/bf16": ("int8-all-int8", "bf16"),
-    "int8": ("int8", "f32"),
-    "int8/bf16": ("int8", "bf16"),
-    "int8-first-int8-concat": ("int8-first-int8-concat", "f32"),
-}
+# variant name -> (IR name, INFERENCE_PRECISION_HINT): every IR in f32, these also with the float parts in bf16
+BF16_IRS = ("fp32", "int8-plain", "int8-all-int8", "int8")
+VARIANTS: dict[str, tuple[str, str]] = {}
+for _ir in IRS:
+    VARIANTS[_ir] = (_ir, "f32")
+    if _ir in BF16_IRS:
+        VARIANTS[f"{_ir}/bf16"] = (_ir, "bf16")
 
 
 def kernel_precision(exec_type: str, node_type: str) -> str:
