@@ -83,7 +83,10 @@ def _runner(model: onnx.ModelProto, input_name: str, outputs: list[str]):
     return lambda tensor: session.run(outputs, {input_name: tensor})
 
 
-def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path) -> dict:
+def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path
+                   ) -> tuple[dict, float | None]:
+    """NNCF's QDQ graph (with its accuracy-aware search under a budget); returns its record and, under a
+    budget, the budget's metric of what it saved (None without one)."""
     import nncf
 
     name = job.manifest.input.name
@@ -93,7 +96,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
             "calibration_method": "minmax (nncf)"}
     quantized = nncf.quantize(model, nncf.Dataset(job.calibration.tensors, lambda t: {name: t}),
                               subset_size=len(job.calibration), **settings)
-    budget = job.accuracy
+    budget, after = job.accuracy, None
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
         job.progress(f"onnx int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
@@ -106,7 +109,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
             after = budget.metric(_runner(quantized, name, outputs))
         info["accuracy_control"] = budget.describe(before, after, sorted(set(float_convs(quantized)) - plain_float))
     onnx.save(quantized, str(out))
-    return info
+    return info, after
 
 
 def _quantize_static(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
@@ -139,13 +142,14 @@ def conv_levels(model: onnx.ModelProto) -> list[list[str]]:
     return [levels[d] for d in sorted(levels)]
 
 
-def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
+def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> tuple[dict, float | None]:
     """``quantize_static`` (U8S8); with a budget the plain graph missed by at most ``ORT_SEARCH_GAP``, the
-    fewest leading Convs in float that meet it (``float_prefix_search``, as TFLite's)."""
+    fewest leading Convs in float that meet it (``float_prefix_search``, as TFLite's). Returns its record
+    and, under a budget, the budget's metric of what it saved (None without one)."""
     info = _quantize_static(job, prepared, excluded, out)
     budget = job.accuracy
     if budget is None:
-        return info
+        return info, None
     name, outputs = job.manifest.input.name, list(job.manifest.artifact("onnx", "fp32").outputs)
     before = after = budget.metric(_runner(onnx.load(str(out)), name, outputs))
     float_layers: list[str] = []
@@ -165,7 +169,7 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
             float_layers, after = float_prefix_search(build, conv_levels(onnx.load(str(prepared))), budget,
                                                       job.progress)
             _quantize_static(job, prepared, excluded + float_layers, out)
-    return {**info, "accuracy_control": budget.describe(before, after, float_layers)}
+    return {**info, "accuracy_control": budget.describe(before, after, float_layers)}, after
 
 
 def _host_cpu_target() -> str | None:
@@ -195,29 +199,31 @@ def _host_is_target(job: ConvertJob) -> tuple[bool, str]:
     return target is None or target == _host_cpu_target(), name
 
 
-def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> tuple[str, dict, float]:
-    """The recipe ``auto`` ships, and the record of why: each candidate's accuracy against FP32 (the
-    budget's metric, else cosine on held-out images) and, when this host is the package's CPU, its
-    speed against FP32 timed interleaved. Returns the choice, the record and the choice's measured value."""
+def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path, float | None]]
+                   ) -> tuple[str, dict]:
+    """The recipe ``auto`` ships, and the record of why. ``candidates``: key -> (graph, the budget's metric
+    of it when the quantiser measured one). Each candidate's accuracy against FP32 (the budget's metric,
+    else cosine on held-out images) and, when this host is the package's CPU, its speed against FP32
+    timed interleaved."""
     name = job.manifest.input.name
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
+    paths = {"fp32": fp32, **{key: path for key, (path, _) in candidates.items()}}
+    runs = {key: _runner(onnx.load(str(path)), name, outputs) for key, path in paths.items()}  # one session each
     budget, images = job.accuracy, "held-out"
     metric = budget.metric if budget is not None else job.agreement
     if metric is None:  # no held-out images: a spread of the calibration ones, said so in the record
-        metric = CosineAgreement(_runner(onnx.load(str(fp32)), name, outputs),
-                                 job.calibration.tensors[:: max(1, len(job.calibration) // 8)][:8])
+        metric = CosineAgreement(runs["fp32"], job.calibration.tensors[:: max(1, len(job.calibration) // 8)][:8])
         images = "calibration"
-    value = {key: metric(_runner(onnx.load(str(path)), name, outputs)) for key, path in candidates.items()}
+    value = {key: known if known is not None else metric(runs[key]) for key, (_, known) in candidates.items()}
     value = {key: v if np.isfinite(v) else -1.0 for key, v in value.items()}  # a NaN graph (a zero scale) loses
     measured, host = _host_is_target(job)
     speed: dict[str, float] = {}
     if measured:
         job.progress(f"onnx int8: timing {', '.join(candidates)} against FP32 on this host")
-        sessions = [_runner(onnx.load(str(path)), name, outputs) for path in (fp32, *candidates.values())]
         feed = metric.images[0]
-        samples = interleaved_times([lambda s=s: s(feed) for s in sessions], rounds=10, inner=3)
-        medians = [float(np.median(t)) for t in samples]
-        speed = {key: medians[0] / ms for key, ms in zip(candidates, medians[1:])}
+        samples = interleaved_times([lambda run=run: run(feed) for run in runs.values()], rounds=10, inner=3)
+        medians = dict(zip(runs, (float(np.median(t)) for t in samples)))
+        speed = {key: medians["fp32"] / medians[key] for key in candidates}
     if budget is not None:
         floor, rule = budget.target, f"meets the budget ({metric.name} >= {budget.target:.4f})"
     else:
@@ -238,7 +244,7 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, Path]) -> 
               "candidates": {key: {"activations": ACTIVATIONS[key], metric.name: round(value[key], 5),
                                    **({"speed_vs_fp32": round(speed[key], 3)} if speed else {})}
                              for key in candidates}}
-    return chosen, record, value[chosen]
+    return chosen, record
 
 
 def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
@@ -258,15 +264,16 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
         job.progress(f"onnx int8: {', '.join(keys)} on {len(job.calibration)} images, "
                      f"{len(excluded)} tail nodes in float")
         made: dict[str, tuple[Path, dict]] = {}
+        metric_of: dict[str, float | None] = {}
         for key in keys:
             path = Path(tmp) / f"{key}.onnx"
-            info = _quantize_nncf(job, model, excluded, path) if key == "nncf" else \
+            info, metric_of[key] = _quantize_nncf(job, model, excluded, path) if key == "nncf" else \
                 _quantize_ort(job, prepared, excluded, path)
             made[key] = path, {"quantizer": key, "activations": ACTIVATIONS[key], **info}
         chosen, recipe = quantizer, None
         if len(made) > 1:
-            chosen, recipe, measured = _choose_recipe(job, job.fp32_onnx,
-                                                      {key: path for key, (path, _) in made.items()})
+            chosen, recipe = _choose_recipe(job, job.fp32_onnx,
+                                            {key: (path, metric_of[key]) for key, (path, _) in made.items()})
             for key, (_, made_info) in made.items():
                 recipe["candidates"][key].update({k: made_info[k] for k in ("tool", "reduce_range") if k in made_info})
             job.progress(f"onnx int8: {chosen} ({ACTIVATIONS[chosen]}), {recipe['why']}")
@@ -276,7 +283,5 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
     info.update({"format": "QDQ", "per_channel": True, "float_nodes": excluded})
     if recipe is not None:
         info["recipe"] = recipe
-        if job.accuracy is not None and "accuracy_control" not in info:  # met as quantised, no layer in float
-            info["accuracy_control"] = job.accuracy.describe(measured, measured, [])
     return ConvertResult(file=out_name, outputs=list(job.manifest.artifact("onnx", "fp32").outputs),
                          extra={"quantization": info})
