@@ -256,24 +256,29 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
                      f"{len(budget.metric.images)} held-out images, {hint}")
         # "before": the recipe without the search (with the Concat pass, as "after" has it)
         plain = quantized.clone()
-        if concat_pass:
-            quantize_concat_inputs(plain, tensors, input_name)
+        plain_added = quantize_concat_inputs(plain, tensors, input_name) if concat_pass else 0
         before = measure(plain)
         plain_float = set(float_convs(quantized))
-        if before < budget.target:  # met as quantised: NNCF's search would quantise again to the same model
+        searched_again = before < budget.target  # met as quantised: the search would quantise again to the same
+        if searched_again:
             quantized = run_nncf_search(model, budget, input_name, tensors,
                                         lambda compiled: _runner(compiled, input_name, outputs), **settings)
         searched_float = sorted(set(float_convs(quantized)) - plain_float)
         searched = quantized.clone() if concat_pass else quantized
-    added = quantize_concat_inputs(quantized, tensors, input_name) if concat_pass else 0
+    if budget is not None and not searched_again:  # the plain model with its pass, already made and measured
+        quantized, added = plain, plain_added
+    else:
+        added = quantize_concat_inputs(quantized, tensors, input_name) if concat_pass else 0
     job.progress(f"openvino int8: {added} Concat inputs quantised")
     if budget is not None:
         # fastest first: the Concat pass and the hint, then without the pass, then each in f32 (NNCF scored
         # its search in f32); the first that meets the budget ships, else the most accurate (then refused)
-        variants = [(added > 0, hint), (False, hint)] + ([(added > 0, "f32"), (False, "f32")] if hint != "f32" else [])
-        tried: dict[tuple[bool, str], float] = {}
+        variants = [(added > 0, hint), (False, hint)]
+        variants += [(added > 0, "f32"), (False, "f32")] if hint != "f32" else []
+        tried: dict[tuple[bool, str], float] = {} if searched_again else {(added > 0, hint): before}
         for with_pass, precision in dict.fromkeys(variants):
-            tried[with_pass, precision] = measure(quantized if with_pass else searched, precision)
+            if (with_pass, precision) not in tried:
+                tried[with_pass, precision] = measure(quantized if with_pass else searched, precision)
             if tried[with_pass, precision] >= budget.target - 1e-9:
                 break
         met = [v for v in tried if tried[v] >= budget.target - 1e-9]

@@ -112,8 +112,7 @@ def add_max_drop_option(parser: argparse.ArgumentParser) -> None:
                              "cosine on held-out images, e.g. cos:0.01), map:P (COCO mAP points, e.g. map:0.5; an "
                              "artifact without a recorded mAP drop is judged by cos when BUDGET also names it, "
                              "else not chosen), map:P,cos:D, or off. An FP32 with no record (the exported ONNX) "
-                             "counts as no drop [the INT8 budget "
-                             "convert recorded in the package, else cos:0.01]")
+                             "counts as no drop [the INT8 budget convert recorded in the package, else cos:0.01]")
 
 
 def max_drop_budget(args: argparse.Namespace) -> Any:
