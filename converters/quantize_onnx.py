@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     return info, after
 
 
-def _quantize_static(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> dict:
+def _quantize_static(job: ConvertJob, prepared: Path, excluded: list[str], out: Path, reduce_range: bool) -> dict:
     opts = job.options
     method = opts.get("calib_method", "minmax")
     if method not in CALIBRATION_METHODS:
@@ -120,7 +121,6 @@ def _quantize_static(job: ConvertJob, prepared: Path, excluded: list[str], out: 
     extra_options: dict = {"ActivationSymmetric": False, "WeightSymmetric": True}
     if method == "percentile":
         extra_options["CalibPercentile"] = float(opts.get("calib_percentile", 99.999))
-    reduce_range = _reduce_range(job)
     quantize_static(str(prepared), str(out), _TensorReader(job.manifest.input.name, job.calibration.tensors),
                     quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -146,7 +146,8 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
     """``quantize_static`` (U8S8); with a budget the plain graph missed by at most ``ORT_SEARCH_GAP``, the
     fewest leading Convs in float that meet it (``float_prefix_search``, as TFLite's). Returns its record
     and, under a budget, the budget's metric of what it saved (None without one)."""
-    info = _quantize_static(job, prepared, excluded, out)
+    reduce_range = _reduce_range(job)  # once: the search quantises again up to a few times
+    info = _quantize_static(job, prepared, excluded, out, reduce_range)
     budget = job.accuracy
     if budget is None:
         return info, None
@@ -163,15 +164,16 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
             trial = out.with_name(f"{out.stem}-trial.onnx")
 
             def build(float_convs: list[str]):
-                _quantize_static(job, prepared, excluded + float_convs, trial)
+                _quantize_static(job, prepared, excluded + float_convs, trial, reduce_range)
                 return _runner(onnx.load(str(trial)), name, outputs)
 
             float_layers, after = float_prefix_search(build, conv_levels(onnx.load(str(prepared))), budget,
                                                       job.progress)
-            _quantize_static(job, prepared, excluded + float_layers, out)
+            _quantize_static(job, prepared, excluded + float_layers, out, reduce_range)
     return {**info, "accuracy_control": budget.describe(before, after, float_layers)}, after
 
 
+@lru_cache(maxsize=1)
 def _host_cpu_target() -> str | None:
     """The first CPU-only profile ``targets --detect`` matches here (a board's, else the CPU family's)."""
     return next((name for name in detect_host().matching_targets if not load_target(name).accelerator), None)
