@@ -45,6 +45,9 @@ CONVERTERS: dict[str, FormatConverter] = {
                                 ("openvino", "nncf")),
     "tflite": FormatConverter(dict.fromkeys(precisions("tflite"), "converters.tflite:convert_tflite"),
                               ("onnx2tf", "tensorflow")),
+    "ncnn": FormatConverter(dict.fromkeys(("fp32", "fp16"), "converters.convert_ncnn:convert_ncnn"), ("pnnx", "onnx"), {
+        "int8": "ncnn quantises with its ncnn2table/ncnn2int8 tools, which no wheel installs "
+                "(the ncnn backend runs an INT8 .param/.bin made with them)"}),
 }
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .backends import option_keys
+from .backends import BACKENDS, option_keys
 from .budget import check_recorded_budget
 from .compare import Verdict, judge
 from .errors import ManifestError, ModelLoadError
@@ -297,6 +297,22 @@ def _check_no_backend_keys(where: str, node: dict[str, Any], what: str) -> None:
                             f"providers, profiler paths or configs (use the CLI options or --target)")
 
 
+def _check_weights_file(where: str, art: dict[str, Any]) -> None:
+    """The weights the backend will load beside the model file must be the ``weights_file`` the manifest
+    checksums: another name would be checked while the loaded one is not."""
+    cls = BACKENDS.get(art["format"])
+    want = cls.weights_file(art["file"]) if cls is not None and isinstance(art["file"], str) else None
+    have = art.get("weights_file")
+    if want is None:
+        if have is not None:
+            raise ManifestError(f"{where}: artifact {art['file']!r} lists weights_file {have!r}, but its "
+                                f"{art['format']} backend loads no weights file")
+        return
+    if have != want or not isinstance(art.get("weights_sha256"), str):
+        raise ManifestError(f"{where}: artifact {art['file']!r} must list its weights as weights_file {want!r} "
+                            f"with weights_sha256 (has {have!r})")
+
+
 def _check_package_path(where: str, root: Path, art_name: str, key: str, rel: Any) -> None:
     """``rel`` names a file inside the package: relative, no '..', and no symbolic link on the way (a link
     could point a checksum-verified load, a bundle or a write at any file of the device)."""
@@ -351,6 +367,7 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
         for key in ("file", *_FILE_KEYS):
             if key in art:
                 _check_package_path(where, root, repr(art["file"]), key, art[key])
+        _check_weights_file(where, art)
         if isinstance(art.get("input"), dict) and "shape" in art["input"]:
             _check_shape(where, f"artifact {art['file']!r} input.shape", art["input"]["shape"])
         known = {k for k, _ in _ARTIFACT_REQUIRED}

@@ -10,7 +10,7 @@
 #   wheels/    the aarch64 wheels (pip download --platform ... --only-binary=:all:), kept for rebuilds
 #   site/      those wheels installed with pip --target, plus this repo's edge_runtime copied as pure
 #              Python (refreshed on every run): numpy, opencv-python-headless, onnxruntime,
-#              ai-edge-litert. No torch, tensorflow, onnx or openvino.
+#              ai-edge-litert, ncnn. No torch, tensorflow, onnx or openvino.
 #   prefix/    the qemu -L prefix: symlinks into rootfs plus a fake Raspberry Pi 4 /proc/cpuinfo and a
 #              4-core /sys/devices/system/cpu tree (onnxruntime segfaults at import and LiteRT at its
 #              first inference when they read the host's x86 /proc/cpuinfo)
@@ -27,7 +27,7 @@ set -euo pipefail
 umask 022
 
 SUITE=bookworm
-PY_PACKAGES=(numpy opencv-python-headless onnxruntime ai-edge-litert)
+PY_PACKAGES=(numpy opencv-python-headless onnxruntime ai-edge-litert ncnn)
 # pip takes each --platform literally (no "this glibc or older"), so list every manylinux tag that
 # bookworm's glibc 2.36 runs: with only 2014/2_17/2_28, ai-edge-litert falls back to 1.4.0 because
 # 2.x ships manylinux_2_27_aarch64 wheels only
@@ -197,7 +197,7 @@ else
     versions=$("$PYTHON" - "$tmp" <<'EOF'
 import sys
 from importlib.metadata import distributions
-names = {"numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert"}
+names = {"numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "ncnn"}
 found = {d.metadata["Name"].lower(): d.version for d in distributions(path=[sys.argv[1]])}
 print(" ".join(f"{n}=={found[n]}" for n in sorted(names) if n in found))
 EOF

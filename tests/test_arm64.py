@@ -2,9 +2,9 @@
 
 scripts/arm64_rootfs.sh builds (once, cached in $EDGE_RUNTIME_ARM64_CACHE or
 ~/.cache/edge-runtime/arm64) a bookworm arm64 rootfs, the aarch64 wheels of numpy,
-opencv-python-headless, onnxruntime and ai-edge-litert, this repo's edge_runtime as pure Python, and
+opencv-python-headless, onnxruntime, ai-edge-litert and ncnn, this repo's edge_runtime as pure Python, and
 a fake Raspberry Pi 4 /proc/cpuinfo (Cortex-A72 x4). Its `run-arm64-python` runs a driver that loads
-a YOLO-FastestV2 352 package (ONNX FP32 and TFLite INT8) with edge_runtime.Detector on three sample
+a YOLO-FastestV2 352 package (ONNX FP32, TFLite INT8, ncnn FP32) with edge_runtime.Detector on three sample
 photos; the same driver runs on x86 in this process, and the two must agree as below.
 
 Measured on this project's 2-core x86 machine (qemu 7.2 cortex-a72; numpy 2.4.6, OpenCV 5.0.0.93,
@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "arm64_rootfs.sh"
 CALIB = "images/calib-coco-val2017"
 IMAGES = ("dog.jpg", "person.jpg", "horses.jpg")
-ARTIFACTS = (("onnx", "fp32"), ("tflite", "int8"))
+ARTIFACTS = (("onnx", "fp32"), ("tflite", "int8"), ("ncnn", "fp32"))
 BOX_TOL_PX = 1.0  # same input tensor; measured worst 1e-4 px (module docstring)
 SCORE_TOL = 0.02  # same input tensor; measured worst 1e-6
 PIXEL_LEVELS_TOL = 2  # arm64 vs x86 preprocessing, in uint8 levels; measured 2 on 1 in 3 million values
@@ -101,7 +101,7 @@ def detect_all(package, images, artifacts, tensors=None, save_tensors=None):
     if save_tensors:
         np.savez(save_tensors, **own)
     out["versions"] = {}
-    for dist in ("numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert"):
+    for dist in ("numpy", "opencv-python-headless", "onnxruntime", "ai-edge-litert", "ncnn"):
         try:
             out["versions"][dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -144,7 +144,8 @@ def arm64_python() -> Path:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         pytest.skip(f"compares x86_64 with emulated arm64; this host is {sys.platform} {platform.machine()}")
     # what the package fixture needs, checked before a rootfs is built for nothing
-    for module in ("torch", "onnx", "onnxslim", "tensorflow", "onnx2tf", "ai_edge_litert", "onnxruntime"):
+    for module in ("torch", "onnx", "onnxslim", "tensorflow", "onnx2tf", "ai_edge_litert", "onnxruntime", "pnnx",
+                   "ncnn"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"the x86 side needs {module} (export + TFLite INT8 conversion + the reference run)")
     fixture_path("weights/yolo-fastestv2/coco2017-0.241078ap-model.pth")
@@ -168,13 +169,15 @@ def arm64_python() -> Path:
 
 @pytest.fixture(scope="module")
 def arm64_package(arm64_python, export, tmp_path_factory) -> Path:
-    """A private copy of the YOLO-FastestV2 352 package with ONNX FP32 and TFLite INT8 (16 calibration images)."""
+    """A private copy of the YOLO-FastestV2 352 package with ONNX FP32, TFLite INT8 (16 calibration images)
+    and ncnn FP32."""
     from converters.convert import convert_package
 
     pkg = tmp_path_factory.mktemp("arm64") / "yolo-fastestv2"
     shutil.copytree(export("yolo-fastestv2"), pkg)  # the conftest package is shared: convert a copy
     convert_package(pkg, ["tflite"], ["int8"], calib=fixture_path(CALIB), calib_size=16,
                     int8_min_cosine=0)  # not about the budget: no search
+    convert_package(pkg, ["ncnn"], ["fp32"])
     return pkg
 
 

@@ -43,10 +43,10 @@ def test_no_module_outside_the_registry_lists_the_formats_or_precisions():
 
 
 def test_registry_helpers_read_the_backend_classes():
-    assert formats() == ("onnx", "openvino", "tflite")
+    assert formats() == ("onnx", "openvino", "tflite", "ncnn")
     assert all_precisions() == backends.ALL_PRECISIONS == ("fp32", "fp16", "int8")
     assert precisions("openvino") == ("fp32", "fp16", "int8")
-    with pytest.raises(EdgeRuntimeError, match="unknown artifact format 'rknn' .known: onnx, openvino, tflite"):
+    with pytest.raises(EdgeRuntimeError, match="unknown artifact format 'rknn' .known: onnx, openvino, tflite, ncnn"):
         precisions("rknn")
     assert backends.profiled_formats() == ("onnx", "openvino")
     assert backends.import_formats() == {".onnx": "onnx", ".tflite": "tflite"}
@@ -118,7 +118,7 @@ def test_a_registered_backend_is_accepted_by_targets_and_convert(fake_backend, t
 
 
 def test_an_unregistered_backend_is_refused_everywhere(tmp_path):
-    with pytest.raises(EdgeRuntimeError, match=r"unknown backend 'fakenpu' \(known: onnx, openvino, tflite\)"):
+    with pytest.raises(EdgeRuntimeError, match=r"unknown backend 'fakenpu' \(known: onnx, openvino, tflite, ncnn\)"):
         load_target(str(_write_profile(tmp_path, '["fakenpu"]', '["int8"]')))
     with pytest.raises(EdgeRuntimeError, match=r"unknown format \['fakenpu'\]; choose from onnx, openvino, tflite"):
         check_formats(["fakenpu"])

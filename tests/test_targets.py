@@ -169,7 +169,7 @@ def test_old_style_profile_still_loads(tmp_path: Path) -> None:
     ('name = "bad"\narch = "x86_64"\nbackends = ["onnx"]\nprecisions = ["fp32"]\ndelegate = "libx.so"\n',
      "'delegate' is set but 'tflite' is not in backends"),
     ('name = "bad"\narch = "x86_64"\nbackends = ["onxx"]\nprecisions = ["fp32"]\n',
-     "unknown backend 'onxx' (known: onnx, openvino, tflite)"),
+     "unknown backend 'onxx' (known: onnx, openvino, tflite, ncnn)"),
     ('name = "bad"\narch = "x86_64"\nbackends = ["tflite"]\nprecisions = ["int8"]\ntflite_io = "u8"\n',
      "'tflite_io' must be one of float32, int8, uint8, got 'u8'"),
     ('name = "bad"\narch = "x86_64"\nbackends = ["openvino"]\nprecisions = ["int8"]\n'

@@ -16,13 +16,15 @@ from ..errors import BackendUnavailableError, EdgeRuntimeError
 from ..versions import package_version
 from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
 from .litert import LiteRtBackend
+from .ncnn import NcnnBackend
 from .onnxruntime import OrtBackend
 from .openvino import OpenVinoBackend
 
 if TYPE_CHECKING:
     from ..manifest import Artifact, Manifest
 
-BACKENDS: dict[str, type[Backend]] = {cls.format: cls for cls in (OrtBackend, OpenVinoBackend, LiteRtBackend)}
+BACKENDS: dict[str, type[Backend]] = {cls.format: cls for cls in (OrtBackend, OpenVinoBackend, LiteRtBackend,
+                                                                          NcnnBackend)}
 
 
 def formats() -> tuple[str, ...]:

@@ -133,6 +133,13 @@ class Backend(ABC):
         return {}
 
     @classmethod
+    def weights_file(cls, model_file: str) -> str | None:
+        """The file beside ``model_file`` the backend loads its weights from (an OpenVINO IR's .bin), None when
+        the model file is all it reads. The manifest must list that file with its checksum, so nothing
+        is loaded unchecked."""
+        return None
+
+    @classmethod
     def list_devices(cls) -> list[str] | None:
         """The devices / execution providers the installed library sees; None when it is not installed
         (or fails to initialise: host detection must not stop) or lists none."""

@@ -193,6 +193,10 @@ class OpenVinoBackend(Backend):
         self._request = self.compiled.create_infer_request()
 
     @classmethod
+    def weights_file(cls, model_file: str) -> str | None:
+        return str(Path(model_file).with_suffix(".bin")) if model_file.lower().endswith(".xml") else None
+
+    @classmethod
     def recorded_options(cls, artifact_extra: dict[str, Any]) -> dict[str, Any]:
         """``inference_precision_hint`` ("bf16" or "f32"), as the verified precision; any other value is ignored."""
         hint = artifact_extra.get("inference_precision_hint")
