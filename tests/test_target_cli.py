@@ -112,8 +112,8 @@ def test_convert_for_the_edgetpu_target_compiles_with_edgetpu_compiler(demo_pack
     path = {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
     pkg = tmp_path / "demo"
     shutil.copytree(demo_package, pkg)
-    proc = run_cli("convert", str(pkg), "--target", "edgetpu", "--calib", str(fixture_path("images/calib-coco-val2017")),
-                   "--calib-size", "16", env=path)
+    proc = run_cli("convert", str(pkg), "--target", "edgetpu", "--calib",
+                   str(fixture_path("images/calib-coco-val2017")), "--calib-size", "16", env=path)
     assert proc.returncode == 0, proc.stderr
     assert "model_int8_edgetpu.tflite: 14 ops on the Edge TPU, 1 on the CPU" in proc.stderr, proc.stderr
     manifest = load_manifest(pkg)
