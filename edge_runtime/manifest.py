@@ -51,8 +51,10 @@ _ARTIFACT_REQUIRED = (("file", str), ("format", str), ("precision", str), ("sha2
 # profile. Every key a backend reads as an option and every target key that becomes one (the backend
 # registry's option_keys), plus the obvious containers.
 BACKEND_KEYS = frozenset({"backend_options", "options", "devices", "providers", "library"}) | option_keys()
-# Artifact keys naming a file of the package (besides ``file``): they must resolve inside it.
-_FILE_KEYS = ("weights_file",)
+# Artifact keys naming a file of the package (besides ``file``), each with the key of its sha256: they must
+# resolve inside it. An OpenVINO IR's .bin weights; a model compiled for an accelerator (the Edge TPU's
+# _edgetpu.tflite), shipped and checksummed with the artifact it was compiled from.
+_FILE_KEYS = {"weights_file": "weights_sha256", "compiled_file": "compiled_sha256"}
 # Bounds that no real detector reaches but that keep a hostile manifest from asking for absurd buffers.
 MAX_INPUT_SIDE = 8192
 MAX_CLASSES = 10_000
@@ -143,8 +145,7 @@ class Manifest:
 
     def artifact_files(self, art: Artifact) -> list[Path]:
         """Every file of ``art``: the model, plus e.g. an OpenVINO IR's .bin weights."""
-        extra = [self.root / art.extra["weights_file"]] if "weights_file" in art.extra else []
-        return [self.root / art.file, *extra]
+        return [self.root / art.file, *(self.root / art.extra[key] for key in _FILE_KEYS if key in art.extra)]
 
     def artifact_mb(self, art: Artifact) -> float:
         return sum(p.stat().st_size for p in self.artifact_files(art) if p.exists()) / 2**20
@@ -157,7 +158,8 @@ class Manifest:
     def artifact_path(self, art: Artifact, verify: bool = True) -> Path:
         """Absolute path of ``art``; with ``verify`` its sha256 must match the manifest."""
         path = self.root / art.file
-        files = list(zip(self.artifact_files(art), (art.sha256, art.extra.get("weights_sha256"))))
+        digests = [art.sha256, *(art.extra.get(sha) for key, sha in _FILE_KEYS.items() if key in art.extra)]
+        files = list(zip(self.artifact_files(art), digests))
         for file, digest in files:
             if not file.is_file():
                 raise ModelLoadError(f"{file}: artifact listed in the manifest is missing")

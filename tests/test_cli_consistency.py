@@ -208,7 +208,8 @@ def test_the_rules_behind_the_flags_live_in_the_api():
     edgetpu = load_target("edgetpu")
     plan = conversion_plan(target=edgetpu)
     assert (plan.formats, plan.precisions, plan.tflite_io) == (("tflite",), ("int8",), "uint8")
-    assert plan.describe() == "tflite x int8, TFLite I/O uint8"
+    assert plan.describe() == "tflite x int8, TFLite I/O uint8, tflite_compiler edgetpu_compiler"
+    assert plan.settings == {"tflite_compiler": "edgetpu_compiler"}
     plan = conversion_plan(["onnx"], [], "int8", edgetpu)
     assert (plan.formats, plan.precisions, plan.tflite_io) == (("onnx",), ("int8",), "int8")
     plan = conversion_plan(["onnx"], [], None, None)

@@ -235,6 +235,101 @@ def test_deploy_installs_and_benchmarks_on_the_device(deployed, sshd):
     assert not installed & {"torch", "onnx", "tensorflow", "openvino"}, installed
 
 
+# --- (b2) a target whose accelerator comes in its own distribution (ONNX Runtime's QNN plugin) ----------
+
+@pytest.fixture(scope="session")
+def qnn_package(demo_package, tmp_path_factory) -> Path:
+    """The demo-shapes package with a verified ONNX INT8 artifact: what the ort-qnn target runs."""
+    from conftest import fixture_path
+
+    from converters.convert import convert_package
+
+    pkg = tmp_path_factory.mktemp("qnn") / "demo"
+    shutil.copytree(demo_package, pkg)
+    convert_package(pkg, ["onnx"], ["int8"], calib=fixture_path("images/calib-coco-val2017"), calib_size=16,
+                    options={"onnx_quantizer": "ort"}, int8_min_cosine=0)
+    return pkg
+
+
+def _requirements(top: Path, target: str) -> list[str]:
+    return [line for line in (top / f"requirements-{target}.txt").read_text().splitlines() if not line.startswith("#")]
+
+
+def test_ort_qnn_bundle_requires_onnxruntime_qnn_and_says_in_one_line_it_has_no_aarch64_wheel(
+        qnn_package, wheel_dir, tmp_path, caplog):
+    """PyPI's onnxruntime-qnn (a plugin next to onnxruntime) has no Linux aarch64 wheel: the bundle still names
+    it (a wheel built on the device can be given through PIP_FIND_LINKS) and says so when it is made, in the
+    requirements and when install.sh's pip fails."""
+    import onnxruntime
+
+    with caplog.at_level("WARNING"):
+        bundle = make_bundle(qnn_package, "ort-qnn", tmp_path / "qnn.tar.gz", wheel_dir=wheel_dir)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    note = warnings[0]
+    assert note.startswith("target ort-qnn: the package index has no linux-aarch64 wheel of onnxruntime-qnn (only "
+                           "linux-x86_64, windows-amd64, windows-arm64)") and "PIP_FIND_LINKS" in note, note
+    top = _extract(bundle, tmp_path / "x")
+    reqs = _requirements(top, "ort-qnn")
+    assert reqs[-2:] == [f"onnxruntime=={onnxruntime.__version__}", "onnxruntime-qnn"], reqs
+    assert f"# NOTE: {note}" in (top / "requirements-ort-qnn.txt").read_text()
+    assert (top / "target.toml").read_text() == (Path(__file__).parents[1] / "targets" / "ort-qnn.toml").read_text()
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    proc = subprocess.run(["bash", "install.sh"], cwd=top, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(empty),
+                               "PIP_CONFIG_FILE": os.devnull})
+    assert proc.returncode == 13, proc.stdout + proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1] == f"install.sh: {note}", proc.stderr
+
+
+def test_qnn_bundle_installs_the_plugin_and_benchmarks_on_the_qnn_provider(qnn_package, wheel_dir, tmp_path,
+                                                                            caplog):
+    """On x86-64 Linux PyPI has onnxruntime-qnn (with the HTP simulator): a profile for it gets a bundle whose
+    install.sh installs the plugin and whose run.sh benchmarks on QNNExecutionProvider, not on the CPU."""
+    profile = tmp_path / "qnn-x86.toml"
+    profile.write_text('name = "qnn-x86"\narch = "x86_64"\nthreads = 2\nbackends = ["onnx"]\nprecisions = ["int8"]\n'
+                       'execution_provider = "QNNExecutionProvider"\n'
+                       'provider_options = { backend_path = "libQnnHtp.so" }\n')
+    with caplog.at_level("WARNING"):
+        top = _extract(make_bundle(qnn_package, str(profile), tmp_path / "b.tar.gz", wheel_dir=wheel_dir),
+                       tmp_path / "x")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "onnxruntime-qnn" in _requirements(top, "qnn-x86")
+    install = subprocess.run(["bash", "install.sh"], cwd=top, capture_output=True, text=True, timeout=900,
+                             check=False)
+    if install.returncode == 13 and any(s in install.stdout + install.stderr for s in NO_INDEX):
+        pytest.skip(f"no package index or cached wheels for the bundle's venv: {install.stderr.strip()[-300:]}")
+    assert install.returncode == 0, install.stdout + install.stderr
+    run = subprocess.run(["bash", "run.sh", "--iters", "3", "--warmup", "1"], cwd=top, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    [result] = json.loads((top / "bench.json").read_text())["results"]
+    assert result["artifact"] == "model_int8.onnx" and "QNNExecutionProvider" in result["backend"], result
+    assert result["fps"] > 0 and "FPS model_int8.onnx (onnx int8)" in run.stdout
+    # host detection names the installed plugin, which ONNX Runtime lists only once it is registered
+    listed = subprocess.run([str(top / "venv" / "bin" / "python"), "-c", "from edge_runtime.backends.onnxruntime "
+                             "import OrtBackend; print(OrtBackend.list_devices())"], capture_output=True, text=True,
+                            timeout=120, check=True).stdout
+    assert "QNNExecutionProvider" in listed, listed
+
+
+def test_qnn_provider_without_its_plugin_runs_on_the_cpu_naming_the_package(qnn_package, caplog):
+    import importlib.util
+
+    from edge_runtime.backends import open_artifact
+    from edge_runtime.manifest import load_manifest
+
+    if importlib.util.find_spec("onnxruntime_qnn") is not None:
+        pytest.skip("onnxruntime-qnn is installed here: the provider is registered, not missing")
+    manifest = load_manifest(qnn_package)
+    with caplog.at_level("WARNING"):
+        backend = open_artifact(manifest, manifest.artifact("onnx", "int8"), 1, {"device": "QNNExecutionProvider"})
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "QNNExecutionProvider is not available" in warning and "pip install onnxruntime-qnn" in warning, warning
+    assert "CPUExecutionProvider" in backend.describe()
+
+
 # --- (c) checksums --------------------------------------------------------------------------------
 
 def _corrupt(bundle: Path, tmp_path: Path) -> Path:

@@ -301,6 +301,7 @@ def test_manifest_cannot_name_backend_options_at_top_level(package_copy):
     ("file", "../model.onnx", ["outside the package", "../model.onnx"]),
     ("file", "sub/../../model.onnx", ["outside the package"]),
     ("weights_file", "/etc/passwd", ["weights_file", "outside the package"]),
+    ("compiled_file", "../model.onnx", ["compiled_file", "outside the package"]),
     ("file", "", ["not a plain relative file name"]),
 ])
 def test_artifact_paths_stay_inside_the_package(package_copy, key, value, words):

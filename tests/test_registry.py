@@ -51,7 +51,8 @@ def test_registry_helpers_read_the_backend_classes():
     assert backends.profiled_formats() == ("onnx", "openvino")
     assert backends.import_formats() == {".onnx": "onnx", ".tflite": "tflite"}
     assert list(target_keys()) == ["execution_provider", "provider_options", "onnx_weight_bits", "openvino_device",
-                                   "openvino_inference_precision", "delegate", "delegate_options", "tflite_io"]
+                                   "openvino_inference_precision", "delegate", "delegate_options", "tflite_io",
+                                   "tflite_compiler"]
     # every option a backend reads is refused in a manifest, and so is every target key that becomes one
     for cls in BACKENDS.values():
         assert cls.option_keys <= BACKEND_KEYS

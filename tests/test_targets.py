@@ -89,6 +89,7 @@ def test_shipped_profile_choices() -> None:
     assert (tpu.backends, tpu.precisions, tpu.tflite_io, tpu.delegate) == (
         ("tflite",), ("int8",), "uint8", "libedgetpu.so.1")
     assert tpu.backend_options("tflite") == {"delegate": "libedgetpu.so.1", "delegate_options": {}}
+    assert tpu.tflite_compiler == "edgetpu_compiler"  # convert runs it on the INT8 model, not an option
     assert tpu.backend_options("onnx") == {}
     vx = load_target("npu-vx")
     assert (vx.delegate, vx.tflite_io) == ("libvx_delegate.so", "uint8")

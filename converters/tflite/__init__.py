@@ -10,7 +10,8 @@ the measurements behind every step: docs/tflite.md. The steps, one module each:
 
 ``job.options``: ``tflite_io`` = "float32" (default), "int8" or "uint8" for the INT8 model's input/output
 type (quantised I/O is what NPU delegates such as the Edge TPU need; the whole graph is then
-integer); ``tflite_calibration`` = "mse" (default) or "minmax"; ``tflite_float_stem`` /
+integer); ``tflite_compiler`` = "edgetpu_compiler" compiles the INT8 model for its accelerator
+(``compilers``); ``tflite_calibration`` = "mse" (default) or "minmax"; ``tflite_float_stem`` /
 ``tflite_float_tail`` (default True, float I/O only); ``tflite_bias_correction`` = False (default),
 "auto" or True.
 """
@@ -27,6 +28,7 @@ from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.versions import package_version
 
 from ..convert_job import ConvertJob, ConvertResult
+from .compilers import COMPILERS
 from .int8 import quantize_int8
 from .naming import rename_to_onnx_names
 from .onnx2tf_run import TfGraph, tf_graph
@@ -82,6 +84,10 @@ def convert_tflite(job: ConvertJob) -> ConvertResult:
     content, outputs = rename_to_onnx_names(content, graph, role_order)
     name = f"model_{job.precision}.tflite"
     (job.out_dir / name).write_bytes(content)  # convert's fresh staging folder: moved in by os.replace
+    if job.precision == "int8" and (compiler := job.options.get("tflite_compiler")):
+        if compiler not in COMPILERS:
+            raise EdgeRuntimeError(f"tflite_compiler must be one of {', '.join(COMPILERS)}, got {compiler!r}")
+        extra.update(COMPILERS[compiler](job.out_dir / name, job.manifest.root / name, job.progress))
     h, w = job.manifest.input.size_hw
     extra = {
         "input": {"name": graph.input_name, "shape": [1, h, w, 3], "layout": "NHWC"},

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailableError, EdgeRuntimeError
 from ..versions import package_version
-from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
+from .base import AcceleratorPackage, Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
 from .litert import LiteRtBackend
 from .ncnn import NcnnBackend
 from .onnxruntime import OrtBackend
@@ -116,7 +116,7 @@ def open_artifact(manifest: Manifest, art: Artifact, threads: int, options: dict
     return cls(path, threads, {**cls.recorded_options(art.extra), **(options or {})})
 
 
-__all__ = ["ALL_PRECISIONS", "BACKENDS", "Backend", "DeviceListing", "LayerTime", "LayerTimings", "TargetKey",
-           "TensorSpec", "all_precisions", "formats", "import_formats", "installed_backends", "installed_library",
-           "open_artifact", "open_backend", "option_keys", "precisions", "profiled_formats", "require_installed",
-           "target_keys"]
+__all__ = ["ALL_PRECISIONS", "BACKENDS", "AcceleratorPackage", "Backend", "DeviceListing", "LayerTime",
+           "LayerTimings", "TargetKey", "TensorSpec", "all_precisions", "formats", "import_formats",
+           "installed_backends", "installed_library", "open_artifact", "open_backend", "option_keys", "precisions",
+           "profiled_formats", "require_installed", "target_keys"]

@@ -48,6 +48,20 @@ class TargetKey:
 
 
 @dataclass(frozen=True)
+class AcceleratorPackage:
+    """A pip distribution that adds an accelerator to a backend's own library, e.g. ONNX Runtime's QNN
+    execution-provider plugin (onnxruntime-qnn 2.x, installed next to onnxruntime). ``module``: its import
+    name, which has ``get_library_path()`` (ONNX Runtime's plugin convention). ``wheels``: the platforms
+    ("linux-x86_64", "windows-arm64", ...) the package index has wheels for, as last checked; ``elsewhere``:
+    what to do on any other platform."""
+
+    dist: str
+    module: str
+    wheels: tuple[str, ...]
+    elsewhere: str
+
+
+@dataclass(frozen=True)
 class DeviceListing:
     """What ``targets --detect`` reports of the devices a backend's library sees.
 
@@ -95,6 +109,9 @@ class Backend(ABC):
     option_keys: frozenset[str] = frozenset()
     #: the keys a target profile may set for this backend
     target_keys: tuple[TargetKey, ...] = ()
+    #: accelerator (the value of the target key that ``selects`` it) -> the distribution that brings it, where
+    #: the backend's own library lacks it
+    accelerator_packages: dict[str, AcceleratorPackage] = {}
     #: what host detection lists for this library, None when it lists nothing
     device_listing: DeviceListing | None = None
     #: why ``profile_layers`` is not available, when the backend has no per-layer profiler

@@ -63,7 +63,9 @@ class LiteRtBackend(Backend):
     target_keys = (TargetKey("delegate", option="delegate", selects=True),
                    TargetKey("delegate_options", "table", option="delegate_options", needs="delegate"),
                    # the converter's TFLite INT8 input/output type (int8/uint8 for NPU delegates)
-                   TargetKey("tflite_io", "choice", choices=("float32", "int8", "uint8")))
+                   TargetKey("tflite_io", "choice", choices=("float32", "int8", "uint8")),
+                   # the tool convert runs on the INT8 model for the delegate (converters/tflite/compilers.py)
+                   TargetKey("tflite_compiler", "choice", choices=("edgetpu_compiler",), needs="delegate"))
     import_file = (".tflite", "model_fp32.tflite")
     quantizes_inputs = True  # run() quantises each float input with its own scale and zero point
     no_layer_profiler = ("per-layer latency is not available for tflite: the TFLite Python interpreter has no "

@@ -9,6 +9,8 @@ Options (all optional):
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import tempfile
@@ -20,14 +22,39 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, EdgeRuntimeError, ModelLoadError, first_line
 from ..timing import time_calls
-from .base import Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
+from .base import AcceleratorPackage, Backend, DeviceListing, LayerTime, LayerTimings, TargetKey, TensorSpec
 
 log = logging.getLogger(__name__)
 # ORT's NCHWc pass (level "all", the deploy setting) renames fused convolutions after their output tensor
 # and adds Reorder nodes; at "extended" every node keeps its ONNX name (Conv + activation fused keep the Conv's)
 ORT_PROFILE_LEVEL = "extended"
+_REGISTERED_PLUGINS: set[str] = set()  # execution-provider plugins this process registered with ONNX Runtime
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
                "tensor(int8)": "int8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def _plugin_devices(ort: Any, provider: str) -> list[Any]:
+    """The devices of ``provider`` as an ONNX Runtime plugin (``OrtBackend.accelerator_packages``); its library
+    is registered on first use. [] when it is built into this onnxruntime, when its package is not installed,
+    or when this onnxruntime (< 1.23) has no plugin API."""
+    package = OrtBackend.accelerator_packages.get(provider)
+    if package is None or not hasattr(ort, "register_execution_provider_library"):
+        return []
+    if provider not in _REGISTERED_PLUGINS:
+        # once registered, a plugin is listed among the available providers as if it were built in
+        if provider in ort.get_available_providers():
+            return []
+        try:
+            plugin = importlib.import_module(package.module)
+        except ImportError:
+            return []
+        try:
+            ort.register_execution_provider_library(provider, plugin.get_library_path())
+        except Exception as exc:  # ORT's Fail: a library that does not load on this machine
+            log.warning("%s: cannot register %s (%s)", package.dist, provider, first_line(exc))
+            return []
+        _REGISTERED_PLUGINS.add(provider)
+    return [d for d in ort.get_ep_devices() if d.ep_name == provider]
 
 
 class OrtBackend(Backend):
@@ -43,6 +70,13 @@ class OrtBackend(Backend):
                    # multiplies u8 x s8 pairs with 16-bit saturation (x86 without VNNI)
                    TargetKey("onnx_weight_bits", "choice", choices=("8", "7")))
     import_file = (".onnx", "model.onnx")
+    # onnxruntime-qnn 2.x is a plugin next to onnxruntime (1.x was a whole ONNX Runtime build, Windows only).
+    # Its wheels on PyPI, checked for 2.3.0-2.7.0: manylinux_2_35_x86_64 (the HTP simulator), win_amd64,
+    # win_arm64; none for Linux aarch64
+    accelerator_packages = {"QNNExecutionProvider": AcceleratorPackage(
+        "onnxruntime-qnn", "onnxruntime_qnn", ("linux-x86_64", "windows-amd64", "windows-arm64"),
+        "build that wheel on the device (ONNX Runtime's source with the QNN SDK) and run install.sh with "
+        "PIP_FIND_LINKS=<the folder holding it>")}
     device_listing = DeviceListing("ort_providers", "ONNX Runtime providers", "onnxruntime",
                                    {"QNNExecutionProvider": "ort-qnn"})
 
@@ -68,11 +102,18 @@ class OrtBackend(Backend):
         providers = ["CPUExecutionProvider"]
         device = self.options.get("device")  # an execution provider, e.g. QNNExecutionProvider
         if device and device not in ("CPU", "CPUExecutionProvider"):
-            if device in ort.get_available_providers():
-                providers = [(device, self.options.get("provider_options", {})), "CPUExecutionProvider"]
+            provider_options = dict(self.options.get("provider_options", {}))
+            if plugin_devices := _plugin_devices(ort, device):
+                # a plugin EP named in providers= is silently left out: it is attached to the session options
+                so.add_provider_for_devices(plugin_devices, provider_options)
+                providers = None
+            elif device in ort.get_available_providers():  # built into this onnxruntime
+                providers = [(device, provider_options), "CPUExecutionProvider"]
             else:
-                log.warning("%s: execution provider %s is not available in this onnxruntime (has %s); "
-                            "running on CPU", path, device, ", ".join(ort.get_available_providers()))
+                package = self.accelerator_packages.get(device)
+                log.warning("%s: execution provider %s is not available in this onnxruntime (has %s%s); "
+                            "running on CPU", path, device, ", ".join(ort.get_available_providers()),
+                            f"; it comes with pip install {package.dist}" if package else "")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
@@ -111,9 +152,12 @@ class OrtBackend(Backend):
         except ImportError:
             return None
         try:
-            return list(onnxruntime.get_available_providers())
+            built_in = list(onnxruntime.get_available_providers())
         except Exception:  # a broken install must not stop detection
             return None
+        # an installed plugin (onnxruntime-qnn) is listed only once registered: name it from its package
+        return built_in + [provider for provider, package in cls.accelerator_packages.items()
+                           if provider not in built_in and importlib.util.find_spec(package.module) is not None]
 
     @classmethod
     def profile_layers(cls, path: Path, threads: int, feed: dict[str, np.ndarray], runs: int, warmup: int,

@@ -4,9 +4,11 @@ Layout, under one top folder ``<model>-<target>/``::
 
     package/                  the package, only the artifacts the target runs
     wheels/                   the edge-runtime wheel built from this source tree
-    requirements-<target>.txt numpy, OpenCV and the backend libraries, pinned to this host's versions
+    requirements-<target>.txt numpy, OpenCV, the backend libraries (pinned to this host's versions) and the
+                              distribution that brings the target's accelerator (onnxruntime-qnn)
+    target.toml               the target profile, so the device runs with its delegate / execution provider
     install.sh                venv + pinned requirements + the wheel (--no-deps)
-    run.sh                    checks SHA256SUMS, then ``edge-runtime bench package/``
+    run.sh                    checks SHA256SUMS, then ``edge-runtime bench package/ --target target.toml``
     SHA256SUMS                sha256 of every other file
 """
 
@@ -15,22 +17,23 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import BACKENDS
+from ..backends import BACKENDS, AcceleratorPackage
 from ..errors import EdgeRuntimeError, UnsafePathError, first_line
 from ..fsutil import atomic_output
 from ..manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, sha256_file
 from ..versions import package_version
-from .targets import Target, load_target
+from .targets import Target, load_target, target_file
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,13 +42,14 @@ BASE_REQUIREMENTS = ("numpy", "opencv-python-headless")
 _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
                                      ".pytest_cache", "shared")
 _DEFAULT_MIN_PYTHON = (3, 9)
+TARGET_FILE = "target.toml"  # the profile, in the bundle: run.sh benchmarks with its accelerator
 
 
 def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = None,
                 progress: Callable[[str], None] = lambda msg: None) -> Path:
     """Write the bundle for running ``package`` on ``target`` (a profile name or .toml) to ``out``."""
     package, out = Path(package), Path(out)
-    profile = load_target(target)
+    profile, profile_file = load_target(target), target_file(target)
     manifest = load_manifest(package)
     kept = artifacts_for_target(manifest, profile)
     top = _safe_name(f"{manifest.name}-{profile.name}")
@@ -53,11 +57,17 @@ def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = 
         stage = Path(tmp) / top
         progress(f"package: {', '.join(a.file for a in kept)} for target {profile.name}")
         _copy_package(manifest, kept, stage / "package")
+        shutil.copyfile(profile_file, stage / TARGET_FILE)
         wheel = _stage_wheel(stage / "wheels", wheel_dir, Path(tmp) / "build", progress)
         requirements = f"requirements-{profile.name}.txt"
-        (stage / requirements).write_text(requirements_text([a.format for a in kept]))
+        formats = [a.format for a in kept]
+        notes = missing_wheel_notes(profile, formats)
+        for note in notes:
+            log.warning("%s", note)
+        (stage / requirements).write_text(requirements_text(formats, profile)
+                                          + "".join(f"# NOTE: {note}\n" for note in notes))
         min_python = wheel_min_python(wheel)
-        _write_script(stage / "install.sh", install_script(profile.name, requirements, min_python))
+        _write_script(stage / "install.sh", install_script(profile.name, requirements, min_python, notes))
         _write_script(stage / "run.sh", run_script(profile.name))
         write_sha256sums(stage)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +160,10 @@ def build_wheel(build: Path) -> Path:
     return found[0]
 
 
-def requirements_text(formats: list[str]) -> str:
-    """numpy, OpenCV and each format's backend library, ``==`` this host's installed version."""
+def requirements_text(formats: list[str], target: Target | None = None) -> str:
+    """numpy, OpenCV and each format's backend library, ``==`` this host's installed version, then the
+    distribution that brings ``target``'s accelerator to a backend (onnxruntime-qnn for QNNExecutionProvider):
+    pinned too when it is installed here, else named alone (the host cannot say which version works)."""
     names = list(BASE_REQUIREMENTS)
     for fmt in dict.fromkeys(formats):
         libs = BACKENDS[fmt].libraries
@@ -167,8 +179,30 @@ def requirements_text(formats: list[str]) -> str:
         if version is None:
             raise EdgeRuntimeError(f"requirements: cannot pin {name}, it is not installed on this host")
         lines.append(f"{name}=={version}")
+    unpinned = []
+    for package in _accelerator_packages(target, formats):
+        version = package_version(package.dist)
+        lines.append(f"{package.dist}=={version}" if version else package.dist)
+        if version is None:
+            unpinned.append(f"# {package.dist} (the target's accelerator) is not installed on the host: not pinned\n")
     return "# device-side runtime, pinned to the versions edge-runtime was tested with on the host\n" + \
-        "\n".join(lines) + "\n"
+        "".join(unpinned) + "\n".join(lines) + "\n"
+
+
+def missing_wheel_notes(target: Target, formats: list[str]) -> list[str]:
+    """One line per accelerator distribution the package index has no wheel of for the target's Linux
+    platform (what the bundle's install.sh runs on), saying what to do instead."""
+    platform = f"linux-{target.arch}"
+    return [f"target {target.name}: the package index has no {platform} wheel of {package.dist} (only "
+            f"{', '.join(package.wheels)}); {package.elsewhere}"
+            for package in _accelerator_packages(target, formats)
+            if target.arch != "any" and platform not in package.wheels]
+
+
+def _accelerator_packages(target: Target | None, formats: list[str]) -> list[AcceleratorPackage]:
+    if target is None:
+        return []
+    return [package for fmt in dict.fromkeys(formats) if (package := target.accelerator_package(fmt))]
 
 
 def wheel_min_python(wheel: Path) -> tuple[int, int]:
@@ -199,8 +233,10 @@ _VERIFY = r'''verify_checksums() {
 '''
 
 
-def install_script(target: str, requirements: str, min_python: tuple[int, int]) -> str:
+def install_script(target: str, requirements: str, min_python: tuple[int, int], notes: Sequence[str] = ()) -> str:
+    """``notes``: lines install.sh prints when pip cannot install the requirements (what to do then)."""
     major, minor = min_python
+    after_pip_error = "".join(f"\n  echo {shlex.quote(f'install.sh: {note}')} >&2" for note in notes)
     return f'''#!/usr/bin/env bash
 # Installs edge-runtime for target {target} into ./venv: the pinned runtime from {requirements}, then the
 # bundled wheel with --no-deps. PYTHON picks the interpreter [python3]; pip reads PIP_INDEX_URL and
@@ -227,7 +263,7 @@ if ! "$PYTHON" -m venv venv >venv.log 2>&1; then
 fi
 echo "install.sh: pip index ${{PIP_INDEX_URL:-default}}${{PIP_FIND_LINKS:+, find-links $PIP_FIND_LINKS}}"
 if ! venv/bin/python -m pip install --disable-pip-version-check --progress-bar off --prefer-binary -r {requirements}; then
-  echo "install.sh: pip could not install {requirements} (pip's error is above)" >&2
+  echo "install.sh: pip could not install {requirements} (pip's error is above)" >&2{after_pip_error}
   exit 13
 fi
 if ! venv/bin/python -m pip install --disable-pip-version-check --progress-bar off --no-deps wheels/*.whl; then
@@ -240,8 +276,9 @@ echo "install.sh: done, run: bash run.sh --iters 50"
 
 def run_script(target: str) -> str:
     return f'''#!/usr/bin/env bash
-# Benchmarks the bundled package for target {target} with the venv install.sh made, after checking every
-# file against SHA256SUMS. Arguments go to 'edge-runtime bench' (e.g. --iters 10 for a smoke run, --threads 4).
+# Benchmarks the bundled package for target {target} with the venv install.sh made and the profile's
+# delegate / execution provider ({TARGET_FILE}), after checking every file against SHA256SUMS. Arguments go
+# to 'edge-runtime bench' (e.g. --iters 10 for a smoke run, --threads 4).
 # Exit status: 3 checksum mismatch, 5 not installed, else edge-runtime's.
 set -eu
 cd "$(dirname "$0")"
@@ -252,7 +289,7 @@ if [ ! -x venv/bin/edge-runtime ]; then
   exit 5
 fi
 rm -f bench.json
-venv/bin/edge-runtime bench package/ --json bench.json "$@"
+venv/bin/edge-runtime bench package/ --target {TARGET_FILE} --json bench.json "$@"
 venv/bin/python - <<'EOF'
 import json
 for row in json.load(open("bench.json"))["results"]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends import all_precisions, formats, target_keys
+from ..backends import BACKENDS, AcceleratorPackage, all_precisions, formats, target_keys
 from ..backends import formats as registered_formats  # conversion_plan has a parameter named formats
 from ..backends.base import TargetKey
 from ..errors import EdgeRuntimeError, first_line
@@ -56,6 +56,15 @@ class _TargetMethods:
         values = {key.option: getattr(self, key.name) for key in keys}
         return {option: dict(value) if isinstance(value, dict) else value
                 for option, value in values.items() if value is not None}
+
+    def accelerator_package(self, backend: str) -> AcceleratorPackage | None:
+        """The pip distribution that brings this profile's accelerator to ``backend`` (onnxruntime-qnn for
+        QNNExecutionProvider), None when the backend's own library has it or the profile selects none."""
+        cls = BACKENDS.get(backend)
+        if cls is None:
+            return None
+        selected = (getattr(self, key.name) for key in cls.target_keys if key.selects)
+        return next((cls.accelerator_packages[v] for v in selected if v in cls.accelerator_packages), None)
 
     def require_runnable(self) -> None:
         """Raise a one-line error when this profile is documentation only (status "future")."""
@@ -148,16 +157,22 @@ def available_targets() -> dict[str, Path]:
     return found
 
 
+def target_file(name_or_path: str) -> Path:
+    """The .toml file of a profile given by name (see :func:`available_targets`) or by path."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    known = available_targets()
+    if name_or_path not in known:
+        if path.suffix == ".toml" or "/" in name_or_path:
+            raise EdgeRuntimeError(f"{path}: target profile file not found")
+        raise EdgeRuntimeError(f"target {name_or_path!r}: no such profile (known: {', '.join(known) or 'none'})")
+    return known[name_or_path]
+
+
 def load_target(name_or_path: str) -> Target:
     """A profile by name (see :func:`available_targets`) or by path to a .toml file."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        known = available_targets()
-        if name_or_path not in known:
-            if path.suffix == ".toml" or "/" in name_or_path:
-                raise EdgeRuntimeError(f"{path}: target profile file not found")
-            raise EdgeRuntimeError(f"target {name_or_path!r}: no such profile (known: {', '.join(known) or 'none'})")
-        path = known[name_or_path]
+    path = target_file(name_or_path)
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
