@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.backends.ncnn import PARAM_MAGIC, param_inputs
+from edge_runtime.backends.ncnn import PARAM_MAGIC, cpu_has_fp16_arithmetic, param_inputs
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.fsutil import atomic_write_text
 from edge_runtime.manifest import sha256_file
@@ -98,6 +98,9 @@ def convert_ncnn(job: ConvertJob) -> ConvertResult:
     if job.precision not in ("fp32", "fp16"):
         raise EdgeRuntimeError(f"ncnn: no converter for {job.precision} (INT8 needs ncnn2int8, which no wheel "
                                f"installs)")
+    if job.manifest.input.layout != "NCHW":
+        raise EdgeRuntimeError(f"{job.fp32_onnx}: ncnn takes an NCHW input, this package's is "
+                               f"{job.manifest.input.layout}")
     t0 = time.perf_counter()
     fp16 = job.precision == "fp16"
     model = onnx.load(str(job.fp32_onnx))
@@ -142,7 +145,9 @@ def convert_ncnn(job: ConvertJob) -> ConvertResult:
                       "matmul_vectors_as_gemm": rewritten},
         "input": {"name": input_name},
         "onnx_outputs": outputs,
-        "ncnn_fp16": fp16,
+        # what convert checks it with next: fp16 arithmetic only where this CPU has it (ARMv8.2+); an FP16
+        # artifact converted on x86 is checked, and so runs everywhere, with fp16 weights and fp32 arithmetic
+        "ncnn_fp16": fp16 and cpu_has_fp16_arithmetic(),
         "weights_file": stem.with_suffix(".bin").name, "weights_sha256": sha256_file(stem.with_suffix(".bin")),
         "weights_compression": "fp16" if fp16 else "none",
         "convert_seconds": round(time.perf_counter() - t0, 2)}

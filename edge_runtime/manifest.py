@@ -303,8 +303,9 @@ def _check_weights_file(where: str, art: dict[str, Any]) -> None:
     """The weights the backend will load beside the model file must be the ``weights_file`` the manifest
     checksums: another name would be checked while the loaded one is not."""
     cls = BACKENDS.get(art["format"])
-    want = cls.weights_file(art["file"]) if cls is not None and isinstance(art["file"], str) else None
-    have = art.get("weights_file")
+    if cls is None or not isinstance(art["file"], str):  # a format this version cannot run is never loaded
+        return
+    want, have = cls.weights_file(art["file"]), art.get("weights_file")
     if want is None:
         if have is not None:
             raise ManifestError(f"{where}: artifact {art['file']!r} lists weights_file {have!r}, but its "

@@ -30,6 +30,7 @@ from converters.convert import convert_package
 from converters.formats import skip_reason
 from edge_runtime import Detector
 from edge_runtime.backends import open_artifact, open_backend
+from edge_runtime.backends.ncnn import NcnnBackend, cpu_has_fp16_arithmetic
 from edge_runtime.errors import ManifestError, ModelLoadError
 from edge_runtime.manifest import load_manifest
 
@@ -80,7 +81,8 @@ def test_manifest_lists_verified_ncnn_artifacts(ncnn_package):
         assert art.verified, art.extra["verification"]
         assert art.file == f"model_ncnn_{precision}.param"
         assert art.extra["weights_file"] == f"model_ncnn_{precision}.bin"
-        assert art.extra["ncnn_fp16"] is (precision == "fp16")
+        # fp16 arithmetic only where convert could check it (an ARMv8.2+ CPU); here x86: fp16 weights, fp32 maths
+        assert art.extra["ncnn_fp16"] is (precision == "fp16" and cpu_has_fp16_arithmetic())
         assert art.extra["onnx_outputs"] == list(manifest.artifact("onnx", "fp32").outputs)
         agreement = art.extra["fp32_agreement"]
         assert agreement["checked_on"]["held_out_images"] == 8
@@ -160,6 +162,7 @@ def test_tampered_or_misnamed_weights_are_refused(ncnn_packages, tmp_path):
     data = json.loads(original)
     art = next(a for a in data["artifacts"] if a["format"] == "ncnn" and a["precision"] == "fp32")
     fp16 = next(a for a in data["artifacts"] if a["format"] == "ncnn" and a["precision"] == "fp16")
+    own = art["weights_file"], art["weights_sha256"]
     art["weights_file"], art["weights_sha256"] = fp16["weights_file"], fp16["weights_sha256"]
     manifest_path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="must list its weights as weights_file 'model_ncnn_fp32.bin'"):
@@ -168,11 +171,17 @@ def test_tampered_or_misnamed_weights_are_refused(ncnn_packages, tmp_path):
     manifest_path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="must list its weights"):
         load_manifest(package)
+    art["weights_file"], art["weights_sha256"] = own
     onnx = next(a for a in data["artifacts"] if a["format"] == "onnx")
     onnx["weights_file"], onnx["weights_sha256"] = fp16["weights_file"], fp16["weights_sha256"]
     manifest_path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="its onnx backend loads no weights file"):
         load_manifest(package)
+    # a format this version has no backend for is never loaded: its fields are not judged
+    del onnx["weights_file"], onnx["weights_sha256"]
+    data["artifacts"].append({**fp16, "format": "rknn", "file": "model.rknn"})
+    manifest_path.write_text(json.dumps(data))
+    load_manifest(package)
     # one byte of the weights changed: refused by its checksum before ncnn reads it
     manifest_path.write_text(original)
     weights = package / "model_ncnn_fp32.bin"
@@ -196,6 +205,59 @@ def test_malformed_files_are_one_line_errors(tmp_path):
     (tmp_path / "model.bin").unlink()
     with pytest.raises(ModelLoadError, match=r"model\.bin: the weights of model\.param are missing"):
         open_backend(param, "ncnn", 1)
+    (tmp_path / "model.bin").write_bytes(b"")
+    for size in ("0=0 1=8 2=3", "0=-5 1=8 2=3", "0=40000 1=40000 2=3000"):  # before any allocation or run
+        param.write_text(f"7767517\n1 1\nInput in0 0 1 in0 {size}\n")
+        with pytest.raises(ModelLoadError, match=r"line 3: Input size .* outside 1\.\.8192"):
+            open_backend(param, "ncnn", 1)
+
+
+def test_a_first_layer_working_in_place_leaves_the_callers_array_alone(tmp_path):
+    """ncnn runs ReLU in place on its input blob: the backend hands it a copy (a borrowed numpy buffer
+    crashed the process)."""
+    param = tmp_path / "relu.param"
+    param.write_text("7767517\n2 2\nInput in0 0 1 in0 0=4 1=3 2=2\nReLU relu 1 1 in0 out0\n")
+    (tmp_path / "relu.bin").write_bytes(b"")
+    backend = open_backend(param, "ncnn", 1)
+    assert backend.inputs[0].shape == (1, 2, 3, 4) and backend.outputs[0].shape == (1, 2, 3, 4)
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(1, 2, 3, 4)
+    before = x.copy()
+    out = backend.run({"in0": x})["out0"]
+    np.testing.assert_array_equal(out, np.maximum(before, 0))
+    np.testing.assert_array_equal(x, before)
+
+
+def test_fp16_arithmetic_only_as_recorded_and_where_the_cpu_has_it(ncnn_packages):
+    assert NcnnBackend.recorded_options({"ncnn_fp16": True}) == {"fp16_compute": True}
+    assert NcnnBackend.recorded_options({"ncnn_fp16": "yes"}) == {} == NcnnBackend.recorded_options({})
+    param = ncnn_packages("yolo-fastestv2") / "model_ncnn_fp16.param"
+    for asked in (False, True):
+        opt = open_backend(param, "ncnn", 1, {"fp16_compute": asked}).net.opt
+        flags = {opt.use_fp16_storage, opt.use_fp16_packed, opt.use_fp16_arithmetic}
+        assert flags == {asked and cpu_has_fp16_arithmetic()}, (asked, flags)
+
+
+def test_outputs_map_by_name_when_the_graph_lists_them_in_another_order(ncnn_packages, tmp_path):
+    """pnnx numbers outputs in the ONNX graph's order; the manifest lists them in the family's role order."""
+    import onnx
+
+    from edge_runtime.manifest import sha256_file
+
+    package = tmp_path / "pkg"
+    shutil.copytree(ncnn_packages("yolo-fastestv2"), package)
+    model = onnx.load(str(package / "model.onnx"))
+    outputs = list(model.graph.output)
+    del model.graph.output[:]
+    model.graph.output.extend(reversed(outputs))
+    onnx.save(model, str(package / "model.onnx"))
+    data = json.loads((package / "manifest.json").read_text())
+    data["artifacts"] = [a for a in data["artifacts"] if a["format"] == "onnx"]
+    data["artifacts"][0]["sha256"] = sha256_file(package / "model.onnx")
+    (package / "manifest.json").write_text(json.dumps(data))
+    manifest = convert_package(package, ["ncnn"], ["fp32"])
+    art = manifest.artifact("ncnn", "fp32")
+    assert art.outputs == ("out1", "out0") and art.verified
+    assert art.extra["fp32_agreement"]["cosine"] >= MIN_COSINE["fp32"]
 
 
 def test_int8_made_by_ncnn_tools_runs(fixtures, read_image):

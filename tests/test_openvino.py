@@ -283,6 +283,10 @@ def test_corrupt_or_incomplete_ir_is_a_one_line_model_load_error(ov_packages, tm
     (tmp_path / "garbage.xml").write_bytes(b"\x00\x01 not xml at all")
     shutil.copy(weights, tmp_path / "garbage.bin")
     cases["garbage.xml"] = "not an OpenVINO IR"
+    # an IR under another name: OpenVINO would read the same-stem .bin, which no manifest lists for it
+    (tmp_path / "renamed.ir").write_bytes(data)
+    shutil.copy(weights, tmp_path / "renamed.bin")
+    cases["renamed.ir"] = "an OpenVINO IR must be named .xml"
     for name, expected in cases.items():
         with pytest.raises(ModelLoadError) as info:
             open_backend(tmp_path / name, "openvino", 2)

@@ -152,8 +152,8 @@ class Backend(ABC):
     @classmethod
     def weights_file(cls, model_file: str) -> str | None:
         """The file beside ``model_file`` the backend loads its weights from (an OpenVINO IR's .bin), None when
-        the model file is all it reads. The manifest must list that file with its checksum, so nothing
-        is loaded unchecked."""
+        the model file is all it reads. The manifest must list that file with its checksum (a backend
+        refuses to load weights from any other file)."""
         return None
 
     @classmethod

@@ -8,7 +8,8 @@ Options (all optional):
   ``fp16_compute``  on a CPU with fp16 arithmetic (ARMv8.2+ asimdhp): fp16 storage and arithmetic; elsewhere
                     fp32 (x86's fp16 storage only converts: 2.6x slower on NanoDet-Plus-m). False (the
                     default) keeps every tensor in fp32, which ncnn's own default does not on ARMv8.2. A
-                    package's manifest sets it only through ``ncnn_fp16`` (an FP16 artifact).
+                    package's manifest sets it only through ``ncnn_fp16``: true only when convert checked
+                    the artifact against FP32 with fp16 arithmetic on (on a CPU that has it).
 """
 
 from __future__ import annotations
@@ -47,8 +48,21 @@ def param_inputs(path: Path) -> list[tuple[str, tuple[int | str, ...]]]:
             dims = [int(params[k]) if k in params else axis for k, axis in (("2", "c"), ("1", "h"), ("0", "w"))]
         except (ValueError, IndexError):
             raise ModelLoadError(f"{path}: line {number}: malformed Input layer: {line.strip()[:80]!r}") from None
+        from ..manifest import MAX_INPUT_SIDE  # here: manifest imports the backend registry
+
+        if any(isinstance(d, int) and not 1 <= d <= MAX_INPUT_SIDE for d in dims):
+            raise ModelLoadError(f"{path}: line {number}: Input size {dims} outside 1..{MAX_INPUT_SIDE}")
         found.append((name, (1, *dims)))
     return found
+
+
+def cpu_has_fp16_arithmetic() -> bool:
+    """ncnn computes in fp16 on this CPU when asked (ARMv8.2+ asimdhp); False without ncnn."""
+    try:
+        import ncnn
+    except ImportError:
+        return False
+    return bool(ncnn.cpu_support_arm_asimdhp())
 
 
 class NcnnBackend(Backend):
@@ -73,7 +87,7 @@ class NcnnBackend(Backend):
         inputs = param_inputs(self.path)
         if len(inputs) != 1:
             raise ModelLoadError(f"{path}: has {len(inputs)} Input layers; an image detector has one")
-        self.fp16 = bool(self.options.get("fp16_compute", False)) and bool(ncnn.cpu_support_arm_asimdhp())
+        self.fp16 = bool(self.options.get("fp16_compute", False)) and cpu_has_fp16_arithmetic()
         net = ncnn.Net()
         net.opt.num_threads = threads
         for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
@@ -95,13 +109,13 @@ class NcnnBackend(Backend):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ncnn = self._ncnn
         ex = self.net.create_extractor()
-        feeds = []  # the Mats borrow the arrays' memory: keep both alive until the outputs are extracted
         for name, array in inputs.items():
             if array.ndim != 4 or array.shape[0] != 1:
                 raise ValueError(f"{self.path}: ncnn runs one image at a time (1xCxHxW), got {array.shape}")
-            data = np.ascontiguousarray(array[0], dtype=np.float32)
-            feeds.append((data, ncnn.Mat(data)))
-            ex.input(name, feeds[-1][1])
+            # a copy: ncnn runs some first layers in place (ReLU, Sigmoid, x/255), writing into its input
+            # (a Mat borrowing numpy's memory crashed the process)
+            mat = ncnn.Mat(np.ascontiguousarray(array[0], dtype=np.float32)).clone()
+            ex.input(name, mat)
         out = {}
         for name in self._output_names:
             status, mat = ex.extract(name)
@@ -112,7 +126,7 @@ class NcnnBackend(Backend):
 
     def describe(self) -> str:
         version = f"ncnn {package_version('ncnn') or ''}".rstrip()
-        return f"{version} CPU, {'fp16' if self.fp16 else 'fp32'} storage, {self.threads} threads"
+        return f"{version} CPU, {'fp16' if self.fp16 else 'fp32'} arithmetic, {self.threads} threads"
 
     @classmethod
     def weights_file(cls, model_file: str) -> str | None:
@@ -120,6 +134,6 @@ class NcnnBackend(Backend):
 
     @classmethod
     def recorded_options(cls, artifact_extra: dict[str, Any]) -> dict[str, Any]:
-        """``ncnn_fp16``: an FP16 artifact runs in fp16 where the CPU has fp16 arithmetic."""
+        """``ncnn_fp16``: the artifact was checked with fp16 arithmetic and runs so where the CPU has it."""
         value = artifact_extra.get("ncnn_fp16")
         return {"fp16_compute": value} if isinstance(value, bool) else {}

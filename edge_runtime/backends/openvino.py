@@ -140,14 +140,19 @@ class OpenVinoBackend(Backend):
 
         if not self.path.is_file():
             raise ModelLoadError(f"{path}: no such file")
+        weights = None
         if self.path.suffix.lower() == ".xml":
             weights = self.path.with_suffix(".bin")
             if not weights.is_file():
                 raise ModelLoadError(f"{path}: its weights file {weights.name} is missing")
             if not _looks_like_ir(self.path):
                 raise ModelLoadError(f"{path}: not an OpenVINO IR (no XML <net> at the start; corrupt?)")
+        elif _looks_like_ir(self.path):
+            # OpenVINO knows an IR by its content and would read the same-stem .bin, which the manifest
+            # lists (and checksums) only for a .xml
+            raise ModelLoadError(f"{path}: an OpenVINO IR must be named .xml (its weights: the .bin beside it)")
         try:
-            model = core.read_model(str(self.path))
+            model = core.read_model(str(self.path), *([str(weights)] if weights else []))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with multi-line messages
             raise ModelLoadError(f"{path}: cannot load OpenVINO model (corrupt or truncated?): {_reason(exc)}") from None
 
