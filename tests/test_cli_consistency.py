@@ -31,6 +31,9 @@ def option(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
     return next(a for a in parser._actions if a.dest == dest and a.option_strings)
 
 
+SELECT = ["select", "--data", str(FIXTURES / "datasets/voc-indoor-85/ground-truth"), "--images",
+          str(FIXTURES / "datasets/voc-indoor-85/images"), "--fps", "30", "--models", "yolo-fastestv2", "--weights",
+          f"yolo-fastestv2={FIXTURES / 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'}"]
 # (command, output dest) -> the command line with that output set to OUT, everything else valid
 Argv = Callable[[Path, str], list[str]]
 OUTPUT_FILES: dict[tuple[str, str], Argv] = {
@@ -49,6 +52,8 @@ OUTPUT_FILES: dict[tuple[str, str], Argv] = {
     ("package", "out"): lambda pkg, out: ["package", str(pkg), "--target", "x86", "-o", out],
     ("deploy", "json"): lambda pkg, out: ["deploy", str(pkg.parent / "b.tar.gz"), "--host", "pi@127.0.0.1",
                                           "--json", out],
+    ("select", "json"): lambda pkg, out: [*SELECT, "--json", out],
+    ("select", "plot"): lambda pkg, out: [*SELECT, "--plot", out],
 }
 OUTPUT_FOLDERS: dict[tuple[str, str], Argv] = {
     ("export", "out"): lambda pkg, out: ["export", "--model", "demo-shapes", "-o", out],
@@ -57,6 +62,7 @@ OUTPUT_FOLDERS: dict[tuple[str, str], Argv] = {
     ("run", "save"): lambda pkg, out: ["run", str(pkg), "--source", IMAGE, "--save", out],
     ("compress", "package"): lambda pkg, out: ["compress", "--model", "demo-shapes", "--prune", "0.3", "-o",
                                                str(pkg.parent / "c.ckpt"), "--package", out],
+    ("select", "out"): lambda pkg, out: [*SELECT, "-o", out],
 }
 
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from .. import __version__
 from ..backends import ALL_PRECISIONS
 from ..errors import EdgeRuntimeError
-from . import bench, compress, convert, demo, deploy, export, fetch, info, profile, run
+from . import bench, compress, convert, demo, deploy, export, fetch, info, profile, run, select
 from .common import HelpFormatter, guard_outputs, json_on_stdout
 
 # the order of the commands in --help
-COMMAND_MODULES = (export, convert, run, bench, demo, fetch, info, profile, compress, deploy)
+COMMAND_MODULES = (export, convert, run, bench, select, demo, fetch, info, profile, compress, deploy)
 
 EPILOG = f"""examples:
   edge-runtime export --model nanodet-plus-m --weights nanodet-plus-m_coco.ckpt --imgsz 416 -o pkg/
@@ -35,6 +35,7 @@ EPILOG = f"""examples:
   edge-runtime compress --model demo-shapes --prune 0.3 --data demo --steps 200 -o small.ckpt
   edge-runtime import detect.tflite --family ssd --classes labelmap.txt -o ssdpkg/
   edge-runtime bundle pkg/ --target rpi4 -o rpi4.tar.gz
+  edge-runtime select --data val/ --format voc --target x86 --fps 60 -o best/   # best model for 60 FPS here
 
 flags mean the same in every command:
   --json FILE     write the command's JSON there; '-' = stdout (the other output then goes to stderr)

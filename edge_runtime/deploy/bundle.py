@@ -56,7 +56,7 @@ def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = 
     with tempfile.TemporaryDirectory(prefix="edge-bundle-") as tmp:
         stage = Path(tmp) / top
         progress(f"package: {', '.join(a.file for a in kept)} for target {profile.name}")
-        _copy_package(manifest, kept, stage / "package")
+        copy_package(manifest, kept, stage / "package")
         shutil.copyfile(profile_file, stage / TARGET_FILE)
         wheel = _stage_wheel(stage / "wheels", wheel_dir, Path(tmp) / "build", progress)
         requirements = f"requirements-{profile.name}.txt"
@@ -95,8 +95,9 @@ def artifacts_for_target(manifest: Manifest, target: Target) -> list[Artifact]:
     return kept
 
 
-def _copy_package(manifest: Manifest, kept: list[Artifact], dst: Path) -> None:
-    """Copy the package without the dropped artifacts' files; the manifest lists only the kept ones.
+def copy_package(manifest: Manifest, kept: list[Artifact], dst: Path) -> None:
+    """Copy the package without the dropped artifacts' files; the manifest lists only the kept ones (a
+    bundle's package, the package ``select`` writes, one copied to a device beside an installed bundle).
 
     The JSON is filtered rather than re-serialised so every field the converters wrote survives as is."""
     keep_files = {p.resolve() for a in kept for p in manifest.artifact_files(a)}

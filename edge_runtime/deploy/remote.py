@@ -11,6 +11,8 @@ import json
 import re
 import shlex
 import subprocess
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +37,8 @@ def deploy(bundle: Path, host: str, port: int = 22, identity: Path | None = None
 
     ``remote_dir`` is relative to the remote home unless absolute; ``ssh_options`` are ``Key=Value`` for
     ``-o``; ``install_env`` is set for install.sh (e.g. ``PIP_INDEX_URL`` of a mirror the device reaches).
-    Returns host, remote_dir, bundle_dir, python, fps (artifact file -> FPS), install_s and run_s.
+    Returns host, remote_dir, bundle_dir, python, fps (artifact file -> FPS), install_s, run_s and bench (the
+    device's ``edge-runtime bench`` report, None when it could not be read).
     """
     bundle = Path(bundle)
     if not bundle.is_file():
@@ -85,7 +88,8 @@ def deploy(bundle: Path, host: str, port: int = 22, identity: Path | None = None
         line = _script_message(run.stderr, "run.sh:") or _last_line(run.stderr + run.stdout)
         raise EdgeRuntimeError(f"{host}: {line if line.startswith('run.sh:') else 'run.sh failed: ' + line}")
     report = ssh.run(f"cat -- {qdir}/{qtop}/bench.json", "reading bench.json", 60)
-    fps = _fps(report.stdout) if report.returncode == 0 else None
+    bench = _bench_report(report.stdout) if report.returncode == 0 else None
+    fps = _fps(bench)
     if not fps:
         fps = {m[1]: float(m[2]) for m in re.finditer(r"^FPS (.+?) \(.*\): ([0-9.]+)$", run.stdout, re.MULTILINE)}
     if not fps:
@@ -93,7 +97,40 @@ def deploy(bundle: Path, host: str, port: int = 22, identity: Path | None = None
     for name, value in fps.items():
         progress(f"{host}: {name}: {value:.1f} FPS")
     return {"host": host, "remote_dir": rdir, "bundle_dir": f"{rdir}/{top}", "python": python, "fps": fps,
-            "install_s": round(install_s, 2), "run_s": round(run_s, 2)}
+            "install_s": round(install_s, 2), "run_s": round(run_s, 2), "bench": bench}
+
+
+def bench_remote(deployed: dict, package: Path, port: int = 22, identity: Path | None = None,
+                 ssh_options: Sequence[str] = (), iters: int = 10,
+                 progress: Callable[[str], None] = lambda msg: None) -> dict:
+    """``edge-runtime bench`` of another ``package`` on a device that ``deploy`` installed (``deployed`` is its
+    result): the package is copied next to that bundle and benchmarked with its venv, so a series of
+    packages for one target costs one install. Returns the device's bench report."""
+    package = Path(package)
+    name = package.name
+    if not _SAFE_PATH.fullmatch(name) or name.startswith("-"):
+        raise EdgeRuntimeError(f"{package}: use letters, digits and . _ - + @ in the package folder's name")
+    ssh = _Ssh(deployed["host"], port, identity, ssh_options)
+    rdir = f"{deployed['bundle_dir']}/more-packages"
+    qdir, qname = shlex.quote(rdir), shlex.quote(name)
+    with tempfile.TemporaryDirectory(prefix="edge-runtime-remote-") as tmp:
+        archive = Path(tmp) / f"{name}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(package, arcname=name)
+        made = ssh.run(f"mkdir -p -- {qdir}", "making the package folder", 60)
+        if made.returncode != 0:
+            raise EdgeRuntimeError(f"{deployed['host']}: cannot create {rdir} ({_last_line(made.stderr)})")
+        progress(f"{deployed['host']}: copying {name} ({archive.stat().st_size / 2**20:.1f} MB)")
+        ssh.copy(archive, f"{rdir}/{name}.tar.gz")
+    script = (f"cd -- {qdir} && rm -rf -- {qname} && tar -xzf {qname}.tar.gz && rm -f -- {qname}.tar.gz && "
+              f"../venv/bin/edge-runtime bench {qname} --iters {int(iters)} --json {qname}/bench.json >/dev/null && "
+              f"cat -- {qname}/bench.json")
+    progress(f"{deployed['host']}: edge-runtime bench {name}")
+    run = ssh.run(script, "edge-runtime bench", 1800)
+    bench = _bench_report(run.stdout) if run.returncode == 0 else None
+    if bench is None:
+        raise EdgeRuntimeError(f"{deployed['host']}: bench of {name} failed: {_last_line(run.stderr + run.stdout)}")
+    return bench
 
 
 class _Ssh:
@@ -204,10 +241,19 @@ def _script_message(stderr: str, prefix: str) -> str | None:
     return lines[-1] if lines else None
 
 
-def _fps(bench_json: str) -> dict[str, float]:
+def _bench_report(bench_json: str) -> dict | None:
+    """run.sh's bench.json (``edge-runtime bench --json``), None when it does not parse."""
     try:
-        return {row["artifact"]: float(row["fps"]) for row in json.loads(bench_json)["results"]}
-    except (ValueError, KeyError, TypeError):
+        report = json.loads(bench_json)
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("results"), list) else None
+
+
+def _fps(bench: dict | None) -> dict[str, float]:
+    try:
+        return {row["artifact"]: float(row["fps"]) for row in bench["results"]}
+    except (KeyError, TypeError, ValueError):
         return {}
 
 
