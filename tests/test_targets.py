@@ -80,7 +80,7 @@ def test_every_shipped_profile_loads(name: str) -> None:
 def test_shipped_profile_choices() -> None:
     rpi4, rpi5 = load_target("rpi4"), load_target("rpi5")
     assert (rpi4.cpu, rpi4.threads, rpi4.backends, rpi4.precisions) == (
-        "cortex-a72", 4, ("onnx", "tflite"), ("fp32", "int8"))
+        "cortex-a72", 4, ("onnx", "tflite", "ncnn"), ("fp32", "int8"))
     assert rpi4.peak_gflops == {"fp32": 48.0}
     assert rpi5.cpu == "cortex-a76" and rpi5.peak_gflops["fp32"] == 154 and rpi5.peak_gflops["fp16"] == 307
     assert load_target("x86-vnni").precisions[0] == "int8"
