@@ -9,7 +9,8 @@ machinery). Accuracy, when asked: ``--labels`` (a folder with ``ground-truth/`` 
 anything ``validate --data`` reads) gives each artifact's mAP and its drop against ONNX FP32 in mAP
 points; ``--held-out`` (photos calibration never saw) gives each artifact's label-free mAP against
 FP32's own detections (100 = the same detections). ``--ncnn`` takes one or two ncnn ``.param`` files
-(FP32[,INT8], the ``.bin`` beside each; ncnn's Python package installed) as the reference rows.
+(FP32[,INT8], the ``.bin`` beside each; ncnn's Python package installed) as the reference rows, run by
+the same ncnn backend as the package's own ncnn artifacts (``convert --to ncnn``), which are rows too.
 Prints the CPU, its flags and the library versions, then a markdown table (docs/benchmarks.md's).
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_runtime.backends import open_backend
 from edge_runtime.bench import bench_package, recorded_accuracy, synthetic_image
 from edge_runtime.deploy.hostinfo import detect_host, physical_cores
 from edge_runtime.evaluation.labels import read_labels
@@ -36,40 +38,12 @@ from edge_runtime.versions import package_version
 LIBRARIES = ("onnxruntime", "openvino", "ai-edge-litert", "nncf", "onnx2tf", "ncnn")
 
 
-def ncnn_blobs(param: Path) -> tuple[str, list[str]]:
-    """The input blob and the output blobs (produced, never consumed) of an ncnn ``.param`` file."""
-    lines = param.read_text().split("\n")[2:]  # magic number, then the layer and blob counts
-    produced, consumed, inputs = [], set(), []
-    for line in filter(None, (ln.split() for ln in lines)):
-        kind, n_in, n_out = line[0], int(line[2]), int(line[3])
-        blobs_in, blobs_out = line[4:4 + n_in], line[4 + n_in:4 + n_in + n_out]
-        consumed.update(blobs_in)
-        produced += blobs_out
-        if kind == "Input":
-            inputs += blobs_out
-    if len(inputs) != 1:
-        raise SystemExit(f"{param}: expected one Input layer, found {len(inputs)}")
-    return inputs[0], [b for b in produced if b not in consumed]
-
-
 def ncnn_latency(param: str, tensor: np.ndarray, threads: int, warmup: int, iters: int) -> dict:
-    import ncnn
-
-    input_blob, outputs = ncnn_blobs(Path(param))
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    net.opt.num_threads = threads
-    net.load_param(param)
-    net.load_model(str(Path(param).with_suffix(".bin")))
-    mat = ncnn.Mat(np.ascontiguousarray(tensor[0]))  # keep the numpy buffer and the Mat alive for the whole run
-
-    def run() -> None:
-        ex = net.create_extractor()
-        ex.input(input_blob, mat)
-        for name in outputs:
-            ex.extract(name)
-
-    return summarize(time_calls(run, warmup, iters))
+    """The official ncnn files through the runtime's own ncnn backend (as the package's ncnn artifacts are
+    timed): every output the .param produces is extracted."""
+    backend = open_backend(Path(param), "ncnn", threads)
+    feed = {backend.inputs[0].name: tensor}
+    return summarize(time_calls(lambda: backend.run(feed), warmup, iters))
 
 
 def accuracy(package: str, labels: str | None, held_out: str | None, threads: int) -> dict[tuple[str, str], dict]:
