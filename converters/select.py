@@ -2,41 +2,49 @@
 
 Candidates are built-in models with weights at hand x input sizes x the target profile's backends and
 precisions. Each (model, size) becomes a package (export, then ``convert`` for the target, every artifact
-checked against FP32 as always); every verified artifact gets its COCO mAP on the user's labelled photos
-(``validate``, through the runtime's own Detector) and its latency on the device: measured here when this
-machine is the target's architecture, on a remote device over ssh (``--host``, the ``bundle``/``deploy``
-machinery: bench only, no model code there), or estimated from the profile's peak and the graph's MACs
-when neither is possible, and then marked "estimated" everywhere. The frame-rate budget is judged on the
-end-to-end time (preprocessing + inference + decode), not the model alone.
+checked against FP32 as always); every verified artifact the target runs gets its COCO mAP on the user's
+labelled photos (``validate``, through the runtime's own Detector) and its latency on the device: measured
+here when this machine is the target (its architecture, and its accelerator when the profile names one),
+on a remote device over ssh (``RemoteBench``: the ``bundle``/``deploy`` machinery, bench only, no model code
+there), or estimated from the profile's peak and the graph's MACs when neither is possible, and then
+marked "estimated" everywhere. The frame-rate budget is judged on the end-to-end time (preprocessing +
+inference + decode), not the model alone.
 
-Results are cached by (weights, model, size, artifact, data, device): a second run with one more model
-measures only that one.
+Packages are cached under a key of everything that shapes them (weights, model, size, the target
+profile's contents, calibration, this version); results under the artifact's checksum, the labels, the
+device and how it was timed: a second run with one more model measures only that one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import re
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.deploy.targets import Target, runnable_target
+import edge_runtime
+from edge_runtime.deploy.targets import Target, expected_latency_ms, runnable_target
 from edge_runtime.errors import EdgeRuntimeError, UsageError
 from edge_runtime.evaluation.validate import EvaluationSet, validate_package
 from edge_runtime.fsutil import atomic_write_text
 from edge_runtime.manifest import load_manifest, sha256_file
 
-# What a lightweight detector reaches of a profile's peak, for the estimate when no device is reachable:
-# NanoDet-Plus-m 416 FP32 ONNX reached 28 % of this 2-core Zen 4's peak (1.56 GFLOP in 14.5 ms against
-# ~380 GFLOP/s); depthwise-heavy graphs on in-order ARM cores reach less. An assumption, said as such.
-ESTIMATE_EFFICIENCY = 0.2
+# Share of a profile's peak assumed for the estimate when no device is reachable (docs/targets-and-pi.md
+# has what was measured against it). An assumption, and said as one in every output.
+ESTIMATE_PERCENT_OF_PEAK = 20.0
 RESULTS_FILE = "results.json"
 COMPLETE_MARK = ".select-complete"
+WARMUP = 5
+_RECORD_KEYS = {"artifact": str, "map": float, "map50": float, "model_ms": float, "e2e_ms": float}
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,6 @@ class Candidate:
     imgsz: int
     format: str
     precision: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}@{self.imgsz} {self.format} {self.precision}"
 
 
 @dataclass
@@ -59,8 +63,8 @@ class Measured:
     artifact: str
     map: float
     map50: float
-    model_ms: float | None
-    e2e_ms: float | None
+    model_ms: float
+    e2e_ms: float
     latency: str
     device: str
     package: str
@@ -68,12 +72,12 @@ class Measured:
     meets: bool = False
 
     @property
-    def fps(self) -> float | None:
-        return None if not self.e2e_ms else 1e3 / self.e2e_ms
+    def fps(self) -> float:
+        return 1e3 / self.e2e_ms
 
     def to_dict(self) -> dict[str, Any]:
         record = {**asdict(self.candidate), **{k: v for k, v in asdict(self).items() if k != "candidate"}}
-        record["fps"] = None if self.fps is None else round(self.fps, 2)
+        record["fps"] = round(self.fps, 2)
         return record
 
 
@@ -84,6 +88,25 @@ class Device:
     kind: str
     key: str
     describe: str
+
+
+def available_models(weights: dict[str, Path]) -> list[str]:
+    """Every model whose official checkpoint is in the cache, then those given ``weights``."""
+    from .official import OFFICIAL, cached_path
+
+    cached = [w.model for w in OFFICIAL.values() if w.model and cached_path(w, w.files[0]).is_file()]
+    return list(dict.fromkeys([*cached, *weights]))
+
+
+def check_models(models: Sequence[str], weights: dict[str, Path]) -> None:
+    """One usage line for an unknown model name or weights given for a model not tried."""
+    from .models import MODELS
+
+    if unknown := [m for m in models if m not in MODELS]:
+        raise UsageError(f"unknown model {', '.join(unknown)} (known: {', '.join(MODELS)})")
+    if stray := [m for m in weights if m not in models]:
+        raise UsageError(f"weights given for {', '.join(stray)}, which is not among the models tried "
+                         f"({', '.join(models)})")
 
 
 def default_sizes(model: str) -> list[int]:
@@ -110,16 +133,21 @@ def weights_for(model: str, imgsz: int, given: dict[str, Path]) -> Path | None:
 
 
 def choose_device(target: Target, host: str | None) -> Device:
-    from edge_runtime.deploy.hostinfo import cpu_summary
+    """ssh with ``host``; this machine when it is the target (its architecture and, when the profile names
+    an accelerator, a profile ``targets --detect`` finds here); else an estimate."""
+    from edge_runtime.deploy.hostinfo import cpu_summary, detect_host
 
     if host:
         return Device("ssh", f"ssh:{host}:{target.name}", f"{host} over ssh")
     cpu = cpu_summary()
+    why = f"this machine is {cpu['arch']}, the target {target.arch}"
     if target.arch in ("any", cpu["arch"]):
-        return Device("local", f"local:{cpu['cpu']}:{target.name}", f"this machine ({cpu['cpu']})")
-    return Device("estimated", f"estimated:{target.name}",
-                  f"{target.name}, estimated at {ESTIMATE_EFFICIENCY:.0%} of its peak (this machine is "
-                  f"{cpu['arch']}, the target {target.arch}: --host measures on the device)")
+        if not target.accelerator or target.name in detect_host().matching_targets:
+            return Device("local", f"local:{cpu['cpu']}:{target.name}", f"this machine ({cpu['cpu']})")
+        why = f"{target.accelerator} is not on this machine"
+    return Device("estimated", f"estimated:{ESTIMATE_PERCENT_OF_PEAK:g}:{target.name}",
+                  f"{target.name}, estimated at {ESTIMATE_PERCENT_OF_PEAK:g} % of its peak ({why}: --host "
+                  f"measures on the device)")
 
 
 def data_fingerprint(data: EvaluationSet) -> str:
@@ -128,180 +156,293 @@ def data_fingerprint(data: EvaluationSet) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def build_key(target: Target, calib: Path | None, calib_size: int) -> str:
+    """What shapes a package beyond its model and weights: the profile's contents, the calibration images
+    and this version of the converters."""
+    blob = json.dumps({"target": asdict(target), "calib": str(calib.resolve()) if calib else None,
+                       "calib_size": calib_size, "edge_runtime": edge_runtime.__version__}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "target"
+
+
 def pareto_front(rows: Sequence[Measured]) -> list[Measured]:
     """The rows no other row beats on both mAP (higher) and end-to-end time (lower)."""
-    timed = [r for r in rows if r.e2e_ms]
-    return [r for r in timed if not any(o.map >= r.map and o.e2e_ms <= r.e2e_ms and
-                                        (o.map > r.map or o.e2e_ms < r.e2e_ms) for o in timed)]
+    return [r for r in rows if not any(o.map >= r.map and o.e2e_ms <= r.e2e_ms and
+                                       (o.map > r.map or o.e2e_ms < r.e2e_ms) for o in rows)]
 
 
 def pick(rows: Sequence[Measured], fps: float) -> tuple[Measured | None, Measured | None]:
     """(the most accurate row meeting ``fps`` end to end, ties to the faster; else None, and the closest:
     the fastest row)."""
-    meeting = [r for r in rows if r.fps is not None and r.fps >= fps]
+    meeting = [r for r in rows if r.fps >= fps]
     if meeting:
         return max(meeting, key=lambda r: (r.map, r.fps)), None
-    timed = [r for r in rows if r.fps is not None]
-    return None, max(timed, key=lambda r: r.fps, default=None)
+    return None, max(rows, key=lambda r: r.fps, default=None)
 
 
 class ResultCache:
-    """``results.json`` in the cache folder: candidate key -> its figures, written atomically after each package."""
+    """``results.json`` in the cache folder: result key -> one complete measurement. A damaged or foreign file,
+    or a malformed record, is a miss, never an error."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / RESULTS_FILE
         self.records: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            try:
-                self.records = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.records = {}  # a damaged cache is a miss, not an error
+        try:
+            loaded = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, ValueError):
+            loaded = {}
+        if isinstance(loaded, dict):
+            self.records = {k: v for k, v in loaded.items() if _well_formed(v)}
         self.hits = 0
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        found = self.records.get(key)
-        self.hits += found is not None
-        return found
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         self.records[key] = record
         atomic_write_text(self.path, json.dumps(self.records, indent=1) + "\n")
 
 
-def _build_package(folder: Path, model: str, weights: Path, imgsz: int, target: Target, calib: Path | None,
-                   calib_size: int, progress: Callable[[str], None]) -> Path:
-    """Export + convert for ``target`` into ``folder`` (reused when a previous run completed it)."""
+def _well_formed(record: Any) -> bool:
+    return isinstance(record, dict) and all(
+        isinstance(record.get(k), kind) or (kind is float and isinstance(record.get(k), int)
+                                            and not isinstance(record.get(k), bool))
+        for k, kind in _RECORD_KEYS.items())
+
+
+@contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """One select at a time per cache folder: two would overwrite each other's results and packages."""
+    with open(cache / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise EdgeRuntimeError(f"{cache}: another edge-runtime select is using this cache (--cache DIR "
+                                   f"picks another)") from None
+        yield
+
+
+def _build_package(folder: Path, key: str, model: str, weights: Path, imgsz: int, target: Target,
+                   calib: Path | None, calib_size: int, progress: Callable[[str], None]) -> tuple[Path, list[str]]:
+    """Export + convert for ``target`` into ``folder`` (reused when a run with the same ``key`` completed
+    it), built beside it and moved in whole. Returns the folder and one line per refused artifact."""
     from . import Converter
     from .convert import ArtifactRefused
 
-    if (folder / COMPLETE_MARK).is_file():
-        return folder
-    if folder.exists():
-        shutil.rmtree(folder)  # an interrupted build
-    Converter.export(model, folder, weights, imgsz=imgsz, progress=progress)
-    wants_int8 = "int8" in target.precisions
+    mark = folder / COMPLETE_MARK
+    if mark.is_file() and mark.read_text().strip() == key:
+        return folder, []
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    refused: list[str] = []
     try:
-        Converter(folder).to(target=target, precision=None if (calib or not wants_int8) else
-                             [p for p in target.precisions if p != "int8"] or ["fp32"],
-                             calib=calib, calib_size=calib_size, progress=progress)
-    except ArtifactRefused as exc:  # the others are in; a refused artifact is no candidate
-        for line in exc.refused:
-            progress(line)
-    (folder / COMPLETE_MARK).write_text(json.dumps({"target": target.name, "calib": str(calib)}) + "\n")
-    return folder
+        Converter.export(model, stage, weights, imgsz=imgsz, force=True, progress=progress)
+        precisions = [p for p in target.precisions if calib is not None or p != "int8"] or ["fp32"]
+        try:
+            Converter(stage).to(target=target, precision=precisions, calib=calib, calib_size=calib_size,
+                                progress=progress)
+        except ArtifactRefused as exc:  # the others are in; a refused artifact is no candidate
+            refused = exc.refused
+        (stage / COMPLETE_MARK).write_text(key + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        stage.rename(folder)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return folder, refused
 
 
-def _latency_local(package: Path, threads: int, iters: int) -> dict[str, tuple[float, float]]:
-    """Artifact file -> (model median ms, end-to-end median ms), each artifact in its own process."""
+def _latency_local(package: Path, target: Target, iters: int) -> dict[str, tuple[float, float]]:
+    """Artifact file -> (model median ms, end-to-end median ms), each artifact in its own process, with
+    the target's threads and delegate / execution provider / device."""
     from edge_runtime.bench import bench_package
 
-    report = bench_package(package, threads=threads, warmup=3, iters=iters)
-    return {r["artifact"]: (r["latency_ms"]["median"], r["end_to_end_ms"]["median"]) for r in report["results"]}
+    report = bench_package(package, threads=target.threads, warmup=WARMUP, iters=iters, target=target)
+    return latencies(report)
+
+
+def latencies(bench_report: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """An ``edge-runtime bench`` report -> artifact file -> (model median ms, end-to-end median ms)."""
+    return {r["artifact"]: (r["latency_ms"]["median"], r["end_to_end_ms"]["median"]) for r in bench_report["results"]}
 
 
 def _latency_estimated(package: Path, target: Target, host_overhead: dict[str, float]
                        ) -> dict[str, tuple[float, float]]:
-    """Artifact file -> (model ms from MACs over ``ESTIMATE_EFFICIENCY`` of the profile's peak for its
-    precision, + this machine's measured pre/post-processing time); artifacts of a precision the profile
-    has no peak for are left out."""
+    """Artifact file -> (model ms from its MACs at ``ESTIMATE_PERCENT_OF_PEAK`` of the profile's peak for its
+    precision, + this machine's measured pre/post-processing time); none for a precision without a peak."""
     manifest = load_manifest(package)
     macs = manifest.artifact("onnx", "fp32").extra.get("macs")
     out = {}
     for art in manifest.artifacts:
-        peak = target.peak_gflops.get(art.precision) if target.peak_gflops else None
-        if not macs or not peak:
-            continue
-        model_ms = 2.0 * macs / (peak * 1e9 * ESTIMATE_EFFICIENCY) * 1e3
-        out[art.file] = (model_ms, model_ms + host_overhead.get(art.file, 0.0))
+        peak = (target.peak_gflops or {}).get(art.precision)
+        if macs and peak and art.file in host_overhead:
+            model_ms = expected_latency_ms(macs, peak, ESTIMATE_PERCENT_OF_PEAK)
+            out[art.file] = (model_ms, model_ms + host_overhead[art.file])
     return out
 
 
-def _bar(total: int) -> Any:
-    """A progress bar over the (model, size) packages on a terminal; silent otherwise."""
-    from tqdm import tqdm
+class RemoteBench:
+    """Latency on a device over ssh: the first package is bundled for the target and deployed (install.sh,
+    then run.sh's bench); the next ones are copied beside it and benchmarked with that venv and the
+    bundled profile. A package with a backend the installed venv lacks gets a fresh deploy."""
 
-    return tqdm(total=total, desc="select", unit="package", disable=not sys.stderr.isatty(), leave=False)
+    def __init__(self, host: str, target_spec: str, port: int = 22, identity: Path | None = None,
+                 ssh_options: Sequence[str] = (), remote_dir: str = "edge-runtime-select",
+                 wheel_dir: Path | None = None, remote_python: str = "python3",
+                 install_env: dict[str, str] | None = None, iters: int = 30,
+                 progress: Callable[[str], None] = lambda msg: None) -> None:
+        self.host, self.target_spec, self.port, self.identity = host, target_spec, port, identity
+        self.ssh_options, self.remote_dir, self.wheel_dir = list(ssh_options), remote_dir, wheel_dir
+        self.remote_python, self.install_env, self.iters, self.progress = remote_python, install_env, iters, progress
+        self.installed: dict[str, Any] = {}
+        self.formats: set[str] = set()
+
+    def __call__(self, package: Path, target: Target) -> dict[str, tuple[float, float]]:
+        from edge_runtime.deploy.bundle import artifacts_for_target, copy_package, make_bundle
+        from edge_runtime.deploy.remote import bench_remote, deploy
+
+        manifest = load_manifest(package)
+        kept = artifacts_for_target(manifest, target)
+        formats = {a.format for a in kept}
+        if self.installed and formats <= self.formats:
+            with tempfile.TemporaryDirectory(prefix="select-package-") as tmp:
+                trimmed = Path(tmp) / package.name
+                copy_package(manifest, kept, trimmed)  # only what the target runs: the venv has those backends
+                bench = bench_remote(self.installed, trimmed, self.port, self.identity, self.ssh_options,
+                                     self.iters, self.progress)
+            return latencies(bench)
+        with tempfile.TemporaryDirectory(prefix="select-bundle-") as tmp:
+            bundle = make_bundle(package, self.target_spec, Path(tmp) / f"select-{safe_name(target.name)}.tar.gz",
+                                 self.wheel_dir, progress=self.progress)
+            self.installed = deploy(bundle, self.host, self.port, self.identity, self.remote_dir, self.ssh_options,
+                                    self.iters, self.remote_python, self.install_env, progress=self.progress)
+        self.formats = formats
+        if not self.installed.get("bench"):
+            raise EdgeRuntimeError(f"{self.host}: the device's bench report could not be read")
+        return latencies(self.installed["bench"])
 
 
-def select_detector(data: EvaluationSet | Callable[[Sequence[str]], EvaluationSet], target: str | Target,
-                    fps: float, models: Sequence[str], sizes: Sequence[int] | None = None,
+def select_detector(data: Callable[[Sequence[str]], EvaluationSet], target: str | Target, fps: float,
+                    models: Sequence[str], sizes: Sequence[int] | None = None,
                     weights: dict[str, Path] | None = None, calib: Path | None = None, calib_size: int = 32,
-                    cache: Path | None = None, host: str | None = None,
-                    remote: Callable[[Path, Target], dict[str, tuple[float, float]]] | None = None,
-                    iters: int = 30, max_minutes: float | None = None,
+                    cache: Path | None = None, remote: RemoteBench | None = None, iters: int = 30,
+                    max_minutes: float | None = None,
                     progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Measure every candidate and choose. ``data``: the labelled photos as an EvaluationSet, or a function
-    of the model's class names that makes one. ``remote(package, target)`` measures latency on the device
-    (``--host``). Returns a JSON-ready report: ``rows`` (every candidate measured, with ``pareto`` and
-    ``meets``), ``chosen`` (or None), ``closest`` (when none meets), ``skipped`` (one line each)."""
+    """Measure every candidate and choose. ``data(class_names)`` makes the labelled photos' EvaluationSet for
+    a model's classes (a label set none of whose classes the model has is a one-line error, before any
+    export). ``calib``: INT8 calibration images (None: no INT8 candidates, said in ``skipped``: calibrating on
+    the evaluation photos would flatter INT8's mAP). ``remote``: measure on a device over ssh. Returns a
+    JSON-ready report: ``rows`` (every candidate measured, with ``pareto`` and ``meets``), ``chosen`` (or
+    None), ``closest`` (when none meets), ``skipped`` (one line each)."""
+    from .models import get_spec
     from .official import cache_dir
 
+    if fps <= 0 or iters < 1 or calib_size < 1 or (max_minutes is not None and max_minutes < 0):
+        raise UsageError("--fps, --iters and --calib-size must be positive and --max-minutes at least 0")
+    weights = weights or {}
+    check_models(models, weights)
+    for model in models:  # class matching fails here, before any export, when it fails at all
+        if names := get_spec(model).class_names:
+            data(names)
     started = time.monotonic()
     profile = runnable_target(target)
     cache = Path(cache) if cache is not None else cache_dir() / "select"
-    cache.mkdir(parents=True, exist_ok=True)
-    results = ResultCache(cache)
-    device = choose_device(profile, host)
-    if device.kind == "ssh" and remote is None:
-        raise UsageError("select --host needs a way to reach the device (internal: remote measurer missing)")
-    rows: list[Measured] = []
+    (cache / "packages").mkdir(parents=True, exist_ok=True)
+    device = choose_device(profile, remote.host if remote else None)
     skipped: list[str] = []
-    plan = [(m, s) for m in models for s in (sizes or default_sizes(m))]
     if "int8" in profile.precisions and calib is None:
-        skipped.append("int8: not built (no calibration images: --calib DIR)")
-    bar = _bar(len(plan))
-    for done, (model, imgsz) in enumerate(plan):
-        bar.set_postfix_str(f"{model}@{imgsz}")
-        bar.update(1)
-        if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
-            skipped += [f"{m}@{s}: not measured, --max-minutes {max_minutes:g} spent" for m, s in plan[done:]]
-            progress(skipped[-1])
-            break
-        found = weights_for(model, imgsz, weights or {})
-        if found is None:
-            skipped.append(f"{model}@{imgsz}: no weights here (edge-runtime fetch, or --weights {model}=PATH)")
-            progress(skipped[-1])
-            continue
-        progress(f"[{done + 1}/{len(plan)}] {model}@{imgsz}")
-        weights_sha = sha256_file(found)[:12]
-        package = _build_package(cache / "packages" / f"{model}-{imgsz}-{profile.name}-{weights_sha}", model, found,
-                                 imgsz, profile, calib, calib_size, progress)
-        manifest = load_manifest(package)
-        evaluation = data if isinstance(data, EvaluationSet) else data(manifest.class_names)
-        prefix = f"{weights_sha}|{model}|{imgsz}|{data_fingerprint(evaluation)}|{device.key}|{profile.threads}"
-        arts = [a for a in manifest.artifacts if a.verified and a.format in profile.backends]
-        missing = [a for a in arts if results.get(f"{prefix}|{a.key}") is None]
-        if missing:
-            accuracy = validate_package(package, evaluation, threads=profile.threads)
-            maps = {r["artifact"]: (r["map"], r["map50"]) for r in accuracy["artifacts"]}
-            if device.kind == "local":
-                latency = _latency_local(package, profile.threads, iters)
-            elif device.kind == "ssh":
-                latency = remote(package, profile)
-            else:
-                overhead = {f: e2e - ms for f, (ms, e2e) in _latency_local(package, profile.threads, iters).items()}
-                latency = _latency_estimated(package, profile, overhead)
-            for art in missing:
-                model_ms, e2e_ms = latency.get(art.file, (None, None))
-                record = {"artifact": art.file, "map": maps[art.file][0], "map50": maps[art.file][1],
-                          "model_ms": model_ms, "e2e_ms": e2e_ms}
-                results.put(f"{prefix}|{art.key}", record)
-        for art in arts:
-            record = results.records[f"{prefix}|{art.key}"]
-            rows.append(Measured(Candidate(model, imgsz, art.format, art.precision), record["artifact"],
-                                 record["map"], record["map50"], record["model_ms"], record["e2e_ms"],
-                                 "estimated" if device.kind == "estimated" else "measured", device.describe,
-                                 str(package)))
-    bar.close()
+        skipped.append("int8: not built: pass --calib DIR (photos like the deployment's; calibrating on the "
+                       "evaluation photos would flatter INT8's mAP)")
+    key = build_key(profile, calib, calib_size)
+    rows: list[Measured] = []
+    plan = [(m, s) for m in models for s in (sizes or default_sizes(m))]
+    with _locked(cache):
+        results = ResultCache(cache)
+        bar = _bar(len(plan))
+        for done, (model, imgsz) in enumerate(plan):
+            if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
+                skipped += [f"{m}@{s}: not measured, --max-minutes {max_minutes:g} spent" for m, s in plan[done:]]
+                break
+            found = weights_for(model, imgsz, weights)
+            if found is None:
+                skipped.append(f"{model}@{imgsz}: no weights here (edge-runtime fetch, or --model-weights "
+                               f"{model}=PATH)")
+                bar.update(1)
+                continue
+            progress(f"[{done + 1}/{len(plan)}] {model}@{imgsz}")
+            try:
+                rows += _measure(model, imgsz, found, profile, key, calib, calib_size, cache, data, device, results,
+                                 remote, iters, skipped, progress)
+            except EdgeRuntimeError as exc:  # one pair failing (an export, a conversion, a device) skips it
+                skipped.append(f"{model}@{imgsz}: {exc}")
+                progress(skipped[-1])
+            bar.update(1)
+        bar.close()
     for row in pareto_front(rows):
         row.pareto = True
     for row in rows:
-        row.meets = row.fps is not None and row.fps >= fps
+        row.meets = row.fps >= fps
     chosen, closest = pick(rows, fps)
     return {"target": profile.name, "fps_budget": fps, "device": device.describe, "latency": device.kind,
             "cache": str(cache), "cache_hits": results.hits, "rows": [r.to_dict() for r in rows],
             "chosen": chosen.to_dict() if chosen else None, "closest": closest.to_dict() if closest else None,
             "skipped": skipped, "minutes": round((time.monotonic() - started) / 60, 2)}
+
+
+def _measure(model: str, imgsz: int, weights: Path, profile: Target, key: str, calib: Path | None,
+             calib_size: int, cache: Path, data: Callable[[Sequence[str]], EvaluationSet], device: Device,
+             results: ResultCache, remote: RemoteBench | None, iters: int, skipped: list[str],
+             progress: Callable[[str], None]) -> list[Measured]:
+    """One (model, size): its package, then mAP and latency of each artifact the target runs that the cache
+    does not hold yet; a candidate without a latency is listed in ``skipped``, not cached."""
+    from edge_runtime.deploy.bundle import artifacts_for_target
+
+    name = f"{model}-{imgsz}-{safe_name(profile.name)}-{sha256_file(weights)[:12]}-{key}"
+    package, refused = _build_package(cache / "packages" / name, key, model, weights, imgsz, profile, calib,
+                                      calib_size, progress)
+    skipped += [f"{model}@{imgsz}: {line}" for line in refused]
+    manifest = load_manifest(package)
+    evaluation = data(manifest.class_names)
+    arts = artifacts_for_target(manifest, profile)
+    timing = f"{device.key}|iters {iters}"
+    # the artifact's checksum, and the profile's contents (its threads, accelerator, peaks for an estimate)
+    keys = {a.file: f"{a.sha256[:16]}|{key}|{data_fingerprint(evaluation)}|{timing}" for a in arts}
+    cached = {a.file for a in arts if keys[a.file] in results.records}
+    results.hits += len(cached)
+    if len(cached) < len(arts):
+        report = validate_package(package, evaluation, threads=profile.threads)
+        accuracy = {r["artifact"]: r for r in report["artifacts"]}
+        if device.kind == "local":
+            latency = _latency_local(package, profile, iters)
+        elif device.kind == "ssh":
+            latency = remote(package, profile)
+        else:
+            overhead = {f: e2e - ms for f, (ms, e2e) in _latency_local(package, profile, iters).items()}
+            latency = _latency_estimated(package, profile, overhead)
+        for art in arts:
+            if art.file not in latency or art.file in cached:
+                continue
+            results.put(keys[art.file], {"artifact": art.file, "map": accuracy[art.file]["map"],
+                                         "map50": accuracy[art.file]["map50"], "model_ms": latency[art.file][0],
+                                         "e2e_ms": latency[art.file][1]})
+    rows = []
+    for art in arts:
+        record = results.records.get(keys[art.file])
+        if record is None:
+            why = "no peak for its precision in the profile" if device.kind == "estimated" else "its bench failed"
+            skipped.append(f"{model}@{imgsz} {art.format} {art.precision}: no latency ({why})")
+            continue
+        rows.append(Measured(Candidate(model, imgsz, art.format, art.precision), art.file, record["map"],
+                             record["map50"], record["model_ms"], record["e2e_ms"],
+                             "estimated" if device.kind == "estimated" else "measured", device.describe, str(package)))
+    return rows
+
+
+def _bar(total: int) -> Any:
+    """A progress bar over the (model, size) pairs on a terminal; silent otherwise."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="select", unit="model x size", disable=not sys.stderr.isatty(), leave=False)
 
 
 def write_choice(choice: dict[str, Any], out: Path, report: dict[str, Any]) -> Path:
@@ -313,33 +454,34 @@ def write_choice(choice: dict[str, Any], out: Path, report: dict[str, Any]) -> P
     out = require_new_folder(out, hint="pick a new folder for the chosen package")
     manifest = load_manifest(choice["package"])
     art = next(a for a in manifest.artifacts if a.file == choice["artifact"])
-    stage = out.parent / f".{out.name}.partial"
-    if stage.exists():
-        shutil.rmtree(stage)
-    copy_package(manifest, [art], stage)
-    atomic_write_text(stage / "select.json", json.dumps(report, indent=1) + "\n")
-    if out.exists():
-        out.rmdir()  # require_new_folder let only an empty one through
-    stage.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        copy_package(manifest, [art], stage / "package")
+        atomic_write_text(stage / "package" / "select.json", json.dumps(report, indent=1) + "\n")
+        if out.exists():
+            out.rmdir()  # require_new_folder let only an empty one through
+        (stage / "package").rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return out
 
 
 def select_table(report: dict[str, Any]) -> str:
     from edge_runtime.timing import format_table
 
-    rows = sorted(report["rows"], key=lambda r: (r["e2e_ms"] is None, r["e2e_ms"] or 0))
-    estimated = report["latency"] == "estimated"
+    rows = sorted(report["rows"], key=lambda r: r["e2e_ms"])
+    mark = "*" if report["latency"] == "estimated" else ""
     table = format_table(
         ["model", "size", "format", "precision", "mAP", "AP50", "model ms", "e2e ms", "FPS e2e",
          "pareto", f">= {report['fps_budget']:g} FPS"],
         [[r["model"], r["imgsz"], r["format"], r["precision"], f"{r['map']:.4f}", f"{r['map50']:.4f}",
-          "-" if r["model_ms"] is None else f"{r['model_ms']:.2f}" + ("*" if estimated else ""),
-          "-" if r["e2e_ms"] is None else f"{r['e2e_ms']:.2f}" + ("*" if estimated else ""),
-          "-" if r["fps"] is None else f"{r['fps']:.1f}", "*" if r["pareto"] else "",
-          "yes" if r["meets"] else "no"] for r in rows])
+          f"{r['model_ms']:.2f}{mark}", f"{r['e2e_ms']:.2f}{mark}", f"{r['fps']:.1f}{mark}",
+          "*" if r["pareto"] else "", "yes" if r["meets"] else "no"] for r in rows])
     lines = [f"target {report['target']}, latency {report['latency']} on {report['device']}", table]
-    if estimated:
-        lines.append("* estimated (MACs over the profile's peak, + this machine's pre/post-processing time)")
+    if mark:
+        lines.append(f"{mark} estimated: MACs at {ESTIMATE_PERCENT_OF_PEAK:g} % of the profile's peak, + this "
+                     f"machine's pre/post-processing time (a ranking guess, not a figure to quote)")
     return "\n".join(lines)
 
 
@@ -352,7 +494,7 @@ def pareto_plot(report: dict[str, Any], path: str | Path) -> Path:
     from edge_runtime.evaluation.plot import PALETTE, _text
     from edge_runtime.fsutil import atomic_write_image
 
-    rows = [r for r in report["rows"] if r["e2e_ms"]]
+    rows = report["rows"]
     if not rows:
         raise EdgeRuntimeError("no candidate has a latency to plot")
     width, height, margin = 900, 560, 70
@@ -389,4 +531,3 @@ def pareto_plot(report: dict[str, Any], path: str | Path) -> Path:
         _text(img, f"{x_max * i / 5:.0f}", (to_px(x_max * i / 5, 0)[0] - 8, height - margin + 18), 0.35)
         _text(img, f"{y_max * i / 5:.2f}", (margin - 40, to_px(0, y_max * i / 5)[1] + 4), 0.35)
     return atomic_write_image(path, img)
-

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import EdgeRuntimeError
-from .bundle import inspect_bundle
+from .bundle import TARGET_FILE, inspect_bundle
 
 VENV_BYTES = 300 * 2**20  # a venv with numpy, OpenCV and one backend, plus pip's cache of their wheels
 CONNECT_TIMEOUT_S = 10
@@ -104,8 +104,9 @@ def bench_remote(deployed: dict, package: Path, port: int = 22, identity: Path |
                  ssh_options: Sequence[str] = (), iters: int = 10,
                  progress: Callable[[str], None] = lambda msg: None) -> dict:
     """``edge-runtime bench`` of another ``package`` on a device that ``deploy`` installed (``deployed`` is its
-    result): the package is copied next to that bundle and benchmarked with its venv, so a series of
-    packages for one target costs one install. Returns the device's bench report."""
+    result): the package is copied next to that bundle and benchmarked with its venv and its target profile
+    (threads, delegate / execution provider), so a series of packages for one target costs one install.
+    Returns the device's bench report."""
     package = Path(package)
     name = package.name
     if not _SAFE_PATH.fullmatch(name) or name.startswith("-"):
@@ -123,7 +124,8 @@ def bench_remote(deployed: dict, package: Path, port: int = 22, identity: Path |
         progress(f"{deployed['host']}: copying {name} ({archive.stat().st_size / 2**20:.1f} MB)")
         ssh.copy(archive, f"{rdir}/{name}.tar.gz")
     script = (f"cd -- {qdir} && rm -rf -- {qname} && tar -xzf {qname}.tar.gz && rm -f -- {qname}.tar.gz && "
-              f"../venv/bin/edge-runtime bench {qname} --iters {int(iters)} --json {qname}/bench.json >/dev/null && "
+              f"../venv/bin/edge-runtime bench {qname} --target ../{TARGET_FILE} --iters {int(iters)} "
+              f"--json {qname}/bench.json >/dev/null && "
               f"cat -- {qname}/bench.json")
     progress(f"{deployed['host']}: edge-runtime bench {name}")
     run = ssh.run(script, "edge-runtime bench", 1800)

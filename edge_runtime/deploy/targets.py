@@ -148,6 +148,14 @@ def efficiency(macs: float, latency_ms: float, peak_gflops: float) -> float:
     return 100.0 * achieved_gflops / peak_gflops
 
 
+def expected_latency_ms(macs: float, peak_gflops: float, percent_of_peak: float) -> float:
+    """The inverse of :func:`efficiency`: the latency of a model of ``macs`` that reaches
+    ``percent_of_peak`` % of ``peak_gflops``."""
+    if peak_gflops <= 0 or percent_of_peak <= 0:
+        raise ValueError(f"peak_gflops and percent_of_peak must be positive (got {peak_gflops}, {percent_of_peak})")
+    return 2.0 * macs / (peak_gflops * 1e9 * percent_of_peak / 100.0) * 1e3
+
+
 def available_targets() -> dict[str, Path]:
     """Profile name -> file; an earlier search dir wins over a later one with the same name."""
     found: dict[str, Path] = {}
