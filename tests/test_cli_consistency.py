@@ -32,7 +32,8 @@ def option(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
 
 
 SELECT = ["select", "--data", str(FIXTURES / "datasets/voc-indoor-85/ground-truth"), "--images",
-          str(FIXTURES / "datasets/voc-indoor-85/images"), "--fps", "30", "--models", "yolo-fastestv2", "--model-weights",
+          str(FIXTURES / "datasets/voc-indoor-85/images"), "--fps", "30", "--models", "yolo-fastestv2",
+          "--model-weights",
           f"yolo-fastestv2={FIXTURES / 'weights/yolo-fastestv2/coco2017-0.241078ap-model.pth'}"]
 # (command, output dest) -> the command line with that output set to OUT, everything else valid
 Argv = Callable[[Path, str], list[str]]
