@@ -127,6 +127,14 @@ def test_convert_for_the_edgetpu_target_compiles_with_edgetpu_compiler(demo_pack
     assert compiled["ops_on_cpu"] == {"LOGISTIC: Operation is otherwise supported, but not mapped due to some "
                                       "unspecified limitation": 1}
     assert not [p.name for p in pkg.iterdir() if p.name.startswith(".")]  # no staging or compiler folder left
+    # the runtime: the compiled model only with its delegate loaded; without an Edge TPU (here) the checked
+    # plain model runs on the CPU, and says so
+    from edge_runtime.backends import open_artifact
+    from edge_runtime.backends.litert import LiteRtBackend
+
+    assert LiteRtBackend.recorded_options(art.extra) == {"compiled_model": "model_int8_edgetpu.tflite"}
+    tpu = open_artifact(manifest, art, 1, {"delegate": "libedgetpu.so.1"})
+    assert "delegate libedgetpu.so.1 failed: CPU fallback" in tpu.describe() and "compiled" not in tpu.describe()
 
     with tarfile.open(make_bundle(pkg, "edgetpu", tmp_path / "tpu.tar.gz")) as tar:
         names = {Path(n).relative_to("demo-shapes-edgetpu").as_posix() for n in tar.getnames() if "/" in n}

@@ -59,7 +59,7 @@ class LiteRtBackend(Backend):
     precisions = ("fp32", "fp16", "int8")
     libraries = (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"))
     extra = "tflite"
-    option_keys = frozenset({"delegate", "delegate_options"})
+    option_keys = frozenset({"delegate", "delegate_options", "compiled_model"})
     target_keys = (TargetKey("delegate", option="delegate", selects=True),
                    TargetKey("delegate_options", "table", option="delegate_options", needs="delegate"),
                    # the converter's TFLite INT8 input/output type (int8/uint8 for NPU delegates)
@@ -90,8 +90,10 @@ class LiteRtBackend(Backend):
                     if not hasattr(library, symbol):
                         raise OSError(f"{delegate} is not a TFLite external delegate (no {symbol})")
                 loaded = load_delegate(str(delegate), dict(self.options.get("delegate_options") or {}))
-                interpreter = self._open(Interpreter, [loaded])
-                self._accelerator = f"delegate {name}"
+                compiled = self._compiled_model()
+                interpreter = self._open(Interpreter, [loaded], compiled)
+                self._accelerator = f"delegate {name}" + (f", compiled {compiled.name} (not checked against FP32 "
+                                                          f"where it was converted)" if compiled else "")
             except Exception as exc:  # missing library, no device, delegate rejects the graph
                 self._fallback = f"delegate {name} failed: CPU fallback"
                 log.warning("%s: delegate %s failed (%s); running on the CPU (XNNPACK) instead",
@@ -106,9 +108,21 @@ class LiteRtBackend(Backend):
         self._input_specs = {s.name: s for s in self.inputs}
         self._output_specs = {s.name: s for s in self.outputs}
 
-    def _open(self, Interpreter: Any, delegates: list[Any] | None) -> Any:
+    def _compiled_model(self) -> Path | None:
+        """The accelerator-compiled model beside this one (``compiled_model``: the manifest's ``compiled_file``,
+        checksummed with the artifact), run only once its delegate has loaded: without the accelerator
+        it cannot run, and the checked plain model runs on the CPU instead."""
+        name = self.options.get("compiled_model")
+        if not name:
+            return None
+        compiled = self.path.parent / Path(str(name)).name
+        if not compiled.is_file():
+            raise ModelLoadError(f"{compiled}: the compiled model listed for {self.path.name} is missing")
+        return compiled
+
+    def _open(self, Interpreter: Any, delegates: list[Any] | None, model: Path | None = None) -> Any:
         try:
-            interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads,
+            interpreter = Interpreter(model_path=str(model or self.path), num_threads=self.threads,
                                       experimental_delegates=delegates)
         except Exception as exc:  # ValueError for a file that is not a valid flatbuffer
             if delegates:
@@ -122,6 +136,13 @@ class LiteRtBackend(Backend):
                 raise RuntimeError(first_line(exc)) from None
             raise ModelLoadError(f"{self.path}: cannot prepare TFLite model: {first_line(exc)}") from None
         return interpreter
+
+    @classmethod
+    def recorded_options(cls, artifact_extra: dict[str, Any]) -> dict[str, Any]:
+        """``compiled_file``: the model compiled for the delegate's accelerator (the Edge TPU's
+        ``_edgetpu.tflite``), used when that delegate loads."""
+        name = artifact_extra.get("compiled_file")
+        return {"compiled_model": name} if isinstance(name, str) and name else {}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, index in self._input_index.items():
