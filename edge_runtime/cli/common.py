@@ -104,6 +104,19 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None = No
                         help=help or "inference threads [physical cores]")
 
 
+def add_device_options(parser: argparse.ArgumentParser, host_help: str, remote_dir: str, required: bool) -> None:
+    """``--host`` and how to reach and install on it (deploy, select): one meaning in both commands."""
+    parser.add_argument("--host", required=required, default=None, help=host_help)
+    parser.add_argument("--port", type=int, default=22, help="ssh port [22]")
+    parser.add_argument("--identity", default=None, help="ssh private key [ssh's default]")
+    parser.add_argument("--remote-dir", default=remote_dir, help=f"folder on the device [~/{remote_dir}]")
+    parser.add_argument("--ssh-option", dest="ssh_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra ssh option (ssh -o), repeatable (e.g. --ssh-option "
+                             "StrictHostKeyChecking=accept-new)")
+    parser.add_argument("--remote-python", default="python3", help="Python on the device [python3]")
+    parser.add_argument("--pip-index-url", default=None, help="package index for the device's pip (a local mirror)")
+
+
 def add_max_drop_option(parser: argparse.ArgumentParser) -> None:
     """``--max-drop BUDGET``: the accuracy budget of ``--backend auto`` (``edge_runtime.budget``)."""
     parser.add_argument("--max-drop", default=None, metavar="BUDGET",

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_command, add_json_option, add_out_option, add_package_argument, progress, write_json
+from .common import (
+    add_command,
+    add_device_options,
+    add_json_option,
+    add_out_option,
+    add_package_argument,
+    progress,
+    write_json,
+)
 
 BUNDLE_EXAMPLES = ["edge-runtime bundle pkg/ --target rpi4 -o rpi4.tar.gz",
                    "edge-runtime deploy rpi4.tar.gz --host pi@raspberrypi.local"]
@@ -36,15 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples=[*BUNDLE_EXAMPLES[1:], "edge-runtime deploy b.tar.gz --host pi@10.0.0.7 --ssh-option "
                                         "StrictHostKeyChecking=accept-new --json deploy.json"])
     p.add_argument("bundle", help="bundle made by 'edge-runtime bundle'")
-    p.add_argument("--host", required=True, help="user@host")
-    p.add_argument("--port", type=int, default=22, help="ssh port [22]")
-    p.add_argument("--identity", default=None, help="ssh private key [ssh's default]")
-    p.add_argument("--remote-dir", default="edge-runtime", help="folder on the device [~/edge-runtime]")
-    p.add_argument("--ssh-option", dest="ssh_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra ssh option (ssh -o), repeatable (e.g. --ssh-option StrictHostKeyChecking=accept-new)")
+    add_device_options(p, "user@host", "edge-runtime", required=True)
     p.add_argument("--smoke-iters", type=int, default=10, help="timed runs per artifact in the smoke bench [10]")
-    p.add_argument("--remote-python", default="python3", help="Python on the device [python3]")
-    p.add_argument("--pip-index-url", default=None, help="package index for the device's pip (a local mirror)")
     add_json_option(p, "the result")
 
 

@@ -10,6 +10,7 @@ from ..errors import UsageError
 from ..evaluation.labels import FORMATS as LABEL_FORMATS
 from .common import (
     add_command,
+    add_device_options,
     add_json_option,
     add_out_option,
     add_output_file,
@@ -61,14 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start no new model x size after this long (the one running finishes); the rest are "
                         "listed as not measured [no limit]")
     p.add_argument("--cache", default=None, help="packages and results cache [~/.cache/edge-runtime/select]")
-    p.add_argument("--host", default=None, help="measure latency on this device over ssh: user@host")
-    p.add_argument("--port", type=int, default=22, help="ssh port [22]")
-    p.add_argument("--identity", default=None, help="ssh private key [ssh's default]")
-    p.add_argument("--remote-dir", default="edge-runtime-select", help="folder on the device [~/edge-runtime-select]")
-    p.add_argument("--ssh-option", dest="ssh_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra ssh option (ssh -o), repeatable")
-    p.add_argument("--remote-python", default="python3", help="Python on the device [python3]")
-    p.add_argument("--pip-index-url", default=None, help="package index for the device's pip (a local mirror)")
+    add_device_options(p, "measure latency on this device over ssh: user@host", "edge-runtime-select",
+                       required=False)
     p.add_argument("--wheel-dir", default=None, help="with --host: the edge-runtime wheel for the device [build it]")
     add_out_option(p, "folder to write the chosen package into (new or empty)", folder=True)
     add_json_option(p, "the whole report")
