@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the Pareto front, and writes the package of the most accurate candidate meeting --fps end to "
                     "end; when none does, names the closest and exits 1. Results are cached (--cache): a second run "
                     "measures only what is new.",
-        examples=["edge-runtime select --data val/labels.json --images val/ --target rpi4 --host pi@raspberrypi.local "
-                  "--fps 30 -o best/",
+        examples=["edge-runtime select --data val/labels.json --images val/ --calib calib/ --target rpi4 "
+                  "--host pi@raspberrypi.local --fps 30 -o best/",
                   "edge-runtime select --data val/ --format voc --target x86 --fps 60 --models nanodet-plus-m,"
                   "yolo-fastestv2 --plot pareto.png"])
     p.add_argument("--data", required=True,
