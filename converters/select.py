@@ -404,9 +404,10 @@ def _measure(model: str, imgsz: int, weights: Path, profile: Target, key: str, c
     manifest = load_manifest(package)
     evaluation = data(manifest.class_names)
     arts = artifacts_for_target(manifest, profile)
-    timing = f"{device.key}|iters {iters}"
-    # the artifact's checksum, and the profile's contents (its threads, accelerator, peaks for an estimate)
-    keys = {a.file: f"{a.sha256[:16]}|{key}|{data_fingerprint(evaluation)}|{timing}" for a in arts}
+    # the artifact's checksum, the profile's contents (its threads, accelerator, peaks for an estimate), the
+    # labels as evaluated, and where and how it was timed
+    context = f"{key}|{data_fingerprint(evaluation)}|{device.key}|iters {iters}"
+    keys = {a.file: f"{a.sha256[:16]}|{context}" for a in arts}
     cached = {a.file for a in arts if keys[a.file] in results.records}
     results.hits += len(cached)
     if len(cached) < len(arts):
