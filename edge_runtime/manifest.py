@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS, option_keys
+from .backends.base import MAX_INPUT_SIDE
 from .budget import check_recorded_budget
 from .compare import Verdict, judge
 from .errors import ManifestError, ModelLoadError
@@ -56,7 +57,6 @@ BACKEND_KEYS = frozenset({"backend_options", "options", "devices", "providers", 
 # _edgetpu.tflite), shipped and checksummed with the artifact it was compiled from.
 _FILE_KEYS = {"weights_file": "weights_sha256", "compiled_file": "compiled_sha256"}
 # Bounds that no real detector reaches but that keep a hostile manifest from asking for absurd buffers.
-MAX_INPUT_SIDE = 8192
 MAX_CLASSES = 10_000
 MAX_DETECTIONS = 100_000
 MAX_REG_MAX = 256

@@ -58,20 +58,21 @@ def local(fixtures, tmp_path_factory):
                      "--json", str(root / "second.json"))
     assert second.returncode == 0, second.stderr
     report = json.loads((root / "second.json").read_text())
-    # a budget between the measured rates (all reused from the cache: no new timing): some rows meet it
-    fps = sorted(r["fps"] for r in report["rows"])[len(report["rows"]) // 2]
-    third = _select(fixtures, profile, root / "cache", "yolo-fastestv2,nanodet-plus-m", "--fps", f"{fps:.4f}",
+    # a budget half-way between two measured rates (all reused from the cache: no new timing): some rows meet it
+    rates = sorted({1e3 / r["e2e_ms"] for r in report["rows"]})
+    fps = round((rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2, 3)
+    third = _select(fixtures, profile, root / "cache", "yolo-fastestv2,nanodet-plus-m", "--fps", str(fps),
                     "-o", str(root / "best"), "--json", str(root / "third.json"), "--plot", str(root / "pareto.png"))
     assert third.returncode == 0, third.stderr
     return {"root": root, "profile": profile, "first": json.loads((root / "first.json").read_text()),
-            "second": report, "third": json.loads((root / "third.json").read_text()), "fps": float(f"{fps:.4f}"),
+            "second": report, "third": json.loads((root / "third.json").read_text()), "fps": fps,
             "stdout": third.stdout}
 
 
 def test_every_candidate_is_measured_and_the_choice_follows_the_printed_numbers(local):
     report = local["third"]
     rows = report["rows"]
-    assert rows == [{**r, "meets": r["fps"] >= local["fps"]} for r in local["second"]["rows"]]  # reused as they were
+    assert rows == [{**r, "meets": 1e3 / r["e2e_ms"] >= local["fps"]} for r in local["second"]["rows"]]  # reused
     formats = {r["format"] for r in rows}
     assert {(r["model"], r["imgsz"]) for r in rows} == {(m, s) for m in WEIGHTS for s in (256, 320)}
     assert len(rows) == 4 * len(formats)
@@ -89,10 +90,10 @@ def test_every_candidate_is_measured_and_the_choice_follows_the_printed_numbers(
     # --fps 1: every row meets it, the most accurate is chosen; the middle budget: the most accurate meeting it
     assert local["second"]["chosen"]["map"] == max(r["map"] for r in rows)
     chosen, fps = report["chosen"], local["fps"]
-    meeting = [r for r in rows if r["fps"] >= fps]
+    meeting = [r for r in rows if 1e3 / r["e2e_ms"] >= fps]
     assert 0 < len(meeting) < len(rows)
-    assert chosen["fps"] >= fps and chosen["map"] == max(r["map"] for r in meeting)
-    assert all(r["meets"] == (r["fps"] >= fps) for r in rows)
+    assert 1e3 / chosen["e2e_ms"] >= fps and chosen["map"] == max(r["map"] for r in meeting)
+    assert all(r["meets"] == (1e3 / r["e2e_ms"] >= fps) for r in rows)
     # the Pareto flags are the non-dominated rows
     front = {(r["model"], r["imgsz"], r["format"]) for r in rows if r["pareto"]}
     for r in rows:

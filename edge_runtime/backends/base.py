@@ -18,6 +18,10 @@ import numpy as np
 
 from ..errors import EdgeRuntimeError
 
+# The largest input side a package or a model file may declare: no real detector reaches it, and it keeps a
+# hostile file from asking for absurd buffers (manifest.json's input.shape, an ncnn .param's Input layer).
+MAX_INPUT_SIDE = 8192
+
 
 @dataclass(frozen=True)
 class TensorSpec:

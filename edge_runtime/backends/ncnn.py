@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ModelLoadError
 from ..versions import package_version
-from .base import Backend, TensorSpec
+from .base import MAX_INPUT_SIDE, Backend, TensorSpec
 
 # the text header of a .param file (ncnn's own constant)
 PARAM_MAGIC = "7767517"
@@ -48,8 +48,6 @@ def param_inputs(path: Path) -> list[tuple[str, tuple[int | str, ...]]]:
             dims = [int(params[k]) if k in params else axis for k, axis in (("2", "c"), ("1", "h"), ("0", "w"))]
         except (ValueError, IndexError):
             raise ModelLoadError(f"{path}: line {number}: malformed Input layer: {line.strip()[:80]!r}") from None
-        from ..manifest import MAX_INPUT_SIDE  # here: manifest imports the backend registry
-
         if any(isinstance(d, int) and not 1 <= d <= MAX_INPUT_SIDE for d in dims):
             raise ModelLoadError(f"{path}: line {number}: Input size {dims} outside 1..{MAX_INPUT_SIDE}")
         found.append((name, (1, *dims)))
