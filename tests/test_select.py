@@ -139,8 +139,8 @@ def test_a_budget_nobody_meets_names_the_closest_and_exits_1(local, fixtures):
 def test_another_architecture_is_estimated_and_marked(fixtures, tmp_path):
     other = "aarch64" if platform.machine() != "aarch64" else "x86_64"
     profile = _profile(tmp_path, "elsewhere", other, '"onnx"', "peak_gflops = { fp32 = 48 }\n", '"fp32", "int8"')
-    proc = _select(fixtures, profile, tmp_path / "cache", "yolo-fastestv2", "--fps", "5", "--json",
-                   str(tmp_path / "r.json"))
+    proc = _select(fixtures, profile, tmp_path / "cache", "yolo-fastestv2", "--fps", "5", "--sizes", "256",
+                   "--json", str(tmp_path / "r.json"))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["latency"] == "estimated" and "estimated" in proc.stdout and "*" in proc.stdout
@@ -153,13 +153,13 @@ def test_another_architecture_is_estimated_and_marked(fixtures, tmp_path):
         assert r["e2e_ms"] > r["model_ms"]  # plus this machine's measured pre/post-processing
     # the cache survives damage (a miss, then rewritten) and a changed profile builds a package of its own
     (tmp_path / "cache" / "results.json").write_text("[1, 2]")
-    again = _select(fixtures, profile, tmp_path / "cache", "yolo-fastestv2", "--fps", "5", "--json",
-                    str(tmp_path / "r2.json"))
+    again = _select(fixtures, profile, tmp_path / "cache", "yolo-fastestv2", "--fps", "5", "--sizes", "256",
+                    "--json", str(tmp_path / "r2.json"))
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "r2.json").read_text())["cache_hits"] == 0
     profile.write_text(profile.read_text().replace("fp32 = 48", "fp32 = 96"))
-    changed = _select(fixtures, profile, tmp_path / "cache", "yolo-fastestv2", "--fps", "5", "--json",
-                      str(tmp_path / "r3.json"))
+    changed = _select(fixtures, profile, tmp_path / "cache", "yolo-fastestv2", "--fps", "5", "--sizes", "256",
+                      "--json", str(tmp_path / "r3.json"))
     assert changed.returncode == 0, changed.stderr
     rows = {r["imgsz"]: r for r in json.loads((tmp_path / "r3.json").read_text())["rows"]}
     assert all(rows[r["imgsz"]]["package"] != r["package"] for r in report["rows"])
