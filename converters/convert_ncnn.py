@@ -2,9 +2,8 @@
 
 Before pnnx sees the graph, each MatMul by a constant vector (NanoDet's distribution integral,
 softmax(x) @ [0..reg_max]) becomes a MatMul by a one-column matrix plus a Reshape: ncnn runs the
-former with a generic broadcasting MatMul that took half as long as the whole backbone (NanoDet-Plus-m
-416: 22.1 ms against the official ncnn files' 14.7 ms), the latter as a Gemm (15.8 ms). pnnx's
-ReduceSum would be faster still, but this pnnx writes its reduction axes empty (a no-op).
+former with a slow generic broadcasting MatMul, the latter as a Gemm (docs/formats-and-int8.md has the
+timings). A ReduceSum would do too, but this pnnx writes its reduction axes empty (a no-op).
 
 INT8 is not offered: ncnn quantises with its ncnn2table / ncnn2int8 tools, which neither the ncnn
 nor the pnnx wheel installs.
