@@ -111,7 +111,7 @@ def convert_ncnn(job: ConvertJob) -> ConvertResult:
     channels, height, width = (job.manifest.input.shape[1], *job.manifest.input.size_hw)
     stem = job.out_dir / f"model_ncnn_{job.precision}"
     with tempfile.TemporaryDirectory(prefix=".pnnx-", dir=job.out_dir) as tmp:
-        work = Path(tmp)
+        work = Path(tmp).resolve()  # pnnx runs in it: every path it is given must not be relative
         onnx.save(model, str(work / "model.onnx"))
         files = {key: work / f"model{suffix}" for key, suffix in (
             ("pnnxparam", ".pnnx.param"), ("pnnxbin", ".pnnx.bin"), ("pnnxpy", "_pnnx.py"),

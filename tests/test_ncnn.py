@@ -280,3 +280,12 @@ def test_int8_made_by_ncnn_tools_runs(fixtures, read_image):
         assert have[name].shape == want[name].shape
         floor = 0.95 if name.startswith("dis") else 0.9
         assert cosine(have[name], want[name]) >= floor, (name, cosine(have[name], want[name]))
+
+
+def test_a_package_named_by_a_relative_path_converts(ncnn_packages, tmp_path, monkeypatch):
+    """pnnx runs in its own working folder: the paths it is given must not be relative to ours (the demo's
+    package is demo_out/package)."""
+    shutil.copytree(ncnn_packages("yolo-fastestv2"), tmp_path / "pkg")
+    monkeypatch.chdir(tmp_path)
+    manifest = convert_package(Path("pkg"), ["ncnn"], ["fp32"])
+    assert manifest.artifact("ncnn", "fp32").verified
