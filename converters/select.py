@@ -20,7 +20,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import edge_runtime
+from edge_runtime.deploy.bundle import safe_name
 from edge_runtime.deploy.targets import Target, expected_latency_ms, runnable_target
 from edge_runtime.errors import EdgeRuntimeError, UsageError
 from edge_runtime.evaluation.validate import EvaluationSet, validate_package
@@ -163,10 +163,6 @@ def build_key(target: Target, calib: Path | None, calib_size: int) -> str:
                        "calib_size": calib_size, "edge_runtime": edge_runtime.__version__}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "target"
 
 
 def pareto_front(rows: Sequence[Measured]) -> list[Measured]:
@@ -312,7 +308,7 @@ class RemoteBench:
                                      self.iters, self.progress)
             return latencies(bench)
         with tempfile.TemporaryDirectory(prefix="select-bundle-") as tmp:
-            bundle = make_bundle(package, self.target_spec, Path(tmp) / f"select-{safe_name(target.name)}.tar.gz",
+            bundle = make_bundle(package, self.target_spec, Path(tmp) / "bundle.tar.gz",
                                  self.wheel_dir, progress=self.progress)
             self.installed = deploy(bundle, self.host, self.port, self.identity, self.remote_dir, self.ssh_options,
                                     self.iters, self.remote_python, self.install_env, progress=self.progress)
@@ -397,7 +393,7 @@ def _measure(model: str, imgsz: int, weights: Path, profile: Target, key: str, c
     does not hold yet; a candidate without a latency is listed in ``skipped``, not cached."""
     from edge_runtime.deploy.bundle import artifacts_for_target
 
-    name = f"{model}-{imgsz}-{safe_name(profile.name)}-{sha256_file(weights)[:12]}-{key}"
+    name = f"{model}-{imgsz}-{safe_name(profile.name, 'target')}-{sha256_file(weights)[:12]}-{key}"
     package, refused = _build_package(cache / "packages" / name, key, model, weights, imgsz, profile, calib,
                                       calib_size, progress)
     skipped += [f"{model}@{imgsz}: {line}" for line in refused]

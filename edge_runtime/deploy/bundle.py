@@ -52,7 +52,7 @@ def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = 
     profile, profile_file = load_target(target), target_file(target)
     manifest = load_manifest(package)
     kept = artifacts_for_target(manifest, profile)
-    top = _safe_name(f"{manifest.name}-{profile.name}")
+    top = safe_name(f"{manifest.name}-{profile.name}")
     with tempfile.TemporaryDirectory(prefix="edge-bundle-") as tmp:
         stage = Path(tmp) / top
         progress(f"package: {', '.join(a.file for a in kept)} for target {profile.name}")
@@ -331,8 +331,9 @@ def inspect_bundle(bundle: Path) -> BundleInfo:
     return BundleInfo(top=tops.pop(), min_python=(int(found[1]), int(found[2])))
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "bundle"
+def safe_name(text: str, fallback: str = "bundle") -> str:
+    """``text`` as a file or folder name: runs of anything but letters, digits and . _ - become one '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or fallback
 
 
 def _write_script(path: Path, text: str) -> None:
