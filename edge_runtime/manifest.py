@@ -311,7 +311,7 @@ def _check_weights_file(where: str, art: dict[str, Any]) -> None:
             raise ManifestError(f"{where}: artifact {art['file']!r} lists weights_file {have!r}, but its "
                                 f"{art['format']} backend loads no weights file")
         return
-    if have != want or not isinstance(art.get("weights_sha256"), str):
+    if have != want:
         raise ManifestError(f"{where}: artifact {art['file']!r} must list its weights as weights_file {want!r} "
                             f"with weights_sha256 (has {have!r})")
 
@@ -370,6 +370,14 @@ def parse_manifest(data: dict[str, Any], root: Path) -> Manifest:
         for key in ("file", *_FILE_KEYS):
             if key in art:
                 _check_package_path(where, root, repr(art["file"]), key, art[key])
+        for key, sha in _FILE_KEYS.items():
+            if key not in art:
+                continue
+            if not isinstance(art.get(sha), str):  # it would be loaded unchecked
+                raise ManifestError(f"{where}: artifact {art['file']!r} lists {key} {art[key]!r} without {sha}")
+            if Path(art[key]).parent != Path(art["file"]).parent:  # backends open these beside the model file
+                raise ManifestError(f"{where}: artifact {art['file']!r} lists {key} {art[key]!r} outside its "
+                                    f"folder")
         _check_weights_file(where, art)
         if isinstance(art.get("input"), dict) and "shape" in art["input"]:
             _check_shape(where, f"artifact {art['file']!r} input.shape", art["input"]["shape"])

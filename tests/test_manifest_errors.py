@@ -314,6 +314,21 @@ def test_artifact_paths_stay_inside_the_package(package_copy, key, value, words)
         assert word in msg, (word, msg)
 
 
+@pytest.mark.parametrize("fields, words", [
+    ({"compiled_file": "model_edgetpu.tflite"}, ["compiled_file 'model_edgetpu.tflite' without compiled_sha256"]),
+    ({"compiled_file": "sub/model_edgetpu.tflite", "compiled_sha256": "0" * 64}, ["outside its folder"]),
+])
+def test_a_file_listed_beside_an_artifact_has_its_checksum_and_lies_beside_it(package_copy, fields, words):
+    """A backend opens such a file beside the model file and checks it by the listed sha256: one without a
+    checksum, or elsewhere than the backend looks, would be loaded unchecked."""
+    (package_copy / "sub").mkdir()
+    manifest = _edit(package_copy, lambda d: d["artifacts"][0].update(fields))
+    msg = _error(ManifestError, package_copy)
+    assert str(manifest) in msg
+    for word in words:
+        assert word in msg, (word, msg)
+
+
 def test_symlinked_artifact_is_refused(package_copy, tmp_path):
     outside = tmp_path / "outside.onnx"
     (package_copy / "model.onnx").rename(outside)
