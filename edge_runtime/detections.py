@@ -18,6 +18,7 @@ class Detections:
     scores: np.ndarray  # (N,) float32, descending
     class_ids: np.ndarray  # (N,) int32
     class_names: Sequence[str]
+    track_ids: np.ndarray | None = None  # (N,) int64 ids kept across frames, when a tracker made these
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -27,13 +28,17 @@ class Detections:
         return [self.class_names[i] for i in self.class_ids]
 
     def to_list(self) -> list[dict[str, Any]]:
-        return [{"box": [round(float(v), 2) for v in box], "score": round(float(score), 5),
-                 "class_id": int(cid), "label": self.class_names[cid]}
-                for box, score, cid in zip(self.boxes, self.scores, self.class_ids)]
+        records = [{"box": [round(float(v), 2) for v in box], "score": round(float(score), 5),
+                    "class_id": int(cid), "label": self.class_names[cid]}
+                   for box, score, cid in zip(self.boxes, self.scores, self.class_ids)]
+        if self.track_ids is not None:
+            for record, track_id in zip(records, self.track_ids):
+                record["track_id"] = int(track_id)
+        return records
 
     def to_json(self) -> dict[str, Any]:
-        """``{"detections": [{"box", "score", "class_id", "label"}, ...]}``: what each ``run --json`` line holds
-        beside the frame's index and name."""
+        """``{"detections": [{"box", "score", "class_id", "label"}, ...]}`` (and ``"track_id"`` when tracked): what
+        each ``run --json`` line holds beside the frame's index and name."""
         return {"detections": self.to_list()}
 
     @classmethod
@@ -45,10 +50,12 @@ class Detections:
             if not 0 <= r["class_id"] < len(class_names) or class_names[r["class_id"]] != r["label"]:
                 raise ValueError(f"detection {r}: class_id does not name label {r['label']!r} in this model's "
                                  f"{len(class_names)} classes")
+        tracked = bool(records) and all("track_id" in r for r in records)
         if not records:
             return cls.empty(class_names)
         return cls(np.array([r["box"] for r in records], np.float32), np.array([r["score"] for r in records],
-                   np.float32), np.array([r["class_id"] for r in records], np.int32), class_names)
+                   np.float32), np.array([r["class_id"] for r in records], np.int32), class_names,
+                   np.array([r["track_id"] for r in records], np.int64) if tracked else None)
 
     def plot(self, image: np.ndarray | str | Path) -> np.ndarray:
         """A copy of ``image`` (array or image file) with the boxes and 'label score' tags drawn."""

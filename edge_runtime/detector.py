@@ -113,6 +113,15 @@ class Detector:
     def class_names(self) -> tuple[str, ...]:
         return self.manifest.class_names
 
+    @property
+    def score_threshold(self) -> float:
+        """Detections scoring at or below this are dropped by decode (the manifest's unless overridden)."""
+        return float(self.family.postprocess["score_threshold"])
+
+    @score_threshold.setter
+    def score_threshold(self, value: float) -> None:
+        self.family.postprocess["score_threshold"] = float(value)
+
     def preprocess(self, image: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, ImageMeta]:
         """One HxWx3 uint8 BGR image -> model input (written into ``out`` when given, see
         ``new_input``) and the metadata that maps boxes back to the image."""

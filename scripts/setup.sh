@@ -22,7 +22,7 @@ ONNX2TF=$(pinned onnx2tf) || exit 1
 TF_KERAS=$(pinned tf_keras) || exit 1
 python -m pip install -q "pip==26.3"
 python -m pip install -q "${C[@]}" "torch==2.13.0"
-python -m pip install -q "${C[@]}" -e ".[convert,onnx,openvino,tflite,ncnn,validate,dev]"
+python -m pip install -q "${C[@]}" -e ".[convert,onnx,openvino,tflite,ncnn,validate,track,dev]"
 # onnx2tf and tf-keras declare pins that fight numpy 2 and the rest of this environment; they run
 # fine without them (../shared/docs/toolchain.md), so they come without their dependencies
 python -m pip install -q --no-deps "onnx2tf$ONNX2TF" "tf-keras$TF_KERAS"

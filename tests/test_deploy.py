@@ -174,7 +174,7 @@ def test_bundle_holds_the_target_artifacts_pinned_runtime_and_checksums(bundle, 
 
     reqs = [line for line in (top / "requirements-x86.txt").read_text().splitlines() if not line.startswith("#")]
     pinned = dict(line.split("==") for line in reqs)
-    assert set(pinned) == {"numpy", "opencv-python-headless", "onnxruntime"}, reqs
+    assert set(pinned) == {"numpy", "opencv-python-headless", "onnxruntime", "lap"}, reqs  # lap: run --track
     assert all(v and v[0].isdigit() for v in pinned.values()), reqs
     assert not any(line.lower().startswith(h) for line in reqs for h in HOST_ONLY), reqs
 

@@ -87,6 +87,59 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=os.environ.get("EDGE_RUNTIME_SERVE_TOKEN"),
                    help="with --serve: require ?token=TOKEN or 'Authorization: Bearer TOKEN' on every request "
                         "[$EDGE_RUNTIME_SERVE_TOKEN]")
+    add_tracking_options(p)
+
+
+def add_tracking_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking and counting")
+    g.add_argument("--track", action="store_true",
+                   help="follow objects across frames (ByteTrack-style, per class): each box gets an id, kept "
+                        "while the object is seen, drawn and written to --json as track_id; only tracked boxes "
+                        "are shown")
+    g.add_argument("--track-low", type=float, default=None, metavar="SCORE",
+                   help="with --track: detections from this score up to --conf only continue existing tracks "
+                        "(carrying them through occlusions) [0.1]")
+    g.add_argument("--track-buffer", type=float, default=None, metavar="SECONDS",
+                   help="with --track: how long a track that is no longer seen keeps its id [1.0]")
+    g.add_argument("--count-line", action="append", default=[], metavar="[NAME=]X1,Y1,X2,Y2",
+                   help="count tracks whose box centre crosses this segment (pixels of the source frame), per class; "
+                        "'in' is crossing from its left to its right looking from the first point to the second "
+                        "(0,300,640,300: downwards); implies --track; repeatable")
+    g.add_argument("--zone", default=None, metavar="FILE",
+                   help="JSON file of zones (polygons) and lines: occupancy and dwell time per zone and class, "
+                        'e.g. {"zones": [{"name": "door", "polygon": [[100,80],[300,80],[300,400]]}], '
+                        '"lines": [{"name": "entry", "points": [[0,300],[640,300]]}]}; implies --track')
+
+
+def tracking_from_args(args: argparse.Namespace) -> Any:
+    """The ``Tracking`` stage the tracking flags ask for, or None without them."""
+    from ..tracking import TrackerSettings, Tracking, load_regions, parse_line
+
+    wanted = args.track or args.count_line or args.zone
+    if not wanted:
+        for flag, value in (("--track-low", args.track_low), ("--track-buffer", args.track_buffer)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to tracking: add --track (or --count-line / --zone)")
+        return None
+    try:
+        lines = [parse_line(spec, i) for i, spec in enumerate(args.count_line, 1)]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    zones = []
+    if args.zone:
+        file_lines, zones = load_regions(args.zone)
+        lines += file_lines
+    names = [r.name for r in [*lines, *zones]]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise UsageError(f"--count-line / --zone: the name {dup[0]!r} is used twice")
+    defaults = TrackerSettings()
+    low = defaults.low_score if args.track_low is None else args.track_low
+    if not 0 <= low <= 1:
+        raise UsageError(f"--track-low {low:g}: must be between 0 and 1")
+    buffer_s = defaults.max_lost_s if args.track_buffer is None else args.track_buffer
+    if not 0 <= buffer_s <= 3600:
+        raise UsageError(f"--track-buffer {buffer_s:g}: must be 0 to 3600 seconds")
+    return Tracking(TrackerSettings(low_score=low, max_lost_s=buffer_s), lines=lines, zones=zones)
 
 
 def warn_float_ops(detector: Any) -> None:
@@ -166,6 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--reconnect-tries {args.reconnect_tries}: must be 0 or more")
     backoff = reconnect_backoff(args.reconnect_backoff)
     budget = max_drop_budget(args)
+    tracking = tracking_from_args(args)  # a bad regions file fails before the model and camera are opened
     stop = threading.Event()
     with ExitStack() as cleanup:
         signals = cleanup.enter_context(stop_on_signals(stop))
@@ -193,7 +247,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = run_pipeline(detector, source, save_dir=args.save,
                                    json_path=json_target(args.json) if args.json else None, show=show,
                                    max_frames=args.max_frames, mode=args.pipeline, max_fps=args.max_fps,
-                                   on_result=server.publish if server else None, stop=stop)
+                                   on_result=server.publish if server else None, stop=stop, track=tracking)
         except SourceLostError as exc:  # the run so far is reported and written, then the one-line error
             if exc.summary is not None:
                 _report_run(exc.summary, args.summary_json)

@@ -4,8 +4,8 @@ Layout, under one top folder ``<model>-<target>/``::
 
     package/                  the package, only the artifacts the target runs
     wheels/                   the edge-runtime wheel built from this source tree
-    requirements-<target>.txt numpy, OpenCV, the backend libraries (pinned to this host's versions) and the
-                              distribution that brings the target's accelerator (onnxruntime-qnn)
+    requirements-<target>.txt numpy, OpenCV, the backend libraries and lap for --track (pinned to this host's
+                              versions) and the distribution that brings the target's accelerator (onnxruntime-qnn)
     target.toml               the target profile, so the device runs with its delegate / execution provider
     install.sh                venv + pinned requirements + the wheel (--no-deps)
     run.sh                    checks SHA256SUMS, then ``edge-runtime bench package/ --target target.toml``
@@ -38,6 +38,8 @@ from .targets import Target, load_target, target_file
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_REQUIREMENTS = ("numpy", "opencv-python-headless")
+#: optional device libraries a bundle pins when the host has them: (distribution, what needs it)
+OPTIONAL_REQUIREMENTS = (("lap", "run --track"),)
 # ``pip wheel`` builds in the source folder; these never belong in a wheel and stale build/ output would leak in
 _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
                                      ".pytest_cache", "shared")
@@ -162,7 +164,8 @@ def build_wheel(build: Path) -> Path:
 
 
 def requirements_text(formats: list[str], target: Target | None = None) -> str:
-    """numpy, OpenCV and each format's backend library, ``==`` this host's installed version, then the
+    """numpy, OpenCV, each format's backend library and lap (tracking; only when the host has it), ``==`` this
+    host's installed version, then the
     distribution that brings ``target``'s accelerator to a backend (onnxruntime-qnn for QNNExecutionProvider):
     pinned too when it is installed here, else named alone (the host cannot say which version works)."""
     names = list(BASE_REQUIREMENTS)
@@ -181,6 +184,12 @@ def requirements_text(formats: list[str], target: Target | None = None) -> str:
             raise EdgeRuntimeError(f"requirements: cannot pin {name}, it is not installed on this host")
         lines.append(f"{name}=={version}")
     unpinned = []
+    for name, purpose in OPTIONAL_REQUIREMENTS:
+        version = package_version(name)
+        if version:
+            lines.append(f"{name}=={version}")
+        else:
+            unpinned.append(f"# {name} ({purpose}) is not installed on the host: not included\n")
     for package in _accelerator_packages(target, formats):
         version = package_version(package.dist)
         lines.append(f"{package.dist}=={version}" if version else package.dist)

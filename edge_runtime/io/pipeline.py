@@ -1,20 +1,23 @@
-"""Source -> Detector -> sinks (annotated images/video, JSON, window, web view), with per-stage timing.
+"""Source -> Detector -> [tracker, counters] -> sinks (annotated images/video, JSON, window, web view), with
+per-stage timing.
 
 Two schedules over the same per-frame stages (``_Stages``): ``sequential`` runs them one after the
 other; ``threaded`` (the default) overlaps them in three threads joined by one-slot queues:
 
-    reader: [rate limit] read + preprocess -> [1] -> inference: infer -> [1] -> main: decode, draw, write, show
+    reader: [rate limit] read + preprocess -> [1] -> inference: infer -> [1] -> main: decode, track, draw, write, show
 
 so the next frame is read and preprocessed while the current one is inferred, and the previous one is
-decoded, drawn and written: the inference thread does nothing but run the model, so with a core left
-for the other two threads the model alone sets the frame rate (decoding in the inference thread cost
-5-8 % of the frame rate of a fast model). The one-slot queues bound what is in flight (three input buffers, two results), so a live source's
-glass-to-result latency stays bounded: live sources drop stale frames in their capture thread.
-Drawing stays in the calling thread because OpenCV windows must be driven from it.
+decoded, tracked, drawn and written: the inference thread does nothing but run the model, so with a core
+left for the other two threads the model alone sets the frame rate (decoding in the inference thread cost
+5-8 % of the frame rate of a fast model). The one-slot queues bound what is in flight (three input buffers,
+two results), so a live source's glass-to-result latency stays bounded: live sources drop stale frames in
+their capture thread. Drawing stays in the calling thread because OpenCV windows must be driven from it.
+``iter_pipeline`` hands each result to the caller's loop as it is done; ``run_pipeline`` runs to the end.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import queue
@@ -36,7 +39,8 @@ from ..errors import EdgeRuntimeError, SourceLostError
 from ..fsutil import atomic_write_text
 from ..preprocess import ImageMeta
 from ..timing import RollingStats, StageTimes, format_table
-from .draw import draw_detections, draw_fps
+from ..tracking import Tracking
+from .draw import draw_detections, draw_fps, draw_regions
 from .sources import Frame, Source
 from .thermal import describe as describe_thermal
 from .thermal import thermal_state
@@ -71,6 +75,8 @@ class RunSummary:
     mode: str = "sequential"
     stopped: str = ""  # why the run ended early: "stop requested" (the CLI names the signal)
     run: dict[str, str] = field(default_factory=dict)  # package, artifact, source
+    tracking: dict[str, Any] = field(default_factory=dict)  # Tracking.snapshot() at the end, when tracking
+    tracking_table: str = ""
 
     @property
     def fps(self) -> float:
@@ -88,12 +94,15 @@ class RunSummary:
         lines = [text, "; ".join([line, *extras])]
         if self.latency.get("count"):
             lines.append(f"glass-to-result latency: p50 {self.latency['p50']:.1f} ms, p95 {self.latency['p95']:.1f} ms")
+        if self.tracking_table:
+            lines.append(self.tracking_table)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.run, "frames": self.frames, "wall_s": self.wall_s, "fps": self.fps, "mode": self.mode,
                 "detections": self.detections, "dropped_frames": self.dropped, "stages_ms": self.stages,
-                "latency_ms": self.latency, **self.thermal, "stopped": self.stopped, "outputs": self.outputs}
+                "latency_ms": self.latency, **self.thermal, "stopped": self.stopped, "outputs": self.outputs,
+                **({"tracking": self.tracking} if self.tracking else {})}
 
 
 def write_json_atomic(path: str | Path, data: Any, **dumps: Any) -> None:
@@ -186,14 +195,21 @@ class _Job:
     meta: ImageMeta
 
 
+@dataclass
+class _Result:
+    frame: Frame
+    dets: Detections
+    events: list[dict[str, Any]]  # line crossings and zone entries / exits of this frame (tracking only)
+
+
 class _Stages:
     """The per-frame work, shared by both schedules. ``read``/``prepare`` run in the reader thread,
     ``infer`` in the inference thread, ``decode``/``finish`` in the caller's thread (sequentially: all in one)."""
 
     def __init__(self, detector: Detector, source: Source, save_dir: Path | None,
                  json_path: str | Path | TextIO | None, show: bool, progress: bool, max_fps: float | None,
-                 on_result: ResultCallback | None) -> None:
-        self.detector, self.source = detector, source
+                 on_result: ResultCallback | None, tracking: Tracking | None = None) -> None:
+        self.detector, self.source, self.tracking = detector, source, tracking
         self.save_dir, self.show, self.progress = save_dir, show, progress
         self.on_result = on_result
         self.pacer = _Pacer(max_fps)
@@ -233,18 +249,34 @@ class _Stages:
         self._timed("inference", t0)
         return job, outputs
 
-    def decode(self, job: _Job, outputs: dict[str, np.ndarray]) -> tuple[Frame, Detections]:
+    def frame_time(self, frame: Frame) -> float:
+        """Seconds at which ``frame`` was taken: its capture time on a live source, else its place in the
+        file (``index / fps``), so tracking sees the scene's time however fast the file is processed."""
+        if self.source.live:
+            return frame.timestamp
+        return frame.index / (self.source.nominal_fps or 30.0)
+
+    def decode(self, job: _Job, outputs: dict[str, np.ndarray]) -> _Result:
         t0 = time.perf_counter()
         dets = self.detector.decode(outputs, job.meta)
-        self._timed("postprocess", t0)
-        return job.frame, dets
+        t0 = self._timed("postprocess", t0)
+        events: list[dict[str, Any]] = []
+        if self.tracking is not None:
+            dets, events = self.tracking.update(dets, self.frame_time(job.frame))
+            self._timed("track", t0)
+        return _Result(job.frame, dets, events)
 
-    def finish(self, frame: Frame, dets: Detections) -> bool:
+    def finish(self, result: _Result) -> bool:
         """Draw, show, publish and write one result; False when the user asked to quit (q / Esc)."""
+        frame, dets = result.frame, result.dets
         self.total_dets += len(dets)
         self.class_totals.update(dets.labels)
+        counts = self.tracking.snapshot() if self.tracking is not None else None
         if self.jsonl is not None:
-            self.jsonl.write({"index": frame.index, "name": frame.name, **dets.to_json()})
+            record = {"index": frame.index, "name": frame.name, **dets.to_json()}
+            if counts is not None:
+                record.update(events=result.events, tracking=counts)
+            self.jsonl.write(record)
         now = time.perf_counter()
         # the frame interval is averaged, not its inverse: a mean of 1/dt overstates the rate when frames
         # arrive unevenly (a paced 10 FPS run showed 20-40 FPS)
@@ -256,6 +288,8 @@ class _Stages:
         if self.save_dir or self.show or self.on_result:
             t0 = time.perf_counter()
             canvas = draw_detections(frame.image.copy(), dets)
+            if self.tracking is not None:
+                draw_regions(canvas, self.tracking)
             if self.source.stream:
                 draw_fps(canvas, self.fps_ema, (now - frame.timestamp) * 1e3)
             self._timed("draw", t0)
@@ -266,7 +300,7 @@ class _Stages:
         latency_ms = (time.perf_counter() - frame.timestamp) * 1e3
         self.latency.add(latency_ms)
         if self.on_result is not None and canvas is not None:
-            self.on_result(canvas, self.live_stats(frame, dets, latency_ms))
+            self.on_result(canvas, self.live_stats(frame, dets, latency_ms, counts))
         if self.save_dir and canvas is not None:
             t0 = time.perf_counter()
             if self.video is not None:
@@ -284,19 +318,29 @@ class _Stages:
     def dropped(self) -> int:
         return self.source.dropped + self.skipped
 
-    def live_stats(self, frame: Frame, dets: Detections, latency_ms: float) -> dict[str, Any]:
+    def live_stats(self, frame: Frame, dets: Detections, latency_ms: float,
+                   counts: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the web view shows while the run goes on: recent medians, not the whole history."""
-        return {"frame": frame.index, "frames": self.frames + 1, "fps": self.fps_ema,
-                "latency_ms": float(np.median(self.latency.recent(30))) if self.latency.count else latency_ms,
-                "stages_ms": self.times.recent_median(30), "dropped_frames": self.dropped, "source": self.source.name,
-                "model": self.detector.manifest.name, "detections": dets.to_list(),
-                "class_counts": dict(Counter(dets.labels)), "class_totals": dict(self.class_totals)}
+        stats = {"frame": frame.index, "frames": self.frames + 1, "fps": self.fps_ema,
+                 "latency_ms": float(np.median(self.latency.recent(30))) if self.latency.count else latency_ms,
+                 "stages_ms": self.times.recent_median(30), "dropped_frames": self.dropped,
+                 "source": self.source.name, "model": self.detector.manifest.name, "detections": dets.to_list(),
+                 "class_counts": dict(Counter(dets.labels)), "class_totals": dict(self.class_totals)}
+        if counts is not None:
+            stats["tracking"] = counts
+        return stats
 
 
-def _run_sequential(stages: _Stages, frames: Iterator[Frame], max_frames: int | None, stop: threading.Event) -> None:
+def _run_sequential(stages: _Stages, frames: Iterator[Frame], max_frames: int | None, stop: threading.Event
+                    ) -> Iterator[_Result]:
     while (max_frames is None or stages.frames < max_frames) and not stop.is_set():
         frame = stages.read(frames)
-        if frame is None or not stages.finish(*stages.decode(*stages.infer(stages.prepare(frame, None)))):
+        if frame is None:
+            break
+        result = stages.decode(*stages.infer(stages.prepare(frame, None)))
+        keep_going = stages.finish(result)
+        yield result
+        if not keep_going:
             break
 
 
@@ -347,7 +391,8 @@ class _Slot:
             self._cond.notify_all()
 
 
-def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | None, stop: threading.Event) -> None:
+def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | None, stop: threading.Event
+                  ) -> Iterator[_Result]:
     errors: list[BaseException] = []
     prepared, detected = _Slot(), _Slot()
     # in flight at most: one being preprocessed, one waiting, one in inference -> three input buffers,
@@ -397,7 +442,10 @@ def _run_threaded(stages: _Stages, frames: Iterator[Frame], max_frames: int | No
         thread.start()
     try:
         while (item := detected.get()) is not _END:
-            if not stages.finish(*stages.decode(*item)):
+            result = stages.decode(*item)
+            keep_going = stages.finish(result)
+            yield result  # a consumer that stops iterating closes the generator: the finally below runs
+            if not keep_going:
                 break
     finally:
         prepared.close()
@@ -419,66 +467,144 @@ def _close_on_stop(stop: threading.Event, done: threading.Event, source: Source)
             return
 
 
+class PipelineRun:
+    """A run in progress, as an iterator of ``(frame, detections)``, one per processed frame in order;
+    ``summary`` (a ``RunSummary``) is set once iteration ends, also when the loop breaks early or
+    raises. Leaving the loop early (``break``) ends the run at once; ``with`` guarantees the source,
+    threads and output files are released even when the loop does not finish."""
+
+    def __init__(self, detector: Detector, source: Source, save_dir: str | Path | None = None,
+                 json_path: str | Path | TextIO | None = None, show: bool = False, max_frames: int | None = None,
+                 progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
+                 on_result: ResultCallback | None = None, stop: threading.Event | None = None,
+                 track: Tracking | bool | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.detector, self.source, self.mode = detector, source, mode
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.stop = stop or threading.Event()
+        self.max_frames, self.show = max_frames, show
+        self.tracking = Tracking() if track is True else (track or None)
+        self.summary: RunSummary | None = None
+        self._args = (json_path, sys.stderr.isatty() if progress is None else progress, max_fps, on_result)
+        self._results = self._run()
+
+    def __iter__(self) -> PipelineRun:
+        return self
+
+    def __next__(self) -> tuple[Frame, Detections]:
+        result = next(self._results)
+        return result.frame, result.dets
+
+    def close(self) -> None:
+        """End the run now (what was written so far stays); ``summary`` is then set."""
+        if inspect.getgeneratorstate(self._results) == inspect.GEN_CREATED:  # its cleanup would not run
+            self.source.close()
+        self._results.close()
+
+    def __enter__(self) -> PipelineRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> Iterator[_Result]:
+        detector, source, stop = self.detector, self.source, self.stop
+        json_path, progress, max_fps, on_result = self._args
+        if self.save_dir:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+        saved_threshold = detector.score_threshold
+        if self.tracking is not None:
+            # the tracker continues tracks with detections below the shown threshold (ByteTrack's second stage)
+            detector.score_threshold = min(saved_threshold, self.tracking.bind(saved_threshold).low_score)
+        stages = _Stages(detector, source, self.save_dir, json_path, self.show, progress, max_fps, on_result,
+                         self.tracking)
+        done = threading.Event()
+        if source.live:
+            threading.Thread(target=_close_on_stop, args=(stop, done, source), name="pipeline-stop",
+                             daemon=True).start()
+        lost: SourceLostError | None = None
+        start = time.perf_counter()
+        schedule = _run_threaded if self.mode == "threaded" else _run_sequential
+        try:
+            yield from schedule(stages, iter(source), self.max_frames, stop)
+        except SourceLostError as exc:  # the results so far are still written and summarised
+            lost = exc
+        finally:
+            wall = time.perf_counter() - start
+            done.set()
+            detector.score_threshold = saved_threshold
+            if stages.progress:
+                print(file=sys.stderr)
+            if stages.video is not None:
+                stages.video.close()
+            if stages.jsonl is not None:
+                stages.jsonl.close()
+            source.close()
+            if self.show:
+                cv2.destroyAllWindows()
+            self.summary = self._summarize(stages, wall)
+        if lost is not None:
+            lost.summary = self.summary
+            raise lost
+
+    def _summarize(self, stages: _Stages, wall: float) -> RunSummary:
+        outputs: dict[str, str] = {}
+        if self.save_dir:
+            outputs["save_dir"] = str(self.save_dir)
+        if stages.video is not None and stages.video.path is not None:
+            outputs["video"] = str(stages.video.path)
+        if stages.jsonl is not None and stages.jsonl.path is not None:
+            outputs["json"] = str(stages.jsonl.path)
+        tracking = self.tracking
+        return RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
+                          latency=stages.latency.summary(), dropped=stages.dropped, thermal=thermal_state(),
+                          mode=self.mode, stopped="stop requested" if self.stop.is_set() else "",
+                          run={"package": str(self.detector.manifest.root), "artifact": self.detector.artifact.file,
+                               "source": self.source.name},
+                          tracking=tracking.snapshot() if tracking else {},
+                          tracking_table=tracking.table() if tracking else "")
+
+
+def iter_pipeline(detector: Detector, source: Source, save_dir: str | Path | None = None,
+                  json_path: str | Path | TextIO | None = None, show: bool = False, max_frames: int | None = None,
+                  progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
+                  on_result: ResultCallback | None = None, stop: threading.Event | None = None,
+                  track: Tracking | bool | None = None) -> PipelineRun:
+    """``run_pipeline`` as a loop: ``for frame, dets in iter_pipeline(...)`` gets every result as it is
+    done (drawn, written and published first); ``.summary`` once the loop ends.
+
+    ``track``: True (or a ``Tracking`` with lines / zones) tracks objects across frames: each ``dets`` then
+    holds only tracked objects, with ``dets.track_ids``; the detector's score threshold is lowered to the
+    tracker's ``low_score`` during the run (restored after) and its own threshold becomes the tracker's
+    ``high_score`` unless the ``Tracking`` was given settings.
+    """
+    return PipelineRun(detector, source, save_dir, json_path, show, max_frames, progress, mode=mode,
+                       max_fps=max_fps, on_result=on_result, stop=stop, track=track)
+
+
 def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None = None,
                  json_path: str | Path | TextIO | None = None, show: bool = False, max_frames: int | None = None,
                  progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
-                 on_result: ResultCallback | None = None, stop: threading.Event | None = None) -> RunSummary:
+                 on_result: ResultCallback | None = None, stop: threading.Event | None = None,
+                 track: Tracking | bool | None = None) -> RunSummary:
     """Run ``detector`` on every frame of ``source`` (live sources: the newest frame each time);
     returns timing and what was written.
 
-    Stages timed per frame: read, preprocess, inference, postprocess, draw and write (when drawing /
-    saving); glass-to-result latency from each frame's capture time. ``mode`` is "threaded" or
-    "sequential" (same detections, frame by frame); ``max_fps`` limits the rate; ``on_result``
+    Stages timed per frame: read, preprocess, inference, postprocess, track (when tracking), draw and
+    write (when drawing / saving); glass-to-result latency from each frame's capture time. ``mode`` is
+    "threaded" or "sequential" (same detections, frame by frame); ``max_fps`` limits the rate; ``on_result``
     receives every annotated frame with live statistics. ``json_path`` (a file or an open text stream)
     gets one JSON line per frame as it is done. Setting ``stop`` (e.g. from a signal handler) ends the
     run normally: reading stops, the frames in flight are finished and the summary is returned. Memory
-    stays flat however long the run: statistics are bounded (``RollingStats``), nothing is kept per frame.
+    stays flat however long the run: statistics are bounded (``RollingStats``), nothing is kept per frame,
+    and a tracker forgets a track ``max_lost_s`` after it was last seen. ``track``: see ``iter_pipeline``.
 
     A live source that is lost for good raises ``SourceLostError`` after everything is written; its
     ``summary`` holds the run until then.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    save_dir = Path(save_dir) if save_dir else None
-    if save_dir:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    stop = stop or threading.Event()
-    stages = _Stages(detector, source, save_dir, json_path, show,
-                     sys.stderr.isatty() if progress is None else progress, max_fps, on_result)
-    done = threading.Event()
-    if source.live:
-        threading.Thread(target=_close_on_stop, args=(stop, done, source), name="pipeline-stop", daemon=True).start()
-    lost: SourceLostError | None = None
-    start = time.perf_counter()
-    try:
-        (_run_threaded if mode == "threaded" else _run_sequential)(stages, iter(source), max_frames, stop)
-    except SourceLostError as exc:  # the results so far are still written and summarised
-        lost = exc
-    finally:
-        wall = time.perf_counter() - start
-        done.set()
-        if stages.progress:
-            print(file=sys.stderr)
-        if stages.video is not None:
-            stages.video.close()
-        if stages.jsonl is not None:
-            stages.jsonl.close()
-        source.close()
-        if show:
-            cv2.destroyAllWindows()
-    outputs: dict[str, str] = {}
-    if save_dir:
-        outputs["save_dir"] = str(save_dir)
-    if stages.video is not None and stages.video.path is not None:
-        outputs["video"] = str(stages.video.path)
-    if stages.jsonl is not None and stages.jsonl.path is not None:
-        outputs["json"] = str(stages.jsonl.path)
-    summary = RunSummary(stages.frames, wall, stages.times.summary(), stages.total_dets, outputs,
-                         latency=stages.latency.summary(), dropped=stages.dropped, thermal=thermal_state(),
-                         mode=mode, stopped="stop requested" if stop.is_set() else "",
-                         run={"package": str(detector.manifest.root), "artifact": detector.artifact.file,
-                              "source": source.name})
-    if lost is not None:
-        lost.summary = summary
-        raise lost
-    return summary
+    with iter_pipeline(detector, source, save_dir, json_path, show, max_frames, progress, mode=mode,
+                       max_fps=max_fps, on_result=on_result, stop=stop, track=track) as run:
+        for _ in run:
+            pass
+    return run.summary

@@ -1,0 +1,229 @@
+"""Counting on top of tracks: crossings of a line, and time spent in a zone, per class.
+
+Both follow each track's anchor, the centre of its box, from frame to frame, and forget a track when the
+tracker drops it (``ByteTracker.removed_ids``), so their memory is bounded by the tracks alive.
+
+Directions: a line runs from its first point to its second; "in" is a crossing from its left to its right
+as seen looking along it in the image (y pointing down), so ``0,300 -> 640,300`` counts "in" downwards and
+``640,300 -> 0,300`` upwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..detections import Detections
+from ..errors import EdgeRuntimeError
+
+#: a track switches side only once its centre is this fraction of its box's shorter side past the line, so a
+#: box that jitters on the line is not counted again and again
+LINE_HYSTERESIS = 0.1
+
+
+def anchors(dets: Detections) -> np.ndarray:
+    """(N, 2) centres of the boxes."""
+    return (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2
+
+
+@dataclass(frozen=True)
+class CountLine:
+    name: str
+    start: tuple[float, float]
+    end: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        if self.start == self.end:
+            raise ValueError(f"line {self.name!r}: its two points are the same")
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.start[0]:g},{self.start[1]:g} -> {self.end[0]:g},{self.end[1]:g})"
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str
+    polygon: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.polygon) < 3:
+            raise ValueError(f"zone {self.name!r}: a polygon needs at least 3 points, got {len(self.polygon)}")
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """(N,) bool: which of the (N, 2) points lie inside (even-odd rule, vectorised over points and edges)."""
+        poly = np.asarray(self.polygon, np.float64)
+        x1, y1 = poly[:, 0], poly[:, 1]
+        x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+        px, py = points[:, :1].astype(np.float64), points[:, 1:2].astype(np.float64)
+        straddles = (y1 > py) != (y2 > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
+        return np.count_nonzero(straddles & (px < x_at), axis=1) % 2 == 1
+
+
+def parse_line(spec: str, index: int = 1) -> CountLine:
+    """``--count-line [NAME=]X1,Y1,X2,Y2`` (pixels of the source frame) -> CountLine (``line<index>``
+    when unnamed); a ValueError saying what is wrong."""
+    name, _, coords = spec.rpartition("=")
+    try:
+        values = [float(v) for v in coords.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"--count-line {spec}: expected [NAME=]X1,Y1,X2,Y2 in pixels (e.g. door=0,300,640,300)")
+    return CountLine(name or f"line{index}", (values[0], values[1]), (values[2], values[3]))
+
+
+def _point(value: Any, where: str) -> tuple[float, float]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise ValueError(f"{where}: expected a point [x, y] in pixels, got {json.dumps(value)[:60]}")
+    return float(value[0]), float(value[1])
+
+
+def load_regions(path: str | Path) -> tuple[list[CountLine], list[Zone]]:
+    """A regions file -> (lines, zones). JSON, pixels of the source frame::
+
+        {"zones": [{"name": "door", "polygon": [[100, 80], [300, 80], [300, 400], [100, 400]]}],
+         "lines": [{"name": "entry", "points": [[0, 300], [640, 300]]}]}
+
+    Both keys are optional, names must be unique; anything else is a one-line EdgeRuntimeError naming the file.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeRuntimeError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgeRuntimeError(f"{path}: not a readable JSON regions file ({exc})") from None
+    try:
+        if not isinstance(data, dict) or set(data) - {"zones", "lines"} or not data:
+            raise ValueError('expected an object with "zones" and/or "lines" lists')
+        lines, zones = [], []
+        for i, item in enumerate(data.get("lines", [])):
+            _check_keys(item, {"name", "points"}, f"lines[{i}]")
+            points = item["points"]
+            if not isinstance(points, list) or len(points) != 2:
+                raise ValueError(f"lines[{i}].points: expected two points [[x1, y1], [x2, y2]]")
+            lines.append(CountLine(str(item["name"]), *(_point(p, f"lines[{i}].points") for p in points)))
+        for i, item in enumerate(data.get("zones", [])):
+            _check_keys(item, {"name", "polygon"}, f"zones[{i}]")
+            if not isinstance(item["polygon"], list):
+                raise ValueError(f"zones[{i}].polygon: expected a list of points")
+            zones.append(Zone(str(item["name"]), tuple(_point(p, f"zones[{i}].polygon") for p in item["polygon"])))
+        names = [r.name for r in [*lines, *zones]]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"names must be unique, {dup[0]!r} is used twice")
+    except (ValueError, TypeError) as exc:
+        raise EdgeRuntimeError(f"{path}: {exc}") from None
+    return lines, zones
+
+
+def _check_keys(item: Any, keys: set[str], where: str) -> None:
+    if not isinstance(item, dict) or set(item) != keys:
+        raise ValueError(f"{where}: expected exactly the keys {sorted(keys)}")
+
+
+@dataclass
+class LineCounter:
+    """Crossings of ``line`` by tracks, per direction and class label."""
+
+    line: CountLine
+    hysteresis: float = LINE_HYSTERESIS
+    counts: dict[str, Counter[str]] = field(default_factory=lambda: {"in": Counter(), "out": Counter()})
+    _side: dict[int, int] = field(default_factory=dict)  # track id -> -1 left / +1 right of the line
+
+    def update(self, tracked: Detections, removed_ids: list[int]) -> list[dict[str, Any]]:
+        """Count this frame's crossings; returns them as events ``{"line", "track_id", "label", "direction"}``."""
+        for track_id in removed_ids:
+            self._side.pop(track_id, None)
+        if not len(tracked):
+            return []
+        (sx, sy), (ex, ey) = self.line.start, self.line.end
+        dx, dy = ex - sx, ey - sy
+        length = math.hypot(dx, dy)
+        points = anchors(tracked)
+        distance = (dx * (points[:, 1] - sy) - dy * (points[:, 0] - sx)) / length  # > 0: right of the line
+        along = ((points[:, 0] - sx) * dx + (points[:, 1] - sy) * dy) / length**2  # 0..1 within the segment
+        margin = self.hysteresis * (tracked.boxes[:, 2:] - tracked.boxes[:, :2]).min(axis=1)
+        events = []
+        for track_id, dist, u, pad, label in zip(tracked.track_ids.tolist(), distance.tolist(), along.tolist(),
+                                                 margin.tolist(), tracked.labels):
+            if abs(dist) <= pad:
+                continue
+            side = 1 if dist > 0 else -1
+            before = self._side.get(track_id)
+            self._side[track_id] = side
+            if before is not None and before != side and 0.0 <= u <= 1.0:
+                direction = "in" if side > 0 else "out"
+                self.counts[direction][label] += 1
+                events.append({"line": self.line.name, "track_id": track_id, "label": label, "direction": direction})
+        return events
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {direction: dict(sorted(c.items())) for direction, c in self.counts.items()}
+
+
+@dataclass
+class ZoneCounter:
+    """Tracks inside ``zone``: who is in now and since when, and the visits that ended, per class label.
+
+    A track that is lost for a moment (occluded) stays inside; its visit ends when it is seen outside or
+    when the tracker drops it, at the last time it was seen inside.
+    """
+
+    zone: Zone
+    visits: Counter[str] = field(default_factory=Counter)  # visits that ended
+    dwell_total_s: Counter[str] = field(default_factory=Counter)
+    dwell_max_s: dict[str, float] = field(default_factory=dict)
+    _inside: dict[int, list] = field(default_factory=dict)  # track id -> [entered_t, last_seen_t, label]
+
+    def update(self, tracked: Detections, removed_ids: list[int], t: float) -> list[dict[str, Any]]:
+        """Follow this frame's tracks; returns events ``{"zone", "track_id", "label", "event": "enter"|"exit"}``
+        (an exit also carries ``dwell_s``)."""
+        events = []
+        for track_id in removed_ids:
+            if (visit := self._inside.pop(track_id, None)) is not None:
+                events.append(self._end(track_id, visit, visit[1]))
+        if len(tracked):
+            inside = self.zone.contains(anchors(tracked))
+            for track_id, is_in, label in zip(tracked.track_ids.tolist(), inside.tolist(), tracked.labels):
+                visit = self._inside.get(track_id)
+                if is_in and visit is None:
+                    self._inside[track_id] = [t, t, label]
+                    events.append({"zone": self.zone.name, "track_id": track_id, "label": label, "event": "enter"})
+                elif is_in:
+                    visit[1] = t
+                elif visit is not None:
+                    del self._inside[track_id]
+                    events.append(self._end(track_id, visit, t))
+        return events
+
+    @property
+    def present(self) -> list[int]:
+        """Ids of the tracks inside now."""
+        return list(self._inside)
+
+    def _end(self, track_id: int, visit: list, t_end: float) -> dict[str, Any]:
+        entered, _, label = visit
+        dwell = max(t_end - entered, 0.0)
+        self.visits[label] += 1
+        self.dwell_total_s[label] += dwell
+        self.dwell_max_s[label] = max(self.dwell_max_s.get(label, 0.0), dwell)
+        return {"zone": self.zone.name, "track_id": track_id, "label": label, "event": "exit",
+                "dwell_s": round(dwell, 3)}
+
+    def snapshot(self, t: float) -> dict[str, Any]:
+        """Occupancy and each present track's dwell so far, plus the finished visits' totals."""
+        occupancy = Counter(label for _, _, label in self._inside.values())
+        return {"occupancy": dict(sorted(occupancy.items())),
+                "dwell_s": {str(k): round(t - v[0], 3) for k, v in self._inside.items()},
+                "visits": dict(sorted(self.visits.items())),
+                "mean_dwell_s": {k: round(self.dwell_total_s[k] / n, 3) for k, n in sorted(self.visits.items())},
+                "max_dwell_s": {k: round(v, 3) for k, v in sorted(self.dwell_max_s.items())}}
