@@ -63,7 +63,41 @@ def test_kalman_velocity_is_in_pixels_per_second_whatever_the_frame_rate():
         x_now = mean[0, 0]
         ahead, ahead_cov = kf.predict(mean, cov, 0.4)
         assert ahead[0, 0] == pytest.approx(x_now + 48.0, abs=1.5)
-        assert ahead_cov[0, 0, 0] > cov[0, 0, 0]  # less certain after a gap
+        assert ahead_cov[0, 0, 0] > cov[0, 0, 0]  # less certain of cx after a gap
+
+
+def test_kalman_filter_equals_the_full_8x8_filter():
+    """The four decoupled (position, velocity) filters give what the textbook 8x8 filter gives with the same
+    noise (x' = Fx, P' = FPF^T + Q; K = PH^T(HPH^T + R)^-1), step for step, on an irregular frame clock."""
+    kf, rng = BoxKalmanFilter(), np.random.default_rng(0)
+    truth = np.array([[300.0, 200.0, 40.0, 90.0], [50.0, 400.0, 120.0, 60.0]])
+    mean, cov = kf.initiate(truth)
+    full_mean, full_cov = mean.copy(), np.zeros((2, 8, 8))
+    for n in range(2):
+        full_cov[n][np.diag_indices(8)] = np.concatenate([cov[n, 0], cov[n, 2]])
+    for dt in rng.uniform(0.01, 0.3, 25):
+        truth += dt * np.array([80.0, -30.0, 2.0, -1.0])
+        mean, cov = kf.predict(mean, cov, dt)
+        motion = np.eye(8)
+        motion[:4, 4:] = dt * np.eye(4)
+        for n in range(2):
+            size = np.abs(full_mean[n, [2, 3, 2, 3]])
+            q = np.concatenate([(size / 20) ** 2, (size / 160 * 30) ** 2]) * dt * 30
+            full_mean[n] = motion @ full_mean[n]
+            full_cov[n] = motion @ full_cov[n] @ motion.T + np.diag(q)
+        z = truth + rng.normal(0, 2, truth.shape)
+        mean, cov = kf.update(mean, cov, z)
+        for n in range(2):
+            size = np.abs(full_mean[n, [2, 3, 2, 3]])
+            h = np.eye(4, 8)
+            gain = full_cov[n] @ h.T @ np.linalg.inv(h @ full_cov[n] @ h.T + np.diag((size / 20) ** 2))
+            full_mean[n] = full_mean[n] + gain @ (z[n] - h @ full_mean[n])
+            full_cov[n] = (np.eye(8) - gain @ h) @ full_cov[n]
+        np.testing.assert_allclose(mean, full_mean, rtol=1e-9, atol=1e-9)
+        for n in range(2):
+            blocks = [np.diag(cov[n, 0]), np.diag(cov[n, 1]), np.diag(cov[n, 2])]
+            np.testing.assert_allclose(full_cov[n], np.block([[blocks[0], blocks[1]], [blocks[1], blocks[2]]]),
+                                       rtol=1e-9, atol=1e-9)
 
 
 def test_two_objects_of_a_class_crossing_keep_their_ids():

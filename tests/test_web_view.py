@@ -1,6 +1,7 @@
 """The web view in a real browser: Debian's headless chromium opens the page of a live
-``edge-runtime run --serve`` (bundled demo model, generated clip); its screenshot must show the
-annotated stream and its DOM the live statistics, per class included. Nothing here reads ../shared."""
+``edge-runtime run --serve --track --count-line`` (bundled demo model, generated clip); its screenshot must
+show the annotated stream and its DOM the live statistics, per class and the line's counts included.
+Nothing here reads ../shared."""
 
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 pytest.importorskip("torch", reason="the demo package is exported with torch (host side)")
 
 from converters.demo_data import CLASS_NAMES, clip_frames, write_clip
-from edge_runtime.io.draw import class_color
+from edge_runtime.io.draw import track_color
 
 PAGE_BACKGROUND = (17, 17, 17)  # body background #111 of serve.PAGE
 CLIP_SECONDS, MAX_FPS = 6, 8  # 48 frames at 8 FPS: the run outlasts the browser's few seconds
 
 
-def box_colour_pixels(image: np.ndarray) -> int:
-    """Pixels within JPEG error of a colour draw.py paints boxes and label tags with."""
-    colours = np.array([class_color(i) for i in range(len(CLASS_NAMES))])
+def box_colour_pixels(image: np.ndarray, ids: range) -> int:
+    """Pixels within JPEG error of a colour draw.py paints tracked boxes and label tags with."""
+    colours = np.array([track_color(i) for i in ids])
     return int((np.abs(image[:, :, None].astype(int) - colours).max(-1) < 30).any(-1).sum())
 
 
@@ -48,7 +49,8 @@ def streamed_image(screenshot: np.ndarray) -> np.ndarray:
 def test_headless_chromium_shows_the_annotated_stream_and_stats(demo_package, tmp_path):
     clip = write_clip(tmp_path / "shapes.avi", seconds=CLIP_SECONDS, progress=False)
     run = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "run", str(demo_package), "--source", str(clip),
-                            "--serve", "127.0.0.1:0", "--max-fps", str(MAX_FPS)],
+                            "--serve", "127.0.0.1:0", "--max-fps", str(MAX_FPS), "--track", "--count-line",
+                            "mid=0,240,640,240"],
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = run.stderr.readline()
@@ -76,14 +78,17 @@ def test_headless_chromium_shows_the_annotated_stream_and_stats(demo_package, tm
     assert view.std() > 20  # a picture, not a blank or uniform box
     # the boxes and tags are what tells an annotated frame from a raw one: the raw clip has almost none
     # of their colours, the streamed frames have hundreds of pixels of them
-    raw = box_colour_pixels(next(clip_frames()))
-    assert box_colour_pixels(view) > 300 > 10 * raw and box_colour_pixels(direct) > 300, (raw, box_colour_pixels(view))
+    ids = range(1, stats["tracking"]["ids"] + 1)
+    raw = box_colour_pixels(next(clip_frames()), ids)
+    shown = box_colour_pixels(view, ids)
+    assert shown > 300 > 10 * raw and box_colour_pixels(direct, ids) > 300, (raw, shown)
     assert np.abs(view.mean((0, 1)) - direct.mean((0, 1))).max() < 15  # the same clip as the stream
 
     page = re.search(r'<pre id="stats">([^<]*)</pre>', browser.stdout)
     assert page, browser.stdout[-2000:]
     text = page.group(1)
     assert "demo-shapes on shapes.avi" in text and " FPS, latency " in text
+    assert re.search(r"tracking: \d+ tracked now, \d+ ids\nline mid: in .* \| out ", text), text
     shown = re.findall(r"(\w+) (\d+) \(run (\d+)\)", text.split("per class: ", 1)[1].splitlines()[0])
     assert shown and {name for name, _, _ in shown} <= set(CLASS_NAMES), text
     assert all(int(total) >= int(now) for _, now, total in shown)
@@ -91,4 +96,5 @@ def test_headless_chromium_shows_the_annotated_stream_and_stats(demo_package, tm
     assert set(stats["class_totals"]) <= set(CLASS_NAMES) and sum(stats["class_totals"].values()) > 0
     assert set(stats["class_counts"]) <= set(CLASS_NAMES)
     assert sum(stats["class_counts"].values()) == len(stats["detections"])
+    assert all(d["track_id"] in ids for d in stats["detections"]) and set(stats["tracking"]["lines"]) == {"mid"}
     assert "FPS end to end (threaded)" in out

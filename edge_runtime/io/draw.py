@@ -21,14 +21,18 @@ def class_color(class_id: int) -> tuple[int, int, int]:
     return int(b), int(g), int(r)
 
 
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """The colour of a tracked box: one per id, so an id switch shows as a colour change."""
+    return class_color(track_id + 7)  # offset: the first ids do not take the first classes' colours
+
+
 def draw_detections(image: np.ndarray, dets: Detections) -> np.ndarray:
     """Draw boxes and 'label score' tags on ``image`` in place; returns it."""
     thickness = max(1, round(min(image.shape[:2]) / 320))
     font_scale = 0.4 * thickness + 0.1
     ids = dets.track_ids if dets.track_ids is not None else [None] * len(dets)
     for box, score, cid, track_id in zip(dets.boxes.astype(int), dets.scores, dets.class_ids, ids):
-        # a tracked box takes its id's colour, so an id switch shows as a colour change
-        color = class_color(int(cid) if track_id is None else int(track_id) + 7)
+        color = class_color(int(cid)) if track_id is None else track_color(int(track_id))
         x1, y1, x2, y2 = box.tolist()
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
         text = f"{dets.class_names[cid]}{'' if track_id is None else f' #{track_id}'} {score:.2f}"

@@ -54,14 +54,23 @@ async function poll() {
   try {
     const s = await (await fetch("/stats.json" + location.search, {cache: "no-store"})).json();
     const stages = Object.entries(s.stages_ms || {}).map(([k, v]) => k + " " + v.toFixed(1) + " ms").join(", ");
-    const dets = (s.detections || []).map(d => d.label + " " + d.score.toFixed(2)).join(", ");
+    const dets = (s.detections || []).map(d => d.label + (d.track_id !== undefined ? " #" + d.track_id : "") +
+      " " + d.score.toFixed(2)).join(", ");
     const totals = s.class_totals || {};
     const classes = Object.keys(totals).sort().map(k => k + " " + ((s.class_counts || {})[k] || 0) +
       " (run " + totals[k] + ")").join(", ");
+    const tr = s.tracking;
+    const byClass = c => Object.entries(c || {}).map(([k, v]) => k + " " + v).join(", ") || "0";
+    const counts = !tr ? "" : "tracking: " + tr.tracks + " tracked now, " + tr.ids + " ids\\n" +
+      Object.entries(tr.lines || {}).map(([n, c]) => "line " + n + ": in " + byClass(c.in) + " | out " +
+        byClass(c.out) + "\\n").join("") +
+      Object.entries(tr.zones || {}).map(([n, z]) => "zone " + n + ": inside " + byClass(z.occupancy) +
+        " | visits " + byClass(z.visits) + " | dwell now " + Object.entries(z.dwell_s || {}).map(
+          ([id, d]) => "#" + id + " " + d.toFixed(1) + " s").join(", ") + "\\n").join("");
     document.getElementById("stats").textContent = (s.model || "") + " on " + (s.source || "") + "\\n" +
       (s.fps || 0).toFixed(1) + " FPS, latency " + (s.latency_ms || 0).toFixed(1) + " ms, dropped " +
       (s.dropped_frames || 0) + (s.cpu_temp_c !== undefined ? ", CPU " + s.cpu_temp_c + " C" : "") + "\\n" +
-      stages + "\\n" + "per class: " + classes + "\\n" + dets;
+      stages + "\\n" + counts + "per class: " + classes + "\\n" + dets;
   } catch (e) { document.getElementById("stats").textContent = "run ended"; }
 }
 setInterval(poll, 1000); poll();

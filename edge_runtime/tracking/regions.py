@@ -14,6 +14,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +56,24 @@ class Zone:
         if len(self.polygon) < 3:
             raise ValueError(f"zone {self.name!r}: a polygon needs at least 3 points, got {len(self.polygon)}")
 
-    def contains(self, points: np.ndarray) -> np.ndarray:
-        """(N,) bool: which of the (N, 2) points lie inside (even-odd rule, vectorised over points and edges)."""
+    @cached_property
+    def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """x1, y1 of each edge's start, dx/dy of each edge, y2 of its end (inf slope for horizontal edges)."""
         poly = np.asarray(self.polygon, np.float64)
         x1, y1 = poly[:, 0], poly[:, 1]
         x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
-        px, py = points[:, :1].astype(np.float64), points[:, 1:2].astype(np.float64)
-        straddles = (y1 > py) != (y2 > py)
         with np.errstate(divide="ignore", invalid="ignore"):
-            x_at = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
-        return np.count_nonzero(straddles & (px < x_at), axis=1) % 2 == 1
+            slope = (x2 - x1) / (y2 - y1)
+        return x1, y1, slope, y2
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """(N,) bool: which of the (N, 2) points lie inside (even-odd rule, vectorised over points and edges)."""
+        x1, y1, slope, y2 = self._edges
+        px, py = points[:, :1], points[:, 1:2]
+        straddles = (y1 > py) != (y2 > py)  # a horizontal edge never straddles: its inf slope is never used
+        with np.errstate(invalid="ignore"):
+            crossings = straddles & (px < x1 + (py - y1) * slope)
+        return np.count_nonzero(crossings, axis=1) % 2 == 1
 
 
 def parse_line(spec: str, index: int = 1) -> CountLine:
@@ -150,20 +159,20 @@ class LineCounter:
         length = math.hypot(dx, dy)
         points = anchors(tracked)
         distance = (dx * (points[:, 1] - sy) - dy * (points[:, 0] - sx)) / length  # > 0: right of the line
-        along = ((points[:, 0] - sx) * dx + (points[:, 1] - sy) * dy) / length**2  # 0..1 within the segment
         margin = self.hysteresis * (tracked.boxes[:, 2:] - tracked.boxes[:, :2]).min(axis=1)
+        decided = np.flatnonzero(np.abs(distance) > margin)  # clear of the line: its side counts
+        ids = tracked.track_ids[decided].tolist()
+        sides = np.where(distance[decided] > 0, 1, -1).tolist()
+        before = [self._side.get(i, 0) for i in ids]
+        self._side.update(zip(ids, sides))
         events = []
-        for track_id, dist, u, pad, label in zip(tracked.track_ids.tolist(), distance.tolist(), along.tolist(),
-                                                 margin.tolist(), tracked.labels):
-            if abs(dist) <= pad:
-                continue
-            side = 1 if dist > 0 else -1
-            before = self._side.get(track_id)
-            self._side[track_id] = side
-            if before is not None and before != side and 0.0 <= u <= 1.0:
-                direction = "in" if side > 0 else "out"
+        for k in (k for k, (b, now) in enumerate(zip(before, sides)) if b and b != now):
+            i = int(decided[k])
+            along = ((points[i, 0] - sx) * dx + (points[i, 1] - sy) * dy) / length**2  # 0..1 within the segment
+            if 0.0 <= along <= 1.0:
+                direction, label = ("in" if sides[k] > 0 else "out"), tracked.class_names[tracked.class_ids[i]]
                 self.counts[direction][label] += 1
-                events.append({"line": self.line.name, "track_id": track_id, "label": label, "direction": direction})
+                events.append({"line": self.line.name, "track_id": ids[k], "label": label, "direction": direction})
         return events
 
     def snapshot(self) -> dict[str, dict[str, int]]:
@@ -182,27 +191,29 @@ class ZoneCounter:
     visits: Counter[str] = field(default_factory=Counter)  # visits that ended
     dwell_total_s: Counter[str] = field(default_factory=Counter)
     dwell_max_s: dict[str, float] = field(default_factory=dict)
-    _inside: dict[int, list] = field(default_factory=dict)  # track id -> [entered_t, last_seen_t, label]
+    _inside: dict[int, tuple[float, str]] = field(default_factory=dict)  # track id -> (entered_t, label)
+    _seen: dict[int, float] = field(default_factory=dict)  # track id -> last time seen inside
 
     def update(self, tracked: Detections, removed_ids: list[int], t: float) -> list[dict[str, Any]]:
         """Follow this frame's tracks; returns events ``{"zone", "track_id", "label", "event": "enter"|"exit"}``
         (an exit also carries ``dwell_s``)."""
         events = []
         for track_id in removed_ids:
-            if (visit := self._inside.pop(track_id, None)) is not None:
-                events.append(self._end(track_id, visit, visit[1]))
+            if track_id in self._inside:
+                events.append(self._end(track_id, self._seen[track_id]))
         if len(tracked):
-            inside = self.zone.contains(anchors(tracked))
-            for track_id, is_in, label in zip(tracked.track_ids.tolist(), inside.tolist(), tracked.labels):
-                visit = self._inside.get(track_id)
-                if is_in and visit is None:
-                    self._inside[track_id] = [t, t, label]
+            inside = self.zone.contains(anchors(tracked)).tolist()
+            ids = tracked.track_ids.tolist()
+            ids_in = [i for i, is_in in zip(ids, inside) if is_in]
+            for k in [k for k, i in enumerate(ids) if inside[k] != (i in self._inside)]:  # entering or leaving
+                track_id = ids[k]
+                if inside[k]:
+                    label = tracked.class_names[tracked.class_ids[k]]
+                    self._inside[track_id] = (t, label)
                     events.append({"zone": self.zone.name, "track_id": track_id, "label": label, "event": "enter"})
-                elif is_in:
-                    visit[1] = t
-                elif visit is not None:
-                    del self._inside[track_id]
-                    events.append(self._end(track_id, visit, t))
+                else:
+                    events.append(self._end(track_id, t))
+            self._seen.update(dict.fromkeys(ids_in, t))
         return events
 
     @property
@@ -210,8 +221,9 @@ class ZoneCounter:
         """Ids of the tracks inside now."""
         return list(self._inside)
 
-    def _end(self, track_id: int, visit: list, t_end: float) -> dict[str, Any]:
-        entered, _, label = visit
+    def _end(self, track_id: int, t_end: float) -> dict[str, Any]:
+        entered, label = self._inside.pop(track_id)
+        self._seen.pop(track_id, None)
         dwell = max(t_end - entered, 0.0)
         self.visits[label] += 1
         self.dwell_total_s[label] += dwell
@@ -221,7 +233,7 @@ class ZoneCounter:
 
     def snapshot(self, t: float) -> dict[str, Any]:
         """Occupancy and each present track's dwell so far, plus the finished visits' totals."""
-        occupancy = Counter(label for _, _, label in self._inside.values())
+        occupancy = Counter(label for _, label in self._inside.values())
         return {"occupancy": dict(sorted(occupancy.items())),
                 "dwell_s": {str(k): round(t - v[0], 3) for k, v in self._inside.items()},
                 "visits": dict(sorted(self.visits.items())),

@@ -4,7 +4,7 @@ ByteTrack (Zhang et al., ECCV 2022) keeps the low-score detections a detector wo
 them to continue existing tracks (an occluded or blurred object scores low), while only high-score
 detections start tracks. Each update, with the tracks first moved to the frame's time:
 
-1. confirmed and lost tracks <- high-score detections (IoU x score, like ByteTrack's fused score);
+1. confirmed and lost tracks <- high-score detections (IoU, or IoU x score as ByteTrack with ``fuse_score``);
 2. confirmed tracks still unmatched <- low-score detections (plain IoU, a stricter threshold);
 3. tentative tracks (seen once) <- the high-score detections left; a second hit confirms them and only then
    gives them an id, so a one-frame false positive never uses one up;
@@ -73,7 +73,10 @@ class TrackerSettings:
     high_score: float | None = None  # detections at or above this start and continue tracks; None: the detector's
     low_score: float = 0.1  # detections from here up to high_score only continue confirmed tracks
     max_lost_s: float = 1.0  # a track unseen this long is dropped (ByteTrack: 30 frames at 30 FPS)
-    first_iou: float = 0.2  # stage 1, on IoU x score
+    first_iou: float = 0.2  # stage 1 (on IoU x score with fuse_score)
+    # ByteTrack multiplies the IoU by the detection's score (tuned on YOLOX, whose scores run high); with
+    # NanoDet's lower scores that made matching so strict that ids fragmented (docs/tracking.md)
+    fuse_score: bool = False
     second_iou: float = 0.5  # stage 2, low-score detections
     tentative_iou: float = 0.3  # stage 3, confirming a track seen once
     duplicate_iou: float = 0.85  # a lost track this close to a confirmed one is the same object: dropped
@@ -110,7 +113,7 @@ class ByteTracker:
         self._lap = _load_lap()
         self._kf = BoxKalmanFilter()
         self._mean = np.zeros((0, 8))
-        self._cov = np.zeros((0, 8, 8))
+        self._cov = np.zeros((0, 3, 4))
         self._class = np.zeros(0, np.int64)
         self._state = np.zeros(0, np.int8)
         self._id = np.zeros(0, np.int64)  # 0 until confirmed
@@ -156,18 +159,25 @@ class ByteTracker:
         low = np.flatnonzero(keep & (scores < s.high_score))
         det_track = np.full(len(dets), -1)  # row of the track each detection went to
         track_hit = np.zeros(len(self._state), bool)
-        predicted = _xywh_to_xyxy(self._mean)
+        # every track against every detection once; a stage takes its rows and columns
+        iou = box_iou(_xywh_to_xyxy(self._mean), boxes)
+        iou[self._class[:, None] != classes[None, :]] = -1.0  # never within a cost limit
 
         def associate(rows: np.ndarray, det_idx: np.ndarray, min_iou: float, fuse: bool) -> np.ndarray:
-            pairs = self._associate(predicted, rows, det_idx, boxes, scores, classes, 1 - min_iou, fuse)
+            if not len(rows) or not len(det_idx):
+                return np.zeros((0, 2), np.int64)
+            similarity = iou[rows][:, det_idx]
+            cost = 1.0 - (similarity * scores[det_idx][None, :] if fuse else similarity)
+            pairs = self._assign(cost, 1 - min_iou)
+            pairs = np.stack([rows[pairs[:, 0]], det_idx[pairs[:, 1]]], axis=1)
             det_track[pairs[:, 1]] = pairs[:, 0]
             track_hit[pairs[:, 0]] = True
             return pairs
 
-        first = associate(np.flatnonzero(self._state != TENTATIVE), high, s.first_iou, fuse=True)
+        first = associate(np.flatnonzero(self._state != TENTATIVE), high, s.first_iou, fuse=s.fuse_score)
         second = associate(np.flatnonzero((self._state == TRACKED) & ~track_hit), low, s.second_iou, fuse=False)
         third = associate(np.flatnonzero(self._state == TENTATIVE), high[det_track[high] < 0], s.tentative_iou,
-                          fuse=True)
+                          fuse=s.fuse_score)
         matched = np.concatenate([first, second, third])
         unmatched_tracks = np.flatnonzero(~track_hit)
         if len(matched):
@@ -200,21 +210,18 @@ class ByteTracker:
         return replace(dets, boxes=dets.boxes[shown], scores=dets.scores[shown], class_ids=dets.class_ids[shown],
                        track_ids=ids.astype(np.int64))
 
-    def _associate(self, predicted: np.ndarray, rows: np.ndarray, det_idx: np.ndarray, boxes: np.ndarray,
-                   scores: np.ndarray, classes: np.ndarray, cost_limit: float, fuse: bool) -> np.ndarray:
-        """(K, 2) pairs (track row, detection index) of a minimum-cost assignment with cost 1 - IoU
-        (times the score when ``fuse``) at most ``cost_limit``, within a class; ``predicted``: every
-        track's predicted x1, y1, x2, y2."""
-        if not len(rows) or not len(det_idx):
-            return np.zeros((0, 2), np.int64)
-        similarity = box_iou(predicted[rows], boxes[det_idx])
-        if fuse:
-            similarity *= scores[det_idx][None, :]
-        cost = 1.0 - similarity
-        cost[self._class[rows][:, None] != classes[det_idx][None, :]] = cost_limit + 1.0
+    def _assign(self, cost: np.ndarray, cost_limit: float) -> np.ndarray:
+        """(K, 2) (row, column) pairs of the minimum-cost assignment leaving pairs costlier than ``cost_limit``
+        unassigned. When every row's cheapest column within the limit is a different column, that is the
+        optimum (no assignment costs less than each row's minimum) and the solver is not needed: the usual
+        frame, where objects are apart."""
+        best = cost.argmin(axis=1)
+        rows = np.flatnonzero(cost[np.arange(len(cost)), best] <= cost_limit)
+        if not len(rows) or np.bincount(best[rows]).max() == 1:
+            return np.stack([rows, best[rows]], axis=1)
         _, x, _ = self._lap.lapjv(cost, extend_cost=True, cost_limit=cost_limit)
-        hit = np.flatnonzero(x >= 0)
-        return np.stack([rows[hit], det_idx[x[hit]]], axis=1).astype(np.int64)
+        rows = np.flatnonzero(x >= 0)
+        return np.stack([rows, x[rows]], axis=1).astype(np.int64)
 
     def _duplicates(self) -> np.ndarray:
         """Lost tracks overlapping a confirmed one of the same class by more than ``duplicate_iou``: the
