@@ -214,12 +214,32 @@ def _coverage(points: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarr
     return roi * np.float32(1 / 255)
 
 
+def _object_covers(scene: Scene) -> list[tuple[int, tuple[int, int, int, int], np.ndarray]]:
+    """(index in ``scene.objects``, region, anti-aliased coverage over the region) of each object that lies
+    in the image, in drawing order."""
+    covers = []
+    for index, obj in enumerate(scene.objects):
+        poly = obj.polygon()
+        region = x1, y1, x2, y2 = _region(poly, scene.width, scene.height, obj.outline_px + 2)
+        if x2 > x1 and y2 > y1:
+            covers.append((index, region, _coverage(poly, region)))
+    return covers
+
+
+def _occluder_mask(scene: Scene) -> np.ndarray:
+    """HxW uint8, 255 under the occluder bars (anti-aliased edges)."""
+    hidden = np.zeros((scene.height, scene.width), np.uint8)
+    for x1, y1, x2, y2, thick, _ in scene.occluders:
+        cv2.line(hidden, (int(x1), int(y1)), (int(x2), int(y2)), 255, thick, cv2.LINE_AA)
+    return hidden
+
+
 def _visible_box(i: int, covers: list, hidden: np.ndarray) -> list[float] | None:
-    """[x, y, w, h] of the pixels of object ``i`` that no later object or occluder hides; None when
+    """[x, y, w, h] of the pixels of ``covers[i]`` that no later object or occluder hides; None when
     less than ``MIN_VISIBLE`` of it shows."""
-    (x1, y1, x2, y2), cover = covers[i]
+    _, (x1, y1, x2, y2), cover = covers[i]
     visible = cover * (1 - hidden[y1:y2, x1:x2] * np.float32(1 / 255))
-    for (a1, b1, a2, b2), later in covers[i + 1:]:
+    for _, (a1, b1, a2, b2), later in covers[i + 1:]:
         u1, v1, u2, v2 = max(x1, a1), max(y1, b1), min(x2, a2), min(y2, b2)
         if u1 < u2 and v1 < v2:
             visible[v1 - y1:v2 - y1, u1 - x1:u2 - x1] *= 1 - later[v1 - b1:v2 - b1, u1 - a1:u2 - a1]
@@ -227,6 +247,17 @@ def _visible_box(i: int, covers: list, hidden: np.ndarray) -> list[float] | None
     if not len(xs) or float(visible.sum()) < MIN_VISIBLE * float(cover.sum()):
         return None
     return [float(x1 + xs.min()), float(y1 + ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+def _visible_boxes(covers: list, hidden: np.ndarray) -> list[tuple[int, list[float]]]:
+    """(index in ``scene.objects``, visible box) of each object at least ``MIN_VISIBLE`` visible."""
+    return [(covers[i][0], box) for i in range(len(covers)) if (box := _visible_box(i, covers, hidden)) is not None]
+
+
+def scene_boxes(scene: Scene) -> list[tuple[int, list[float]]]:
+    """``render_scene``'s boxes without drawing the image, each with the index of its object in
+    ``scene.objects`` (what a clip that follows objects from frame to frame needs)."""
+    return _visible_boxes(_object_covers(scene), _occluder_mask(scene))
 
 
 def scene_background(scene: Scene) -> np.ndarray:
@@ -248,33 +279,24 @@ def render_scene(scene: Scene, background: np.ndarray | None = None
     """
     w, h = scene.width, scene.height
     image = (scene_background(scene) if background is None else background).copy()
-    covers = []  # (region, coverage over the region) of each object that lies in the image
-    drawn = []
-    for obj in scene.objects:
-        poly = obj.polygon()
-        region = x1, y1, x2, y2 = _region(poly, w, h, obj.outline_px + 2)
-        if x2 <= x1 or y2 <= y1:
-            continue
-        cover = _coverage(poly, region)
+    covers = _object_covers(scene)
+    for index, (x1, y1, x2, y2), cover in covers:
+        obj = scene.objects[index]
         ys, xs = np.mgrid[y1:y2, x1:x2].astype(np.float32)
         roi = image[y1:y2, x1:x2]
         roi *= 1 - cover[..., None]
         roi += _fill(obj, xs, ys) * cover[..., None]
         if obj.outline_px:
-            cv2.polylines(image, [np.round(poly * 16).astype(np.int32)], True, obj.outline, obj.outline_px,
+            cv2.polylines(image, [np.round(obj.polygon() * 16).astype(np.int32)], True, obj.outline, obj.outline_px,
                           cv2.LINE_AA, shift=4)
-        covers.append((region, cover))
-        drawn.append(obj)
-    hidden = np.zeros((h, w), np.uint8)
+    hidden = _occluder_mask(scene)
     if scene.occluders:
         paint = np.zeros_like(image)
         for x1, y1, x2, y2, thick, colour in scene.occluders:
-            cv2.line(hidden, (int(x1), int(y1)), (int(x2), int(y2)), 255, thick, cv2.LINE_AA)
             cv2.line(paint, (int(x1), int(y1)), (int(x2), int(y2)), colour, thick)
         bars = hidden.astype(np.float32)[..., None] * np.float32(1 / 255)
         image = image * (1 - bars) + paint * bars
-    labels = [(obj.class_id, box) for i, obj in enumerate(drawn)
-              if (box := _visible_box(i, covers, hidden)) is not None]
+    labels = [(scene.objects[index].class_id, box) for index, box in _visible_boxes(covers, hidden)]
     image = image * (scene.gain * np.float32(scene.cast)) + np.float32(scene.bias)
     if scene.blur:
         image = cv2.GaussianBlur(image, (0, 0), scene.blur)
