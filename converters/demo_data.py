@@ -294,15 +294,19 @@ def render_scene(scene: Scene, background: np.ndarray | None = None
         paint = np.zeros_like(image)
         for x1, y1, x2, y2, thick, colour in scene.occluders:
             cv2.line(paint, (int(x1), int(y1)), (int(x2), int(y2)), colour, thick)
-        bars = hidden.astype(np.float32)[..., None] * np.float32(1 / 255)
-        image = image * (1 - bars) + paint * bars
+        rows, columns = np.nonzero(hidden.any(1))[0], np.nonzero(hidden.any(0))[0]
+        if len(rows):  # blend only where the bars are: elsewhere the blend leaves every pixel as it is
+            block = np.s_[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+            bars = hidden[block].astype(np.float32)[..., None] * np.float32(1 / 255)
+            image[block] = image[block] * (1 - bars) + paint[block] * bars
     labels = [(scene.objects[index].class_id, box) for index, box in _visible_boxes(covers, hidden)]
-    image = image * (scene.gain * np.float32(scene.cast)) + np.float32(scene.bias)
+    image *= scene.gain * np.float32(scene.cast)
+    image += np.float32(scene.bias)
     if scene.blur:
         image = cv2.GaussianBlur(image, (0, 0), scene.blur)
     if scene.noise:
         image += _noise(scene.noise_seed, h, w) * np.float32(scene.noise)
-    return np.clip(image, 0, 255).round().astype(np.uint8), labels
+    return np.clip(image, 0, 255, out=image).round(out=image).astype(np.uint8), labels
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
