@@ -49,8 +49,22 @@ def distance_matrix(truth: Sequence[Entry], hypotheses: Sequence[Entry], hypothe
     return np.where(same_class.reshape(iou.shape) & (iou >= min_iou), 1.0 - iou, np.nan)
 
 
+def _without_ignored(truth: Sequence[Entry], hypotheses: Sequence[Entry], ignored: Sequence[bool],
+                     hypothesis_boxes: str, min_iou: float) -> tuple[list[Entry], list[Entry]]:
+    """The truth boxes not ignored, and the hypotheses not matched to an ignored one (the MOTChallenge rule:
+    match against every truth box first, then drop the ignored boxes and whatever they matched)."""
+    import motmetrics as mm
+
+    rows, columns = mm.lap.linear_sum_assignment(distance_matrix(truth, hypotheses, hypothesis_boxes, min_iou))
+    dropped = {c for r, c in zip(rows, columns) if ignored[r]}
+    return ([e for e, skip in zip(truth, ignored) if not skip],
+            [e for c, e in enumerate(hypotheses) if c not in dropped])
+
+
 def mot_scores(truth_frames: Sequence[Sequence[Entry]], hypothesis_frames: Sequence[Sequence[Entry]],
-               hypothesis_boxes: str = "xyxy", min_iou: float = 0.5) -> dict[str, float]:
+               hypothesis_boxes: str = "xyxy", min_iou: float = 0.5,
+               truth_visibility: Sequence[Sequence[float]] | None = None, min_visibility: float = 0.0
+               ) -> dict[str, float]:
     """MOT metrics of a tracker's output over a clip.
 
     ``truth_frames[k]``: (object id, class id, [x, y, w, h]) of frame k, as ``TrackingTruth.frames``.
@@ -61,20 +75,30 @@ def mot_scores(truth_frames: Sequence[Sequence[Entry]], hypothesis_frames: Seque
     >= ``min_iou`` (distance 1 - IoU): a track of the right box but the wrong class is a miss plus a false
     positive, as a per-class tracker's output would be.
 
+    ``truth_visibility`` (as ``TrackingTruth.visibility``) and ``min_visibility``: truth boxes less visible
+    than that are ignored, and so is a track matched to one: neither a miss nor a false positive (what
+    MOTChallenge does with its visibility flag). The detector, not the tracker, loses most of those.
+
     Returns the floats of ``METRICS`` (motmetrics' names: mota, motp, idf1, num_switches, num_false_positives,
     num_misses, num_unique_objects, mostly_tracked, num_fragmentations) plus num_hypothesis_ids (distinct
-    track ids) and num_frames.
+    track ids), num_truth_boxes (those scored) and num_frames.
     """
     import motmetrics as mm
 
     if len(truth_frames) != len(hypothesis_frames):
         raise ValueError(f"{len(truth_frames)} truth frames but {len(hypothesis_frames)} hypothesis frames")
     accumulator = mm.MOTAccumulator(auto_id=True)
-    for truth, hypotheses in zip(truth_frames, hypothesis_frames):
+    scored = 0
+    for k, (truth, hypotheses) in enumerate(zip(truth_frames, hypothesis_frames)):
+        if truth_visibility is not None and min_visibility > 0:
+            ignored = [v < min_visibility for v in truth_visibility[k]]
+            truth, hypotheses = _without_ignored(truth, hypotheses, ignored, hypothesis_boxes, min_iou)
+        scored += len(truth)
         accumulator.update([i for i, _, _ in truth], [i for i, _, _ in hypotheses],
                            distance_matrix(truth, hypotheses, hypothesis_boxes, min_iou))
     summary = mm.metrics.create().compute(accumulator, metrics=list(METRICS), name="clip")
     scores = {name: float(summary[name].iloc[0]) for name in METRICS}
     scores["num_hypothesis_ids"] = float(len({i for hypotheses in hypothesis_frames for i, _, _ in hypotheses}))
+    scores["num_truth_boxes"] = float(scored)
     scores["num_frames"] = float(len(truth_frames))
     return scores

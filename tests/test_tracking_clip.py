@@ -246,3 +246,20 @@ def test_a_dropped_box_is_one_miss_and_a_wrong_class_a_miss_and_a_false_positive
     scores = mot_scores(truth.frames, relabelled, hypothesis_boxes="xywh")
     assert scores["num_misses"] == 1 and scores["num_false_positives"] == 1
     assert scores["mota"] == pytest.approx(1 - 2 / total)
+
+
+def test_boxes_below_the_visibility_floor_are_neither_missed_nor_false_positives(clip):
+    pytest.importorskip("motmetrics")
+    _, truth, _ = clip
+    faint = sum(v < 0.7 for fractions in truth.visibility for v in fractions)
+    seen = [[e for e, v in zip(frame, fractions) if v >= 0.7]
+            for frame, fractions in zip(truth.frames, truth.visibility)]
+    assert mot_scores(truth.frames, seen, hypothesis_boxes="xywh")["num_misses"] == faint > 100
+    scores = mot_scores(truth.frames, seen, hypothesis_boxes="xywh", truth_visibility=truth.visibility,
+                        min_visibility=0.7)
+    assert scores["num_misses"] == scores["num_false_positives"] == 0 and scores["mota"] == 1.0
+    assert scores["num_truth_boxes"] == sum(map(len, seen))
+    # a track on a faint object is not a false positive either
+    scores = mot_scores(truth.frames, truth.frames, hypothesis_boxes="xywh", truth_visibility=truth.visibility,
+                        min_visibility=0.7)
+    assert scores["num_false_positives"] == 0 and scores["mota"] == 1.0 and scores["idf1"] == 1.0
