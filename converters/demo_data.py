@@ -7,6 +7,7 @@ use that to check that every label covers drawn pixels). Only numpy and OpenCV: 
 
     python -m converters.demo_data --out shapes/ --train 400 --val 200     # images + COCO json
     python -m converters.demo_data --out shapes/ --clip                    # also the 10 s demo video + COCO json
+    python -m converters.demo_data --out shapes/ --val 0 --tracking-clip   # the tracking clip + its ids, crossings
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 256, 3))
 
 
-def _sample_background(rng: np.random.Generator) -> tuple:
-    kind = str(rng.choice(["noise", "gradient", "stripes", "checker", "blobs"]))
+def _sample_background(rng: np.random.Generator,
+                       kinds: tuple[str, ...] = ("noise", "gradient", "stripes", "checker", "blobs")) -> tuple:
+    kind = str(rng.choice(list(kinds)))
     a, b = _colour(rng), _colour(rng)
     if kind == "noise":
         return kind, a, float(rng.uniform(10, 50)), float(rng.uniform(0, 3)), int(rng.integers(2**31))
@@ -214,19 +216,70 @@ def _coverage(points: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarr
     return roi * np.float32(1 / 255)
 
 
-def _visible_box(i: int, covers: list, hidden: np.ndarray) -> list[float] | None:
-    """[x, y, w, h] of the pixels of object ``i`` that no later object or occluder hides; None when
-    less than ``MIN_VISIBLE`` of it shows."""
-    (x1, y1, x2, y2), cover = covers[i]
+def _object_covers(scene: Scene) -> list[tuple[int, tuple[int, int, int, int], np.ndarray]]:
+    """(index in ``scene.objects``, region, anti-aliased coverage over the region) of each object that lies
+    in the image, in drawing order."""
+    covers = []
+    for index, obj in enumerate(scene.objects):
+        poly = obj.polygon()
+        region = x1, y1, x2, y2 = _region(poly, scene.width, scene.height, obj.outline_px + 2)
+        if x2 > x1 and y2 > y1:
+            covers.append((index, region, _coverage(poly, region)))
+    return covers
+
+
+def _occluder_mask(scene: Scene) -> np.ndarray:
+    """HxW uint8, 255 under the occluder bars (anti-aliased edges)."""
+    hidden = np.zeros((scene.height, scene.width), np.uint8)
+    for x1, y1, x2, y2, thick, _ in scene.occluders:
+        cv2.line(hidden, (int(x1), int(y1)), (int(x2), int(y2)), 255, thick, cv2.LINE_AA)
+    return hidden
+
+
+def _visible_part(i: int, covers: list, hidden: np.ndarray) -> np.ndarray:
+    """The coverage of ``covers[i]`` that no later object or occluder hides."""
+    _, (x1, y1, x2, y2), cover = covers[i]
     visible = cover * (1 - hidden[y1:y2, x1:x2] * np.float32(1 / 255))
-    for (a1, b1, a2, b2), later in covers[i + 1:]:
+    for _, (a1, b1, a2, b2), later in covers[i + 1:]:
         u1, v1, u2, v2 = max(x1, a1), max(y1, b1), min(x2, a2), min(y2, b2)
         if u1 < u2 and v1 < v2:
             visible[v1 - y1:v2 - y1, u1 - x1:u2 - x1] *= 1 - later[v1 - b1:v2 - b1, u1 - a1:u2 - a1]
+    return visible
+
+
+def _pixel_box(visible: np.ndarray, region: tuple[int, int, int, int]) -> list[float] | None:
+    """[x, y, w, h] in image pixels of the pixels of ``visible`` (over ``region``) more than half covered."""
     ys, xs = np.nonzero(visible > 0.5)
-    if not len(xs) or float(visible.sum()) < MIN_VISIBLE * float(cover.sum()):
+    if not len(xs):
         return None
-    return [float(x1 + xs.min()), float(y1 + ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    return [float(region[0] + xs.min()), float(region[1] + ys.min()), float(xs.max() - xs.min() + 1),
+            float(ys.max() - ys.min() + 1)]
+
+
+def _visible_boxes(covers: list, hidden: np.ndarray) -> list[tuple[int, list[float]]]:
+    """(index in ``scene.objects``, [x, y, w, h] of its visible pixels) of each object of which at least
+    ``MIN_VISIBLE`` of the part inside the image shows."""
+    boxes = []
+    for i, (index, region, cover) in enumerate(covers):
+        visible = _visible_part(i, covers, hidden)
+        if float(visible.sum()) >= MIN_VISIBLE * float(cover.sum()) and (box := _pixel_box(visible, region)):
+            boxes.append((index, box))
+    return boxes
+
+
+def scene_boxes(scene: Scene) -> list[tuple[int, list[float], float]]:
+    """(index in ``scene.objects``, [x, y, w, h] of its visible pixels, visible fraction of its whole outline)
+    of each object with a visible pixel, without drawing the image. Unlike ``render_scene``'s labels, the
+    fraction counts the part outside the image as hidden."""
+    covers, hidden = _object_covers(scene), _occluder_mask(scene)
+    boxes = []
+    for i, (index, region, _) in enumerate(covers):
+        visible = _visible_part(i, covers, hidden)
+        if box := _pixel_box(visible, region):
+            poly = scene.objects[index].polygon()
+            whole = _coverage(poly, (*np.floor(poly.min(0)).astype(int) - 2, *np.ceil(poly.max(0)).astype(int) + 3))
+            boxes.append((index, box, min(float(visible.sum()) / float(whole.sum()), 1.0)))
+    return boxes
 
 
 def scene_background(scene: Scene) -> np.ndarray:
@@ -248,39 +301,34 @@ def render_scene(scene: Scene, background: np.ndarray | None = None
     """
     w, h = scene.width, scene.height
     image = (scene_background(scene) if background is None else background).copy()
-    covers = []  # (region, coverage over the region) of each object that lies in the image
-    drawn = []
-    for obj in scene.objects:
-        poly = obj.polygon()
-        region = x1, y1, x2, y2 = _region(poly, w, h, obj.outline_px + 2)
-        if x2 <= x1 or y2 <= y1:
-            continue
-        cover = _coverage(poly, region)
+    covers = _object_covers(scene)
+    for index, (x1, y1, x2, y2), cover in covers:
+        obj = scene.objects[index]
         ys, xs = np.mgrid[y1:y2, x1:x2].astype(np.float32)
         roi = image[y1:y2, x1:x2]
         roi *= 1 - cover[..., None]
         roi += _fill(obj, xs, ys) * cover[..., None]
         if obj.outline_px:
-            cv2.polylines(image, [np.round(poly * 16).astype(np.int32)], True, obj.outline, obj.outline_px,
+            cv2.polylines(image, [np.round(obj.polygon() * 16).astype(np.int32)], True, obj.outline, obj.outline_px,
                           cv2.LINE_AA, shift=4)
-        covers.append((region, cover))
-        drawn.append(obj)
-    hidden = np.zeros((h, w), np.uint8)
+    hidden = _occluder_mask(scene)
     if scene.occluders:
         paint = np.zeros_like(image)
         for x1, y1, x2, y2, thick, colour in scene.occluders:
-            cv2.line(hidden, (int(x1), int(y1)), (int(x2), int(y2)), 255, thick, cv2.LINE_AA)
             cv2.line(paint, (int(x1), int(y1)), (int(x2), int(y2)), colour, thick)
-        bars = hidden.astype(np.float32)[..., None] * np.float32(1 / 255)
-        image = image * (1 - bars) + paint * bars
-    labels = [(obj.class_id, box) for i, obj in enumerate(drawn)
-              if (box := _visible_box(i, covers, hidden)) is not None]
-    image = image * (scene.gain * np.float32(scene.cast)) + np.float32(scene.bias)
+        rows, columns = np.nonzero(hidden.any(1))[0], np.nonzero(hidden.any(0))[0]
+        if len(rows):  # blend only where the bars are: elsewhere the blend leaves every pixel as it is
+            block = np.s_[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+            bars = hidden[block].astype(np.float32)[..., None] * np.float32(1 / 255)
+            image[block] = image[block] * (1 - bars) + paint[block] * bars
+    labels = [(scene.objects[index].class_id, box) for index, box in _visible_boxes(covers, hidden)]
+    image *= scene.gain * np.float32(scene.cast)
+    image += np.float32(scene.bias)
     if scene.blur:
         image = cv2.GaussianBlur(image, (0, 0), scene.blur)
     if scene.noise:
         image += _noise(scene.noise_seed, h, w) * np.float32(scene.noise)
-    return np.clip(image, 0, 255).round().astype(np.uint8), labels
+    return np.clip(image, 0, 255, out=image).round(out=image).astype(np.uint8), labels
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -393,6 +441,290 @@ def write_clip(path: str | Path, seed: int = 0, seconds: float = 10.0, fps: int 
     return path
 
 
+# The tracking clip: scripted objects with known ids, a pillar to hide behind, same-class paths that cross
+# and a counting line. Positions are scripted in pixels of a 640x480 frame and scaled to the clip's size.
+TRACKING_REFERENCE = (640, 480)
+COUNT_LINE = (0.0, 240.0, 640.0, 240.0)  # x1, y1, x2, y2 (reference pixels): "in" is downwards across it
+PILLAR = (400.0, 120.0)  # centre x and width of the vertical bar drawn over everything (reference pixels)
+# (class id, bounding radius, x, y, t, vx, vy): the object's centre passes (x, y) at t seconds with constant
+# velocity (vx, vy) px/s; it exists while its bounding circle touches the frame. Drawing order is this order.
+TRACKING_SCRIPT = (
+    # line crossers, clear of the pillar and of the bands above and below the line where the others move
+    (2, 60.0, 110.0, 240.0, 2.5, 0.0, 95.0),  # triangle, in
+    (3, 62.0, 560.0, 240.0, 4.0, 0.0, 110.0),  # star, in
+    (4, 64.0, 260.0, 240.0, 7.0, 5.0, -85.0),  # cross, out
+    (2, 58.0, 562.0, 240.0, 10.5, -4.0, -100.0),  # triangle, out
+    (4, 62.0, 130.0, 240.0, 12.0, 8.0, 120.0),  # cross, in
+    (3, 60.0, 265.0, 240.0, 13.5, 0.0, -125.0),  # star, out
+    # the top band: two circles meet head on (the later one drawn over the other), both pass behind the pillar
+    (0, 60.0, 190.0, 76.0, 4.0, 120.0, 3.0),
+    (0, 55.0, 190.0, 112.0, 4.0, -115.0, -3.0),
+    # the bottom band: one square overtakes another (a long overlap), both pass behind the pillar
+    (1, 62.0, 120.0, 380.0, 10.0, 90.0, 0.0),
+    (1, 58.0, 120.0, 404.0, 10.0, 140.0, -3.0),
+    # small enough to vanish wholly behind the pillar
+    (2, 52.0, 400.0, 90.0, 11.5, -110.0, 0.0),
+    (4, 52.0, 400.0, 400.0, 3.0, 110.0, 0.0),
+)
+
+
+@dataclass(frozen=True)
+class TrackingTruth:
+    """What a tracker is scored against. Boxes are COCO [x, y, w, h] of visible pixels (as ``render_scene``).
+
+    frames: per frame, (object id, class id, box) of every object of which at least ``MIN_VISIBLE`` of the
+    whole outline shows (the part outside the image counts as hidden); ids are 1-based, numbered in order
+    of appearance and never reused.
+    visibility: the visible fraction of each of those objects' outline, as ``frames`` (1: in full view).
+    count_line: (x1, y1, x2, y2) in pixels. A crossing is "in" when an object's centre moves from the left
+    of the directed line p1 -> p2 to its right as seen in the image (y down): downwards for a line drawn
+    left to right; "out" the other way.
+    crossings: (frame, object id, class id, "in" | "out"): the first frame whose centre lies on the new side,
+    the centre being that of the object's whole outline's bounding box (where a tracker's box centre is
+    while the object is in full view, as it is at every crossing of this clip).
+    """
+
+    frames: list[list[tuple[int, int, list[float]]]]
+    visibility: list[list[float]]
+    count_line: tuple[float, float, float, float]
+    crossings: list[tuple[int, int, int, str]]
+    size: tuple[int, int]
+    fps: int
+
+    def to_json(self) -> dict:
+        return {"size": list(self.size), "fps": self.fps, "class_names": list(CLASS_NAMES),
+                "count_line": list(self.count_line),
+                "crossings": [{"frame": f, "id": i, "class_id": c, "direction": d} for f, i, c, d in self.crossings],
+                "frames": [[{"id": i, "class_id": c, "bbox": box, "visibility": v}
+                            for (i, c, box), v in zip(objects, fractions)]
+                           for objects, fractions in zip(self.frames, self.visibility)]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrackingTruth:
+        return cls(frames=[[(o["id"], o["class_id"], o["bbox"]) for o in objects] for objects in data["frames"]],
+                   visibility=[[o["visibility"] for o in objects] for objects in data["frames"]],
+                   count_line=tuple(data["count_line"]),
+                   crossings=[(c["frame"], c["id"], c["class_id"], c["direction"]) for c in data["crossings"]],
+                   size=tuple(data["size"]), fps=data["fps"])
+
+
+@dataclass(frozen=True)
+class TrackingScript:
+    """Every frame of the tracking clip as a ``Scene`` (no pixels yet) and the id of each of its objects."""
+
+    scenes: tuple[Scene, ...]
+    ids: tuple[tuple[int, ...], ...]  # ids[k][j]: id of scenes[k].objects[j]
+    count_line: tuple[float, float, float, float]
+    crossings: tuple[tuple[int, int, int, str], ...]
+    fps: int
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """The clip's images, drawn one at a time."""
+        background = scene_background(self.scenes[0])
+        return (render_scene(scene, background)[0] for scene in self.scenes)
+
+    def truth(self) -> TrackingTruth:
+        frames, visibility = [], []
+        for scene, ids in zip(self.scenes, self.ids):
+            shown = [(j, box, fraction) for j, box, fraction in scene_boxes(scene) if fraction >= MIN_VISIBLE]
+            frames.append([(ids[j], scene.objects[j].class_id, box) for j, box, _ in shown])
+            visibility.append([round(fraction, 4) for *_, fraction in shown])
+        return TrackingTruth(frames=frames, visibility=visibility, count_line=self.count_line,
+                             crossings=list(self.crossings), size=(self.scenes[0].width, self.scenes[0].height),
+                             fps=self.fps)
+
+
+def _line_distance(line: tuple[float, float, float, float], x: float, y: float) -> float:
+    """Signed distance of (x, y) from the line through ``line``'s ends: positive on the right of the directed
+    line as seen in the image (y down)."""
+    x1, y1, x2, y2 = line
+    return ((x2 - x1) * (y - y1) - (y2 - y1) * (x - x1)) / float(np.hypot(x2 - x1, y2 - y1))
+
+
+def _line_side(line: tuple[float, float, float, float], x: float, y: float) -> bool:
+    """True on the right of the directed line (image coordinates, y down)."""
+    return _line_distance(line, x, y) > 0
+
+
+def _segments_cross(line: tuple[float, float, float, float], a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the step a -> b (a and b on opposite sides of the line's extension) passes within the segment."""
+    x1, y1, x2, y2 = line
+    d = np.array([x2 - x1, y2 - y1])
+    step = b - a
+    denominator = step[0] * d[1] - step[1] * d[0]
+    along = ((a[0] - x1) * step[1] - (a[1] - y1) * step[0]) / -denominator
+    return 0.0 <= along <= 1.0
+
+
+def line_crossings(line: tuple[float, float, float, float], centres: list[dict[int, np.ndarray]]
+                   ) -> list[tuple[int, int, str]]:
+    """(frame, object id, "in" | "out") of every step of an object's centre across the segment ``line``
+    between consecutive frames (``centres[k]``: id -> (x, y) at frame k); the frame is the first one on the
+    new side. "in": from the left of the directed line to its right as seen in the image (y down)."""
+    events = []
+    for k in range(1, len(centres)):
+        for object_id, b in centres[k].items():
+            a = centres[k - 1].get(object_id)
+            if a is None or _line_side(line, *a) == _line_side(line, *b) or not _segments_cross(line, a, b):
+                continue
+            events.append((k, object_id, "in" if _line_side(line, *b) else "out"))
+    return events
+
+
+def _contrasting_colour(rng: np.random.Generator, against: tuple[int, int, int], distance: float = 150.0
+                        ) -> tuple[int, int, int]:
+    """A random colour at least ``distance`` (RGB Euclidean) away from ``against``."""
+    while np.linalg.norm(np.subtract(colour := _colour(rng), against)) < distance:
+        pass
+    return colour
+
+
+def _tracking_objects(rng: np.random.Generator, scale: float, background: tuple[int, int, int]
+                      ) -> list[tuple[ShapeObject, np.ndarray, float]]:
+    """Each scripted object's look at t=0 (position still to be set), velocity (px/s) and turn rate (rad/s);
+    its paint stands out from the ``background`` colour (the demo detector misses faint shapes)."""
+    objects = []
+    for class_id, radius, *_, vx, vy in TRACKING_SCRIPT:
+        fill = _contrasting_colour(rng, background)
+        obj = ShapeObject(class_id=class_id, cx=0.0, cy=0.0, radius=radius * scale * float(rng.uniform(0.95, 1.05)),
+                          aspect=float(np.exp(rng.uniform(-0.12, 0.12))), angle=float(rng.uniform(0, 2 * np.pi)),
+                          fill=fill, fill2=_contrasting_colour(rng, background),
+                          style=int(rng.choice(3, p=[0.6, 0.25, 0.15])),
+                          outline=(0, 0, 0), outline_px=0)  # an outline would paint outside the boxes' coverage
+        speed = float(rng.uniform(0.93, 1.07))
+        objects.append((obj, np.array([vx, vy]) * scale * speed, float(rng.uniform(0.2, 0.7) * rng.choice([-1, 1]))))
+    return objects
+
+
+def _box(obj: ShapeObject) -> np.ndarray:
+    poly = obj.polygon()
+    return np.concatenate([poly.min(0), poly.max(0)])
+
+
+def _unclean_crossing(scenes: list[Scene], ids: list[tuple[int, ...]], crossings: list, pillar: tuple[int, int]
+                      ) -> str | None:
+    """Why a crossing is not clean (near the border, behind the pillar, touching another object in the frames
+    around it), or None when all are."""
+    for frame, object_id, *_ in crossings:
+        for k in range(max(frame - 2, 0), min(frame + 2, len(scenes))):
+            boxes = {i: _box(o) for i, o in zip(ids[k], scenes[k].objects)}
+            x1, y1, x2, y2 = boxes[object_id]
+            w, h = scenes[k].width, scenes[k].height
+            if x1 < 3 or y1 < 3 or x2 > w - 3 or y2 > h - 3:
+                return f"object {object_id} touches the border at frame {k}"
+            if x2 > pillar[0] - 3 and x1 < pillar[1] + 3:
+                return f"object {object_id} is behind the pillar at frame {k}"
+            for other, b in boxes.items():
+                if other != object_id and b[0] < x2 + 3 and x1 < b[2] + 3 and b[1] < y2 + 3 and y1 < b[3] + 3:
+                    return f"objects {object_id} and {other} touch at frame {k}"
+    return None
+
+
+def _tracking_frames(objects: list[tuple[ShapeObject, np.ndarray, float]], waypoints: list[tuple[np.ndarray, float]],
+                     count: int, fps: int, size: tuple[int, int]) -> list[list[tuple[int, ShapeObject]]]:
+    """(script index, object) of every object whose bounding circle touches frame k, for k < ``count``: each
+    passes its waypoint (point, time) with constant velocity and turns at its rate."""
+    w, h = size
+    frames = []
+    for k in range(count):
+        t = k / fps
+        live = []
+        for index, ((obj, velocity, turn), (point, t_pass)) in enumerate(zip(objects, waypoints)):
+            cx, cy = point + velocity * (t - t_pass)
+            if -obj.radius < cx < w + obj.radius and -obj.radius < cy < h + obj.radius:
+                live.append((index, replace(obj, cx=float(cx), cy=float(cy), angle=obj.angle + turn * t)))
+        frames.append(live)
+    return frames
+
+
+def _box_centres(frames: list[list[tuple[int, ShapeObject]]]) -> list[dict[int, np.ndarray]]:
+    """Per frame, script index -> centre of the object's whole outline's bounding box."""
+    return [{index: _box(obj).reshape(2, 2).mean(0) for index, obj in live} for live in frames]
+
+
+def tracking_script(seed: int = 0, seconds: float = 16.0, fps: int = 15, size: tuple[int, int] = CLIP_SIZE
+                    ) -> TrackingScript:
+    """The scripted tracking clip of ``seed`` (looks and small speed and size changes vary with it; the
+    paths are ``TRACKING_SCRIPT``'s): frames as scenes, object ids, count line and ground-truth crossings."""
+    rng = np.random.default_rng([seed, 3])
+    w, h = size
+    sx, sy = w / TRACKING_REFERENCE[0], h / TRACKING_REFERENCE[1]
+    scale = min(sx, sy)
+    pillar_x, pillar_width = PILLAR[0] * sx, max(int(round(PILLAR[1] * scale)), 1)
+    pillar = (pillar_x, -pillar_width, pillar_x, h + pillar_width, pillar_width, _colour(rng))
+    # one colour with texture (noise): patterns (stripes, checkers) and many-coloured blobs make the demo
+    # detector miss and confuse shapes, and this clip is there to test the tracker
+    base = Scene(width=w, height=h, background=_sample_background(rng, ("noise",)), overlay=None,
+                 objects=(), occluders=(pillar,), gain=float(rng.uniform(0.9, 1.2)), bias=float(rng.uniform(-30, 30)),
+                 cast=tuple(float(v) for v in rng.uniform(0.9, 1.1, 3)), blur=0.0, noise=float(rng.uniform(2, 10)),
+                 noise_seed=int(rng.integers(2**31)))
+    columns = np.nonzero(_occluder_mask(base).any(0))[0]
+    line = (COUNT_LINE[0] * sx, COUNT_LINE[1] * sy, COUNT_LINE[2] * sx, COUNT_LINE[3] * sy)
+    count = int(seconds * fps)
+    why = "no attempt"
+    for _ in range(20):  # redraw the looks until every crossing is clean
+        objects = _tracking_objects(rng, scale, base.background[1])
+        waypoints = [(np.array([x * sx, y * sy]), t) for _, _, x, y, t, _, _ in TRACKING_SCRIPT]
+        frames = _tracking_frames(objects, waypoints, count, fps, size)
+        # move each crossing object by under a frame's step so that its centre lies as far before the line in
+        # one frame as past it in the next (about 3 px at 640x480): the frame of the crossing is then the same
+        # for any box centre within a pixel or two of the truth
+        centres = _box_centres(frames)
+        for k, index, _ in line_crossings(line, centres):
+            d0, d1 = (_line_distance(line, *centres[j][index]) for j in (k - 1, k))
+            normal_speed = _line_distance(line, *(np.array(line[:2]) + objects[index][1]))  # px/s across the line
+            point, t = waypoints[index]
+            waypoints[index] = point, t + (d0 + d1) / 2 / normal_speed
+        frames = _tracking_frames(objects, waypoints, count, fps, size)
+        first = {}
+        for k, live in enumerate(frames):
+            for index, _ in live:
+                first.setdefault(index, k)
+        id_of = {index: rank + 1 for rank, index in enumerate(sorted(first, key=lambda i: (first[i], i)))}
+        ids = [tuple(id_of[index] for index, _ in live) for live in frames]
+        scenes = [replace(base, objects=tuple(obj for _, obj in live), noise_seed=base.noise_seed + k)
+                  for k, live in enumerate(frames)]
+        centres = [{id_of[index]: centre for index, centre in frame.items()} for frame in _box_centres(frames)]
+        class_of = {id_of[index]: TRACKING_SCRIPT[index][0] for index in id_of}
+        crossings = [(k, i, class_of[i], d) for k, i, d in line_crossings(line, centres)]
+        why = _unclean_crossing(scenes, ids, crossings, (int(columns[0]), int(columns[-1]) + 1))
+        for k, i, _, _ in crossings:  # the centre is about half a step from the line on both sides
+            d0, d1 = (abs(_line_distance(line, *centres[j][i])) for j in (k - 1, k))
+            if why is None and min(d0, d1) < 0.4 * (d0 + d1):
+                why = f"object {i} crosses the line at frame {k} by only {min(d0, d1):.1f} px"
+        if why is None:
+            return TrackingScript(scenes=tuple(scenes), ids=tuple(ids), count_line=line, crossings=tuple(crossings),
+                                  fps=fps)
+    raise ValueError(f"tracking clip of seed {seed} at {w}x{h}: no clean line crossings after 20 draws ({why})")
+
+
+def tracking_clip(seed: int = 0, seconds: float = 16.0, fps: int = 15, size: tuple[int, int] = CLIP_SIZE
+                  ) -> tuple[Iterator[np.ndarray], TrackingTruth]:
+    """The tracking clip's frames (drawn lazily, one at a time) and its ground truth (computed up front,
+    without drawing): known ids, objects hidden by a pillar, same-class paths that cross, line crossings."""
+    script = tracking_script(seed, seconds, fps, size)
+    return script.frames(), script.truth()
+
+
+def write_tracking_clip(path: str | Path, seed: int = 0, seconds: float = 16.0, fps: int = 15,
+                        size: tuple[int, int] = CLIP_SIZE, progress: bool = True) -> Path:
+    """Write the tracking clip as MJPG .avi and its ``TrackingTruth`` next to it (same name, .json)."""
+    path = Path(path).with_suffix(".avi")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames, truth = tracking_clip(seed, seconds, fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV cannot write an MJPG video here")
+    try:
+        for frame in tqdm(frames, total=len(truth.frames), desc="tracking clip", unit="frame",
+                          disable=not progress, leave=False):
+            writer.write(frame)
+    finally:
+        writer.release()
+    path.with_suffix(".json").write_text(json.dumps(truth.to_json()))
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Generate the demo shapes dataset (COCO json) and demo clip.")
     p.add_argument("--out", required=True, help="output folder")
@@ -401,12 +733,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", type=int, default=200, help="held-out images [200]")
     p.add_argument("--clip", action="store_true",
                    help="also write the 10 s demo clip (shapes.avi) and its COCO ground truth (shapes.json)")
+    p.add_argument("--tracking-clip", action="store_true",
+                   help="also write the 16 s tracking clip (tracking.avi) and its ground truth: ids, count line, "
+                        "crossings (tracking.json)")
     args = p.parse_args(argv)
     for split, count in (("train", args.train), ("val", args.val)):
         if count:
             print(write_split(args.out, split, count, args.seed))
     if args.clip:
         print(write_clip(Path(args.out) / "shapes.avi", args.seed))
+    if args.tracking_clip:
+        print(write_tracking_clip(Path(args.out) / "tracking.avi", args.seed))
 
 
 if __name__ == "__main__":
