@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("tqdm", reason="converters.demo_data draws its progress bars with tqdm")
 
+from mot import mot_scores  # noqa: E402
+
 from converters.demo_data import (  # noqa: E402
     MIN_VISIBLE,
     TrackingTruth,
@@ -26,7 +28,6 @@ from converters.demo_data import (  # noqa: E402
     tracking_script,
     write_tracking_clip,
 )
-from mot import mot_scores  # noqa: E402
 
 FRAMES = 240  # 16 s at 15 FPS
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..detections import Detections
 from ..timing import format_table
-from .regions import CountLine, LineCounter, Zone, ZoneCounter, load_regions, parse_line
+from .regions import CountLine, LineCounter, Zone, ZoneCounter, anchors, load_regions, parse_line
 from .tracker import DEFAULT_HIGH_SCORE, ByteTracker, TrackerSettings, box_iou
 
 __all__ = ["ByteTracker", "CountLine", "LineCounter", "Tracking", "TrackerSettings", "Zone", "ZoneCounter",
@@ -52,10 +52,11 @@ class Tracking:
         removed = self.tracker.removed_ids
         self.t = t
         events: list[dict[str, Any]] = []
+        points = anchors(tracked)
         for counter in self.lines:
-            events += counter.update(tracked, removed)
+            events += counter.update(tracked, removed, points)
         for zone in self.zones:
-            events += zone.update(tracked, removed, t)
+            events += zone.update(tracked, removed, t, points)
         return tracked, events
 
     @property

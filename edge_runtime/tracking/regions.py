@@ -148,8 +148,10 @@ class LineCounter:
     counts: dict[str, Counter[str]] = field(default_factory=lambda: {"in": Counter(), "out": Counter()})
     _side: dict[int, int] = field(default_factory=dict)  # track id -> -1 left / +1 right of the line
 
-    def update(self, tracked: Detections, removed_ids: list[int]) -> list[dict[str, Any]]:
-        """Count this frame's crossings; returns them as events ``{"line", "track_id", "label", "direction"}``."""
+    def update(self, tracked: Detections, removed_ids: list[int], points: np.ndarray | None = None
+               ) -> list[dict[str, Any]]:
+        """Count this frame's crossings; returns them as events ``{"line", "track_id", "label", "direction"}``.
+        ``points``: ``anchors(tracked)`` when the caller has them."""
         for track_id in removed_ids:
             self._side.pop(track_id, None)
         if not len(tracked):
@@ -157,7 +159,7 @@ class LineCounter:
         (sx, sy), (ex, ey) = self.line.start, self.line.end
         dx, dy = ex - sx, ey - sy
         length = math.hypot(dx, dy)
-        points = anchors(tracked)
+        points = anchors(tracked) if points is None else points
         distance = (dx * (points[:, 1] - sy) - dy * (points[:, 0] - sx)) / length  # > 0: right of the line
         margin = self.hysteresis * (tracked.boxes[:, 2:] - tracked.boxes[:, :2]).min(axis=1)
         decided = np.flatnonzero(np.abs(distance) > margin)  # clear of the line: its side counts
@@ -194,15 +196,16 @@ class ZoneCounter:
     _inside: dict[int, tuple[float, str]] = field(default_factory=dict)  # track id -> (entered_t, label)
     _seen: dict[int, float] = field(default_factory=dict)  # track id -> last time seen inside
 
-    def update(self, tracked: Detections, removed_ids: list[int], t: float) -> list[dict[str, Any]]:
+    def update(self, tracked: Detections, removed_ids: list[int], t: float, points: np.ndarray | None = None
+               ) -> list[dict[str, Any]]:
         """Follow this frame's tracks; returns events ``{"zone", "track_id", "label", "event": "enter"|"exit"}``
-        (an exit also carries ``dwell_s``)."""
+        (an exit also carries ``dwell_s``). ``points``: ``anchors(tracked)`` when the caller has them."""
         events = []
         for track_id in removed_ids:
             if track_id in self._inside:
                 events.append(self._end(track_id, self._seen[track_id]))
         if len(tracked):
-            inside = self.zone.contains(anchors(tracked)).tolist()
+            inside = self.zone.contains(anchors(tracked) if points is None else points).tolist()
             ids = tracked.track_ids.tolist()
             ids_in = [i for i, is_in in zip(ids, inside) if is_in]
             for k in [k for k, i in enumerate(ids) if inside[k] != (i in self._inside)]:  # entering or leaving

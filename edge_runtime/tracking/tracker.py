@@ -72,13 +72,18 @@ class TrackerSettings:
 
     high_score: float | None = None  # detections at or above this start and continue tracks; None: the detector's
     low_score: float = 0.1  # detections from here up to high_score only continue confirmed tracks
-    max_lost_s: float = 1.0  # a track unseen this long is dropped (ByteTrack: 30 frames at 30 FPS)
+    max_lost_s: float = 2.0  # a track unseen this long is dropped (ByteTrack: 30 frames, 1 s at 30 FPS)
     first_iou: float = 0.2  # stage 1 (on IoU x score with fuse_score)
     # ByteTrack multiplies the IoU by the detection's score (tuned on YOLOX, whose scores run high); with
     # NanoDet's lower scores that made matching so strict that ids fragmented (docs/tracking.md)
     fuse_score: bool = False
     second_iou: float = 0.5  # stage 2, low-score detections
-    tentative_iou: float = 0.3  # stage 3, confirming a track seen once
+    tentative_iou: float = 0.3  # stage 3, confirming a tentative track
+    min_hits: int = 3  # detections in a row that confirm a track and give it an id (ByteTrack: 2)
+    # stage 4: a lost track may take a detection left over that lies ahead of its prediction by up to this
+    # fraction of the distance it was predicted to travel while lost (plus half a box): the centre of a box
+    # sliding behind an occluder slows down while the box shrinks, so the prediction falls behind (0: off)
+    recover_gate: float = 2.0
     duplicate_iou: float = 0.85  # a lost track this close to a confirmed one is the same object: dropped
 
     def __post_init__(self) -> None:
@@ -117,6 +122,7 @@ class ByteTracker:
         self._class = np.zeros(0, np.int64)
         self._state = np.zeros(0, np.int8)
         self._id = np.zeros(0, np.int64)  # 0 until confirmed
+        self._hits = np.zeros(0, np.int64)  # detections associated so far
         self._first_seen = np.zeros(0)
         self._last_seen = np.zeros(0)
         self._t: float | None = None
@@ -178,15 +184,21 @@ class ByteTracker:
         second = associate(np.flatnonzero((self._state == TRACKED) & ~track_hit), low, s.second_iou, fuse=False)
         third = associate(np.flatnonzero(self._state == TENTATIVE), high[det_track[high] < 0], s.tentative_iou,
                           fuse=s.fuse_score)
-        matched = np.concatenate([first, second, third])
+        fourth = self._recover(np.flatnonzero((self._state == LOST) & ~track_hit), high[det_track[high] < 0], boxes,
+                               classes)
+        det_track[fourth[:, 1]] = fourth[:, 0]
+        track_hit[fourth[:, 0]] = True
+        matched = np.concatenate([first, second, third, fourth])
         unmatched_tracks = np.flatnonzero(~track_hit)
         if len(matched):
             r, d = matched[:, 0], matched[:, 1]
             self._mean[r], self._cov[r] = self._kf.update(self._mean[r], self._cov[r], _xyxy_to_xywh(boxes[d]))
-            confirm = r[self._state[r] == TENTATIVE]
+            self._hits[r] += 1
+            confirm = r[(self._state[r] == TENTATIVE) & (self._hits[r] >= s.min_hits)]
             self._id[confirm] = np.arange(self._next_id, self._next_id + len(confirm))
             self._next_id += len(confirm)
-            self._state[r] = TRACKED
+            self._state[r[self._state[r] != TENTATIVE]] = TRACKED
+            self._state[confirm] = TRACKED
             self._last_seen[r] = self._t
         drop = np.zeros(len(self._state), bool)
         drop[unmatched_tracks[self._state[unmatched_tracks] == TENTATIVE]] = True
@@ -206,6 +218,7 @@ class ByteTracker:
             if first_frame:  # the first frame's tracks are confirmed at once, as in ByteTrack
                 out_rows[start] = np.arange(len(self._state) - len(start), len(self._state))
         shown = np.flatnonzero(out_rows >= 0)
+        shown = shown[self._id[out_rows[shown]] > 0]  # tentative tracks are not shown
         ids = self._id[out_rows[shown]]
         return replace(dets, boxes=dets.boxes[shown], scores=dets.scores[shown], class_ids=dets.class_ids[shown],
                        track_ids=ids.astype(np.int64))
@@ -222,6 +235,35 @@ class ByteTracker:
         _, x, _ = self._lap.lapjv(cost, extend_cost=True, cost_limit=cost_limit)
         rows = np.flatnonzero(x >= 0)
         return np.stack([rows, x[rows]], axis=1).astype(np.int64)
+
+    def _recover(self, rows: np.ndarray, det_idx: np.ndarray, boxes: np.ndarray, classes: np.ndarray
+                 ) -> np.ndarray:
+        """Stage 4 pairs (track row, detection index): lost tracks and the high-score detections left, same
+        class, areas within a factor 4, where the detection lies *ahead* of the prediction along the track's
+        motion by at most half a box size plus ``recover_gate`` times the distance the track was predicted to
+        travel while lost, and aside of its path by at most half a box size plus half that distance. What this
+        stage makes up for is a velocity measured while the box was being cut by an occluder (the centre
+        slows down and drifts): the gate grows with how far the track went, never behind it, so a track at
+        rest cannot jump to another object."""
+        gate = self.settings.recover_gate
+        if not gate or not len(rows) or not len(det_idx):
+            return np.zeros((0, 2), np.int64)
+        pred = self._mean[rows, :4]
+        det = _xyxy_to_xywh(boxes[det_idx])
+        size = np.sqrt(np.abs(pred[:, 2] * pred[:, 3]))[:, None]
+        velocity = self._mean[rows, 4:6]
+        speed = np.hypot(velocity[:, 0], velocity[:, 1])[:, None]
+        heading = np.divide(velocity, speed, out=np.zeros_like(velocity), where=speed > 0)
+        dx, dy = det[None, :, 0] - pred[:, None, 0], det[None, :, 1] - pred[:, None, 1]
+        along = dx * heading[:, :1] + dy * heading[:, 1:]  # a track at rest has no "ahead": all of it is across
+        across = np.abs(dx * heading[:, 1:] - dy * heading[:, :1]) + np.where(speed > 0, 0.0, np.abs(along))
+        travel = gate * speed * (self._t - self._last_seen[rows])[:, None]
+        ahead, aside = 0.5 * size + travel, 0.5 * size + 0.5 * travel
+        cost = np.maximum(across / aside, np.where(along > 0, along / ahead, -along / (0.5 * size)))
+        ratio = (det[None, :, 2] * det[None, :, 3]) / np.maximum(pred[:, None, 2] * pred[:, None, 3], 1e-9)
+        cost[(self._class[rows][:, None] != classes[det_idx][None, :]) | (ratio > 4) | (ratio < 0.25)] = 2.0
+        pairs = self._assign(cost, 1.0)
+        return np.stack([rows[pairs[:, 0]], det_idx[pairs[:, 1]]], axis=1).astype(np.int64)
 
     def _duplicates(self) -> np.ndarray:
         """Lost tracks overlapping a confirmed one of the same class by more than ``duplicate_iou``: the
@@ -242,7 +284,7 @@ class ByteTracker:
 
     def _keep(self, mask: np.ndarray) -> None:
         self._mean, self._cov, self._class = self._mean[mask], self._cov[mask], self._class[mask]
-        self._state, self._id = self._state[mask], self._id[mask]
+        self._state, self._id, self._hits = self._state[mask], self._id[mask], self._hits[mask]
         self._first_seen, self._last_seen = self._first_seen[mask], self._last_seen[mask]
 
     def _start(self, boxes: np.ndarray, classes: np.ndarray, confirmed: bool) -> None:
@@ -256,5 +298,6 @@ class ByteTracker:
         self._class = np.concatenate([self._class, classes])
         self._state = np.concatenate([self._state, np.full(n, TRACKED if confirmed else TENTATIVE, np.int8)])
         self._id = np.concatenate([self._id, ids])
+        self._hits = np.concatenate([self._hits, np.ones(n, np.int64)])
         self._first_seen = np.concatenate([self._first_seen, np.full(n, self._t)])
         self._last_seen = np.concatenate([self._last_seen, np.full(n, self._t)])
