@@ -233,3 +233,25 @@ def test_a_camera_dropping_frames_keeps_ids_and_counts(detector, tracking_clip_f
                         truth_visibility=[truth.visibility[i] for i in kept], min_visibility=0.7)
     assert scores["idf1"] >= 0.85 and scores["mota"] >= 0.80, scores
     assert tracking.snapshot()["lines"]["door"] == truth_counts(truth)
+
+
+def test_count_crossings_demo_prints_the_ground_truth_crossings(demo_package, tracking_clip_file):
+    """demos/count_crossings.py: the Python loop prints each crossing as its frame is done."""
+    import re
+    import subprocess
+    import sys
+
+    from test_cli import REPO
+
+    clip, truth = tracking_clip_file
+    proc = subprocess.run([sys.executable, str(REPO / "demos" / "count_crossings.py"), str(demo_package), str(clip),
+                           "0,240,640,240"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    printed = re.findall(r"#(\d+): (\w+) #\d+ (in|out)$", proc.stdout, re.M)
+    counted: dict[str, dict[str, int]] = {"in": {}, "out": {}}
+    for _, label, direction in printed:
+        counted[direction][label] = counted[direction].get(label, 0) + 1
+    assert {d: dict(sorted(c.items())) for d, c in counted.items()} == truth_counts(truth)
+    frames = [int(f) for f, _, _ in printed]
+    truth_frames = sorted(f for f, *_ in truth.crossings)
+    assert all(abs(a - b) <= 3 for a, b in zip(sorted(frames), truth_frames))  # as the objects cross, not later

@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a package on a source; print a per-stage timing table at the end. Ctrl-C or SIGTERM "
                     "ends the run normally (frames in flight finished, results written, exit status 0).",
         examples=["edge-runtime run pkg/ --source street.jpg --save out/ --json out/dets.jsonl",
-                  "edge-runtime run pkg/ --source 0 --serve 8080 --json - | jq .detections   # headless camera"])
+                  "edge-runtime run pkg/ --source 0 --serve 8080 --json - | jq .detections   # headless camera",
+                  "edge-runtime run pkg/ --source walk.mp4 --track --count-line door=0,300,640,300 --json t.jsonl"])
     add_runtime_options(p)
     p.add_argument("--source", required=True, help="image, folder, video file, camera index (0) or rtsp/http URL")
     add_output_folder(p, "--save", help="write annotated images (or an annotated video for video/camera sources) "
@@ -91,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_tracking_options(p: argparse.ArgumentParser) -> None:
+    from ..tracking import TrackerSettings
+
+    defaults = TrackerSettings()
     g = p.add_argument_group("tracking and counting")
     g.add_argument("--track", action="store_true",
                    help="follow objects across frames (ByteTrack-style, per class): each box gets an id, kept "
@@ -98,9 +102,9 @@ def add_tracking_options(p: argparse.ArgumentParser) -> None:
                         "are shown")
     g.add_argument("--track-low", type=float, default=None, metavar="SCORE",
                    help="with --track: detections from this score up to --conf only continue existing tracks "
-                        "(carrying them through occlusions) [0.1]")
+                        f"(carrying them through occlusions) [{defaults.low_score:g}]")
     g.add_argument("--track-buffer", type=float, default=None, metavar="SECONDS",
-                   help="with --track: how long a track that is no longer seen keeps its id [1.0]")
+                   help=f"with --track: how long a track that is no longer seen keeps its id [{defaults.max_lost_s:g}]")
     g.add_argument("--count-line", action="append", default=[], metavar="[NAME=]X1,Y1,X2,Y2",
                    help="count tracks whose box centre crosses this segment (pixels of the source frame), per class; "
                         "'in' is crossing from its left to its right looking from the first point to the second "

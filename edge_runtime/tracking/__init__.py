@@ -35,6 +35,7 @@ class Tracking:
         self.lines = [LineCounter(line) for line in lines]
         self.zones = [ZoneCounter(zone) for zone in zones]
         self.t = 0.0
+        self.events: list[dict[str, Any]] = []  # the last update's crossings and zone entries / exits
 
     def bind(self, score_threshold: float) -> TrackerSettings:
         """Make the tracker, taking ``score_threshold`` as the high score unless the settings name one;
@@ -57,6 +58,7 @@ class Tracking:
             events += counter.update(tracked, removed, points)
         for zone in self.zones:
             events += zone.update(tracked, removed, t, points)
+        self.events = events
         return tracked, events
 
     @property
