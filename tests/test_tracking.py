@@ -313,3 +313,16 @@ def test_track_ids_round_trip_through_json():
     back = Detections.from_json(json.loads(json.dumps(dets.to_json())), NAMES)
     assert back.track_ids.tolist() == dets.track_ids.tolist() == [7, 3]
     assert Detections.from_json(frame((100, 100, 40, 40, 0.9, 0)).to_json(), NAMES).track_ids is None
+
+
+def test_a_lost_track_at_rest_is_not_recovered_by_a_box_across_the_frame():
+    """Stage 4 gates by distance along the track's motion: a track with no velocity (first-frame tracks, an
+    object whose boxes never moved) may only take a box within half its size, never one anywhere in the frame."""
+    tracker = ByteTracker(TrackerSettings(high_score=0.5))
+    for i in range(5):  # identical boxes: the filter's velocity stays exactly 0
+        tracker.update(frame((100, 100, 40, 40, 0.9, 0)), i / 30)
+    tracker.update(frame(), 5 / 30)  # lost
+    far = tracker.update(frame((500, 400, 40, 40, 0.9, 0)), 6 / 30)
+    assert far.track_ids.tolist() == [] and tracker.ids_issued == 1  # a new, tentative track
+    near = tracker.update(frame((500, 400, 40, 40, 0.9, 0), (108, 100, 40, 40, 0.9, 0)), 7 / 30)
+    assert id_at(near, 108, 100) == 1  # within half a box of where it was: the same object

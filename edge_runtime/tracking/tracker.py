@@ -255,8 +255,9 @@ class ByteTracker:
         speed = np.hypot(velocity[:, 0], velocity[:, 1])[:, None]
         heading = np.divide(velocity, speed, out=np.zeros_like(velocity), where=speed > 0)
         dx, dy = det[None, :, 0] - pred[:, None, 0], det[None, :, 1] - pred[:, None, 1]
-        along = dx * heading[:, :1] + dy * heading[:, 1:]  # a track at rest has no "ahead": all of it is across
-        across = np.abs(dx * heading[:, 1:] - dy * heading[:, :1]) + np.where(speed > 0, 0.0, np.abs(along))
+        along = dx * heading[:, :1] + dy * heading[:, 1:]
+        # a track at rest has no heading (both projections above are 0): its whole distance counts as across
+        across = np.where(speed > 0, np.abs(dx * heading[:, 1:] - dy * heading[:, :1]), np.hypot(dx, dy))
         travel = gate * speed * (self._t - self._last_seen[rows])[:, None]
         ahead, aside = 0.5 * size + travel, 0.5 * size + 0.5 * travel
         cost = np.maximum(across / aside, np.where(along > 0, along / ahead, -along / (0.5 * size)))
