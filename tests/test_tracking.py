@@ -284,6 +284,13 @@ def test_zone_contains_matches_opencv_on_a_concave_polygon():
     ('{"lines": [{"name": "a", "points": [[0, 0], [5, 0]]}], "zones": [{"name": "a", "polygon": '
      '[[0, 0], [1, 0], [1, 1]]}]}', "'a' is used twice"),
     ('{"areas": []}', '"zones" and/or "lines"'),
+    # untrusted JSON that used to end in a traceback, or load and then fail the run at its first drawn frame
+    ('{"lines": [{"name": "a", "points": [[0, 0], [1%s, 1]]}]}' % ("0" * 400), "within +-1e+06"),
+    ('{"lines": [{"name": "a", "points": [[0, 0], [1%s, 1]]}]}' % ("0" * 5000), "not a readable JSON regions file"),
+    ('{"lines": ' + "[" * 100_000 + "]" * 100_000 + "}", "not a readable JSON regions file"),
+    ('{"lines": [{"name": "a", "points": [[0, 0], [1e10, 0]]}]}', "within +-1e+06"),
+    ('{"lines": [{"name": {"x": 1}, "points": [[0, 0], [1, 0]]}]}', "lines[0].name: expected a non-empty string"),
+    ('{"zones": [{"name": true, "polygon": [[0, 0], [1, 0], [1, 1]]}]}', "zones[0].name: expected a non-empty"),
 ])
 def test_regions_file_errors_name_the_file(tmp_path, text, problem):
     path = tmp_path / "zones.json"
@@ -326,3 +333,9 @@ def test_a_lost_track_at_rest_is_not_recovered_by_a_box_across_the_frame():
     assert far.track_ids.tolist() == [] and tracker.ids_issued == 1  # a new, tentative track
     near = tracker.update(frame((500, 400, 40, 40, 0.9, 0), (108, 100, 40, 40, 0.9, 0)), 7 / 30)
     assert id_at(near, 108, 100) == 1  # within half a box of where it was: the same object
+
+
+@pytest.mark.parametrize("spec", ["0,240,640", "0,240,1e10,240", "0,nan,640,240", "a=0,240,inf,240"])
+def test_count_line_spec_errors(spec):
+    with pytest.raises(ValueError, match=r"expected \[NAME=\]X1,Y1,X2,Y2"):
+        parse_line(spec)

@@ -26,6 +26,9 @@ from ..errors import EdgeRuntimeError
 #: a track switches side only once its centre is this fraction of its box's shorter side past the line, so a
 #: box that jitters on the line is not counted again and again
 LINE_HYSTERESIS = 0.1
+#: the largest coordinate a line or zone may have, in pixels: far beyond any frame, well within the int32
+#: OpenCV draws with (a point at 1e10 was accepted and then failed the run at its first drawn frame)
+MAX_COORDINATE = 1e6
 
 
 def anchors(dets: Detections) -> np.ndarray:
@@ -84,15 +87,18 @@ def parse_line(spec: str, index: int = 1) -> CountLine:
         values = [float(v) for v in coords.split(",")]
     except ValueError:
         values = []
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"--count-line {spec}: expected [NAME=]X1,Y1,X2,Y2 in pixels (e.g. door=0,300,640,300)")
+    if len(values) != 4 or not all(abs(v) <= MAX_COORDINATE for v in values):  # also rules out nan and inf
+        raise ValueError(f"--count-line {spec}: expected [NAME=]X1,Y1,X2,Y2 in pixels (e.g. door=0,300,640,300), "
+                         f"each within +-{MAX_COORDINATE:g}")
     return CountLine(name or f"line{index}", (values[0], values[1]), (values[2], values[3]))
 
 
 def _point(value: Any, where: str) -> tuple[float, float]:
     if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-        raise ValueError(f"{where}: expected a point [x, y] in pixels, got {json.dumps(value)[:60]}")
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_COORDINATE
+                       for v in value)):  # an int of any size compares exactly; nan and inf fail the bound
+        raise ValueError(f"{where}: expected a point [x, y] in pixels within +-{MAX_COORDINATE:g}, "
+                         f"got {json.dumps(value)[:60]}")
     return float(value[0]), float(value[1])
 
 
@@ -109,7 +115,8 @@ def load_regions(path: str | Path) -> tuple[list[CountLine], list[Zone]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EdgeRuntimeError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError: JSONDecodeError, and an integer of more than 4300 digits; RecursionError: nesting too deep
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EdgeRuntimeError(f"{path}: not a readable JSON regions file ({exc})") from None
     try:
         if not isinstance(data, dict) or set(data) - {"zones", "lines"} or not data:
@@ -120,18 +127,24 @@ def load_regions(path: str | Path) -> tuple[list[CountLine], list[Zone]]:
             points = item["points"]
             if not isinstance(points, list) or len(points) != 2:
                 raise ValueError(f"lines[{i}].points: expected two points [[x1, y1], [x2, y2]]")
-            lines.append(CountLine(str(item["name"]), *(_point(p, f"lines[{i}].points") for p in points)))
+            lines.append(CountLine(_name(item["name"], f"lines[{i}]"), *(_point(p, f"lines[{i}].points") for p in points)))
         for i, item in enumerate(data.get("zones", [])):
             _check_keys(item, {"name", "polygon"}, f"zones[{i}]")
             if not isinstance(item["polygon"], list):
                 raise ValueError(f"zones[{i}].polygon: expected a list of points")
-            zones.append(Zone(str(item["name"]), tuple(_point(p, f"zones[{i}].polygon") for p in item["polygon"])))
+            zones.append(Zone(_name(item["name"], f"zones[{i}]"), tuple(_point(p, f"zones[{i}].polygon") for p in item["polygon"])))
         names = [r.name for r in [*lines, *zones]]
         if dup := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"names must be unique, {dup[0]!r} is used twice")
     except (ValueError, TypeError) as exc:
         raise EdgeRuntimeError(f"{path}: {exc}") from None
     return lines, zones
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}.name: expected a non-empty string, got {json.dumps(value)[:60]}")
+    return value
 
 
 def _check_keys(item: Any, keys: set[str], where: str) -> None:
