@@ -12,6 +12,7 @@ import pytest
 from test_cli import assert_one_line_error, read_jsonl, run_cli
 
 from edge_runtime import Detector
+from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.io.pipeline import iter_pipeline, run_pipeline
 from edge_runtime.io.sources import Frame, Source, open_source
 from edge_runtime.tracking import CountLine, Tracking
@@ -64,6 +65,7 @@ def test_threaded_and_sequential_track_alike(detector, clip, tmp_path):
 
 
 def test_leaving_the_loop_early_ends_the_run_and_releases_the_source(detector, clip):
+    shown = detector.score_threshold
     source = open_source(str(clip))
     run = iter_pipeline(detector, source, progress=False, track=True)
     for frame, _ in run:
@@ -72,7 +74,20 @@ def test_leaving_the_loop_early_ends_the_run_and_releases_the_source(detector, c
     run.close()
     assert run.summary is not None and run.summary.frames == 10
     assert not source.cap.isOpened()
-    assert detector.score_threshold != 0.1
+    assert detector.score_threshold == shown
+
+
+def test_a_run_that_fails_to_start_restores_the_threshold_and_closes_the_source(detector, clip, tmp_path):
+    """An output that cannot be opened fails the run before its first frame: the detector keeps its own
+    threshold (it was left at the tracker's 0.1) and the source is closed (it was left open)."""
+    shown = detector.score_threshold
+    source = open_source(str(clip))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(EdgeRuntimeError, match="cannot write"):
+        run_pipeline(detector, source, json_path=blocker / "dets.jsonl", progress=False, track=True)
+    assert detector.score_threshold == shown
+    assert not source.cap.isOpened()
 
 
 def test_cli_track_count_line_json_and_summary(demo_package, clip, tmp_path):

@@ -469,9 +469,10 @@ def _close_on_stop(stop: threading.Event, done: threading.Event, source: Source)
 
 class PipelineRun:
     """A run in progress, as an iterator of ``(frame, detections)``, one per processed frame in order;
-    ``summary`` (a ``RunSummary``) is set once iteration ends, also when the loop breaks early or
-    raises. Leaving the loop early (``break``) ends the run at once; ``with`` guarantees the source,
-    threads and output files are released even when the loop does not finish."""
+    ``summary`` (a ``RunSummary``) is set once the run has ended. A loop that leaves early (``break``,
+    an exception) does not end the run by itself: the reader threads, the source and the detector's
+    lowered score threshold are held until ``close()``, which ``with`` calls (or until the object is
+    garbage-collected); ``summary`` is set then."""
 
     def __init__(self, detector: Detector, source: Source, save_dir: str | Path | None = None,
                  json_path: str | Path | TextIO | None = None, show: bool = False, max_frames: int | None = None,
@@ -497,7 +498,8 @@ class PipelineRun:
         return result.frame, result.dets
 
     def close(self) -> None:
-        """End the run now (what was written so far stays); ``summary`` is then set."""
+        """End the run now (what was written so far stays); ``summary`` is then set, unless the run never
+        started (closed before the first result was asked for: only the source is closed)."""
         if inspect.getgeneratorstate(self._results) == inspect.GEN_CREATED:  # its cleanup would not run
             self.source.close()
         self._results.close()
@@ -511,14 +513,19 @@ class PipelineRun:
     def _run(self) -> Iterator[_Result]:
         detector, source, stop = self.detector, self.source, self.stop
         json_path, progress, max_fps, on_result = self._args
-        if self.save_dir:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
         saved_threshold = detector.score_threshold
-        if self.tracking is not None:
-            # the tracker continues tracks with detections below the shown threshold (ByteTrack's second stage)
-            detector.score_threshold = min(saved_threshold, self.tracking.bind(saved_threshold).low_score)
-        stages = _Stages(detector, source, self.save_dir, json_path, self.show, progress, max_fps, on_result,
-                         self.tracking)
+        try:  # a failure here (an output that cannot be opened, lap missing) still releases the source
+            if self.save_dir:
+                self.save_dir.mkdir(parents=True, exist_ok=True)
+            low = self.tracking.bind(saved_threshold).low_score if self.tracking is not None else saved_threshold
+            stages = _Stages(detector, source, self.save_dir, json_path, self.show, progress, max_fps, on_result,
+                             self.tracking)
+        except BaseException:
+            source.close()
+            raise
+        # the tracker continues tracks with detections below the shown threshold (ByteTrack's second stage);
+        # restored in the finally below, which every way out of the run goes through
+        detector.score_threshold = min(saved_threshold, low)
         done = threading.Event()
         if source.live:
             threading.Thread(target=_close_on_stop, args=(stop, done, source), name="pipeline-stop",
@@ -571,8 +578,9 @@ def iter_pipeline(detector: Detector, source: Source, save_dir: str | Path | Non
                   progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
                   on_result: ResultCallback | None = None, stop: threading.Event | None = None,
                   track: Tracking | bool | None = None) -> PipelineRun:
-    """``run_pipeline`` as a loop: ``for frame, dets in iter_pipeline(...)`` gets every result as it is
-    done (drawn, written and published first); ``.summary`` once the loop ends.
+    """``run_pipeline`` as a loop: ``with iter_pipeline(...) as run: for frame, dets in run: ...`` gets every
+    result as it is done (drawn, written and published first); ``run.summary`` once the run has ended (the
+    ``with`` block ends it also when the loop breaks early).
 
     ``track``: True (or a ``Tracking`` with lines / zones) tracks objects across frames: each ``dets`` then
     holds only tracked objects, with ``dets.track_ids``; the detector's score threshold is lowered to the
