@@ -339,3 +339,20 @@ def test_a_lost_track_at_rest_is_not_recovered_by_a_box_across_the_frame():
 def test_count_line_spec_errors(spec):
     with pytest.raises(ValueError, match=r"expected \[NAME=\]X1,Y1,X2,Y2"):
         parse_line(spec)
+
+
+def test_a_newer_track_on_a_lost_one_hands_its_box_to_the_older_id():
+    """Object 1 stops being seen; a new track (2) is confirmed nearby and walks onto the spot where 1 is
+    predicted. The two are one object: the older id is kept, and the box stays shown in the frame where
+    that is decided (it used to vanish for that frame, 2 dropped before 1 had taken the box)."""
+    tracker = ByteTracker(TrackerSettings(high_score=0.5, recover_gate=0.0))
+    for i in range(30):
+        tracker.update(frame((125, 125, 50, 50, 0.9, 0)), i / 30)
+    tracker.update(frame(), 30 / 30)
+    shown = []
+    for k, dy in enumerate(range(80, -1, -4)):
+        tracked = tracker.update(frame((125, 125 + dy, 50, 50, 0.9, 0)), (31 + k) / 30)
+        shown.append(tracked.track_ids.tolist())
+    assert shown[2:19] == [[2]] * 17  # the new track, confirmed at its third hit
+    assert shown[19:] == [[1]] * 2  # the old id from the frame the boxes coincide, without a gap
+    assert tracker.ids_issued == 2 and len(tracker) == 1

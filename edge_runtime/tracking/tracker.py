@@ -204,7 +204,7 @@ class ByteTracker:
         drop[unmatched_tracks[self._state[unmatched_tracks] == TENTATIVE]] = True
         self._state[unmatched_tracks[self._state[unmatched_tracks] == TRACKED]] = LOST
         drop |= (self._state == LOST) & (self._t - self._last_seen > s.max_lost_s)
-        drop |= self._duplicates()
+        drop |= self._duplicates(det_track)
         self.removed_ids = self._id[drop & (self._id > 0)].tolist()
         out_rows = det_track.copy()
         # rows shift when tracks are dropped: map surviving rows to their new index
@@ -266,9 +266,11 @@ class ByteTracker:
         pairs = self._assign(cost, 1.0)
         return np.stack([rows[pairs[:, 0]], det_idx[pairs[:, 1]]], axis=1).astype(np.int64)
 
-    def _duplicates(self) -> np.ndarray:
+    def _duplicates(self, det_track: np.ndarray) -> np.ndarray:
         """Lost tracks overlapping a confirmed one of the same class by more than ``duplicate_iou``: the
-        object was picked up by a new track; keep whichever has been tracked longer."""
+        object was picked up by a new track; keep whichever has been tracked longer. When that is the lost
+        one, it takes over the newer track's filter and this frame's detection (``det_track`` is updated),
+        so the object keeps being shown, under its older id."""
         drop = np.zeros(len(self._state), bool)
         tracked, lost = np.flatnonzero(self._state == TRACKED), np.flatnonzero(self._state == LOST)
         if not len(tracked) or not len(lost):
@@ -278,9 +280,17 @@ class ByteTracker:
         iou[self._class[tracked][:, None] != self._class[lost][None, :]] = 0.0
         for i, j in zip(*np.nonzero(iou > self.settings.duplicate_iou)):
             a, b = tracked[i], lost[j]
+            if drop[a] or drop[b] or self._state[b] != LOST:  # each track is dropped or takes over once
+                continue
             age_a = self._last_seen[a] - self._first_seen[a]
             age_b = self._last_seen[b] - self._first_seen[b]
-            drop[b if age_a >= age_b else a] = True
+            if age_a >= age_b:
+                drop[b] = True
+                continue
+            drop[a] = True
+            self._mean[b], self._cov[b], self._state[b] = self._mean[a], self._cov[a], TRACKED
+            self._last_seen[b], self._hits[b] = self._last_seen[a], self._hits[b] + self._hits[a]
+            det_track[det_track == a] = b
         return drop
 
     def _keep(self, mask: np.ndarray) -> None:
