@@ -356,3 +356,15 @@ def test_a_newer_track_on_a_lost_one_hands_its_box_to_the_older_id():
     assert shown[2:19] == [[2]] * 17  # the new track, confirmed at its third hit
     assert shown[19:] == [[1]] * 2  # the old id from the frame the boxes coincide, without a gap
     assert tracker.ids_issued == 2 and len(tracker) == 1
+
+
+def test_the_end_of_run_table_keeps_names_that_contain_nan():
+    """Blank dwell cells (no visit ended yet) are blank strings: COCO's "banana" and a zone "nanny gate" print whole."""
+    fruit = ("apple", "banana")
+    tracking = Tracking(TrackerSettings(high_score=0.5), zones=[Zone("nanny gate", ((0, 0), (100, 0), (100, 100)))])
+    box = Detections(np.array([[60, 20, 80, 40]], np.float32), np.array([0.9], np.float32), np.array([1], np.int32),
+                     fruit)
+    for i in range(3):
+        tracking.update(box, i / 30)
+    row = tracking.table().splitlines()[-1].split()
+    assert row == ["nanny", "gate", "banana", "1", "0"]

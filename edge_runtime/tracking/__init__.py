@@ -88,11 +88,10 @@ class Tracking:
             snap = z.snapshot(self.t)
             for label in sorted(set(snap["visits"]) | set(snap["occupancy"])):
                 zone_rows.append([z.zone.name, label, snap["occupancy"].get(label, 0), snap["visits"].get(label, 0),
-                                  snap["mean_dwell_s"].get(label, float("nan")),
-                                  snap["max_dwell_s"].get(label, float("nan"))])
+                                  snap["mean_dwell_s"].get(label, ""), snap["max_dwell_s"].get(label, "")])
             if not snap["visits"] and not snap["occupancy"]:
-                zone_rows.append([z.zone.name, "(none)", 0, 0, float("nan"), float("nan")])
-        if zone_rows:
+                zone_rows.append([z.zone.name, "(none)", 0, 0, "", ""])
+        if zone_rows:  # no visit ended yet: blank dwell cells (a "nan" replaced afterwards took "banana" too)
             lines.append(format_table(["zone", "class", "inside now", "visits ended", "mean dwell s", "max dwell s"],
-                                      zone_rows).replace("nan", "   "))
+                                      zone_rows))
         return "\n".join(lines)
