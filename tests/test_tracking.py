@@ -368,3 +368,16 @@ def test_the_end_of_run_table_keeps_names_that_contain_nan():
         tracking.update(box, i / 30)
     row = tracking.table().splitlines()[-1].split()
     assert row == ["nanny", "gate", "banana", "1", "0"]
+
+
+def test_boxes_without_area_or_not_finite_start_no_track(recwarn):
+    """A box clipped to the frame's edge (zero width) or a NaN box from a broken model is ignored: it used to
+    become a track (a first-frame id) whose recovery gate divided 0 by 0 on every later frame."""
+    tracker = ByteTracker(TrackerSettings(high_score=0.5))
+    edge = Detections(np.array([[640, 100, 640, 160], [np.nan, 0, 10, 10], [100, 100, 140, 140]], np.float32),
+                      np.array([0.9, 0.8, 0.7], np.float32), np.array([0, 0, 0], np.int32), NAMES)
+    assert tracker.update(edge, 0.0).track_ids.tolist() == [1]  # the real box alone
+    for i in range(1, 5):
+        tracker.update(frame() if i < 3 else edge, i / 30)
+    assert tracker.ids_issued == 1 and len(tracker) == 1
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -160,7 +160,10 @@ class ByteTracker:
         boxes = dets.boxes.astype(np.float64)
         scores = dets.scores.astype(np.float64)
         classes = dets.class_ids.astype(np.int64)
-        keep = scores >= s.low_score
+        # a box with no area (clipped to the frame's edge) or not finite (a broken model) can never overlap:
+        # as a track it would only fill the filter and the recovery gate with 0/0
+        sizes = boxes[:, 2:] - boxes[:, :2]
+        keep = (scores >= s.low_score) & np.isfinite(boxes).all(axis=1) & (sizes > 0).all(axis=1)
         high = np.flatnonzero(keep & (scores >= s.high_score))
         low = np.flatnonzero(keep & (scores < s.high_score))
         det_track = np.full(len(dets), -1)  # row of the track each detection went to
