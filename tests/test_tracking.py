@@ -313,6 +313,8 @@ def test_missing_assignment_library_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "lap", None)
     with pytest.raises(EdgeRuntimeError, match=r"pip install 'edge-runtime\[track\]'"):
         ByteTracker()
+    with pytest.raises(EdgeRuntimeError, match=r"pip install 'edge-runtime\[track\]'"):
+        Tracking()  # at once, not at the first frame of a run
 
 
 def test_track_ids_round_trip_through_json():

@@ -270,3 +270,16 @@ def test_count_crossings_demo_prints_the_ground_truth_crossings(demo_package, tr
     frames = [int(f) for f, _, _ in printed]
     truth_frames = sorted(f for f, *_ in truth.crossings)
     assert all(abs(a - b) <= 3 for a, b in zip(sorted(frames), truth_frames))  # as the objects cross, not later
+
+
+def test_cli_without_the_assignment_library_fails_before_opening_the_model(demo_package, clip, monkeypatch, capsys):
+    """--track without lap: the one-line error comes before the model is loaded (its description is the first
+    thing run prints on stderr), as the other tracking flag errors do."""
+    import sys
+
+    from edge_runtime.cli import main
+
+    monkeypatch.setitem(sys.modules, "lap", None)
+    assert main(["run", str(demo_package), "--source", str(clip), "--track", "--backend", "onnx", "--show", "no"]) == 1
+    assert capsys.readouterr().err.splitlines() == ["error: tracking needs the 'lap' package (linear assignment, "
+                                                    "1.7 MB): pip install 'edge-runtime[track]'"]

@@ -14,7 +14,7 @@ from typing import Any
 from ..detections import Detections
 from ..timing import format_table
 from .regions import CountLine, LineCounter, Zone, ZoneCounter, anchors, load_regions, parse_line
-from .tracker import DEFAULT_HIGH_SCORE, ByteTracker, TrackerSettings, box_iou
+from .tracker import DEFAULT_HIGH_SCORE, ByteTracker, TrackerSettings, _load_lap, box_iou
 
 __all__ = ["ByteTracker", "CountLine", "LineCounter", "Tracking", "TrackerSettings", "Zone", "ZoneCounter",
            "box_iou", "load_regions", "parse_line"]
@@ -30,6 +30,7 @@ class Tracking:
 
     def __init__(self, settings: TrackerSettings | None = None, lines: Sequence[CountLine] = (),
                  zones: Sequence[Zone] = ()) -> None:
+        _load_lap()  # a missing solver fails here, before the CLI opens the model and camera, not at frame one
         self.settings = settings or TrackerSettings()
         self.tracker: ByteTracker | None = None
         self.lines = [LineCounter(line) for line in lines]
