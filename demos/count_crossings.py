@@ -10,7 +10,8 @@ its left to its right, looking along it (0,300 -> 640,300: downwards). The same 
 
 import argparse
 
-from edge_runtime import CountLine, Detector, EdgeRuntimeError, Tracking, iter_pipeline, open_source
+from edge_runtime import Detector, EdgeRuntimeError, Tracking, iter_pipeline, open_source
+from edge_runtime.tracking import parse_line
 
 
 def main() -> None:
@@ -20,10 +21,13 @@ def main() -> None:
     p.add_argument("line", help="X1,Y1,X2,Y2")
     p.add_argument("--classes", default=None, help="only these class names, comma-separated")
     args = p.parse_args()
-    x1, y1, x2, y2 = (float(v) for v in args.line.split(","))
+    try:
+        line = parse_line(args.line)
+    except ValueError as exc:
+        p.error(str(exc).replace("--count-line ", "line "))
     wanted = set(args.classes.split(",")) if args.classes else None
     detector = Detector(args.package)
-    tracking = Tracking(lines=[CountLine("line", (x1, y1), (x2, y2))])
+    tracking = Tracking(lines=[line])
     with iter_pipeline(detector, open_source(args.source), progress=False, track=tracking) as run:
         for frame, dets in run:
             for event in tracking.events:  # this frame's crossings (the loop gets each frame once it is tracked)

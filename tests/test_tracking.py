@@ -383,3 +383,28 @@ def test_boxes_without_area_or_not_finite_start_no_track(recwarn):
         tracker.update(frame() if i < 3 else edge, i / 30)
     assert tracker.ids_issued == 1 and len(tracker) == 1
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_settings_are_checked_and_min_hits_1_confirms_at_once():
+    for bad in ({"first_iou": 0.0}, {"duplicate_iou": 1.5}, {"min_hits": 0}, {"min_hits": 2.5}, {"recover_gate": -1},
+                {"low_score": 0.6, "high_score": 0.5}, {"max_lost_s": float("nan")}):
+        with pytest.raises(ValueError):
+            TrackerSettings(**bad)
+    tracker = ByteTracker(TrackerSettings(high_score=0.5, min_hits=1))
+    tracker.update(frame((100, 100, 50, 50, 0.9, 0)), 0.0)
+    tracked = tracker.update(frame((100, 100, 50, 50, 0.9, 0), (400, 300, 50, 50, 0.9, 1)), 0.1)
+    assert tracked.track_ids.tolist() == [1, 2]
+
+
+def test_a_clock_that_goes_back_is_taken_as_restarted():
+    """A Tracking reused for a second pass over a file sees t start again at 0: tracks go on moving and
+    expiring instead of freezing until the clock catches up."""
+    tracker = ByteTracker(TrackerSettings(high_score=0.5, max_lost_s=1.0))
+    for i in range(60):  # first pass: 2 s
+        tracker.update(frame((100 + 3 * i, 200, 50, 100, 0.9, 0)), i / 30)
+    assert len(tracker) == 1
+    held = []
+    for i in range(45):  # second pass from t = 0, the object gone: its track expires after 1 s as usual
+        tracker.update(frame(), i / 30)
+        held.append(len(tracker))
+    assert held[:30] == [1] * 30 and held[-10:] == [0] * 10 and tracker.ids_issued == 1

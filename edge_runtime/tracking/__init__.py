@@ -25,7 +25,8 @@ class Tracking:
 
     ``settings.high_score`` None (the default) means the detector's own score threshold: ``iter_pipeline``
     calls ``bind`` with it, and lowers the detector's threshold to ``settings.low_score`` for the run so the
-    low-score detections reach the tracker.
+    low-score detections reach the tracker. One ``Tracking`` given to a second run carries its ids and counts
+    on into it (a clock that goes back, as a file's does, is taken as restarted).
     """
 
     def __init__(self, settings: TrackerSettings | None = None, lines: Sequence[CountLine] = (),

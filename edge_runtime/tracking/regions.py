@@ -127,12 +127,14 @@ def load_regions(path: str | Path) -> tuple[list[CountLine], list[Zone]]:
             points = item["points"]
             if not isinstance(points, list) or len(points) != 2:
                 raise ValueError(f"lines[{i}].points: expected two points [[x1, y1], [x2, y2]]")
-            lines.append(CountLine(_name(item["name"], f"lines[{i}]"), *(_point(p, f"lines[{i}].points") for p in points)))
+            ends = (_point(p, f"lines[{i}].points") for p in points)
+            lines.append(CountLine(_name(item["name"], f"lines[{i}]"), *ends))
         for i, item in enumerate(data.get("zones", [])):
             _check_keys(item, {"name", "polygon"}, f"zones[{i}]")
             if not isinstance(item["polygon"], list):
                 raise ValueError(f"zones[{i}].polygon: expected a list of points")
-            zones.append(Zone(_name(item["name"], f"zones[{i}]"), tuple(_point(p, f"zones[{i}].polygon") for p in item["polygon"])))
+            corners = tuple(_point(p, f"zones[{i}].polygon") for p in item["polygon"])
+            zones.append(Zone(_name(item["name"], f"zones[{i}]"), corners))
         names = [r.name for r in [*lines, *zones]]
         if dup := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"names must be unique, {dup[0]!r} is used twice")
@@ -198,8 +200,8 @@ class LineCounter:
 class ZoneCounter:
     """Tracks inside ``zone``: who is in now and since when, and the visits that ended, per class label.
 
-    A track that is lost for a moment (occluded) stays inside; its visit ends when it is seen outside or
-    when the tracker drops it, at the last time it was seen inside.
+    A track that is lost for a moment (occluded) stays inside; its visit ends when it is seen outside (at
+    that frame's time) or when the tracker drops it (at the last time it was seen inside).
     """
 
     zone: Zone

@@ -93,6 +93,13 @@ class TrackerSettings:
                              f"({self.high_score}) <= 1")
         if not self.max_lost_s >= 0:
             raise ValueError(f"max_lost_s must be 0 or more seconds, got {self.max_lost_s}")
+        for name in ("first_iou", "second_iou", "tentative_iou", "duplicate_iou"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be above 0 and at most 1, got {getattr(self, name)}")
+        if not (isinstance(self.min_hits, int) and self.min_hits >= 1):
+            raise ValueError(f"min_hits must be an integer of 1 or more, got {self.min_hits!r}")
+        if not self.recover_gate >= 0:
+            raise ValueError(f"recover_gate must be 0 or more, got {self.recover_gate}")
 
     def resolved(self, score_threshold: float) -> TrackerSettings:
         """These settings with a detector's ``score_threshold`` as the high score when none was given."""
@@ -150,9 +157,15 @@ class ByteTracker:
         """Associate ``dets`` (one frame, taken at ``t`` seconds) with the tracks; returns the detections
         that belong to confirmed tracks, in the input order, with ``track_ids``."""
         s = self.settings
-        dt = 0.0 if self._t is None else max(t - self._t, 0.0)
+        if self._t is not None and t < self._t:
+            # the clock went back (a file played again, a reused tracker): take it as restarted, so motion and
+            # expiry go on from here instead of freezing until it catches up
+            self._first_seen += t - self._t
+            self._last_seen += t - self._t
+            self._t = t
+        dt = 0.0 if self._t is None else t - self._t
         first_frame = self._t is None
-        self._t = t if self._t is None else max(t, self._t)
+        self._t = t
         if len(self._state):
             # a track not seen last frame keeps its position velocity but not its size change (ByteTrack)
             self._mean[self._state != TRACKED, 6:] = 0.0
@@ -217,8 +230,9 @@ class ByteTracker:
 
         start = high[(det_track[high] < 0)]
         if len(start):
-            self._start(boxes[start], classes[start], confirmed=first_frame)
-            if first_frame:  # the first frame's tracks are confirmed at once, as in ByteTrack
+            confirmed = first_frame or s.min_hits <= 1
+            self._start(boxes[start], classes[start], confirmed=confirmed)
+            if confirmed:  # the first frame's tracks are confirmed at once, as in ByteTrack
                 out_rows[start] = np.arange(len(self._state) - len(start), len(self._state))
         shown = np.flatnonzero(out_rows >= 0)
         shown = shown[self._id[out_rows[shown]] > 0]  # tentative tracks are not shown
