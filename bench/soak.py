@@ -9,6 +9,7 @@ the JSON lines were written. Prints RSS after the warm-up and at the end and the
 them; ``--json`` writes every sample. Goal: under 5 MB growth after warm-up over 30 minutes at 60 FPS.
 
     python bench/soak.py pkg320/ --minutes 30 --fps 60 --threads 1 --json soak.json
+    python bench/soak.py pkg320/ --minutes 10 --fps 30 --track --json soak-track.json   # with tracking on
 
 The camera runs in this process and the model in the child, so the RSS is the run's alone. Measured
 figures (issue 15) are in docs/service.md.
@@ -52,11 +53,18 @@ def cpu_model() -> str:
 
 
 def soak(package: str, minutes: float, fps: float, threads: int, interval: float, warmup_s: float,
-         video: Path, backend: str, out_dir: Path) -> dict[str, Any]:
-    camera = LoopbackCamera(encode_video(video), fps=fps)
+         video: Path, backend: str, out_dir: Path, track: bool = False) -> dict[str, Any]:
+    frames = encode_video(video)
+    camera = LoopbackCamera(frames, fps=fps)
     jsonl, summary_path = out_dir / "detections.jsonl", out_dir / "summary.json"
     cmd = [sys.executable, "-m", "edge_runtime.cli", "run", package, "--source", camera.url, "--show", "no",
            "--threads", str(threads), "--backend", backend, "--json", str(jsonl), "--summary-json", str(summary_path)]
+    if track:  # tracking and a line across the middle: ids come and go as the video loops
+        import cv2
+        import numpy as np
+
+        height, width = cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        cmd += ["--track", "--count-line", f"mid=0,{height // 2},{width},{height // 2}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # to files, not pipes: an unread pipe fills after ~64 kB and would block the run (and flatten its RSS)
     out_path, err_path = out_dir / "run.stdout", out_dir / "run.stderr"
@@ -83,6 +91,7 @@ def soak(package: str, minutes: float, fps: float, threads: int, interval: float
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     lines = sum(1 for _ in jsonl.open()) if jsonl.exists() else 0
     return {"package": package, "minutes": minutes, "target_fps": fps, "threads": threads, "cpu": cpu_model(),
+            "track": track,
             "warmup_s": warmup_s, "rss_after_warmup_mb": after[0], "rss_end_mb": samples[-1][1],
             "rss_max_after_warmup_mb": max(after), "growth_mb": round(samples[-1][1] - after[0], 2),
             "growth_mb_per_min": round((samples[-1][1] - after[0]) / max((samples[-1][0] - warmup_s) / 60, 1e-9), 3),
@@ -100,11 +109,12 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between RSS samples [5]")
     p.add_argument("--warmup", type=float, default=60.0, help="seconds before the reference RSS sample [60]")
     p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="frames for the camera [vtest.avi]")
+    p.add_argument("--track", action="store_true", help="run with --track and a count line across the middle")
     p.add_argument("--json", default=None, help="write the report here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         report = soak(args.package, args.minutes, args.fps, args.threads, args.interval, args.warmup, args.video,
-                      args.backend, Path(tmp))
+                      args.backend, Path(tmp), args.track)
     s = report["summary"] or {}
     print(f"\n{report['cpu']}: {report['minutes']:g} min at a {report['target_fps']:g} FPS camera, "
           f"{report['threads']} inference thread(s): {s.get('frames', '?')} frames, {s.get('fps', 0):.1f} FPS")

@@ -260,3 +260,43 @@ def test_summary_json_is_written_atomically(tmp_path):
         write_json_atomic(tmp_path / "blocked" / "summary.json", {})
     assert os.listdir(tmp_path / "out") == ["summary.json"]
 
+
+
+def test_camera_run_tracks_and_serves_zone_dwell_live(demo_package, camera, tmp_path):
+    """`run --source <camera> --zone zones.json --serve` (issue 19): ids on a live source (frame times are
+    capture times), occupancy and dwell in the web view's stats while the run goes on, in the JSON lines and in
+    the summary after SIGTERM."""
+    pytest.importorskip("lap", reason="the tracker's assignment library (pip install 'edge-runtime[track]')")
+    from test_serve import get_json, wait_for_stats
+
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": [{"name": "left", "polygon": [[0, 0], [320, 0], [320, 480], [0, 480]]}],
+                                 "lines": [{"name": "mid", "points": [[0, 240], [640, 240]]}]}))
+    proc = start_run(demo_package, camera.url, tmp_path, "--zone", str(zones), "--serve", "127.0.0.1:0")
+    try:
+        first = proc.stderr.readline()
+        assert first.startswith("live view: http://127.0.0.1:"), first
+        stats_url = first.split()[-1] + "stats.json"
+        wait_for_stats(stats_url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until a shape has entered the zone and been seen there a while
+            live = get_json(stats_url)
+            if live["tracking"]["zones"]["left"]["dwell_s"] and max(live["tracking"]["zones"]["left"]["dwell_s"]
+                                                                   .values()) > 0.2:
+                break
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no dwell in the web view's stats: {live.get('tracking')}")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert all("track_id" in d for d in live["detections"]) and set(live["tracking"]) >= {"tracks", "ids", "zones"}
+    frames = read_jsonl(tmp_path / "dets.jsonl")
+    entered = [e for f in frames for e in f["events"] if e.get("zone") == "left" and e["event"] == "enter"]
+    assert entered and all("track_id" in d for f in frames for d in f["detections"])
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert report["tracking"] == frames[-1]["tracking"] and "zone" in out and "inside now" in out

@@ -300,6 +300,23 @@ def test_regions_file_errors_name_the_file(tmp_path, text, problem):
     assert str(err.value).startswith(f"{path}: ") and problem in str(err.value) and "\n" not in str(err.value)
 
 
+def test_deeply_nested_regions_file_is_refused_before_parsing_even_with_a_raised_recursion_limit(tmp_path):
+    """Some libraries raise Python's recursion limit (the full test suite runs with one that does): json's C
+    decoder then overflows the C stack on deep nesting and the process crashes instead of raising. The file's
+    nesting is checked before it is parsed."""
+    path = tmp_path / "zones.json"
+    path.write_text('{"lines": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1_000_000)
+    try:
+        with pytest.raises(EdgeRuntimeError, match="nested 200001 levels deep"):
+            load_regions(path)
+    finally:
+        sys.setrecursionlimit(limit)
+    path.write_text('{"zones": [{"name": "[[[{{\\"[", "polygon": [[0, 0], [9, 0], [9, 9]]}]}')  # brackets in a string
+    assert load_regions(path)[1][0].name == '[[[{{"['
+
+
 def test_regions_file_loads_lines_and_zones(tmp_path):
     path = tmp_path / "zones.json"
     path.write_text(json.dumps({"zones": [{"name": "door", "polygon": [[100, 80], [300, 80], [300, 400]]}],

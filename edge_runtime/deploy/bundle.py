@@ -164,11 +164,17 @@ def build_wheel(build: Path) -> Path:
 
 
 def requirements_text(formats: list[str], target: Target | None = None) -> str:
-    """numpy, OpenCV, each format's backend library and lap (tracking; only when the host has it), ``==`` this
-    host's installed version, then the
-    distribution that brings ``target``'s accelerator to a backend (onnxruntime-qnn for QNNExecutionProvider):
-    pinned too when it is installed here, else named alone (the host cannot say which version works)."""
+    """numpy, OpenCV, lap (tracking; only when the host has it) and each format's backend library, ``==`` this
+    host's installed version, then the distribution that brings ``target``'s accelerator to a backend
+    (onnxruntime-qnn for QNNExecutionProvider): pinned too when it is installed here, else named alone (the
+    host cannot say which version works)."""
+    unpinned = []
     names = list(BASE_REQUIREMENTS)
+    for name, purpose in OPTIONAL_REQUIREMENTS:
+        if package_version(name):
+            names.append(name)
+        else:
+            unpinned.append(f"# {name} ({purpose}) is not installed on the host: not included\n")
     for fmt in dict.fromkeys(formats):
         libs = BACKENDS[fmt].libraries
         dist = next((d for _, d in libs if package_version(d)), None)
@@ -183,13 +189,6 @@ def requirements_text(formats: list[str], target: Target | None = None) -> str:
         if version is None:
             raise EdgeRuntimeError(f"requirements: cannot pin {name}, it is not installed on this host")
         lines.append(f"{name}=={version}")
-    unpinned = []
-    for name, purpose in OPTIONAL_REQUIREMENTS:
-        version = package_version(name)
-        if version:
-            lines.append(f"{name}=={version}")
-        else:
-            unpinned.append(f"# {name} ({purpose}) is not installed on the host: not included\n")
     for package in _accelerator_packages(target, formats):
         version = package_version(package.dist)
         lines.append(f"{package.dist}=={version}" if version else package.dist)

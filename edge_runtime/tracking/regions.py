@@ -102,6 +102,32 @@ def _point(value: Any, where: str) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+MAX_REGIONS_BYTES = 1_000_000
+MAX_REGIONS_NESTING = 16
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of [ and { in JSON ``text``, brackets inside strings not counted."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def load_regions(path: str | Path) -> tuple[list[CountLine], list[Zone]]:
     """A regions file -> (lines, zones). JSON, pixels of the source frame::
 
@@ -112,10 +138,17 @@ def load_regions(path: str | Path) -> tuple[list[CountLine], list[Zone]]:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_REGIONS_BYTES:
+            raise ValueError(f"larger than {MAX_REGIONS_BYTES // 1_000_000} MB")
+        text = path.read_text(encoding="utf-8")
+        if (depth := _nesting(text)) > MAX_REGIONS_NESTING:
+            # checked before parsing: json's decoder recurses in C, and where a library has raised Python's
+            # recursion limit a deep enough file overflows the C stack (a crash, not a RecursionError)
+            raise ValueError(f"nested {depth} levels deep (a regions file needs 5)")
+        data = json.loads(text)
     except FileNotFoundError:
         raise EdgeRuntimeError(f"{path}: no such file") from None
-    # ValueError: JSONDecodeError, and an integer of more than 4300 digits; RecursionError: nesting too deep
+    # ValueError: JSONDecodeError, and an integer of more than 4300 digits
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise EdgeRuntimeError(f"{path}: not a readable JSON regions file ({exc})") from None
     try:
