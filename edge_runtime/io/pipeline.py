@@ -527,9 +527,11 @@ class PipelineRun:
         # restored in the finally below, which every way out of the run goes through
         detector.score_threshold = min(saved_threshold, low)
         done = threading.Event()
+        watcher = None
         if source.live:
-            threading.Thread(target=_close_on_stop, args=(stop, done, source), name="pipeline-stop",
-                             daemon=True).start()
+            watcher = threading.Thread(target=_close_on_stop, args=(stop, done, source), name="pipeline-stop",
+                                       daemon=True)
+            watcher.start()
         lost: SourceLostError | None = None
         start = time.perf_counter()
         schedule = _run_threaded if self.mode == "threaded" else _run_sequential
@@ -548,6 +550,11 @@ class PipelineRun:
             if stages.jsonl is not None:
                 stages.jsonl.close()
             source.close()
+            if watcher is not None:
+                # it may be closing the source itself (a stop request): a daemon thread still inside OpenCV
+                # when the interpreter exits is killed there, and that aborts the process ("terminate called
+                # without an active exception", seen once in 20 SIGINT runs)
+                watcher.join()
             if self.show:
                 cv2.destroyAllWindows()
             self.summary = self._summarize(stages, wall)

@@ -179,10 +179,12 @@ class LatestFrameReader:
         self._thread.start()
 
     def _release(self) -> None:
+        # the release happens under the lock, so a second closer returns only once the capture is released:
+        # a caller that goes on to exit the interpreter must not leave another thread inside OpenCV
         with self._release_lock:
             cap, self._cap = self._cap, None
-        if cap is not None:
-            cap.release()
+            if cap is not None:
+                cap.release()
 
     def _ended_file(self) -> bool:
         """A capture with a known frame count that has read them all (a video file, not a camera)."""
