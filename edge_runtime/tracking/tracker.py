@@ -220,7 +220,7 @@ class ByteTracker:
         drop[unmatched_tracks[self._state[unmatched_tracks] == TENTATIVE]] = True
         self._state[unmatched_tracks[self._state[unmatched_tracks] == TRACKED]] = LOST
         drop |= (self._state == LOST) & (self._t - self._last_seen > s.max_lost_s)
-        drop |= self._duplicates(det_track)
+        drop |= self._duplicates(det_track, iou)
         self.removed_ids = self._id[drop & (self._id > 0)].tolist()
         out_rows = det_track.copy()
         # rows shift when tracks are dropped: map surviving rows to their new index
@@ -283,20 +283,24 @@ class ByteTracker:
         pairs = self._assign(cost, 1.0)
         return np.stack([rows[pairs[:, 0]], det_idx[pairs[:, 1]]], axis=1).astype(np.int64)
 
-    def _duplicates(self, det_track: np.ndarray) -> np.ndarray:
+    def _duplicates(self, det_track: np.ndarray, iou: np.ndarray) -> np.ndarray:
         """Lost tracks overlapping a confirmed one of the same class by more than ``duplicate_iou``: the
         object was picked up by a new track; keep whichever has been tracked longer. When that is the lost
         one, it takes over the newer track's filter and this frame's detection (``det_track`` is updated),
-        so the object keeps being shown, under its older id."""
+        so the object keeps being shown, under its older id.
+
+        Every confirmed track was matched this frame, so its box is taken as its detection's, and the overlap
+        read from ``iou`` (every track's prediction against every detection, other classes at -1), which a lost
+        track's box still is: no second IoU computation."""
         drop = np.zeros(len(self._state), bool)
-        tracked, lost = np.flatnonzero(self._state == TRACKED), np.flatnonzero(self._state == LOST)
-        if not len(tracked) or not len(lost):
+        matched = np.flatnonzero(det_track >= 0)
+        matched = matched[self._state[det_track[matched]] == TRACKED]
+        lost = np.flatnonzero(self._state == LOST)
+        if not len(matched) or not len(lost):
             return drop
-        xyxy = _xywh_to_xyxy(self._mean[:, :4])
-        iou = box_iou(xyxy[tracked], xyxy[lost])
-        iou[self._class[tracked][:, None] != self._class[lost][None, :]] = 0.0
-        for i, j in zip(*np.nonzero(iou > self.settings.duplicate_iou)):
-            a, b = tracked[i], lost[j]
+        overlap = iou[lost][:, matched]
+        for j, i in zip(*np.nonzero(overlap > self.settings.duplicate_iou)):
+            a, b = det_track[matched[i]], lost[j]
             if drop[a] or drop[b] or self._state[b] != LOST:  # each track is dropped or takes over once
                 continue
             age_a = self._last_seen[a] - self._first_seen[a]
