@@ -118,6 +118,7 @@ def add_tracking_options(p: argparse.ArgumentParser) -> None:
 def tracking_from_args(args: argparse.Namespace) -> Any:
     """The ``Tracking`` stage the tracking flags ask for, or None without them."""
     from ..tracking import TrackerSettings, Tracking, load_regions, parse_line
+    from ..tracking.regions import reused_name
 
     wanted = args.track or args.count_line or args.zone
     if not wanted:
@@ -133,9 +134,8 @@ def tracking_from_args(args: argparse.Namespace) -> Any:
     if args.zone:
         file_lines, zones = load_regions(args.zone)
         lines += file_lines
-    names = [r.name for r in [*lines, *zones]]
-    if dup := sorted({n for n in names if names.count(n) > 1}):
-        raise UsageError(f"--count-line / --zone: the name {dup[0]!r} is used twice")
+    if dup := reused_name([*lines, *zones]):
+        raise UsageError(f"--count-line / --zone: the name {dup!r} is used twice")
     defaults = TrackerSettings()
     low = defaults.low_score if args.track_low is None else args.track_low
     if not 0 <= low <= 1:

@@ -271,7 +271,9 @@ class _Stages:
         frame, dets = result.frame, result.dets
         self.total_dets += len(dets)
         self.class_totals.update(dets.labels)
-        counts = self.tracking.snapshot() if self.tracking is not None else None
+        # the counts so far, for the sinks that show them (built per frame only when one is there)
+        wants_counts = self.tracking is not None and (self.jsonl is not None or self.on_result is not None)
+        counts = self.tracking.snapshot() if wants_counts else None
         if self.jsonl is not None:
             record = {"index": frame.index, "name": frame.name, **dets.to_json()}
             if counts is not None:
@@ -468,11 +470,18 @@ def _close_on_stop(stop: threading.Event, done: threading.Event, source: Source)
 
 
 class PipelineRun:
-    """A run in progress, as an iterator of ``(frame, detections)``, one per processed frame in order;
-    ``summary`` (a ``RunSummary``) is set once the run has ended. A loop that leaves early (``break``,
-    an exception) does not end the run by itself: the reader threads, the source and the detector's
-    lowered score threshold are held until ``close()``, which ``with`` calls (or until the object is
-    garbage-collected); ``summary`` is set then."""
+    """``run_pipeline`` as a loop (``iter_pipeline`` is this class): ``with iter_pipeline(...) as run: for
+    frame, dets in run: ...`` gets every result as it is done (drawn, written and published first), one per
+    processed frame in order; ``run.summary`` (a ``RunSummary``) once the run has ended. A loop that leaves
+    early (``break``, an exception) does not end the run by itself: the reader threads, the source and the
+    detector's lowered score threshold are held until ``close()``, which ``with`` calls (or until the object
+    is garbage-collected); ``summary`` is set then.
+
+    ``track``: True (or a ``Tracking`` with lines / zones) tracks objects across frames: each ``dets`` then
+    holds only tracked objects, with ``dets.track_ids``; the detector's score threshold is lowered to the
+    tracker's ``low_score`` during the run (restored after) and its own threshold becomes the tracker's
+    ``high_score`` unless the ``Tracking`` was given settings. The other arguments are ``run_pipeline``'s.
+    """
 
     def __init__(self, detector: Detector, source: Source, save_dir: str | Path | None = None,
                  json_path: str | Path | TextIO | None = None, show: bool = False, max_frames: int | None = None,
@@ -580,22 +589,7 @@ class PipelineRun:
                           tracking_table=tracking.table() if tracking else "")
 
 
-def iter_pipeline(detector: Detector, source: Source, save_dir: str | Path | None = None,
-                  json_path: str | Path | TextIO | None = None, show: bool = False, max_frames: int | None = None,
-                  progress: bool | None = None, *, mode: str = "threaded", max_fps: float | None = None,
-                  on_result: ResultCallback | None = None, stop: threading.Event | None = None,
-                  track: Tracking | bool | None = None) -> PipelineRun:
-    """``run_pipeline`` as a loop: ``with iter_pipeline(...) as run: for frame, dets in run: ...`` gets every
-    result as it is done (drawn, written and published first); ``run.summary`` once the run has ended (the
-    ``with`` block ends it also when the loop breaks early).
-
-    ``track``: True (or a ``Tracking`` with lines / zones) tracks objects across frames: each ``dets`` then
-    holds only tracked objects, with ``dets.track_ids``; the detector's score threshold is lowered to the
-    tracker's ``low_score`` during the run (restored after) and its own threshold becomes the tracker's
-    ``high_score`` unless the ``Tracking`` was given settings.
-    """
-    return PipelineRun(detector, source, save_dir, json_path, show, max_frames, progress, mode=mode,
-                       max_fps=max_fps, on_result=on_result, stop=stop, track=track)
+iter_pipeline = PipelineRun  # the public name of the loop form
 
 
 def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None = None,
@@ -613,7 +607,7 @@ def run_pipeline(detector: Detector, source: Source, save_dir: str | Path | None
     gets one JSON line per frame as it is done. Setting ``stop`` (e.g. from a signal handler) ends the
     run normally: reading stops, the frames in flight are finished and the summary is returned. Memory
     stays flat however long the run: statistics are bounded (``RollingStats``), nothing is kept per frame,
-    and a tracker forgets a track ``max_lost_s`` after it was last seen. ``track``: see ``iter_pipeline``.
+    and a tracker forgets a track ``max_lost_s`` after it was last seen. ``track``: see ``PipelineRun``.
 
     A live source that is lost for good raises ``SourceLostError`` after everything is written; its
     ``summary`` holds the run until then.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -45,9 +46,6 @@ class CountLine:
     def __post_init__(self) -> None:
         if self.start == self.end:
             raise ValueError(f"line {self.name!r}: its two points are the same")
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.start[0]:g},{self.start[1]:g} -> {self.end[0]:g},{self.end[1]:g})"
 
 
 @dataclass(frozen=True)
@@ -168,9 +166,8 @@ def load_regions(path: str | Path) -> tuple[list[CountLine], list[Zone]]:
                 raise ValueError(f"zones[{i}].polygon: expected a list of points")
             corners = tuple(_point(p, f"zones[{i}].polygon") for p in item["polygon"])
             zones.append(Zone(_name(item["name"], f"zones[{i}]"), corners))
-        names = [r.name for r in [*lines, *zones]]
-        if dup := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"names must be unique, {dup[0]!r} is used twice")
+        if dup := reused_name([*lines, *zones]):
+            raise ValueError(f"names must be unique, {dup!r} is used twice")
     except (ValueError, TypeError) as exc:
         raise EdgeRuntimeError(f"{path}: {exc}") from None
     return lines, zones
@@ -180,6 +177,12 @@ def _name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{where}.name: expected a non-empty string, got {json.dumps(value)[:60]}")
     return value
+
+
+def reused_name(regions: Sequence[CountLine | Zone]) -> str | None:
+    """The first name (alphabetically) that two of ``regions`` share, or None."""
+    names = [r.name for r in regions]
+    return min((n for n in names if names.count(n) > 1), default=None)
 
 
 def _check_keys(item: Any, keys: set[str], where: str) -> None:

@@ -6,9 +6,10 @@ detections start tracks. Each update, with the tracks first moved to the frame's
 
 1. confirmed and lost tracks <- high-score detections (IoU, or IoU x score as ByteTrack with ``fuse_score``);
 2. confirmed tracks still unmatched <- low-score detections (plain IoU, a stricter threshold);
-3. tentative tracks (seen once) <- the high-score detections left; a second hit confirms them and only then
-   gives them an id, so a one-frame false positive never uses one up;
-4. the high-score detections still left start tentative tracks; a confirmed track unmatched becomes lost,
+3. tentative tracks <- the high-score detections left; ``min_hits`` hits in a row confirm a track and only
+   then give it an id, so a short false positive never uses one up;
+4. lost tracks <- the high-score detections still left that lie ahead on the track's path (``_recover``);
+5. the high-score detections still left start tentative tracks; a confirmed track unmatched becomes lost,
    and a lost track is dropped ``max_lost_s`` seconds after it was last seen.
 
 Differences from the reference implementation, on purpose:
@@ -149,9 +150,6 @@ class ByteTracker:
     def active_ids(self) -> np.ndarray:
         """Ids of the confirmed tracks seen in the last update."""
         return self._id[self._state == TRACKED].copy()
-
-    def reset(self) -> None:
-        self.__init__(self.settings)
 
     def update(self, dets: Detections, t: float) -> Detections:
         """Associate ``dets`` (one frame, taken at ``t`` seconds) with the tracks; returns the detections
