@@ -103,10 +103,11 @@ def test_an_output_file_that_is_a_folder_is_refused(demo_package, tmp_path):
                           status=2)
 
 
-def test_a_file_inside_the_save_folder_the_run_makes_is_fine(demo_package, tmp_path):
+def test_a_file_inside_the_save_folder_the_run_makes_is_fine(demo_package, fixtures, tmp_path):
     """--save makes its folder (with parents) before the run writes --json into it."""
     out = tmp_path / "new" / "out"
-    proc = run_cli("run", str(demo_package), "--source", IMAGE, "--save", str(out), "--json", str(out / "d.jsonl"))
+    image = str(fixtures(SAMPLES, "dog.jpg"))  # skips where the shared fixtures are absent
+    proc = run_cli("run", str(demo_package), "--source", image, "--save", str(out), "--json", str(out / "d.jsonl"))
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["name"] for line in (out / "d.jsonl").read_text().splitlines()] == ["dog.jpg"]
     assert (out / "dog.jpg").is_file()
@@ -126,13 +127,14 @@ def test_json_dash_prints_json_on_stdout(demo_package):
     assert json.loads(host.stdout)["cores"] >= 1
 
 
-def test_run_json_dash_streams_detections_and_keeps_stdout_clean(demo_package, tmp_path):
+def test_run_json_dash_streams_detections_and_keeps_stdout_clean(demo_package, fixtures, tmp_path):
     """run --json -: one JSON line per frame on stdout; the timing table goes to stderr."""
-    proc = run_cli("run", str(demo_package), "--source", str(FIXTURES / SAMPLES), "--json", "-",
+    samples = fixtures(SAMPLES)  # skips where the shared fixtures are absent
+    proc = run_cli("run", str(demo_package), "--source", str(samples), "--json", "-",
                    "--summary-json", str(tmp_path / "s.json"))
     assert proc.returncode == 0, proc.stderr
     frames = [json.loads(line) for line in proc.stdout.splitlines()]
-    names = sorted(p.name for p in (FIXTURES / SAMPLES).glob("*.jpg"))
+    names = sorted(p.name for p in samples.glob("*.jpg"))
     assert sorted(f["name"] for f in frames) == names
     assert "FPS end to end" in proc.stderr
     assert json.loads((tmp_path / "s.json").read_text())["frames"] == len(names)
