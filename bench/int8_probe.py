@@ -1,11 +1,14 @@
-"""What the INT8 probe scripts (onnx_int8_recipes.py, openvino_int8.py) share: their arguments, the
-calibration and held-out image sets, FP32 ONNX's outputs on the held-out images and the cosines
-against them, and the heading of their tables."""
+"""What the INT8 probe scripts (onnx_int8_recipes.py, openvino_int8.py, onnx_u8s8_bypass.py, qat_u8s8.py)
+share: their arguments, the calibration and held-out image sets, FP32 ONNX's outputs on the held-out
+images and the cosines against them, ONNX Runtime's U8S8 QDQ graph, and the heading of their tables."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +18,9 @@ from edge_runtime.compare import compare
 from edge_runtime.deploy.hostinfo import cpu_summary
 from edge_runtime.manifest import Manifest
 from edge_runtime.versions import package_version
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def probe_arguments(doc: str, rounds: int, per_round: int) -> argparse.ArgumentParser:
@@ -60,3 +66,26 @@ def heading(manifest: Manifest, args: argparse.Namespace, library: str, held_out
             f"{library} {package_version(library)}, nncf {package_version('nncf')}, {args.threads} threads, "
             f"{args.rounds} interleaved rounds x {args.per_round}, medians; cosine vs FP32 ONNX on {held_out} "
             f"held-out images ({args.calib_size} calibration)")
+
+
+def quantize_u8s8(fp32_path: str | Path, input_name: str, tensors: list[np.ndarray],
+                  overrides: dict[str, Any] | None = None) -> onnx.ModelProto:
+    """``quantize_static``'s U8S8 QDQ graph of ``fp32_path``: uint8 activations (minmax on ``tensors``, or
+    the ``TensorQuantOverrides`` given), per-channel symmetric int8 weights, decode tail in float."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from converters.quantize_onnx import _TensorReader, decode_tail_nodes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "u8s8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        model = onnx.load(str(prepared))
+        quantize_static(str(prepared), str(quantized), _TensorReader(input_name, tensors),
+                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=decode_tail_nodes(model),
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                       "TensorQuantOverrides": overrides or {}})
+        return onnx.load(str(quantized))

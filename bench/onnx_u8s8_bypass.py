@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
-from int8_probe import heading, image_sets, probe_arguments  # bench/, beside this script
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from int8_probe import heading, image_sets, probe_arguments, quantize_u8s8  # bench/, beside this script
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from converters.quantize_onnx import _TensorReader, decode_tail_nodes
 from edge_runtime.compare import compare
 from edge_runtime.manifest import load_manifest
 from edge_runtime.timing import interleaved_times
@@ -118,26 +116,19 @@ def main() -> None:
     def cosines(run, which) -> list[float]:
         return [compare(reference[i], run(outputs, images[i]))["cosine"] for i in which]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(fp32_path, str(prepared), skip_symbolic_shape=False)
-        model = onnx.load(str(prepared))
-        overrides = {}
-        if args.leakyrelu_ranges:
+    overrides = {}
+    if args.leakyrelu_ranges:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(fp32_path, str(prepared), skip_symbolic_shape=False)
+            model = onnx.load(str(prepared))
             probe = onnx.load(str(prepared))
-            for node in probe.graph.node:
-                if node.op_type == "Conv":
-                    probe.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
-                                                                                 None))
-            overrides = leakyrelu_ranges(model, session(probe), name, calibration.tensors)
-        quantized_path = Path(tmp) / "u8s8.onnx"
-        quantize_static(str(prepared), str(quantized_path), _TensorReader(name, calibration.tensors),
-                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=decode_tail_nodes(model),
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                                       "TensorQuantOverrides": overrides})
-        quantized = onnx.load(str(quantized_path))
+        for node in probe.graph.node:
+            if node.op_type == "Conv":
+                probe.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
+                                                                             None))
+        overrides = leakyrelu_ranges(model, session(probe), name, calibration.tensors)
+    quantized = quantize_u8s8(fp32_path, name, calibration.tensors, overrides)
     weights = {i.name for i in quantized.graph.initializer}
     producer = {out: node for node in quantized.graph.node for out in node.output}
     pairs = [n.name for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
