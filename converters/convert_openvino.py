@@ -14,13 +14,16 @@ and from 0.797 to 0.849 (YOLO-FastestV2), the mean from 0.988 to 0.994 and from 
 Beyond that the INT8 error is spread over the whole network (no single quantiser is worth more
 than +0.0004 cosine), so more float layers buy little per layer.
 
-After NNCF (and after its accuracy-aware search, on its result), ``quantize_concat_inputs`` puts a
-FakeQuantize on every float input of the Concats outside the decode tail, so that the ShuffleNetV2
-units' Concat -> shuffle -> split chain runs in u8 instead of f32. An INT8 IR records the
-``INFERENCE_PRECISION_HINT`` its float parts run in (``inference_precision_hint``: bf16 where the CPU
-computes bf16 natively, see docs/formats-and-int8.md); ``convert`` verifies it with that hint and the
-runtime backend compiles with it on CPUs that have BF16 (f32 elsewhere). FP32 and FP16 IRs record
-nothing and run in f32: bf16 would cost them their 0.999 worst-image cosine floor.
+Before conversion the ShuffleNetV2 channel shuffles are folded away (``shuffle_fold``: each unit's
+convolution reads a Concat of Slices of the tensors its channels come from; exact, checked like any
+artifact). After NNCF (and after its accuracy-aware search, on its result), ``quantize_concat_inputs``
+puts a FakeQuantize on every float input of the Concats outside the decode tail, and moves the ones
+NNCF put after each Slice onto the sliced tensor, so that the data movement between units runs in u8.
+An INT8 IR records the ``INFERENCE_PRECISION_HINT`` its float parts run in
+(``inference_precision_hint``: bf16 where the CPU computes bf16 natively, see docs/formats-and-int8.md);
+``convert`` verifies it with that hint and the runtime backend compiles with it on CPUs that have BF16
+(f32 elsewhere). FP32 and FP16 IRs record nothing and run in f32: bf16 would cost them their 0.999
+worst-image cosine floor.
 
 Options (``job.options``):
   ``ov_preset``                "mixed" (default; symmetric weights, asymmetric activations) or "performance"
@@ -34,18 +37,21 @@ Options (``job.options``):
                                int16 saturation in AVX2 int8 kernels on CPUs without VNNI; "disable" is only
                                safe on VNNI/AMX CPUs (it gave score cosine 0.54 on an AVX2-only CPU)
   ``ov_quantize_concat_inputs`` the Concat pass above (default True)
+  ``ov_fold_shuffles``         fold the channel shuffles away before converting (default True)
   ``openvino_inference_precision``  the INT8 IR's hint: "auto" (default: bf16 when this CPU has AVX512-BF16 or
                                AMX-BF16, else f32), "bf16" or "f32"; a target profile's key of the same name
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edge_runtime.backends.openvino import RECORDED_PRECISIONS, cpu_has_bf16
 from edge_runtime.errors import EdgeRuntimeError
@@ -54,10 +60,12 @@ from edge_runtime.versions import package_version
 
 from .accuracy import Runner, run_nncf_search
 from .convert_job import ConvertJob, ConvertResult
+from .shuffle_fold import FoldResult, fold_channel_shuffles
 
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
 _PRODUCERS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData"}
 _SKIP = {"Constant", "Parameter", "Result"}
+_SLICES = ("Slice", "StridedSlice")
 INFERENCE_PRECISIONS = ("auto", *RECORDED_PRECISIONS)
 
 
@@ -149,16 +157,20 @@ def quantize_concat_inputs(model: Any, tensors: list[np.ndarray], input_name: st
     import openvino.opset13 as ops
 
     tail = set(decode_tail(model))
+    moved = _quantize_slice_sources(model)
     sources = []
     for op in model.get_ordered_ops():
         if op.get_type_name() != "Concat" or op.get_friendly_name() in tail:
             continue
         for port in op.inputs():
             src = port.get_source_output()
-            if src.get_node().get_type_name() not in ("FakeQuantize", "Constant"):
+            node = src.get_node()
+            if node.get_type_name() in _SLICES:  # a slice of a quantised tensor is quantised
+                node = node.input(0).get_source_output().get_node()
+            if node.get_type_name() not in ("FakeQuantize", "Constant"):
                 sources.append((port, src))
     if not sources:
-        return 0
+        return moved
     # ranges: run the model with the sources as extra outputs (a copy: add_outputs changes the model)
     probe = model.clone()
     by_name = {op.get_friendly_name(): op for op in probe.get_ordered_ops()}
@@ -182,7 +194,39 @@ def quantize_concat_inputs(model: Any, tensors: list[np.ndarray], input_name: st
         fq.set_friendly_name(f"{src.get_node().get_friendly_name()}/concat_fq")
         port.replace_source_output(fq.output(0))
     model.validate_nodes_and_infer_types()
-    return len(sources)
+    return moved + len(sources)
+
+
+def _quantize_slice_sources(model: Any) -> int:
+    """Where NNCF put a FakeQuantize after each Slice that feeds a Concat (the folded shuffles' pieces),
+    quantise the sliced tensor once instead, on the union of those ranges, so the Slices run in u8 too;
+    returns how many tensors."""
+    import openvino.opset13 as ops
+
+    groups: dict[tuple[str, int], list[tuple[Any, Any]]] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        piece = op.input(0).get_source_output().get_node()
+        readers = [t.get_node().get_type_name() for t in op.output(0).get_target_inputs()]
+        if piece.get_type_name() not in _SLICES or readers != ["Concat"]:
+            continue
+        source = piece.input(0).get_source_output()
+        groups.setdefault((source.get_node().get_friendly_name(), source.get_index()), []).append((op, piece))
+    for items in groups.values():
+        source = items[0][1].input(0).get_source_output()
+        low = min(float(np.min(fq.input(1).get_source_output().get_node().get_data())) for fq, _ in items)
+        high = max(float(np.max(fq.input(2).get_source_output().get_node().get_data())) for fq, _ in items)
+        lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
+        fq_source = ops.fake_quantize(source, lo, hi, lo, hi, items[0][0].get_levels())
+        fq_source.set_friendly_name(f"{source.get_node().get_friendly_name()}/slice_fq")
+        for fq, piece in items:
+            piece.input(0).replace_source_output(fq_source.output(0))
+            for reader in list(fq.output(0).get_target_inputs()):
+                reader.replace_source_output(piece.output(0))
+    if groups:
+        model.validate_nodes_and_infer_types()
+    return len(groups)
 
 
 def _runner(compiled: Any, input_name: str, outputs: list[str]) -> Runner:
@@ -269,7 +313,7 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
         quantized, added = plain, plain_added
     else:
         added = quantize_concat_inputs(quantized, tensors, input_name) if concat_pass else 0
-    job.progress(f"openvino int8: {added} Concat inputs quantised")
+    job.progress(f"openvino int8: {added} Concat inputs and sliced tensors quantised")
     if budget is not None:
         # fastest first: the Concat pass and the hint, then without the pass, then each in f32 (NNCF scored
         # its search in f32); the first that meets the budget ships, else the most accurate (then refused)
@@ -300,18 +344,36 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
                        "concat_inputs_quantized": added}, hint
 
 
+def _fold_shuffles(job: ConvertJob) -> FoldResult:
+    if not bool(job.options.get("ov_fold_shuffles", True)):
+        return FoldResult(None, reason="ov_fold_shuffles off")
+    folded = fold_channel_shuffles(onnx.load(str(job.fp32_onnx)))
+    if folded.model is not None:
+        job.progress(f"openvino: {folded.shuffles} channel shuffles folded into {folded.counts.get('slices', 0)} "
+                     f"slices and {folded.counts.get('concats', 0)} concats")
+    return folded
+
+
 def convert_openvino(job: ConvertJob) -> ConvertResult:
     import openvino as ov
 
     t0 = time.perf_counter()
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
-    model = ov.convert_model(str(job.fp32_onnx))
+    folded = _fold_shuffles(job)
+    if folded.model is None:
+        model = ov.convert_model(str(job.fp32_onnx))
+    else:  # convert_model reads files only; the graph holds its weights, so the file can go at once
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_file = Path(tmp) / "folded.onnx"
+            onnx.save(folded.model, str(onnx_file))
+            model = ov.convert_model(str(onnx_file))
     _fix_output_names(model, outputs, job.fp32_onnx)
     input_name = model.inputs[0].get_any_name()
     if input_name != job.manifest.input.name:
         raise EdgeRuntimeError(f"{job.fp32_onnx}: OpenVINO reads input {input_name!r}, "
                                f"the manifest says {job.manifest.input.name!r}")
-    extra: dict[str, Any] = {"converter": {"tool": "openvino.convert_model", **{d: v for d in ("openvino", "nncf") if (v := package_version(d))}}}
+    versions = {d: v for d in ("openvino", "nncf") if (v := package_version(d))}
+    extra: dict[str, Any] = {"converter": {"tool": "openvino.convert_model", **versions}, "graph": folded.record()}
     if job.precision == "int8":
         hint = int8_inference_precision(job.options.get("openvino_inference_precision"))
         if hint == "bf16" and not cpu_has_bf16():  # what is recorded is what was verified here

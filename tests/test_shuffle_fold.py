@@ -1,0 +1,70 @@
+"""converters.shuffle_fold on a ShuffleNetV2 exported as the project exports models: the folded graph has
+no channel shuffle left, reads every piece with one Slice, and gives the same outputs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from converters.export_onnx import write_onnx  # noqa: E402
+from converters.models.backbones.shufflenetv2 import ShuffleNetV2  # noqa: E402
+from converters.shuffle_fold import fold_channel_shuffles  # noqa: E402
+
+
+def _run(model, x: np.ndarray) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})
+
+
+class BackboneWithNeck(torch.nn.Module):
+    """ShuffleNetV2 0.5x with a 1x1 conv on each stage output, as NanoDet's neck reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = ShuffleNetV2("0.5x")
+        self.neck = torch.nn.ModuleList(torch.nn.Conv2d(c, 16, 1) for c in self.backbone.out_channels)
+
+    def forward(self, x):
+        return tuple(conv(level) for conv, level in zip(self.neck, self.backbone(x)))
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    torch.manual_seed(0)
+    net = BackboneWithNeck().eval()
+    for module in net.modules():  # non-trivial BatchNorm statistics, so the folded convs differ per channel
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("shuffle") / "backbone.onnx"
+    return write_onnx(net, torch.zeros(1, 3, 96, 96), path, ("c3", "c4", "c5"))
+
+
+def test_folded_backbone_gives_the_same_outputs_without_a_shuffle(backbone):
+    before = Counter(n.op_type for n in backbone.graph.node)
+    result = fold_channel_shuffles(backbone)
+    assert result.model is not None, result.reason
+    after = Counter(n.op_type for n in result.model.graph.node)
+    assert result.shuffles == before["Transpose"] == 16 and after["Transpose"] == 0, (before, after)
+    assert after["Gather"] == 0 and after["Reshape"] == 0
+    assert result.record() == {"channel_shuffles_folded": 16, **result.counts} and result.counts["slices"] > 0
+    x = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
+    for want, got in zip(_run(backbone, x), _run(result.model, x)):
+        assert want.shape == got.shape
+        assert np.abs(want - got).max() <= 1e-5 * max(1.0, float(np.abs(want).max())), np.abs(want - got).max()
+
+
+def test_graph_without_a_shuffle_is_left_alone(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    graph = write_onnx(net, torch.zeros(1, 3, 16, 16), tmp_path / "plain.onnx", ("out",))
+    result = fold_channel_shuffles(graph)
+    assert result.model is None and "no" in result.reason
+    assert result.record() == {"channel_shuffles_folded": 0, "why": result.reason}
