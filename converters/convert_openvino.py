@@ -146,7 +146,8 @@ def int8_inference_precision(choice: str | None) -> str:
 
 def quantize_concat_inputs(model: Any, tensors: list[np.ndarray], input_name: str) -> int:
     """Put a FakeQuantize (256 levels, the input's min..max over ``tensors``) on every float input of
-    the Concats outside the decode tail that NNCF left partly or wholly float; returns how many.
+    the Concats outside the decode tail that NNCF left partly or wholly float, after moving the quantizers
+    NNCF put after Slices onto the sliced tensors (``_quantize_slice_sources``); returns how many of both.
 
     NNCF quantises the inputs of convolutions and moves the quantizers up through data-movement ops
     only while every consumer wants them: in a ShuffleNetV2 unit the channel split feeds a conv (the
@@ -209,7 +210,8 @@ def _quantize_slice_sources(model: Any) -> int:
             continue
         piece = op.input(0).get_source_output().get_node()
         readers = [t.get_node().get_type_name() for t in op.output(0).get_target_inputs()]
-        if piece.get_type_name() not in _SLICES or readers != ["Concat"]:
+        if piece.get_type_name() not in _SLICES or readers != ["Concat"] or \
+                len(piece.output(0).get_target_inputs()) != 1:  # the Slice feeds only this quantizer
             continue
         source = piece.input(0).get_source_output()
         groups.setdefault((source.get_node().get_friendly_name(), source.get_index()), []).append((op, piece))
@@ -347,7 +349,11 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
 def _fold_shuffles(job: ConvertJob) -> FoldResult:
     if not bool(job.options.get("ov_fold_shuffles", True)):
         return FoldResult(None, reason="ov_fold_shuffles off")
-    folded = fold_channel_shuffles(onnx.load(str(job.fp32_onnx)))
+    try:
+        folded = fold_channel_shuffles(onnx.load(str(job.fp32_onnx)))
+    except Exception as error:  # a graph the fold does not understand converts as it is
+        job.progress(f"openvino: channel shuffles not folded ({type(error).__name__}: {error})")
+        return FoldResult(None, reason=f"fold failed: {type(error).__name__}")
     if folded.model is not None:
         job.progress(f"openvino: {folded.shuffles} channel shuffles folded into {folded.counts.get('slices', 0)} "
                      f"slices and {folded.counts.get('concats', 0)} concats")

@@ -3,11 +3,12 @@
 A ShuffleNetV2 unit ends in Concat -> Reshape(N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) -> Reshape and
 the next unit splits the result in halves (Slice): three copies of every channel per unit, only to put
 channels in an order. Here those tensors become *virtual*: a list of (source tensor, channel) per logical
-channel, with no node behind it. Only what a convolution reads is built, as one Slice per source tensor
-and a Concat; the convolution takes its input channels in that order through its weights (a depthwise
-convolution through its own channel order, which its readers take in turn). Each source's output
-channels are ordered (its producing convolution's rows permuted) by the convolution input they end up
-in, so every piece is one contiguous Slice. The rewrite is exact up to float summation order.
+channel, with no node behind it. Only what another node reads is built (in these networks, convolutions),
+as one Slice per source tensor and a Concat; a convolution takes its input channels in that order
+through its weights (a depthwise convolution keeps the order, which its readers take in turn). Each
+source's output channels are ordered (its producing convolution's rows permuted) by the convolution
+input they end up in, so every piece is one contiguous Slice. The rewrite is exact up to float
+summation order.
 
 On NanoDet-Plus-m 416 (16 shuffles) the OpenVINO INT8 IR ran 1.27x faster, see
 docs/formats-and-int8.md. Graphs without that shuffle pattern (YOLO-FastestV2's shuffle is a Gather)
@@ -40,12 +41,21 @@ class FoldResult:
             else {"channel_shuffles_folded": 0, "why": self.reason}
 
 
+def _placed(values: np.ndarray, order: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``values`` with its entry i along ``axis`` moved to position ``order[i]``."""
+    placed = np.zeros_like(values)
+    index: list[Any] = [slice(None)] * values.ndim
+    index[axis] = order
+    placed[tuple(index)] = values
+    return placed
+
+
 def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 class _Rewrite:
-    """One pass over the graph in topological order. ``source_order``: producing Conv node name -> the
+    """One pass over the graph in topological order. ``source_order``: producing Conv's output name -> the
     physical position of each of its logical output channels (absent: natural order)."""
 
     def __init__(self, model: onnx.ModelProto, source_order: dict[str, np.ndarray]) -> None:
@@ -81,16 +91,23 @@ class _Rewrite:
         return name
 
     def shuffle_at(self, node: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.NodeProto, int] | None:
-        """(Transpose, last Reshape, groups) when ``node`` starts the Reshape-Transpose-Reshape shuffle."""
+        """(Transpose, last Reshape, groups) when ``node`` starts a Reshape(N, g, C/g, H, W) ->
+        Transpose(0, 2, 1, 3, 4) -> Reshape(N, C, H, W) shuffle of a C-channel tensor's channels."""
         if node.op_type != "Reshape" or node.input[1] not in self.init or self.array(node.input[1]).size != 5:
             return None
+        shape = self.array(node.input[1])
+        if int(shape[1]) * int(shape[2]) != self.channels.get(node.input[0], -1):
+            return None  # not a split of the channel axis (a spatial shuffle, or unknown channels)
         after = self.readers.get(node.output[0], [])
         if len(after) != 1 or after[0].op_type != "Transpose" or list(_attr(after[0], "perm", [])) != [0, 2, 1, 3, 4]:
             return None
         last = self.readers.get(after[0].output[0], [])
-        if len(last) != 1 or last[0].op_type != "Reshape":
+        if len(last) != 1 or last[0].op_type != "Reshape" or last[0].input[1] not in self.init:
             return None
-        return after[0], last[0], int(self.array(node.input[1])[1])
+        target = self.array(last[0].input[1])
+        if target.size != 4 or int(target[1]) != self.channels[node.input[0]]:
+            return None
+        return after[0], last[0], int(shape[1])
 
     def channel_list(self, name: str) -> Channels:
         if name in self.virtual:
@@ -112,7 +129,7 @@ class _Rewrite:
             order = self.perm.get(source, np.arange(self.channels.get(source, 0)))
             physical = order[logical]
             low, high = int(physical.min()), int(physical.max()) + 1
-            if high - low == len(logical):
+            if high - low == len(logical) == len(set(logical)):
                 piece = source
                 if high - low != len(order):
                     piece = f"shuffle_fold/slice_{len(self.nodes)}"
@@ -143,33 +160,22 @@ class _Rewrite:
         weight = self.array(node.input[1])
         bias = self.array(node.input[2]) if len(node.input) > 2 else None
         order_in = self.perm.get(inputs[0])
-        order_out = self.source_order.get(node.name)
         group = _attr(node, "group", 1)
         if group == 1:
             if order_in is not None:
-                moved = np.zeros_like(weight)
-                moved[:, order_in] = weight
-                weight = moved
-            if order_out is not None:
-                moved = np.zeros_like(weight)
-                moved[order_out] = weight
-                weight = moved
-                if bias is not None:
-                    placed = np.zeros_like(bias)
-                    placed[order_out] = bias
-                    bias = placed
-                self.perm[node.output[0]] = order_out
+                weight = _placed(weight, order_in, axis=1)
+            order_out = self.source_order.get(node.output[0])
         elif order_in is not None and group == weight.shape[0] == len(order_in) and weight.shape[1] == 1:
-            moved = np.zeros_like(weight)  # depthwise: channel c stays channel c, wherever it sits
-            moved[order_in] = weight
-            weight = moved
-            if bias is not None:
-                placed = np.zeros_like(bias)
-                placed[order_in] = bias
-                bias = placed
-            self.perm[node.output[0]] = order_in
+            order_out = order_in  # depthwise: channel c stays channel c, wherever it sits
         elif order_in is not None:
-            inputs[0] = self.logical(inputs[0])
+            inputs[0] = self.logical(inputs[0])  # a Gather: the fold is then refused
+            return
+        else:
+            return
+        if order_out is not None:
+            weight = _placed(weight, order_out)
+            bias = None if bias is None else _placed(bias, order_out)
+            self.perm[node.output[0]] = order_out
         if order_in is not None or order_out is not None:
             inputs[1] = self.const(weight, "weight")
             if bias is not None:
@@ -187,15 +193,15 @@ class _Rewrite:
         return out
 
     def run(self) -> _Rewrite:
-        skip: set[str] = set()
+        skip: set[str] = set()  # by output name: ONNX does not require node names
         for node in self.model.graph.node:
-            if node.name in skip:
+            if node.output[0] in skip:
                 continue
             inputs = list(node.input)
             shuffle = self.shuffle_at(node)
             if shuffle is not None:
                 transpose, last, groups = shuffle
-                skip.update({transpose.name, last.name})
+                skip.update({transpose.output[0], last.output[0]})
                 channels = self.channel_list(inputs[0])
                 order = np.arange(len(channels)).reshape(groups, -1).T.ravel()
                 self.virtual[last.output[0]] = [channels[j] for j in order]
@@ -210,7 +216,7 @@ class _Rewrite:
                     (len(node.input) < 5 or list(self.array(node.input[4])) == [1]):
                 channels = self.virtual[inputs[0]]
                 start, end = int(self.array(node.input[1])[0]), int(self.array(node.input[2])[0])
-                self.virtual[node.output[0]] = channels[max(start, 0):min(end, len(channels))]
+                self.virtual[node.output[0]] = channels[start:end]  # clamped as ONNX clamps
                 continue
             inputs = [self.build(i) if i in self.virtual else i for i in inputs]
             if node.op_type == "Conv":
@@ -227,7 +233,8 @@ class _Rewrite:
 
 def fold_channel_shuffles(model: onnx.ModelProto) -> FoldResult:
     """``model`` with its channel shuffles folded away (see the module docstring), or ``FoldResult(None)``
-    with the reason when there is none to fold or folding would need a Gather."""
+    with the reason when there is none to fold, folding would need a Gather, or a graph output would
+    come out reordered."""
     first = _Rewrite(model, {}).run()
     if not first.shuffles:
         return FoldResult(None, reason="no Reshape-Transpose-Reshape channel shuffle")
@@ -246,7 +253,7 @@ def fold_channel_shuffles(model: onnx.ModelProto) -> FoldResult:
         by_reader = sorted(range(count), key=lambda c: (readers.get(c, count), c))
         order = np.empty(count, dtype=np.int64)
         order[by_reader] = np.arange(count)
-        source_order[node.name] = order
+        source_order[node.output[0]] = order
     final = _Rewrite(model, source_order).run()
     if final.gathers:
         return FoldResult(None, reason=f"{final.gathers} reordered tensors would need a Gather")

@@ -68,3 +68,12 @@ def test_graph_without_a_shuffle_is_left_alone(tmp_path):
     result = fold_channel_shuffles(graph)
     assert result.model is None and "no" in result.reason
     assert result.record() == {"channel_shuffles_folded": 0, "why": result.reason}
+
+
+def test_backbone_whose_outputs_are_shuffled_is_refused(backbone, tmp_path):
+    """Without the neck the stage outputs are graph outputs: folding would reorder them, so nothing is folded."""
+    torch.manual_seed(0)
+    net = ShuffleNetV2("0.5x").eval()
+    graph = write_onnx(net, torch.zeros(1, 3, 64, 64), tmp_path / "bare.onnx", ("c3", "c4", "c5"))
+    result = fold_channel_shuffles(graph)
+    assert result.model is None and "graph output" in result.reason, result.reason
