@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
-from int8_probe import heading, image_sets, probe_arguments, quantize_u8s8  # bench/, beside this script
+from int8_probe import heading, image_sets, mse_range, probe_arguments, quantize_u8s8  # bench/, beside this script
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edge_runtime.compare import compare
@@ -48,22 +48,10 @@ def leakyrelu_ranges(prepared: onnx.ModelProto, session, input_name: str, tensor
     for tensor in tensors:
         for name, value in zip(slopes, session(list(slopes), tensor)):
             values[name].append(value.ravel()[rng.integers(0, value.size, 20000)])
-    values_all = {t: np.concatenate(v) for t, v in values.items()}
-
-    def lrelu(x, a):
-        return np.where(x >= 0, x, a * x)
-
-    def qdq(x, lo, hi):
-        scale = (hi - lo) / 255
-        zero = np.round(-lo / scale)
-        return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
-
     overrides = {}
     for name, alpha in slopes.items():
-        v = values_all[name]
-        lo, hi, ref = float(v.min()), float(v.max()), lrelu(v, alpha)
-        grid = [(lo * fl, hi * fh) for fl in (1, .75, .5, .35, .25, .15, .1, .05, .02) for fh in (1, .9, .8, .7)]
-        best = min(grid, key=lambda r: float(np.mean((lrelu(qdq(v, *r), alpha) - ref) ** 2)))
+        best = mse_range(np.concatenate(values[name]), lambda x, a=alpha: np.where(x >= 0, x, a * x),
+                         shrink_high=(1, .9, .8, .7))
         overrides[name] = [{"rmin": np.float32(best[0]), "rmax": np.float32(best[1])}]
     return overrides
 

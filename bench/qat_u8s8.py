@@ -30,7 +30,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from int8_probe import fp32_cosines, heading, image_sets, probe_arguments, quantize_u8s8  # bench/, beside this
+from int8_probe import (  # bench/, beside this script
+    fp32_cosines,
+    heading,
+    image_sets,
+    mse_range,
+    probe_arguments,
+    quantize_u8s8,
+)
 from int8_vs_fp32 import accuracy
 from torch import nn
 from torch.nn.utils import parametrize
@@ -50,23 +57,8 @@ from edge_runtime.backends import open_backend
 from edge_runtime.manifest import Manifest, load_manifest
 from edge_runtime.timing import interleaved_times
 
-SHRINK_LOW = (1, .75, .5, .35, .25, .15, .1, .05, .02)
-SHRINK_HIGH = (1, .9, .8, .7, .6, .5)
 SAMPLED = 20000  # values sampled per calibration batch and tensor to choose a starting range from
 LSQ_GRADIENT_SCALE = 1 / np.sqrt(SAMPLED * 255)  # LSQ's 1/sqrt(N * Qp), one N for every tensor (as measured)
-
-
-def mse_range(values: np.ndarray, after=lambda v: v) -> tuple[float, float]:
-    """The uint8 range, among shrunken min/max ranges, whose rounding errs least in mean square (of ``after``)."""
-    low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
-    reference = after(values)
-
-    def error(lo: float, hi: float) -> float:
-        scale = max((hi - lo) / 255, 1e-8)
-        zero = np.round(-lo / scale)
-        rounded = (np.clip(np.round(values / scale) + zero, 0, 255) - zero) * scale
-        return float(np.mean((after(rounded) - reference) ** 2))
-    return min(((low * a, high * b) for a in SHRINK_LOW for b in SHRINK_HIGH), key=lambda r: error(*r))
 
 
 def instrument(model: nn.Module, batches: list[torch.Tensor]) -> tuple[list, dict[str, nn.Module], list[str]]:

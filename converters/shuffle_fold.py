@@ -249,7 +249,7 @@ def fold_channel_shuffles(model: onnx.ModelProto) -> FoldResult:
             node = producer.get(node.input[0])
         if node is None or node.op_type != "Conv" or _attr(node, "group", 1) != 1:
             continue  # its order stays; a piece that is not contiguous then needs a Gather (refused below)
-        count = len(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == node.input[1])))
+        count = first.array(node.input[1]).shape[0]
         by_reader = sorted(range(count), key=lambda c: (readers.get(c, count), c))
         order = np.empty(count, dtype=np.int64)
         order[by_reader] = np.arange(count)
