@@ -1,18 +1,19 @@
 """Fold ShuffleNetV2's channel shuffles away: the same network, with less data movement.
 
 A ShuffleNetV2 unit ends in Concat -> Reshape(N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) -> Reshape and
-the next unit splits the result in halves (Slice): three copies of every channel per unit, only to put
-channels in an order. Here those tensors become *virtual*: a list of (source tensor, channel) per logical
-channel, with no node behind it. Only what another node reads is built (in these networks, convolutions),
-as one Slice per source tensor and a Concat; a convolution takes its input channels in that order
-through its weights (a depthwise convolution keeps the order, which its readers take in turn). Each
-source's output channels are ordered (its producing convolution's rows permuted) by the convolution
-input they end up in, so every piece is one contiguous Slice. The rewrite is exact up to float
-summation order.
+the next unit splits the result in halves (Slice); YOLO-FastestV2's units start with Reshape(C/2, 2, H*W) ->
+Transpose(1, 0, 2) -> Reshape(2, 1, C/2, H, W) -> Gather 0 / Gather 1 (even / odd channels). Either way
+several copies of every channel per unit, only to put channels in an order. Here those tensors become
+*virtual*: a list of (source tensor, channel) per logical channel, with no node behind it. Only what
+another node reads is built (in these networks, convolutions), as one Slice per source tensor and a
+Concat; a convolution takes its input channels in that order through its weights (a depthwise convolution
+keeps the order, which its readers take in turn). Each source's output channels are ordered (its producing
+convolution's rows permuted) by the convolution input they end up in, so every piece is one contiguous
+Slice. The rewrite is exact up to float summation order.
 
-On NanoDet-Plus-m 416 (16 shuffles) the OpenVINO INT8 IR ran 1.27x faster, see
-docs/formats-and-int8.md. Graphs without that shuffle pattern (YOLO-FastestV2's shuffle is a Gather)
-are left alone, and so is any graph where a virtual tensor would need a Gather.
+A Concat along channels that reads a virtual tensor is virtual too, and Resize, pooling and activations
+keep a reordered tensor's order. Graphs without either shuffle pattern are left alone, and so is any graph
+where a virtual tensor would need a Gather. Measurements: docs/formats-and-int8.md.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ class _Rewrite:
             for name in node.input:
                 self.readers.setdefault(name, []).append(node)
         inferred = onnx.shape_inference.infer_shapes(self.model)
-        self.channels = {v.name: v.type.tensor_type.shape.dim[1].dim_value
-                         for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-                         if len(v.type.tensor_type.shape.dim) > 1}
+        self.shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                       for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+        self.channels = {name: dims[1] for name, dims in self.shapes.items() if len(dims) > 1}
         self.source_order = source_order
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -90,24 +91,41 @@ class _Rewrite:
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def shuffle_at(self, node: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.NodeProto, int] | None:
-        """(Transpose, last Reshape, groups) when ``node`` starts a Reshape(N, g, C/g, H, W) ->
-        Transpose(0, 2, 1, 3, 4) -> Reshape(N, C, H, W) shuffle of a C-channel tensor's channels."""
-        if node.op_type != "Reshape" or node.input[1] not in self.init or self.array(node.input[1]).size != 5:
+    def shuffle_at(self, node: onnx.NodeProto) -> tuple[list[str], dict[str, np.ndarray]] | None:
+        """When ``node`` starts a channel shuffle of a C-channel tensor: the outputs of the nodes it spans, and
+        per output tensor the input channel behind each of its channels. Two forms:
+        Reshape(N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) -> Reshape(N, C, H, W) (NanoDet), and, batch 1,
+        Reshape(C/g, g, H*W) -> Transpose(1, 0, 2) -> Reshape(g, 1, C/g, H, W) -> Gather(axis 0, j) for each
+        j read (YOLO-FastestV2: channels j, j+g, ...)."""
+        if node.op_type != "Reshape" or node.input[1] not in self.init:
             return None
-        shape = self.array(node.input[1])
-        if int(shape[1]) * int(shape[2]) != self.channels.get(node.input[0], -1):
-            return None  # not a split of the channel axis (a spatial shuffle, or unknown channels)
+        shape, dims = [int(v) for v in self.array(node.input[1])], self.shapes.get(node.input[0], [])
         after = self.readers.get(node.output[0], [])
-        if len(after) != 1 or after[0].op_type != "Transpose" or list(_attr(after[0], "perm", [])) != [0, 2, 1, 3, 4]:
+        if len(dims) != 4 or 0 in dims or len(after) != 1 or after[0].op_type != "Transpose":
             return None
+        perm = list(_attr(after[0], "perm", []))
         last = self.readers.get(after[0].output[0], [])
         if len(last) != 1 or last[0].op_type != "Reshape" or last[0].input[1] not in self.init:
             return None
-        target = self.array(last[0].input[1])
-        if target.size != 4 or int(target[1]) != self.channels[node.input[0]]:
+        target, channels = [int(v) for v in self.array(last[0].input[1])], dims[1]
+        if len(shape) == 5 and perm == [0, 2, 1, 3, 4] and shape[1] * shape[2] == channels and \
+                len(target) == 4 and target[1] == channels:
+            groups = shape[1]
+            return [after[0].output[0], last[0].output[0]], \
+                {last[0].output[0]: np.arange(channels).reshape(groups, -1).T.ravel()}
+        groups = shape[1] if len(shape) == 3 else 0
+        if dims[0] != 1 or perm != [1, 0, 2] or groups < 2 or target[1] not in (1, -1) or \
+                shape != [channels // groups, groups, dims[2] * dims[3]] or \
+                target[:1] + target[2:] != [groups, channels // groups, dims[2], dims[3]]:
             return None
-        return after[0], last[0], int(shape[1])
+        gathers = self.readers.get(last[0].output[0], [])
+        picked: dict[str, np.ndarray] = {}
+        for gather in gathers:
+            index = self.array(gather.input[1]) if gather.op_type == "Gather" and gather.input[1] in self.init else None
+            if index is None or _attr(gather, "axis", 0) != 0 or index.ndim != 0 or not 0 <= int(index) < groups:
+                return None
+            picked[gather.output[0]] = np.arange(channels).reshape(-1, groups)[:, int(index)]
+        return [after[0].output[0], last[0].output[0], *picked], picked
 
     def channel_list(self, name: str) -> Channels:
         if name in self.virtual:
@@ -181,6 +199,18 @@ class _Rewrite:
             if bias is not None:
                 inputs[2] = self.const(bias, "bias")
 
+    def resizes_in_space(self, node: onnx.NodeProto) -> bool:
+        """A Resize whose constant scales (or sizes) keep batch and channels: it treats channels alike."""
+        if node.op_type != "Resize":
+            return False
+        scales = node.input[2] if len(node.input) > 2 else ""
+        sizes = node.input[3] if len(node.input) > 3 else ""
+        if scales and not sizes and scales in self.init:
+            return self.array(scales)[:2].tolist() == [1.0, 1.0]
+        if sizes and not scales and sizes in self.init:
+            return self.array(sizes)[:2].tolist() == self.shapes.get(node.input[0], [])[:2]
+        return False
+
     def reordered(self, name: str) -> bool:
         return name in self.perm and not np.array_equal(self.perm[name], np.arange(len(self.perm[name])))
 
@@ -200,15 +230,15 @@ class _Rewrite:
             inputs = list(node.input)
             shuffle = self.shuffle_at(node)
             if shuffle is not None:
-                transpose, last, groups = shuffle
-                skip.update({transpose.output[0], last.output[0]})
+                spanned, picked = shuffle
+                skip.update(spanned)
                 channels = self.channel_list(inputs[0])
-                order = np.arange(len(channels)).reshape(groups, -1).T.ravel()
-                self.virtual[last.output[0]] = [channels[j] for j in order]
+                for out, order in picked.items():
+                    self.virtual[out] = [channels[j] for j in order]
                 self.shuffles += 1
                 continue
-            if node.op_type == "Concat" and _attr(node, "axis") == 1 and any(
-                    self.shuffle_at(r) for r in self.readers.get(node.output[0], [])):
+            if node.op_type == "Concat" and _attr(node, "axis") == 1 and (any(i in self.virtual for i in inputs) or any(
+                    self.shuffle_at(r) for r in self.readers.get(node.output[0], []))):
                 self.virtual[node.output[0]] = [sc for i in inputs for sc in self.channel_list(i)]
                 continue
             if node.op_type == "Slice" and inputs[0] in self.virtual and len(node.input) >= 4 and \
@@ -221,7 +251,8 @@ class _Rewrite:
             inputs = [self.build(i) if i in self.virtual else i for i in inputs]
             if node.op_type == "Conv":
                 self.conv(node, inputs)
-            elif node.op_type in _ELEMENTWISE + ("MaxPool", "AveragePool") and inputs[0] in self.perm:
+            elif inputs[0] in self.perm and (node.op_type in _ELEMENTWISE + ("MaxPool", "AveragePool")
+                                             or self.resizes_in_space(node)):
                 self.perm[node.output[0]] = self.perm[inputs[0]]
             else:
                 inputs = [self.logical(i) if self.reordered(i) else i for i in inputs]
@@ -237,7 +268,7 @@ def fold_channel_shuffles(model: onnx.ModelProto) -> FoldResult:
     come out reordered."""
     first = _Rewrite(model, {}).run()
     if not first.shuffles:
-        return FoldResult(None, reason="no Reshape-Transpose-Reshape channel shuffle")
+        return FoldResult(None, reason="no Reshape-Transpose-Reshape(-Gather) channel shuffle")
     producer = {out: node for node in model.graph.node for out in node.output}
     readers_by_source: dict[str, dict[int, int]] = {}
     for (source, channel), reader in first.reader_of.items():

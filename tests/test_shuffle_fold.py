@@ -1,5 +1,6 @@
-"""converters.shuffle_fold on a ShuffleNetV2 exported as the project exports models: the folded graph has
-no channel shuffle left, reads every piece with one Slice, and gives the same outputs."""
+"""converters.shuffle_fold on ShuffleNetV2s exported as the project exports models (NanoDet's backbone, whose
+shuffle ends a unit, and YOLO-FastestV2 whole, whose shuffle starts one with two Gathers): the folded graph
+has no channel shuffle left, reads every piece with one Slice, and gives the same outputs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from converters.export_onnx import write_onnx  # noqa: E402
 from converters.models.backbones.shufflenetv2 import ShuffleNetV2  # noqa: E402
+from converters.models.yolo_fastest_v2 import YoloFastestV2, YoloFastestV2Deploy  # noqa: E402
 from converters.shuffle_fold import fold_channel_shuffles  # noqa: E402
 
 
@@ -36,16 +38,28 @@ class BackboneWithNeck(torch.nn.Module):
         return tuple(conv(level) for conv, level in zip(self.neck, self.backbone(x)))
 
 
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    torch.manual_seed(0)
-    net = BackboneWithNeck().eval()
-    for module in net.modules():  # non-trivial BatchNorm statistics, so the folded convs differ per channel
+def _random_statistics(net: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics, so the folded convs differ per channel."""
+    for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    torch.manual_seed(0)
+    net = _random_statistics(BackboneWithNeck())
     path = tmp_path_factory.mktemp("shuffle") / "backbone.onnx"
     return write_onnx(net, torch.zeros(1, 3, 96, 96), path, ("c3", "c4", "c5"))
+
+
+def _assert_same_outputs(original, folded, size: int) -> None:
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    for want, got in zip(_run(original, x), _run(folded, x)):
+        assert want.shape == got.shape
+        assert np.abs(want - got).max() <= 1e-5 * max(1.0, float(np.abs(want).max())), np.abs(want - got).max()
 
 
 def test_folded_backbone_gives_the_same_outputs_without_a_shuffle(backbone):
@@ -56,10 +70,23 @@ def test_folded_backbone_gives_the_same_outputs_without_a_shuffle(backbone):
     assert result.shuffles == before["Transpose"] == 16 and after["Transpose"] == 0, (before, after)
     assert after["Gather"] == 0 and after["Reshape"] == 0
     assert result.record() == {"channel_shuffles_folded": 16, **result.counts} and result.counts["slices"] > 0
-    x = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
-    for want, got in zip(_run(backbone, x), _run(result.model, x)):
-        assert want.shape == got.shape
-        assert np.abs(want - got).max() <= 1e-5 * max(1.0, float(np.abs(want).max())), np.abs(want - got).max()
+    _assert_same_outputs(backbone, result.model, 96)
+
+
+def test_gather_form_of_yolo_fastestv2_is_folded(tmp_path):
+    """Reshape(C/2, 2, HW) -> Transpose(1, 0, 2) -> Reshape -> Gather 0 / Gather 1 in 13 units; the unit
+    outputs reach the neck through Concat and Resize, which the fold passes through."""
+    torch.manual_seed(0)
+    net = YoloFastestV2Deploy(_random_statistics(YoloFastestV2()))
+    graph = write_onnx(net, torch.zeros(1, 3, 160, 160), tmp_path / "yfv2.onnx", ("scores", "box_sigmoid"))
+    before = Counter(n.op_type for n in graph.graph.node)
+    result = fold_channel_shuffles(graph)
+    assert result.model is not None, result.reason
+    after = Counter(n.op_type for n in result.model.graph.node)
+    assert result.shuffles == 13 and before["Gather"] == 26 and after["Gather"] == 0, (before, after)
+    # what is left of Reshape/Transpose is the decode tail's (6 Transposes), not the backbone's 13 x 2 + 13
+    assert after["Transpose"] == before["Transpose"] - 13 and after["Reshape"] == before["Reshape"] - 26
+    _assert_same_outputs(graph, result.model, 160)
 
 
 def test_graph_without_a_shuffle_is_left_alone(tmp_path):
