@@ -72,6 +72,7 @@ class _Rewrite:
         self.shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
                        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
         self.channels = {name: dims[1] for name, dims in self.shapes.items() if len(dims) > 1}
+        self.outputs = {o.name for o in graph.output}
         self.source_order = source_order
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -100,21 +101,24 @@ class _Rewrite:
         if node.op_type != "Reshape" or node.input[1] not in self.init:
             return None
         shape, dims = [int(v) for v in self.array(node.input[1])], self.shapes.get(node.input[0], [])
+        channels = dims[1] if len(dims) == 4 else 0
         after = self.readers.get(node.output[0], [])
-        if len(dims) != 4 or 0 in dims or len(after) != 1 or after[0].op_type != "Transpose":
+        if channels <= 0 or len(after) != 1 or after[0].op_type != "Transpose":
             return None
         perm = list(_attr(after[0], "perm", []))
         last = self.readers.get(after[0].output[0], [])
-        if len(last) != 1 or last[0].op_type != "Reshape" or last[0].input[1] not in self.init:
+        if len(last) != 1 or last[0].op_type != "Reshape" or last[0].input[1] not in self.init or \
+                {node.output[0], after[0].output[0]} & self.outputs:  # tensors the fold would drop
             return None
-        target, channels = [int(v) for v in self.array(last[0].input[1])], dims[1]
+        target = [int(v) for v in self.array(last[0].input[1])]
         if len(shape) == 5 and perm == [0, 2, 1, 3, 4] and shape[1] * shape[2] == channels and \
                 len(target) == 4 and target[1] == channels:
             groups = shape[1]
             return [after[0].output[0], last[0].output[0]], \
                 {last[0].output[0]: np.arange(channels).reshape(groups, -1).T.ravel()}
         groups = shape[1] if len(shape) == 3 else 0
-        if dims[0] != 1 or perm != [1, 0, 2] or groups < 2 or target[1] not in (1, -1) or \
+        if last[0].output[0] in self.outputs or dims[0] != 1 or 0 in dims or perm != [1, 0, 2] or groups < 2 or \
+                len(target) != 5 or target[1] not in (1, -1) or \
                 shape != [channels // groups, groups, dims[2] * dims[3]] or \
                 target[:1] + target[2:] != [groups, channels // groups, dims[2], dims[3]]:
             return None
@@ -200,8 +204,11 @@ class _Rewrite:
                 inputs[2] = self.const(bias, "bias")
 
     def resizes_in_space(self, node: onnx.NodeProto) -> bool:
-        """A Resize whose constant scales (or sizes) keep batch and channels: it treats channels alike."""
-        if node.op_type != "Resize":
+        """A Resize whose constant scales (or sizes) keep batch and channels and that samples each channel
+        on its own: it treats channels alike. (No ``axes``, no crop-and-resize, whose roi spans channels.)"""
+        if node.op_type != "Resize" or _attr(node, "axes") is not None or \
+                _attr(node, "coordinate_transformation_mode", b"half_pixel") == b"tf_crop_and_resize" or \
+                _attr(node, "keep_aspect_ratio_policy", b"stretch") != b"stretch":
             return False
         scales = node.input[2] if len(node.input) > 2 else ""
         sizes = node.input[3] if len(node.input) > 3 else ""
