@@ -8,9 +8,12 @@ orchestrator that loads it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from edge_runtime.deploy.hostinfo import detect_host
+from edge_runtime.deploy.targets import load_target
 from edge_runtime.manifest import Manifest
 
 from .accuracy import AccuracyBudget, CosineAgreement
@@ -39,3 +42,20 @@ class ConvertResult:
     file: str  # relative to the package folder
     outputs: list[str]  # graph output names, in the family's role order
     extra: dict[str, Any] = field(default_factory=dict)  # format-specific manifest fields
+
+
+@lru_cache(maxsize=1)
+def host_cpu_target() -> str | None:
+    """The first CPU-only profile ``targets --detect`` matches here (a board's, else the CPU family's)."""
+    return next((name for name in detect_host().matching_targets if not load_target(name).accelerator), None)
+
+
+def int8_weights_saturate(options: dict[str, Any]) -> bool:
+    """Whether the CPU the package is for multiplies u8 x s8 pairs with 16-bit saturation (x86 without
+    VNNI/AMX: AVX2's vpmaddubsw), which full 8-bit weights can overflow, so INT8 weights feeding it take 7
+    bits: the target profile's ``onnx_weight_bits`` (no target: this host's CPU profile's). A profile that
+    does not say counts as saturating: 7 bits are right on every CPU."""
+    if options.get("target"):
+        return options.get("onnx_weight_bits", "7") == "7"
+    here = host_cpu_target()
+    return (load_target(here).onnx_weight_bits if here else None) in (None, "7")

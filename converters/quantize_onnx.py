@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +30,10 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edge_runtime.deploy.hostinfo import detect_host
-from edge_runtime.deploy.targets import load_target
 from edge_runtime.timing import interleaved_times
 
 from .accuracy import CosineAgreement, float_prefix_search, run_nncf_search
-from .convert_job import ConvertJob, ConvertResult
+from .convert_job import ConvertJob, ConvertResult, host_cpu_target, int8_weights_saturate
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
@@ -173,23 +171,12 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
     return {**info, "accuracy_control": budget.describe(before, after, float_layers)}, after
 
 
-@lru_cache(maxsize=1)
-def _host_cpu_target() -> str | None:
-    """The first CPU-only profile ``targets --detect`` matches here (a board's, else the CPU family's)."""
-    return next((name for name in detect_host().matching_targets if not load_target(name).accelerator), None)
-
-
 def _reduce_range(job: ConvertJob) -> bool:
-    """7-bit weights: x86 without VNNI multiplies u8 x s8 pairs with 16-bit saturation (AVX2's
-    vpmaddubsw), which 7-bit weights avoid. The option wins, then the target profile's
-    ``onnx_weight_bits`` (no target: this host's CPU profile's); a profile that does not say gets
-    7 bits, right on every CPU."""
+    """7-bit weights for the U8S8 graph: the option wins, else where the target's CPU saturates
+    (``int8_weights_saturate``)."""
     if "onnx_reduce_range" in job.options:
         return bool(job.options["onnx_reduce_range"])
-    if job.options.get("target"):
-        return job.options.get("onnx_weight_bits", "7") == "7"
-    here = _host_cpu_target()
-    return (load_target(here).onnx_weight_bits if here else None) in (None, "7")
+    return int8_weights_saturate(job.options)
 
 
 def _host_is_target(job: ConvertJob) -> tuple[bool, str]:
@@ -198,7 +185,7 @@ def _host_is_target(job: ConvertJob) -> tuple[bool, str]:
     host = detect_host()
     name = f"{host.cpu or 'unknown CPU'} ({host.arch})"
     target = job.options.get("target")
-    return target is None or target == _host_cpu_target(), name
+    return target is None or target == host_cpu_target(), name
 
 
 def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path, float | None]]

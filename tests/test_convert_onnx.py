@@ -101,7 +101,8 @@ def test_target_profile_sets_the_onnx_recipe_inputs(export, tmp_path):
     from types import SimpleNamespace
 
     from converters import Converter
-    from converters.quantize_onnx import _host_cpu_target, _reduce_range
+    from converters.convert_job import host_cpu_target
+    from converters.quantize_onnx import _reduce_range
     from edge_runtime.deploy.targets import conversion_plan, load_target
 
     # 7 bits where u8 x s8 pairs saturate in 16 bits (AVX2), 8 where the kernels accumulate in 32;
@@ -117,7 +118,7 @@ def test_target_profile_sets_the_onnx_recipe_inputs(export, tmp_path):
                             int8_min_cosine=0).artifact("onnx", "int8")
     recipe = art.extra["quantization"]["recipe"]
     assert recipe["candidates"]["ort"]["reduce_range"] is True
-    here = _host_cpu_target() == "x86"
+    here = host_cpu_target() == "x86"
     assert all(("speed_vs_fp32" in c) == here for c in recipe["candidates"].values()), recipe
     if not here:
         assert "speed not measured" in recipe["why"] and "target x86" in recipe["why"]
