@@ -7,12 +7,16 @@ the obj x cls multiply) - stays in float: found by walking the graph back from t
 type, so no node names are hard-coded.
 
 The first convolutions (at most ``ov_float_first_convs`` convolutions deep from the input: the stem
-and the convolutions reading its output, 3 layers in both models) also stay in float. NNCF's
+and the convolutions reading its output, 3 layers in both models) also stay in float, at first. NNCF's
 accuracy-aware search reverted exactly these first on NanoDet-Plus-m; on 66 held-out COCO photos
 they raised the worst per-image score-map cosine vs FP32 from 0.943 to 0.978 (NanoDet-Plus-m 416)
 and from 0.797 to 0.849 (YOLO-FastestV2), the mean from 0.988 to 0.994 and from 0.979 to 0.985.
 Beyond that the INT8 error is spread over the whole network (no single quantiser is worth more
-than +0.0004 cosine), so more float layers buy little per layer.
+than +0.0004 cosine), so more float layers buy little per layer. ``ov_quantize_stem`` quantises the stem
+after NNCF instead (``quantize_image_convs``), on the image's own grid (every 8-bit pixel exactly; weights
+per channel, 8 bits, 7 where the CPU saturates u8 x s8 pairs): what the stem cost in cosine was NNCF's
+range for the image and the bias correction made for it, not the stem's weights. Off by default: the
+cosine stays, the mAP drop grows (docs/formats-and-int8.md).
 
 Before conversion the ShuffleNetV2 channel shuffles are folded away (``shuffle_fold``: each unit's
 convolution reads a Concat of Slices of the tensors its channels come from; exact, checked like any
@@ -33,11 +37,17 @@ Options (``job.options``):
   ``ov_smooth_quant``          SmoothQuant alpha for convolutions (default off). 0.5 halved NanoDet-Plus-m's
                                detection disagreements with FP32 on 100 COCO photos (25 -> 12 of 453) but
                                not YOLO-FastestV2's, and lowered worst-image cosines; 0.3/0.7 gave ~20
-  ``ov_overflow_fix``          "first_layer" (default), "enable" or "disable". NNCF's 7-bit weights avoid
-                               int16 saturation in AVX2 int8 kernels on CPUs without VNNI; "disable" is only
-                               safe on VNNI/AMX CPUs (it gave score cosine 0.54 on an AVX2-only CPU)
+  ``ov_overflow_fix``          "first_layer", "enable" or "disable". NNCF's 7-bit weights avoid int16
+                               saturation in AVX2 int8 kernels on CPUs without VNNI; "disable" is only safe on
+                               VNNI/AMX CPUs (it gave score cosine 0.54 on an AVX2-only CPU). Default
+                               "first_layer"; with ``ov_quantize_stem`` "disable" where the target's CPU does
+                               not saturate (``int8_weights_saturate``: NNCF's first layer is then not the stem)
   ``ov_quantize_concat_inputs`` the Concat pass above (default True)
   ``ov_fold_shuffles``         fold the channel shuffles away before converting (default True)
+  ``ov_quantize_stem``         quantise the convolutions that read the image on the pixel grid (default False:
+                               same cosine, 1.02-1.12x faster, but 0.25-0.55 mAP points more drop on
+                               voc-indoor-85, docs/formats-and-int8.md; with a budget, left in float when it is
+                               missed with and met without)
   ``openvino_inference_precision``  the INT8 IR's hint: "auto" (default: bf16 when this CPU has AVX512-BF16 or
                                AMX-BF16, else f32), "bf16" or "f32"; a target profile's key of the same name
 """
@@ -55,11 +65,11 @@ import onnx
 
 from edge_runtime.backends.openvino import RECORDED_PRECISIONS, cpu_has_bf16
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.manifest import sha256_file
+from edge_runtime.manifest import InputSpec, sha256_file
 from edge_runtime.versions import package_version
 
 from .accuracy import Runner, run_nncf_search
-from .convert_job import ConvertJob, ConvertResult
+from .convert_job import ConvertJob, ConvertResult, int8_weights_saturate
 from .shuffle_fold import FoldResult, fold_channel_shuffles
 
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
@@ -138,7 +148,8 @@ def int8_inference_precision(choice: str | None) -> str:
     """The hint an INT8 IR is verified and run with: ``choice`` ("auto"/None: bf16 when this CPU has it)."""
     choice = str(choice or "auto").lower()
     if choice not in INFERENCE_PRECISIONS:
-        raise EdgeRuntimeError(f"openvino_inference_precision {choice!r} is not one of {', '.join(INFERENCE_PRECISIONS)}")
+        raise EdgeRuntimeError(f"openvino_inference_precision {choice!r} is not one of "
+                               f"{', '.join(INFERENCE_PRECISIONS)}")
     if choice == "auto":
         return "bf16" if cpu_has_bf16() else "f32"
     return choice
@@ -231,6 +242,60 @@ def _quantize_slice_sources(model: Any) -> int:
     return len(groups)
 
 
+def image_convs(model: Any) -> list[str]:
+    """Friendly names of the convolutions that read the model's input (the image) directly."""
+    return [port.get_node().get_friendly_name() for param in model.get_parameters()
+            for port in param.output(0).get_target_inputs() if port.get_node().get_type_name() in _PRODUCERS]
+
+
+def quantize_image_convs(model: Any, spec: InputSpec, weight_bits: int) -> dict[str, Any]:
+    """Quantise the convolutions that read the image (the stem) on the image's own grid; returns the record
+    (``{}`` when there is none to quantise: NNCF did, or the weights are not plain constants).
+
+    The input is (pixel - mean) / std with 8-bit pixels, so 256 levels from (0 - mean) / std to
+    (255 - mean) / std hold every input exactly when the channels share mean and std (else one range spans
+    them all, ``every_pixel_exact`` false). NNCF's range for it (the mean of each photo's max) clips the
+    brightest pixels and puts the others between levels, and its bias correction then moves the stem's bias
+    for that error. Weights: symmetric per output channel, ``weight_bits`` bits (7 where the CPU saturates
+    u8 x s8 pairs in 16 bits, ``int8_weights_saturate``); the bias stays as trained."""
+    import openvino.opset13 as ops
+
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    low, high = (0.0 - mean) / std, (255.0 - mean) / std
+    # one range for all channels: the CPU plugin runs a convolution in int8 only behind a per-tensor
+    # quantizer (per channel it computes in float); exact when every channel has the same mean and std
+    exact = bool(np.allclose(low, low[0]) and np.allclose(high, high[0]))
+    low, high = float(low.min()), float(high.max())
+    lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
+    names = []
+    for param in model.get_parameters():
+        readers = [port for port in param.output(0).get_target_inputs()
+                   if port.get_node().get_type_name() in _PRODUCERS
+                   and port.get_node().input(1).get_source_output().get_node().get_type_name() == "Constant"]
+        if not readers:
+            continue
+        pixels = ops.fake_quantize(param.output(0), lo, hi, lo, hi, 256)
+        pixels.set_friendly_name(f"{param.get_friendly_name()}/pixel_fq")
+        for port in readers:
+            conv = port.get_node()
+            port.replace_source_output(pixels.output(0))
+            weights = conv.input(1).get_source_output()
+            values = np.array(weights.get_node().get_data(), np.float32)
+            top = np.abs(values).reshape(values.shape[0], -1).max(axis=1)
+            top = np.maximum(top, np.finfo(np.float32).tiny).reshape(-1, *[1] * (values.ndim - 1))
+            w_lo, w_hi = ops.constant(-top), ops.constant(top)
+            levels = 2 ** weight_bits - 1  # symmetric: -(2^(b-1) - 1) .. 2^(b-1) - 1
+            quantized = ops.fake_quantize(weights, w_lo, w_hi, w_lo, w_hi, levels)
+            quantized.set_friendly_name(f"{conv.get_friendly_name()}/weights_fq")
+            conv.input(1).replace_source_output(quantized.output(0))
+            names.append(conv.get_friendly_name())
+    if not names:
+        return {}
+    model.validate_nodes_and_infer_types()
+    return {"convs": names, "weight_bits": weight_bits, "input_levels": 256,
+            "input_range": [round(low, 6), round(high, 6)], "every_pixel_exact": exact}
+
+
 def _runner(compiled: Any, input_name: str, outputs: list[str]) -> Runner:
     request = compiled.create_infer_request()
     ports = [compiled.output(name) for name in outputs]
@@ -265,15 +330,21 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
     float_depth = int(job.options.get("ov_float_first_convs", 2))
     fast_bc = bool(job.options.get("ov_fast_bias_correction", True))
     concat_pass = bool(job.options.get("ov_quantize_concat_inputs", True))
+    stem_pass = bool(job.options.get("ov_quantize_stem", False))
+    stem_bits = (7 if int8_weights_saturate(job.options) else 8) if stem_pass else 0
     smooth_quant = job.options.get("ov_smooth_quant")
-    overflow_name = str(job.options.get("ov_overflow_fix", "first_layer")).lower()
+    # NNCF's 7-bit first layer avoids AVX2's u8 x s8 saturation. With the stem quantised apart, NNCF's first
+    # layer is the next one, which on a CPU that accumulates in 32 bits needs no fix
+    overflow_default = "disable" if stem_pass and stem_bits == 8 else "first_layer"
+    overflow_name = str(job.options.get("ov_overflow_fix", overflow_default)).lower()
     fixes = {"first_layer": OverflowFix.FIRST_LAYER, "enable": OverflowFix.ENABLE, "disable": OverflowFix.DISABLE}
     if overflow_name not in fixes:
         raise EdgeRuntimeError(f"ov_overflow_fix {overflow_name!r} is not one of {', '.join(fixes)}")
     tensors = job.calibration.tensors
     tail = decode_tail(model) if ignore_tail else []
     head = first_convs(model, float_depth)
-    ignored = tail + head
+    # the stem is quantised on the pixel grid after NNCF (quantize_image_convs), so NNCF leaves it alone
+    ignored = tail + list(dict.fromkeys(head + (image_convs(model) if stem_pass else [])))
     advanced = {"overflow_fix": fixes[overflow_name]}
     extra_args: dict[str, Any] = {}
     if smooth_quant is not None and float(smooth_quant) >= 0:
@@ -287,10 +358,20 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
     settings = {"preset": presets[preset_name], "fast_bias_correction": fast_bc,
                 "ignored_scope": nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
                 "advanced_quantization_parameters": AdvancedQuantizationParameters(**advanced), **extra_args}
-    quantized = nncf.quantize(model, dataset, subset_size=len(tensors), **{
+    base = nncf.quantize(model, dataset, subset_size=len(tensors), **{
         k.replace("advanced_quantization_parameters", "advanced_parameters"): v for k, v in settings.items()})
+
+    def finish(with_stem: bool, with_pass: bool) -> tuple[Any, dict[str, Any], int]:
+        """A copy of ``base`` with the stem pass and/or the Concat pass: (model, stem record, added)."""
+        done = base.clone()
+        stem = quantize_image_convs(done, job.manifest.input, stem_bits) if with_stem else {}
+        return done, stem, quantize_concat_inputs(done, tensors, input_name) if with_pass else 0
+
     info: dict[str, Any] = {}
     budget = job.accuracy
+    fastest = (stem_pass, concat_pass, hint)
+    built = {fastest[:2]: finish(*fastest[:2])}
+    quantized, stem, added = built[fastest[:2]]
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
 
@@ -300,50 +381,53 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
 
         job.progress(f"openvino int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
                      f"{len(budget.metric.images)} held-out images, {hint}")
-        # "before": the recipe without the search (with the Concat pass, as "after" has it)
-        plain = quantized.clone()
-        plain_added = quantize_concat_inputs(plain, tensors, input_name) if concat_pass else 0
-        before = measure(plain)
-        plain_float = set(float_convs(quantized))
+        before = measure(quantized)  # "before": the recipe without the search, with its passes
+        plain_float = set(float_convs(base))
         searched_again = before < budget.target  # met as quantised: the search would quantise again to the same
+        tried: dict[tuple[bool, bool, str], float] = {fastest: before}
         if searched_again:
-            quantized = run_nncf_search(model, budget, input_name, tensors,
-                                        lambda compiled: _runner(compiled, input_name, outputs), **settings)
-        searched_float = sorted(set(float_convs(quantized)) - plain_float)
-        searched = quantized.clone() if concat_pass else quantized
-    if budget is not None and not searched_again:  # the plain model with its pass, already made and measured
-        quantized, added = plain, plain_added
-    else:
-        added = quantize_concat_inputs(quantized, tensors, input_name) if concat_pass else 0
-    job.progress(f"openvino int8: {added} Concat inputs and sliced tensors quantised")
-    if budget is not None:
-        # fastest first: the Concat pass and the hint, then without the pass, then each in f32 (NNCF scored
-        # its search in f32); the first that meets the budget ships, else the most accurate (then refused)
-        variants = [(added > 0, hint), (False, hint)]
-        variants += [(added > 0, "f32"), (False, "f32")] if hint != "f32" else []
-        tried: dict[tuple[bool, str], float] = {} if searched_again else {(added > 0, hint): before}
-        for with_pass, precision in dict.fromkeys(variants):
-            if (with_pass, precision) not in tried:
-                tried[with_pass, precision] = measure(quantized if with_pass else searched, precision)
-            if tried[with_pass, precision] >= budget.target - 1e-9:
+            base = run_nncf_search(model, budget, input_name, tensors,
+                                   lambda compiled: _runner(compiled, input_name, outputs), **settings)
+            built, tried = {}, {}
+        searched_float = sorted(set(float_convs(base)) - plain_float)
+        # fastest first: both passes and the hint, then without the stem pass, then without the Concat pass,
+        # then each in f32 (NNCF scored its search in f32); the first that meets the budget ships, else the
+        # most accurate (then refused)
+        variants = [(stem_pass, concat_pass), (False, concat_pass), (False, False)]
+        variants = list(dict.fromkeys((*v, precision) for precision in dict.fromkeys((hint, "f32")) for v in variants))
+        for variant in variants:
+            if variant not in tried:
+                if variant[:2] not in built:
+                    built[variant[:2]] = finish(*variant[:2])
+                tried[variant] = measure(built[variant[:2]][0], variant[2])
+            if tried[variant] >= budget.target - 1e-9:
                 break
         met = [v for v in tried if tried[v] >= budget.target - 1e-9]
-        with_pass, precision = met[0] if met else max(tried, key=tried.get)
-        after = tried[with_pass, precision]
-        if added and not with_pass:
+        chosen = met[0] if met else max(tried, key=tried.get)
+        after = tried[chosen]
+        _, stem_default, added_default = built[fastest[:2]]  # the first variant tried
+        quantized, stem, added = built[chosen[:2]]
+        if stem_default and not stem:
+            job.progress("openvino int8: with the stem quantised the budget is missed: left in float")
+            info["stem_left_out"] = stem_default["convs"]
+        if added_default and not added:
             job.progress("openvino int8: with the Concat pass the budget is missed: left out")
-            info["concat_inputs_left_out"] = added
-            quantized, added = searched, 0
-        if precision != hint:
+            info["concat_inputs_left_out"] = added_default
+        if chosen[2] != hint:
             job.progress(f"openvino int8: {hint} misses the budget, f32 gives {after:.4f}: recorded and run in f32")
             info["inference_precision_left_out"] = hint
-            hint = precision
+            hint = chosen[2]
         info["accuracy_control"] = budget.describe(before, after, searched_float)
+    if stem:
+        job.progress(f"openvino int8: {len(stem['convs'])} stem convolution(s) quantised on the pixel grid, "
+                     f"{stem['weight_bits']}-bit weights")
+    job.progress(f"openvino int8: {added} Concat inputs and sliced tensors quantised")
     return quantized, {**info, "tool": "nncf.quantize", "preset": preset_name, "ignore_tail": ignore_tail,
-                       "ignored_tail_ops": len(tail), "float_first_convs": float_depth, "float_convs": head,
+                       "ignored_tail_ops": len(tail), "float_first_convs": float_depth,
+                       "float_convs": [name for name in head if name not in (stem or {}).get("convs", [])],
                        "fast_bias_correction": fast_bc, "smooth_quant": smooth_quant,
                        "overflow_fix": overflow_name, "subset_size": len(tensors),
-                       "concat_inputs_quantized": added}, hint
+                       "concat_inputs_quantized": added, "stem_quantized": stem or None}, hint
 
 
 def _fold_shuffles(job: ConvertJob) -> FoldResult:

@@ -366,6 +366,9 @@ def test_int8_recipe_is_recorded_and_verified_under_its_hint(ov_package):
         record = manifest.artifact("openvino", precision).extra["graph"]
         assert record["channel_shuffles_folded"] == shuffles, record
     assert sum(name.endswith("/slice_fq") for name in names) > 0
+    # the stem stays in float by default (ov_quantize_stem is opt-in: test_opt_in_stem_pass_...)
+    assert art.extra["quantization"]["stem_quantized"] is None
+    assert not any(name.endswith("/pixel_fq") for name in names)
     hint = art.extra["inference_precision_hint"]
     assert hint == int8_inference_precision("auto") == ("bf16" if cpu_has_bf16() else "f32")
     assert f"CPU {hint}, 2 threads" in art.extra["fp32_agreement"]["backend"], art.extra["fp32_agreement"]
@@ -425,3 +428,78 @@ def test_target_forces_f32_and_the_check_runs_in_f32(demo_package, tmp_path, fix
     assert _hint(Detector(package, backend="openvino", precision="int8", threads=2).backend.compiled) == "f32"
     with pytest.raises(EdgeRuntimeError, match="openvino_inference_precision 'f16' is not one of auto, bf16, f32"):
         int8_inference_precision("f16")
+
+
+@pytest.mark.parametrize("mean, std, exact", [((0.0, 0.0, 0.0), (255.0, 255.0, 255.0), True),
+                                               ((103.53, 116.28, 123.675), (57.375, 57.12, 58.395), False)])
+def test_stem_quantizer_holds_every_pixel_exactly_when_the_channels_share_mean_and_std(mean, std, exact):
+    """quantize_image_convs on a one-convolution model: with one mean and std for all channels every 8-bit
+    pixel value is a level of the input quantizer (the output equals the convolution of the exact input
+    with the quantised weights); with per-channel ones it is not, and the record says so."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from converters.convert_openvino import quantize_image_convs
+    from edge_runtime.manifest import InputSpec
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    param = ops.parameter([1, 3, 8, 8], np.float32, name="input")
+    conv = ops.convolution(param, ops.constant(weights), [1, 1], [1, 1], [1, 1], [1, 1])
+    model = ov.Model([conv], [param])
+    spec = InputSpec("input", (1, 3, 8, 8), "NCHW", "float32", "BGR", mean, std, "resize")
+    record = quantize_image_convs(model, spec, 8)
+    assert record["every_pixel_exact"] is exact and record["weight_bits"] == 8 and len(record["convs"]) == 1
+
+    pixels = rng.integers(0, 256, (1, 3, 8, 8)).astype(np.float32)
+    pixels[0, :, 0, 0], pixels[0, :, 0, 1] = 0, 255  # both ends of the range
+    x = (pixels - np.array(mean, np.float32).reshape(1, 3, 1, 1)) / np.array(std, np.float32).reshape(1, 3, 1, 1)
+    top = np.abs(weights).reshape(4, -1).max(axis=1).reshape(4, 1, 1, 1)
+    step = top / 127
+    quantized = np.round(weights / step) * step
+    exact_input = ops.parameter([1, 3, 8, 8], np.float32, name="input")
+    reference = ov.Model([ops.convolution(exact_input, ops.constant(quantized), [1, 1], [1, 1], [1, 1], [1, 1])],
+                         [exact_input])
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    got = core.compile_model(model, "CPU", config)({0: x})[0]
+    want = core.compile_model(reference, "CPU", config)({0: x})[0]
+    diff = float(np.abs(got - want).max())
+    if exact:
+        assert diff <= 1e-4 * float(np.abs(want).max()), diff
+    else:  # one range over three channels: the inputs fall between levels
+        assert diff > 1e-3 * float(np.abs(want).max()), diff
+
+
+def test_opt_in_stem_pass_quantises_the_stem_on_the_pixel_grid(demo_package, tmp_path, fixtures):
+    """ov_quantize_stem: the convolution that reads the image gets a 256-level quantizer over
+    (0 - mean) / std .. (255 - mean) / std (one range for all channels) and per-channel weights, 8 bits
+    where the CPU accumulates u8 x s8 in 32 bits, 7 where it saturates; recorded, no longer listed as a
+    float convolution, and the IR still passes convert's check against FP32."""
+    pytest.importorskip("nncf", reason="OpenVINO INT8 conversion needs nncf")
+    import openvino as ov
+
+    from converters.convert import convert_package
+    from converters.convert_job import int8_weights_saturate
+
+    package = tmp_path / "pkg"
+    shutil.copytree(demo_package, package)
+    manifest = convert_package(package, ["openvino"], ["int8"], calib=fixtures(CALIB), calib_size=8, val_size=8,
+                               options={"ov_quantize_stem": True}, int8_min_cosine=0)
+    art = manifest.artifact("openvino", "int8")
+    quantization, spec = art.extra["quantization"], manifest.input
+    stem = quantization["stem_quantized"]
+    assert art.verified and stem["weight_bits"] == (7 if int8_weights_saturate({}) else 8), stem
+    assert quantization["overflow_fix"] == ("first_layer" if stem["weight_bits"] == 7 else "disable")
+    low = min((0 - m) / d for m, d in zip(spec.mean, spec.std))
+    high = max((255 - m) / d for m, d in zip(spec.mean, spec.std))
+    assert stem["input_range"] == pytest.approx([low, high], abs=1e-5)
+    assert stem["every_pixel_exact"] == (len(set(spec.mean)) == 1 and len(set(spec.std)) == 1)
+    model = ov.Core().read_model(str(package / art.file))
+    pixel_fq = next(op for op in model.get_ordered_ops() if op.get_friendly_name().endswith("/pixel_fq"))
+    assert pixel_fq.input(0).get_source_output().get_node().get_type_name() == "Parameter"
+    assert pixel_fq.get_levels() == 256
+    assert float(pixel_fq.input(2).get_source_output().get_node().get_data()) == pytest.approx(high, abs=1e-5)
+    readers = [port.get_node().get_friendly_name() for port in pixel_fq.output(0).get_target_inputs()]
+    assert stem["convs"] == readers and len(readers) == 1, (stem, readers)
+    assert readers[0] not in quantization["float_convs"]
