@@ -242,10 +242,18 @@ def _quantize_slice_sources(model: Any) -> int:
     return len(groups)
 
 
-def image_convs(model: Any) -> list[str]:
-    """Friendly names of the convolutions that read the model's input (the image) directly."""
-    return [port.get_node().get_friendly_name() for param in model.get_parameters()
-            for port in param.output(0).get_target_inputs() if port.get_node().get_type_name() in _PRODUCERS]
+_IMAGE_CONVS = ("Convolution", "GroupConvolution")
+
+
+def _image_readers(model: Any, input_name: str) -> list[Any]:
+    """The input ports of the convolutions that read the image (the Parameter ``input_name``) directly."""
+    return [port for param in model.get_parameters() if input_name in param.output(0).get_names()
+            for port in param.output(0).get_target_inputs() if port.get_node().get_type_name() in _IMAGE_CONVS]
+
+
+def image_convs(model: Any, input_name: str) -> list[str]:
+    """Friendly names of the convolutions that read the image (the input ``input_name``) directly."""
+    return [port.get_node().get_friendly_name() for port in _image_readers(model, input_name)]
 
 
 def quantize_image_convs(model: Any, spec: InputSpec, weight_bits: int) -> dict[str, Any]:
@@ -266,31 +274,32 @@ def quantize_image_convs(model: Any, spec: InputSpec, weight_bits: int) -> dict[
     # quantizer (per channel it computes in float); exact when every channel has the same mean and std
     exact = bool(np.allclose(low, low[0]) and np.allclose(high, high[0]))
     low, high = float(low.min()), float(high.max())
-    lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
-    names = []
-    for param in model.get_parameters():
-        readers = [port for port in param.output(0).get_target_inputs()
-                   if port.get_node().get_type_name() in _PRODUCERS
-                   and port.get_node().input(1).get_source_output().get_node().get_type_name() == "Constant"]
-        if not readers:
-            continue
-        pixels = ops.fake_quantize(param.output(0), lo, hi, lo, hi, 256)
-        pixels.set_friendly_name(f"{param.get_friendly_name()}/pixel_fq")
-        for port in readers:
-            conv = port.get_node()
-            port.replace_source_output(pixels.output(0))
-            weights = conv.input(1).get_source_output()
-            values = np.array(weights.get_node().get_data(), np.float32)
-            top = np.abs(values).reshape(values.shape[0], -1).max(axis=1)
-            top = np.maximum(top, np.finfo(np.float32).tiny).reshape(-1, *[1] * (values.ndim - 1))
-            w_lo, w_hi = ops.constant(-top), ops.constant(top)
-            levels = 2 ** weight_bits - 1  # symmetric: -(2^(b-1) - 1) .. 2^(b-1) - 1
-            quantized = ops.fake_quantize(weights, w_lo, w_hi, w_lo, w_hi, levels)
-            quantized.set_friendly_name(f"{conv.get_friendly_name()}/weights_fq")
-            conv.input(1).replace_source_output(quantized.output(0))
-            names.append(conv.get_friendly_name())
-    if not names:
+    readers = [port for port in _image_readers(model, spec.name)
+               if port.get_node().input(1).get_source_output().get_node().get_type_name() == "Constant"]
+    if not readers:
         return {}
+    lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
+    pixels = ops.fake_quantize(readers[0].get_source_output(), lo, hi, lo, hi, 256)
+    pixels.set_friendly_name(f"{readers[0].get_source_output().get_node().get_friendly_name()}/pixel_fq")
+    # the CPU plugin takes int8 weights as 255 levels; b < 8 bits: the same levels over a range widened so
+    # that the weights use only the middle 2^b - 1 of them
+    widen = 127 / (2 ** (weight_bits - 1) - 1)
+    names = []
+    for port in readers:
+        conv = port.get_node()
+        port.replace_source_output(pixels.output(0))
+        weights = conv.input(1).get_source_output()
+        values = np.array(weights.get_node().get_data(), np.float32)
+        # per output channel: (O, I, kh, kw), or (G, O/G, I/G, kh, kw) for a grouped convolution
+        lead = 2 if conv.get_type_name() == "GroupConvolution" else 1
+        top = np.abs(values).reshape(int(np.prod(values.shape[:lead])), -1).max(axis=1)
+        top = np.maximum(top, np.finfo(np.float32).tiny) * widen
+        top = top.reshape(*values.shape[:lead], *[1] * (values.ndim - lead)).astype(np.float32)
+        w_lo, w_hi = ops.constant(-top), ops.constant(top)
+        quantized = ops.fake_quantize(weights, w_lo, w_hi, w_lo, w_hi, 255)
+        quantized.set_friendly_name(f"{conv.get_friendly_name()}/weights_fq")
+        conv.input(1).replace_source_output(quantized.output(0))
+        names.append(conv.get_friendly_name())
     model.validate_nodes_and_infer_types()
     return {"convs": names, "weight_bits": weight_bits, "input_levels": 256,
             "input_range": [round(low, 6), round(high, 6)], "every_pixel_exact": exact}
@@ -342,9 +351,9 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
         raise EdgeRuntimeError(f"ov_overflow_fix {overflow_name!r} is not one of {', '.join(fixes)}")
     tensors = job.calibration.tensors
     tail = decode_tail(model) if ignore_tail else []
-    head = first_convs(model, float_depth)
     # the stem is quantised on the pixel grid after NNCF (quantize_image_convs), so NNCF leaves it alone
-    ignored = tail + list(dict.fromkeys(head + (image_convs(model) if stem_pass else [])))
+    head = list(dict.fromkeys(first_convs(model, float_depth) + (image_convs(model, input_name) if stem_pass else [])))
+    ignored = tail + head
     advanced = {"overflow_fix": fixes[overflow_name]}
     extra_args: dict[str, Any] = {}
     if smooth_quant is not None and float(smooth_quant) >= 0:
@@ -367,11 +376,15 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
         stem = quantize_image_convs(done, job.manifest.input, stem_bits) if with_stem else {}
         return done, stem, quantize_concat_inputs(done, tensors, input_name) if with_pass else 0
 
+    def passes(built: tuple[Any, dict[str, Any], int]) -> tuple[bool, bool]:
+        """What the two passes changed on a built model: (stem quantised, Concat inputs quantised)."""
+        return bool(built[1]), built[2] > 0
+
     info: dict[str, Any] = {}
     budget = job.accuracy
-    fastest = (stem_pass, concat_pass, hint)
-    built = {fastest[:2]: finish(*fastest[:2])}
-    quantized, stem, added = built[fastest[:2]]
+    first = finish(stem_pass, concat_pass)
+    built = {passes(first): first}  # by what the passes changed, so that equal models are built once
+    quantized, stem, added = first
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
 
@@ -384,17 +397,19 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
         before = measure(quantized)  # "before": the recipe without the search, with its passes
         plain_float = set(float_convs(base))
         searched_again = before < budget.target  # met as quantised: the search would quantise again to the same
-        tried: dict[tuple[bool, bool, str], float] = {fastest: before}
+        tried: dict[tuple[bool, bool, str], float] = {(*passes(first), hint): before}
         if searched_again:
             base = run_nncf_search(model, budget, input_name, tensors,
                                    lambda compiled: _runner(compiled, input_name, outputs), **settings)
-            built, tried = {}, {}
+            first = finish(stem_pass, concat_pass)
+            built, tried = {passes(first): first}, {}
         searched_float = sorted(set(float_convs(base)) - plain_float)
         # fastest first: both passes and the hint, then without the stem pass, then without the Concat pass,
         # then each in f32 (NNCF scored its search in f32); the first that meets the budget ships, else the
         # most accurate (then refused)
-        variants = [(stem_pass, concat_pass), (False, concat_pass), (False, False)]
-        variants = list(dict.fromkeys((*v, precision) for precision in dict.fromkeys((hint, "f32")) for v in variants))
+        top = passes(first)
+        variants = list(dict.fromkeys((*v, precision) for precision in dict.fromkeys((hint, "f32"))
+                                      for v in (top, (False, top[1]), (False, False))))
         for variant in variants:
             if variant not in tried:
                 if variant[:2] not in built:
@@ -405,14 +420,13 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
         met = [v for v in tried if tried[v] >= budget.target - 1e-9]
         chosen = met[0] if met else max(tried, key=tried.get)
         after = tried[chosen]
-        _, stem_default, added_default = built[fastest[:2]]  # the first variant tried
         quantized, stem, added = built[chosen[:2]]
-        if stem_default and not stem:
+        if first[1] and not stem:
             job.progress("openvino int8: with the stem quantised the budget is missed: left in float")
-            info["stem_left_out"] = stem_default["convs"]
-        if added_default and not added:
+            info["stem_left_out"] = first[1]["convs"]
+        if first[2] and not added:
             job.progress("openvino int8: with the Concat pass the budget is missed: left out")
-            info["concat_inputs_left_out"] = added_default
+            info["concat_inputs_left_out"] = first[2]
         if chosen[2] != hint:
             job.progress(f"openvino int8: {hint} misses the budget, f32 gives {after:.4f}: recorded and run in f32")
             info["inference_precision_left_out"] = hint

@@ -430,12 +430,14 @@ def test_target_forces_f32_and_the_check_runs_in_f32(demo_package, tmp_path, fix
         int8_inference_precision("f16")
 
 
+@pytest.mark.parametrize("bits", [8, 7])
 @pytest.mark.parametrize("mean, std, exact", [((0.0, 0.0, 0.0), (255.0, 255.0, 255.0), True),
                                                ((103.53, 116.28, 123.675), (57.375, 57.12, 58.395), False)])
-def test_stem_quantizer_holds_every_pixel_exactly_when_the_channels_share_mean_and_std(mean, std, exact):
+def test_stem_quantizer_holds_every_pixel_exactly_when_the_channels_share_mean_and_std(mean, std, exact, bits):
     """quantize_image_convs on a one-convolution model: with one mean and std for all channels every 8-bit
     pixel value is a level of the input quantizer (the output equals the convolution of the exact input
-    with the quantised weights); with per-channel ones it is not, and the record says so."""
+    with the weights on the b-bit grid); with per-channel ones it is not, and the record says so. 7-bit
+    weights too run as an int8 convolution (255 levels over a widened range)."""
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -445,30 +447,34 @@ def test_stem_quantizer_holds_every_pixel_exactly_when_the_channels_share_mean_a
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     param = ops.parameter([1, 3, 8, 8], np.float32, name="input")
+    param.output(0).set_names({"input"})
     conv = ops.convolution(param, ops.constant(weights), [1, 1], [1, 1], [1, 1], [1, 1])
     model = ov.Model([conv], [param])
     spec = InputSpec("input", (1, 3, 8, 8), "NCHW", "float32", "BGR", mean, std, "resize")
-    record = quantize_image_convs(model, spec, 8)
-    assert record["every_pixel_exact"] is exact and record["weight_bits"] == 8 and len(record["convs"]) == 1
+    record = quantize_image_convs(model, spec, bits)
+    assert record["every_pixel_exact"] is exact and record["weight_bits"] == bits and len(record["convs"]) == 1
 
     pixels = rng.integers(0, 256, (1, 3, 8, 8)).astype(np.float32)
     pixels[0, :, 0, 0], pixels[0, :, 0, 1] = 0, 255  # both ends of the range
     x = (pixels - np.array(mean, np.float32).reshape(1, 3, 1, 1)) / np.array(std, np.float32).reshape(1, 3, 1, 1)
-    top = np.abs(weights).reshape(4, -1).max(axis=1).reshape(4, 1, 1, 1)
-    step = top / 127
+    step = np.abs(weights).reshape(4, -1).max(axis=1).reshape(4, 1, 1, 1) / (2 ** (bits - 1) - 1)
     quantized = np.round(weights / step) * step
     exact_input = ops.parameter([1, 3, 8, 8], np.float32, name="input")
     reference = ov.Model([ops.convolution(exact_input, ops.constant(quantized), [1, 1], [1, 1], [1, 1], [1, 1])],
                          [exact_input])
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32"}
-    got = core.compile_model(model, "CPU", config)({0: x})[0]
+    compiled = core.compile_model(model, "CPU", config)
+    got = compiled({0: x})[0]
     want = core.compile_model(reference, "CPU", config)({0: x})[0]
     diff = float(np.abs(got - want).max())
     if exact:
         assert diff <= 1e-4 * float(np.abs(want).max()), diff
     else:  # one range over three channels: the inputs fall between levels
         assert diff > 1e-3 * float(np.abs(want).max()), diff
+    ran = {op.get_rt_info()["layerType"].astype(str): op.get_rt_info()["runtimePrecision"].astype(str)
+           for op in compiled.get_runtime_model().get_ordered_ops()}
+    assert ran["Convolution"] in ("u8", "i8"), ran
 
 
 def test_opt_in_stem_pass_quantises_the_stem_on_the_pixel_grid(demo_package, tmp_path, fixtures):
