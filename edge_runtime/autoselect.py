@@ -2,7 +2,8 @@
 recorded accuracy drop against FP32 is within the budget (``budget.DropBudget``), and remember the choice in
 the package (``autoselect.json``, keyed by host, threads, artifacts and budget) so the next start is instant.
 An artifact that failed its check against FP32 (``Artifact.verified``) is never a candidate, nor one over
-the budget, not even when a cached choice names it."""
+the budget, nor one whose recorded accuracy does not hold on this CPU (``hostfit.host_mismatch``), not even
+when a cached choice names it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from .compare import as_float
 from .deploy.hostinfo import cpu_summary
 from .errors import ModelLoadError
 from .fsutil import atomic_write_text
+from .hostfit import RECONVERT, host_mismatch
 from .manifest import Artifact, Manifest
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class AutoChoice:
     median_ms: dict[str, float]
     judged: dict[str, Judgement]
     cached: bool = False
+    unfit: dict[str, str] = field(default_factory=dict)  # verified artifacts left out: why their record fails here
 
     @property
     def over_budget(self) -> list[str]:
@@ -73,13 +76,19 @@ class AutoChoice:
         excluded = [f"{k} ({f'{self.median_ms[k]:.2f} ms, ' if k in self.median_ms else ''}{self.judged[k].drop})"
                     for k in self.over_budget]
         line += f"; excluded, over budget: {', '.join(excluded)}" if excluded else ""
+        line += "".join(f"; excluded, {key}: {why}" for key, why in self.unfit.items())
         return line + ("; timings cached" if self.cached else "")
 
 
-def auto_candidates(manifest: Manifest, precision: str | None = None) -> list[Artifact]:
-    """The artifacts auto may time: verified, of ``precision`` (None: any), with a backend installed."""
+def _installed_verified(manifest: Manifest, precision: str | None) -> list[Artifact]:
     runnable = installed_backends()
     return [a for a in manifest.artifacts if a.verified and a.format in runnable and precision in (None, a.precision)]
+
+
+def auto_candidates(manifest: Manifest, precision: str | None = None) -> list[Artifact]:
+    """The artifacts auto may time: verified, of ``precision`` (None: any), with a backend installed, and
+    with a record that holds on this CPU."""
+    return [a for a in _installed_verified(manifest, precision) if host_mismatch(a) is None]
 
 
 def fastest_artifact(manifest: Manifest, threads: int, precision: str | None = None,
@@ -94,7 +103,11 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
     'off'); None: the budget convert recorded in the package, else the built-in cos:0.01. Raises
     ``ModelLoadError`` when no runnable verified artifact is within the budget (naming each one's drop)."""
     budget = budget_for(manifest, max_drop)
+    unfit = {a.key: why for a in _installed_verified(manifest, precision) if (why := host_mismatch(a))}
     choices = auto_candidates(manifest, precision)
+    if not choices and unfit:
+        raise ModelLoadError(f"{manifest.path}: no artifact's accuracy record holds on this CPU: "
+                             + "; ".join(f"{key}: {why}" for key, why in unfit.items()) + f"; {RECONVERT}")
     if not choices:
         wanted = [a for a in manifest.artifacts if precision in (None, a.precision)]
         if wanted and not any(a.verified for a in wanted):
@@ -103,7 +116,7 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
                                  f"against FP32: {failed}")
         # a verified one whose backend is missing: opening it names the extra to install
         art = next((a for a in wanted if a.verified), None) or manifest.artifact(None, precision)
-        return AutoChoice(art, budget, {}, {})
+        return AutoChoice(art, budget, {}, {}, unfit=unfit)
     judged = {a.key: budget.judge(a) for a in choices}
     within = [a for a in choices if judged[a.key].within]
     if not within:
@@ -112,7 +125,7 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
                              f"accuracy budget {budget} ({budget.source}): {drops}; pass a looser --max-drop "
                              f"(or --max-drop off)")
     if len(choices) == 1:
-        return AutoChoice(within[0], budget, {}, judged)
+        return AutoChoice(within[0], budget, {}, judged, unfit=unfit)
     key = _host_key(choices, threads, budget)
     cache_path = manifest.root / CACHE_NAME
     try:
@@ -139,4 +152,4 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
         except OSError:  # a read-only package still works, it just measures again next time
             log.debug("cannot cache the auto choice in %s", cache_path)
     chosen = next(a for a in within if a.key == entry["choice"])
-    return AutoChoice(chosen, budget, {k: float(v) for k, v in entry["median_ms"].items()}, judged, cached)
+    return AutoChoice(chosen, budget, {k: float(v) for k, v in entry["median_ms"].items()}, judged, cached, unfit)

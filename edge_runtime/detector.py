@@ -18,6 +18,7 @@ from .deploy.targets import Target, runtime_choice
 from .detections import Detections
 from .errors import ModelLoadError
 from .families import Family, make_family
+from .hostfit import RECONVERT, host_mismatch
 from .io.sources import load_image
 from .manifest import Artifact, Manifest, load_manifest
 from .preprocess import ImageMeta
@@ -26,11 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def artifact_to_run(manifest: Manifest, backend: str, precision: str | None, threads: int,
-                    max_drop: str | DropBudget | None = None) -> Artifact:
+                    max_drop: str | DropBudget | None = None, options: dict[str, Any] | None = None) -> Artifact:
     """Pick the artifact to run: ``backend`` is an artifact format (a key of ``edge_runtime.backends.BACKENDS``)
     or "auto" (the fastest runnable verified artifact on this host within the accuracy budget ``max_drop``,
     measured once and cached: ``autoselect.choose_artifact``). A named artifact that failed its check against
-    FP32 still runs, with a warning."""
+    FP32 still runs, with a warning, as does one whose record does not hold on this CPU (``hostfit``;
+    ``options``: the backend options it will run with)."""
     if backend != "auto":
         verified = (a for a in manifest.artifacts if a.verified and a.format == backend
                     and precision in (None, a.precision))
@@ -38,6 +40,9 @@ def artifact_to_run(manifest: Manifest, backend: str, precision: str | None, thr
         if not art.verified:  # the user asked for it by name: run it, but say it is not what was validated
             log.warning("%s: %s has no passing check against FP32 (%s); its detections may be wrong",
                         manifest.path, art.file, art.verdict.describe())
+        elif why := host_mismatch(art, options=options):
+            log.warning("%s: %s: %s; its detections may differ from what was validated: %s", manifest.path,
+                        art.file, why, RECONVERT)
         return art
     return choose_artifact(manifest, threads, precision, max_drop).artifact
 
@@ -73,7 +78,8 @@ class Detector:
                 log.warning("%s: the accuracy budget %s applies to backend auto; backend %s was named (by the "
                             "caller or the target), so it is not applied", self.manifest.path, max_drop,
                             choice.backend)
-            self.artifact = artifact_to_run(self.manifest, choice.backend, choice.precision, self.threads)
+            self.artifact = artifact_to_run(self.manifest, choice.backend, choice.precision, self.threads,
+                                            options=choice.options)
         path = self.manifest.artifact_path(self.artifact)
         # options come from the caller (CLI flags, a target profile); the package adds only the settings its
         # artifact was verified with (Backend.recorded_options checks them), which the caller's override

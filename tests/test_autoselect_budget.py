@@ -127,11 +127,12 @@ def test_no_artifact_within_budget_is_one_error(pkg):
 
 
 def test_artifact_without_a_record_is_not_within_a_budget(pkg):
-    """An INT8 from before convert recorded its agreement: no drop to judge, so only 'off' admits it."""
+    """An INT8 without a recorded agreement: no drop to judge, so only 'off' admits it. (The CPU it was
+    measured on stays recorded: without it, an x86 CPU without VNNI would leave the 8-bit ones out first.)"""
     data = json.loads((pkg / "manifest.json").read_text())
     for art in data["artifacts"]:
         if art["precision"] == "int8":
-            art.pop("fp32_agreement")
+            art["fp32_agreement"] = {"measured_on": art["fp32_agreement"]["measured_on"]}
             art["quantization"].pop("accuracy_control")
     data.pop("int8_budget")
     (pkg / "manifest.json").write_text(json.dumps(data))
@@ -217,3 +218,81 @@ def test_bench_names_autos_choice_within_the_budget(pkg):
     table = bench_table(report)
     assert f"auto's choice within the accuracy budget cos:0 (--max-drop): {report['fastest_within_budget']}" in table
     assert "over budget: " in table and rows[("onnx", "int8")]["artifact"] in table.split("over budget: ")[1]
+
+
+HASWELL = {"cpu": "Intel Core i7-4770", "arch": "x86_64", "flags": ["avx2", "f16c", "fma"]}
+ZEN4 = {"cpu": "AMD EPYC 9B14", "arch": "x86_64", "flags": ["avx2", "avx512f", "avx512_vnni", "f16c", "fma"]}
+PI4 = {"cpu": "Raspberry Pi 4 Model B (Cortex-A72)", "arch": "aarch64", "flags": ["asimd", "neon"]}
+
+
+def _measured_on_zen4(pkg: Path, weight_bits: int) -> None:
+    """As if the package's INT8 artifacts had been converted on a VNNI CPU with ``weight_bits``-bit weights."""
+    data = json.loads((pkg / "manifest.json").read_text())
+    for art in data["artifacts"]:
+        if art["precision"] == "int8":
+            art["fp32_agreement"]["measured_on"] = {**ZEN4, "int8_saturates": False}
+            art["quantization"]["weight_bits"] = weight_bits
+    (pkg / "manifest.json").write_text(json.dumps(data))
+
+
+def test_int8_records_say_where_they_hold(pkg):
+    """The rule (tests/test_x86_avx2.py measures why): 8-bit ONNX Runtime / OpenVINO INT8 weights measured on a
+    CPU that accumulates in 32 bits do not hold on an x86 CPU without VNNI/AMX; 7-bit ones, ones measured on
+    such a CPU, TFLite's, FP32 and another device hold."""
+    from dataclasses import replace
+
+    from edge_runtime.deploy.hostinfo import int8_saturates, measured_on
+    from edge_runtime.hostfit import host_mismatch
+
+    manifest = load_manifest(pkg)
+    for key in ("onnx-int8", "openvino-int8"):
+        art = next(a for a in manifest.artifacts if a.key == key)
+        assert art.extra["fp32_agreement"]["measured_on"] == measured_on()  # convert records this CPU
+        assert art.extra["quantization"]["weight_bits"] in (7, 8)
+
+        def variant(bits: int, where: dict | None, fmt: str = art.format):
+            agreement = {k: v for k, v in art.extra["fp32_agreement"].items() if k != "measured_on"}
+            if where is not None:
+                agreement["measured_on"] = {**where, "int8_saturates": int8_saturates(where["arch"], where["flags"])}
+            extra = {**art.extra, "fp32_agreement": agreement, "quantization": {**art.extra["quantization"],
+                                                                                 "weight_bits": bits}}
+            return replace(art, format=fmt, extra=extra)
+
+        why = host_mismatch(variant(8, ZEN4), HASWELL)
+        assert why.startswith("INT8 with 8-bit weights measured on AMD EPYC 9B14 (x86_64); this CPU (Intel Core "
+                              "i7-4770 (x86_64)) has no VNNI/AMX"), why
+        assert "an unrecorded CPU" in host_mismatch(variant(8, None), HASWELL)
+        assert host_mismatch(variant(7, ZEN4), HASWELL) is None
+        assert host_mismatch(variant(8, HASWELL), HASWELL) is None
+        assert host_mismatch(variant(8, ZEN4), ZEN4) is None and host_mismatch(variant(8, ZEN4), PI4) is None
+        assert host_mismatch(variant(8, ZEN4, "tflite"), HASWELL) is None
+        assert host_mismatch(variant(8, ZEN4), HASWELL, {"device": "GPU"}) is None
+    fp32 = next(a for a in manifest.artifacts if a.key == "onnx-fp32")
+    assert host_mismatch(fp32, HASWELL) is None
+
+
+def test_auto_leaves_out_int8_measured_on_another_kind_of_cpu(pkg, monkeypatch, caplog):
+    """A package converted on a VNNI CPU (8-bit weights), run on a Haswell: auto leaves its ONNX and OpenVINO
+    INT8 out and says why; with only INT8 to choose from it is one error; named, it runs with a warning."""
+    import logging
+
+    import edge_runtime.hostfit as hostfit
+    from edge_runtime.detector import artifact_to_run
+
+    _measured_on_zen4(pkg, 8)
+    monkeypatch.setattr(hostfit, "cpu_summary", lambda: HASWELL)
+    manifest = load_manifest(pkg)
+    choice = choose_artifact(manifest, 1, max_drop="off")
+    assert choice.artifact.precision == "fp32" and set(choice.unfit) == {"onnx-int8", "openvino-int8"}
+    assert set(choice.median_ms) == {"onnx-fp32", "openvino-fp32"}
+    assert "excluded, onnx-int8: INT8 with 8-bit weights measured on AMD EPYC 9B14" in choice.explain()
+    with pytest.raises(ModelLoadError, match=r"no artifact's accuracy record holds on this CPU: onnx-int8: .*"
+                                             r"reconvert it on this CPU or with --target x86"):
+        choose_artifact(manifest, 1, precision="int8", max_drop="off")
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.detector"):
+        art = artifact_to_run(manifest, "onnx", "int8", 1)
+    assert art.key == "onnx-int8" and "its detections may differ from what was validated" in caplog.text
+
+    _measured_on_zen4(pkg, 7)  # 7-bit weights compute the same on both
+    choice = choose_artifact(load_manifest(pkg), 1, precision="int8", max_drop="off")
+    assert choice.unfit == {} and set(choice.median_ms) == {"onnx-int8", "openvino-int8"}

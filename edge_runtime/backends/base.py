@@ -125,6 +125,10 @@ class Backend(ABC):
     import_file: tuple[str, str] | None = None
     #: ``run`` takes float32 for a quantised (int8/uint8) input and quantises it with the input's scale
     quantizes_inputs: bool = False
+    #: its INT8 CPU kernels on x86 without VNNI/AMX add u8 x s8 products with 16-bit saturation (AVX2's
+    #: vpmaddubsw), so an INT8 artifact with 8-bit weights computes other outputs there than on the CPU it
+    #: was measured on (``hostfit.host_mismatch``; docs/formats-and-int8.md, "INT8 on x86 without VNNI")
+    int8_saturates_without_vnni: bool = False
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
         self.path = Path(path)

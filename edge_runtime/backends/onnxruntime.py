@@ -70,6 +70,7 @@ class OrtBackend(Backend):
                    # multiplies u8 x s8 pairs with 16-bit saturation (x86 without VNNI)
                    TargetKey("onnx_weight_bits", "choice", choices=("8", "7")))
     import_file = (".onnx", "model.onnx")
+    int8_saturates_without_vnni = True  # measured under an emulated Haswell (AVX2)
     # onnxruntime-qnn 2.x is a plugin next to onnxruntime (1.x was a whole ONNX Runtime build, Windows only).
     # Its wheels on PyPI, checked for 2.3.0-2.7.0: manylinux_2_35_x86_64 (the HTP simulator), win_amd64,
     # win_arm64; none for Linux aarch64

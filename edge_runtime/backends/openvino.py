@@ -119,6 +119,7 @@ class OpenVinoBackend(Backend):
     target_keys = (TargetKey("openvino_device", option="device", selects=True),
                    TargetKey("openvino_inference_precision", "choice", choices=("auto", "bf16", "f32")))
     device_listing = DeviceListing("openvino_devices", "OpenVINO devices", "openvino", {"NPU": "openvino-npu"})
+    int8_saturates_without_vnni = True  # measured under an emulated Haswell (AVX2)
 
     def __init__(self, path: Path, threads: int, options: dict[str, Any] | None = None) -> None:
         super().__init__(path, threads, options)

@@ -154,6 +154,23 @@ def cpu_summary() -> dict[str, object]:
             "flags": [f for f in _SUMMARY_FLAGS if f in flags]}
 
 
+def int8_saturates(arch: str, flags: list[str] | tuple[str, ...]) -> bool:
+    """Whether this CPU's INT8 convolutions (ONNX Runtime's and OpenVINO's x86 kernels) multiply u8 x s8
+    pairs with 16-bit saturation: x86 without VNNI or AMX, where AVX2/AVX-512BW's vpmaddubsw adds two
+    products into an int16 that full 8-bit weights can overflow. ARM's widening multiplies and dot
+    products, VNNI and AMX accumulate in 32 bits."""
+    arch = _MACHINE_ALIASES.get(arch.lower(), arch)
+    return arch in _X86_ARCHES and not any(f in flags for f in _X86_INT8)
+
+
+def measured_on() -> dict[str, object]:
+    """This CPU as a converter records it beside a measurement (``fp32_agreement.measured_on``): the
+    runtime compares it with the CPU it runs on (``hostfit.host_mismatch``)."""
+    summary = cpu_summary()
+    return {"cpu": summary["cpu"], "arch": summary["arch"], "flags": list(summary["flags"]),
+            "int8_saturates": int8_saturates(str(summary["arch"]), summary["flags"])}
+
+
 # --- host detection ---------------------------------------------------------------------------
 
 @dataclass
