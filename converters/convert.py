@@ -24,6 +24,7 @@ import edge_runtime
 from edge_runtime.backends import open_artifact, open_backend
 from edge_runtime.budget import DEFAULT_MAX_COSINE_DROP
 from edge_runtime.compare import compare, judge
+from edge_runtime.deploy.hostinfo import measured_on
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.evaluation.labels import load_class_map, read_labels
 from edge_runtime.evaluation.validate import EvaluationSet
@@ -253,7 +254,8 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                     run = reference or _fp32_runner(manifest)
                     reference_outputs = [run(tensor) for tensor in samples]
                 checked = verify_artifact(staged.with_artifact(art), art, samples, reference_outputs)
-                extra = {**art.extra, "fp32_agreement": {**checked, "checked_on": checked_on}}
+                extra = {**art.extra, "fp32_agreement": {**checked, "checked_on": checked_on,
+                                                          "measured_on": measured_on()}}
                 if calibration is not None and int8:
                     extra.setdefault("calibration", calibration.describe())
                 verdict = judge(precision, extra)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_runtime.deploy.hostinfo import detect_host
+from edge_runtime.deploy.hostinfo import cpu_summary, detect_host, int8_saturates
 from edge_runtime.deploy.targets import load_target
 from edge_runtime.manifest import Manifest
 
@@ -59,3 +59,12 @@ def int8_weights_saturate(options: dict[str, Any]) -> bool:
         return options.get("onnx_weight_bits", "7") == "7"
     here = host_cpu_target()
     return (load_target(here).onnx_weight_bits if here else None) in (None, "7")
+
+
+def saturation_unmeasured(options: dict[str, Any]) -> bool:
+    """Whether the package's CPU saturates (``int8_weights_saturate``) but this host does not: convert then
+    cannot measure what 8-bit weights compute there, so NNCF's graphs take 7-bit weights everywhere
+    (its overflow fix "enable"), which compute the same on both (docs/formats-and-int8.md). A host that
+    saturates itself measures what the device computes, so its 8-bit graphs are recorded as measured."""
+    here = cpu_summary()
+    return int8_weights_saturate(options) and not int8_saturates(str(here["arch"]), list(here["flags"]))

@@ -69,7 +69,7 @@ from edge_runtime.manifest import InputSpec, sha256_file
 from edge_runtime.versions import package_version
 
 from .accuracy import Runner, run_nncf_search
-from .convert_job import ConvertJob, ConvertResult, int8_weights_saturate
+from .convert_job import ConvertJob, ConvertResult, int8_weights_saturate, saturation_unmeasured
 from .shuffle_fold import FoldResult, fold_channel_shuffles
 
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
@@ -344,7 +344,10 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
     smooth_quant = job.options.get("ov_smooth_quant")
     # NNCF's 7-bit first layer avoids AVX2's u8 x s8 saturation. With the stem quantised apart, NNCF's first
     # layer is the next one, which on a CPU that accumulates in 32 bits needs no fix
-    overflow_default = "disable" if stem_pass and stem_bits == 8 else "first_layer"
+    # Where the package's CPU saturates and this one does not, 7 bits everywhere: what convert measures
+    # here is then what the device computes
+    overflow_default = "enable" if saturation_unmeasured(job.options) else \
+        "disable" if stem_pass and stem_bits == 8 else "first_layer"
     overflow_name = str(job.options.get("ov_overflow_fix", overflow_default)).lower()
     fixes = {"first_layer": OverflowFix.FIRST_LAYER, "enable": OverflowFix.ENABLE, "disable": OverflowFix.DISABLE}
     if overflow_name not in fixes:
@@ -440,7 +443,9 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
                        "ignored_tail_ops": len(tail), "float_first_convs": float_depth,
                        "float_convs": [name for name in head if name not in (stem or {}).get("convs", [])],
                        "fast_bias_correction": fast_bc, "smooth_quant": smooth_quant,
-                       "overflow_fix": overflow_name, "subset_size": len(tensors),
+                       "overflow_fix": overflow_name,
+                       "weight_bits": 7 if overflow_name == "enable" and stem_bits in (0, 7) else 8,
+                       "subset_size": len(tensors),
                        "concat_inputs_quantized": added, "stem_quantized": stem or None}, hint
 
 

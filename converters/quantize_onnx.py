@@ -33,7 +33,7 @@ from edge_runtime.deploy.hostinfo import detect_host
 from edge_runtime.timing import interleaved_times
 
 from .accuracy import CosineAgreement, float_prefix_search, run_nncf_search
-from .convert_job import ConvertJob, ConvertResult, host_cpu_target, int8_weights_saturate
+from .convert_job import ConvertJob, ConvertResult, host_cpu_target, int8_weights_saturate, saturation_unmeasured
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
@@ -89,12 +89,19 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     import nncf
 
     name = job.manifest.input.name
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    seven = saturation_unmeasured(job.options)
     settings = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": True,
                 "ignored_scope": nncf.IgnoredScope(names=excluded)}
+    if seven:
+        settings["advanced_quantization_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     info = {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
-            "calibration_method": "minmax (nncf)"}
+            "calibration_method": "minmax (nncf)", "weight_bits": 7 if seven else 8}
     quantized = nncf.quantize(model, nncf.Dataset(job.calibration.tensors, lambda t: {name: t}),
-                              subset_size=len(job.calibration), **settings)
+                              subset_size=len(job.calibration), **{
+                                  k.replace("advanced_quantization_parameters", "advanced_parameters"): v
+                                  for k, v in settings.items()})
     budget, after = job.accuracy, None
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
@@ -125,7 +132,7 @@ def _quantize_static(job: ConvertJob, prepared: Path, excluded: list[str], out: 
                     calibrate_method=CALIBRATION_METHODS[method], nodes_to_exclude=excluded,
                     extra_options=extra_options)
     return {"tool": f"onnxruntime {onnxruntime.__version__}", "calibration_method": method,
-            "reduce_range": reduce_range}
+            "reduce_range": reduce_range, "weight_bits": 7 if reduce_range else 8}
 
 
 def conv_levels(model: onnx.ModelProto) -> list[list[str]]:

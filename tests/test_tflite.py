@@ -110,7 +110,8 @@ def test_manifest_lists_tflite_artifacts(tflite_packages, key):
         assert art.extra["input"] == {"name": "input", "shape": [1, h, w, 3], "layout": "NHWC"}
         spec = manifest.input_for(art)
         assert (spec.layout, spec.shape, spec.size_hw) == ("NHWC", (1, h, w, 3), (h, w))
-        assert set(art.extra["fp32_agreement"]) == {"max_abs_diff", "cosine", "cosine_mean", "checked_on", "backend"}
+        assert set(art.extra["fp32_agreement"]) == {"max_abs_diff", "cosine", "cosine_mean", "checked_on", "backend",
+                                                 "measured_on"}
         assert art.extra["fp32_agreement"]["backend"].endswith("2 threads"), art.extra["fp32_agreement"]  # how it ran
         assert art.extra["fp32_agreement"]["checked_on"] == {"held_out_images": 24, "source": "calib-coco-val2017"}
         converter = art.extra["converter"]
