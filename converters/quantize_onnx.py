@@ -38,7 +38,7 @@ from .convert_job import ConvertJob, ConvertResult, host_cpu_target, int8_weight
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
 QUANTIZERS = ("auto", "nncf", "ort")
-ACTIVATIONS = {"nncf": "S8S8", "ort": "U8S8"}  # activation x weight integer types ONNX Runtime multiplies
+ACTIVATIONS = {"nncf": "S8S8", "ort": "U8S8"}  # what each recipe asks for; activation_types reads the graph
 # ``auto`` keeps the faster recipe only if its mean cosine with FP32 is within this of the more accurate
 # one's: NanoDet-Plus-m's U8S8 (0.905 vs 0.992) is out, YOLO-FastestV2's (0.985 vs 0.985) is in
 RECIPE_COSINE_SLACK = 0.003
@@ -67,6 +67,17 @@ class _TensorReader(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._items, None)
+
+
+def activation_types(model: onnx.ModelProto) -> str:
+    """'U8S8', 'S8S8' or 'U8S8+S8S8': the integer types of a QDQ graph's quantised activations (int8
+    weights). NNCF quantises a tensor that cannot be negative (after a Relu) to uint8 even in its int8
+    recipe, so YOLO-FastestV2's NNCF graph mixes the two."""
+    zero_point_type = {t.name: t.data_type for t in model.graph.initializer}
+    found = {zero_point_type.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear"
+             and len(n.input) > 2}
+    names = ((onnx.TensorProto.UINT8, "U8S8"), (onnx.TensorProto.INT8, "S8S8"))
+    return "+".join(name for kind, name in names if kind in found) or "none"
 
 
 def float_convs(model: onnx.ModelProto) -> list[str]:
@@ -135,16 +146,34 @@ def _quantize_static(job: ConvertJob, prepared: Path, excluded: list[str], out: 
             "reduce_range": reduce_range, "weight_bits": 7 if reduce_range else 8}
 
 
-def conv_levels(model: onnx.ModelProto) -> list[list[str]]:
-    """The Convs grouped by depth from the input (longest path; ONNX lists nodes in topological order)."""
+def _depths(model: onnx.ModelProto) -> dict[str, int]:
+    """Each node's depth from the input (longest path; ONNX lists nodes in topological order)."""
     producer = {out: node.name for node in model.graph.node for out in node.output}
     depth: dict[str, int] = {}
-    levels: dict[int, list[str]] = {}
     for node in model.graph.node:
         depth[node.name] = 1 + max((depth[producer[i]] for i in node.input if i in producer), default=-1)
+    return depth
+
+
+def conv_levels(model: onnx.ModelProto) -> list[list[str]]:
+    """The Convs grouped by depth from the input."""
+    depth = _depths(model)
+    levels: dict[int, list[str]] = {}
+    for node in model.graph.node:
         if node.op_type == "Conv":
             levels.setdefault(depth[node.name], []).append(node.name)
     return [levels[d] for d in sorted(levels)]
+
+
+def prefix_nodes(model: onnx.ModelProto, convs: list[str]) -> list[str]:
+    """Every node no deeper than the deepest of ``convs``: the float prefix they end. Leaving only the Convs
+    out of quantisation would still quantise the ops between them (a channel shuffle's Reshape, Transpose,
+    Gather), so a Conv of the prefix would read quantised inputs."""
+    if not convs:
+        return []
+    depth = _depths(model)
+    deepest = max(depth[name] for name in convs)
+    return [node.name for node in model.graph.node if depth[node.name] <= deepest]
 
 
 def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> tuple[dict, float | None]:
@@ -168,13 +197,14 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
                          "leading Convs to keep in float")
             trial = out.with_name(f"{out.stem}-trial.onnx")
 
+            graph = onnx.load(str(prepared))
+
             def build(float_convs: list[str]):
-                _quantize_static(job, prepared, excluded + float_convs, trial, reduce_range)
+                _quantize_static(job, prepared, excluded + prefix_nodes(graph, float_convs), trial, reduce_range)
                 return _runner(onnx.load(str(trial)), name, outputs)
 
-            float_layers, after = float_prefix_search(build, conv_levels(onnx.load(str(prepared))), budget,
-                                                      job.progress)
-            _quantize_static(job, prepared, excluded + float_layers, out, reduce_range)
+            float_layers, after = float_prefix_search(build, conv_levels(graph), budget, job.progress)
+            _quantize_static(job, prepared, excluded + prefix_nodes(graph, float_layers), out, reduce_range)
     return {**info, "accuracy_control": budget.describe(before, after, float_layers)}, after
 
 
@@ -265,14 +295,16 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
             path = Path(tmp) / f"{key}.onnx"
             info, metric_of[key] = _quantize_nncf(job, model, excluded, path) if key == "nncf" else \
                 _quantize_ort(job, prepared, excluded, path)
-            made[key] = path, {"quantizer": key, "activations": ACTIVATIONS[key], **info}
+            made[key] = path, {"quantizer": key, "activations": activation_types(onnx.load(str(path))), **info}
         chosen, recipe = quantizer, None
         if len(made) > 1:
             chosen, recipe = _choose_recipe(job, job.fp32_onnx,
                                             {key: (path, metric_of[key]) for key, (path, _) in made.items()})
             for key, (_, made_info) in made.items():
-                recipe["candidates"][key].update({k: made_info[k] for k in ("tool", "reduce_range") if k in made_info})
-            job.progress(f"onnx int8: {chosen} ({ACTIVATIONS[chosen]}), {recipe['why']}")
+                recipe["candidates"][key].update({k: made_info[k] for k in ("activations", "tool", "reduce_range")
+                                                  if k in made_info})
+            recipe["activations"] = made[chosen][1]["activations"]
+            job.progress(f"onnx int8: {chosen} ({recipe['activations']}), {recipe['why']}")
         path, info = made[chosen]
         # job.out_dir is convert's fresh staging folder: the file reaches the package by os.replace
         shutil.move(path, job.out_dir / out_name)

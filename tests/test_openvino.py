@@ -110,7 +110,7 @@ def test_manifest_lists_openvino_artifacts(ov_package):
         assert sha256_file(weights) == art.extra["weights_sha256"]
         assert art.outputs == onnx_outputs
         agreement = art.extra["fp32_agreement"]
-        assert set(agreement) == {"max_abs_diff", "cosine", "cosine_mean", "backend", "checked_on"}
+        assert set(agreement) == {"max_abs_diff", "cosine", "cosine_mean", "backend", "checked_on", "measured_on"}
         assert agreement["cosine_mean"] >= agreement["cosine"]
         assert art.extra["converter"]["openvino"] and art.extra["converter"]["nncf"]
     quant = manifest.artifact("openvino", "int8").extra
