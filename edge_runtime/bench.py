@@ -19,6 +19,7 @@ from .compare import compare
 from .deploy.hostinfo import cpu_summary
 from .deploy.targets import Target, efficiency
 from .errors import EdgeRuntimeError
+from .hostfit import host_mismatch
 from .io.sources import read_image
 from .manifest import load_manifest
 from .timing import format_table, summarize, time_calls
@@ -107,9 +108,11 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
     budget = budget_for(manifest, max_drop)
     frame = read_image(Path(image)) if image else synthetic_image(manifest.input.size_hw)
     rows, failed = [], []
+    options_of: dict[str, dict[str, Any]] = {}
     for art in manifest.artifacts:
         progress(f"benchmarking {art.file} ({art.format} {art.precision})")
-        art_options = {**(target.backend_options(art.format) if target else {}), **(options or {})}
+        art_options = options_of[art.key] = {**(target.backend_options(art.format) if target else {}),
+                                             **(options or {})}
         args = (str(package), art.format, art.precision, threads, warmup, iters, frame, art_options)
         try:
             rows.append(run_isolated(worker, *args) if isolate else worker(*args))
@@ -134,10 +137,12 @@ def bench_package(package: str | Path, threads: int | None = None, warmup: int =
         r["recorded_accuracy"] = recorded_accuracy(art.extra)
         judged = budget.judge(art)
         r["within_budget"], r["recorded_drop"] = judged.within, judged.drop
-    # the fastest is named among verified artifacts only: a fast wrong one is no answer
-    fastest = min((r for r in rows if r["verified"]), key=lambda r: r["latency_ms"]["median"], default=None)
-    within = min((r for r in rows if r["verified"] and r["within_budget"]), key=lambda r: r["latency_ms"]["median"],
-                 default=None)
+        r["not_on_this_cpu"] = host_mismatch(art, options=options_of[art.key])
+    # the fastest is named among verified artifacts whose record holds here: a fast wrong one is no answer
+    fastest = min((r for r in rows if r["verified"] and not r["not_on_this_cpu"]),
+                  key=lambda r: r["latency_ms"]["median"], default=None)
+    within = min((r for r in rows if r["verified"] and not r["not_on_this_cpu"] and r["within_budget"]),
+                 key=lambda r: r["latency_ms"]["median"], default=None)
     for r in rows:
         del r["outputs"]
     macs = next((a.extra.get("macs") for a in manifest.artifacts if a.format == "onnx" and a.precision == "fp32"), None)
@@ -209,5 +214,7 @@ def bench_table(report: dict[str, Any]) -> str:
             not r["within_budget"]]
     auto = (f"auto's choice within the accuracy budget {report['budget']} ({report['budget_source']}): "
             f"{report['fastest_within_budget'] or 'none'}" + (f"; over budget: {', '.join(over)}" if over else ""))
+    unfit = [f"{r['artifact']}: {r['not_on_this_cpu']}" for r in report["results"] if r.get("not_on_this_cpu")]
     return "\n".join([head, table, fastest, auto] + [f"not chosen, failed its check: {line}" for line in failed]
+                     + [f"not chosen, its record does not hold on this CPU: {line}" for line in unfit]
                      + ([f"slower than its own FP32 on this CPU: {', '.join(slower)}"] if slower else []))

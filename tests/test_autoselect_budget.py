@@ -273,7 +273,8 @@ def test_int8_records_say_where_they_hold(pkg):
 
 def test_auto_leaves_out_int8_measured_on_another_kind_of_cpu(pkg, monkeypatch, caplog):
     """A package converted on a VNNI CPU (8-bit weights), run on a Haswell: auto leaves its ONNX and OpenVINO
-    INT8 out and says why; with only INT8 to choose from it is one error; named, it runs with a warning."""
+    INT8 out and says why; with only INT8 to choose from it is one error; named, it runs with a warning;
+    bench never names them the fastest."""
     import logging
 
     import edge_runtime.hostfit as hostfit
@@ -292,6 +293,14 @@ def test_auto_leaves_out_int8_measured_on_another_kind_of_cpu(pkg, monkeypatch, 
     with caplog.at_level(logging.WARNING, logger="edge_runtime.detector"):
         art = artifact_to_run(manifest, "onnx", "int8", 1)
     assert art.key == "onnx-int8" and "its detections may differ from what was validated" in caplog.text
+
+    from edge_runtime.bench import bench_package, bench_table
+
+    report = bench_package(pkg, threads=1, warmup=1, iters=3, isolate=False, max_drop="off")
+    unfit = {r["artifact"] for r in report["results"] if r["not_on_this_cpu"]}
+    assert unfit == {a.file for a in manifest.artifacts if a.precision == "int8"}, report["results"]
+    assert report["fastest_verified"] not in unfit and report["fastest_within_budget"] not in unfit
+    assert "not chosen, its record does not hold on this CPU: " in bench_table(report)
 
     _measured_on_zen4(pkg, 7)  # 7-bit weights compute the same on both
     choice = choose_artifact(load_manifest(pkg), 1, precision="int8", max_drop="off")
