@@ -98,10 +98,9 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     """NNCF's QDQ graph (with its accuracy-aware search under a budget); returns its record and, under a
     budget, the budget's metric of what it saved (None without one)."""
     import nncf
-
-    name = job.manifest.input.name
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    name = job.manifest.input.name
     seven = saturation_unmeasured(job.options)
     settings = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": True,
                 "ignored_scope": nncf.IgnoredScope(names=excluded)}
@@ -196,7 +195,6 @@ def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Pat
             job.progress(f"onnx int8: ort {budget.metric.name} {before:.4f} < {budget.target:.4f}: searching "
                          "leading Convs to keep in float")
             trial = out.with_name(f"{out.stem}-trial.onnx")
-
             graph = onnx.load(str(prepared))
 
             def build(float_convs: list[str]):
