@@ -271,10 +271,10 @@ def test_int8_records_say_where_they_hold(pkg):
     assert host_mismatch(fp32, HASWELL) is None
 
 
-def test_auto_leaves_out_int8_measured_on_another_kind_of_cpu(pkg, monkeypatch, caplog):
+def test_auto_leaves_out_int8_measured_on_another_kind_of_cpu(pkg, monkeypatch, caplog, capsys):
     """A package converted on a VNNI CPU (8-bit weights), run on a Haswell: auto leaves its ONNX and OpenVINO
     INT8 out and says why; with only INT8 to choose from it is one error; named, it runs with a warning;
-    bench never names them the fastest."""
+    bench never names them the fastest; info names them."""
     import logging
 
     import edge_runtime.hostfit as hostfit
@@ -301,6 +301,15 @@ def test_auto_leaves_out_int8_measured_on_another_kind_of_cpu(pkg, monkeypatch, 
     assert unfit == {a.file for a in manifest.artifacts if a.precision == "int8"}, report["results"]
     assert report["fastest_verified"] not in unfit and report["fastest_within_budget"] not in unfit
     assert "not chosen, its record does not hold on this CPU: " in bench_table(report)
+
+    import argparse
+
+    from edge_runtime.cli.info import cmd_info
+
+    capsys.readouterr()
+    assert cmd_info(argparse.Namespace(package=str(pkg), json=None)) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("not for this CPU: ")]
+    assert len(lines) == 2 and all("AMD EPYC 9B14" in ln and "auto leaves it out" in ln for ln in lines), lines
 
     _measured_on_zen4(pkg, 7)  # 7-bit weights compute the same on both
     choice = choose_artifact(load_manifest(pkg), 1, precision="int8", max_drop="off")
