@@ -22,6 +22,18 @@ SAMPLES = "images/samples"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def load_driver(path: Path, source: str):
+    """Write ``source`` to ``path`` and import it: the native side of an emulation test runs the very file the
+    emulated Python runs (tests/test_arm64.py, tests/test_x86_avx2.py)."""
+    import importlib.util
+
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def fixture_path(*parts: str) -> Path:
     """``FIXTURES / parts``; skips the calling test with a clear reason when it does not exist."""
     path = FIXTURES.joinpath(*parts)

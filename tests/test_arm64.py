@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, fixture_path
+from conftest import SAMPLES, fixture_path, load_driver
 
 pytestmark = pytest.mark.arm64
 
@@ -129,15 +129,6 @@ if __name__ == "__main__":
 '''
 
 
-def _load_driver(path: Path):
-    """The driver file, imported here: the x86 side runs the very file the emulated python runs."""
-    path.write_text(DRIVER)
-    spec = importlib.util.spec_from_file_location("arm64_driver", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def arm64_python() -> Path:
     """CACHE/run-arm64-python, after scripts/arm64_rootfs.sh built or reused its cache."""
@@ -206,7 +197,7 @@ def test_arm64_detections_match_x86(arm64_python, arm64_package, tmp_path):
     images = [str(fixture_path(SAMPLES, name)) for name in IMAGES]
     tensors = tmp_path / "x86_inputs.npz"
     driver = tmp_path / "arm64_driver.py"
-    x86 = _load_driver(driver).detect_all(str(arm64_package), images, ARTIFACTS, save_tensors=str(tensors))
+    x86 = load_driver(driver, DRIVER).detect_all(str(arm64_package), images, ARTIFACTS, save_tensors=str(tensors))
     args = [str(arm64_package), json.dumps(images), json.dumps([list(a) for a in ARTIFACTS]), str(tensors),
             json.dumps(list(NOT_ON_DEVICE))]
     t0 = time.monotonic()

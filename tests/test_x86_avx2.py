@@ -21,7 +21,6 @@ reason) where qemu-x86_64-static is missing and cannot be installed, and on host
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fixture_path
+from conftest import fixture_path, load_driver
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "x86_avx2.sh"
@@ -83,15 +82,6 @@ if __name__ == "__main__":
 '''
 
 
-def _load_driver(path: Path):
-    """The driver file, imported here: the native side runs the very file the emulated Python runs."""
-    path.write_text(DRIVER)
-    spec = importlib.util.spec_from_file_location("avx2_driver", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def run_avx2(tmp_path_factory) -> Path:
     """CACHE/run-avx2, made by scripts/x86_avx2.sh."""
@@ -135,7 +125,7 @@ def test_int8_records_hold_on_an_avx2_cpu(run_avx2, weight_packages, tmp_path):
     packages = [str(weight_packages[8]), str(weight_packages[7])]
     fp32 = {load_manifest(p).artifact("onnx", "fp32").sha256 for p in packages}
     assert fp32 == {manifest.artifact("onnx", "fp32").sha256}  # the driver runs FP32 once for both
-    driver = _load_driver(tmp_path / "avx2_driver.py")
+    driver = load_driver(tmp_path / "avx2_driver.py", DRIVER)
 
     recorded_set = driver.measure(packages, str(tensors), len(held_out.tensors))
     native = driver.measure(packages, str(tensors), EMULATED_IMAGES)
