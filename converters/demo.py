@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge_runtime.detector import Detector
 from edge_runtime.errors import BackendUnavailableError, EdgeRuntimeError
+from edge_runtime.hostfit import host_mismatch
 from edge_runtime.io.pipeline import RunSummary, run_pipeline
 from edge_runtime.io.sources import open_source
 from edge_runtime.manifest import Manifest, load_manifest, sha256_file
@@ -102,6 +103,9 @@ def _time_artifacts(manifest: Manifest, formats: list[str], precisions: list[str
         if not art.verified:
             log.warning("skipping %s %s: failed its check against FP32 (%s)", art.format, art.precision,
                         art.verdict.describe())
+            continue
+        if why := host_mismatch(art):  # a reused package converted on another kind of CPU
+            log.warning("skipping %s %s: %s", art.format, art.precision, why)
             continue
         try:
             detector = Detector(manifest.root, backend=art.format, precision=art.precision, threads=threads)

@@ -103,19 +103,22 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
     'off'); None: the budget convert recorded in the package, else the built-in cos:0.01. Raises
     ``ModelLoadError`` when no runnable verified artifact is within the budget (naming each one's drop)."""
     budget = budget_for(manifest, max_drop)
+    # auto takes no backend options: a non-CPU device named for auto does not lift the CPU rule (the safe side)
     unfit = {a.key: why for a in _installed_verified(manifest, precision) if (why := host_mismatch(a))}
     choices = auto_candidates(manifest, precision)
-    if not choices and unfit:
-        raise ModelLoadError(f"{manifest.path}: no artifact's accuracy record holds on this CPU: "
-                             + "; ".join(f"{key}: {why}" for key, why in unfit.items()) + f"; {RECONVERT}")
     if not choices:
         wanted = [a for a in manifest.artifacts if precision in (None, a.precision)]
         if wanted and not any(a.verified for a in wanted):
             failed = "; ".join(f"{a.key} ({a.verdict.describe()})" for a in wanted)
             raise ModelLoadError(f"{manifest.path}: no verified artifact to choose from; failed their check "
                                  f"against FP32: {failed}")
+        runnable = installed_backends()
+        missing = next((a for a in wanted if a.verified and a.format not in runnable), None)
+        if missing is None and unfit:
+            raise ModelLoadError(f"{manifest.path}: no artifact's accuracy record holds on this CPU: "
+                                 + "; ".join(f"{key}: {why}" for key, why in unfit.items()) + f"; {RECONVERT}")
         # a verified one whose backend is missing: opening it names the extra to install
-        art = next((a for a in wanted if a.verified), None) or manifest.artifact(None, precision)
+        art = missing or next((a for a in wanted if a.verified), None) or manifest.artifact(None, precision)
         return AutoChoice(art, budget, {}, {}, unfit=unfit)
     judged = {a.key: budget.judge(a) for a in choices}
     within = [a for a in choices if judged[a.key].within]

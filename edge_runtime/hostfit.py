@@ -10,40 +10,62 @@ from __future__ import annotations
 from typing import Any
 
 from .backends import BACKENDS
-from .deploy.hostinfo import cpu_summary, int8_saturates
+from .deploy.hostinfo import cpu_summary, host_int8_saturates, int8_saturates
 from .manifest import Artifact
+
+RECONVERT = "reconvert it on this CPU or with --target x86 (7-bit weights)"
+# devices that never run an artifact on the CPU (AUTO, MULTI, HETERO and providers such as OpenVINO's may);
+# a named device that is missing falls back to the CPU in the backends, which this rule does not see
+_NOT_CPU = ("GPU", "NPU", "CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+            "QNNExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
 
 
 def _cpu(record: dict[str, Any]) -> str:
     return f"{record.get('cpu') or 'unknown CPU'} ({record.get('arch') or '?'})"
 
 
+def _weight_bits(quantization: Any) -> int | None:
+    """The INT8 weights' width as recorded, or as the older records imply it (ONNX Runtime's ``reduce_range``,
+    OpenVINO's ``overflow_fix``); None when nothing says."""
+    if not isinstance(quantization, dict):
+        return None
+    if quantization.get("weight_bits") in (7, 8):
+        return quantization["weight_bits"]
+    if isinstance(quantization.get("reduce_range"), bool):
+        return 7 if quantization["reduce_range"] else 8
+    if quantization.get("overflow_fix") in ("first_layer", "disable"):
+        return 8
+    stem = quantization.get("stem_quantized")
+    eight_bit_stem = isinstance(stem, dict) and stem.get("weight_bits") == 8
+    return 7 if quantization.get("overflow_fix") == "enable" and not eight_bit_stem else None
+
+
 def host_mismatch(art: Artifact, host: dict[str, Any] | None = None, options: dict[str, Any] | None = None
                   ) -> str | None:
-    """Why ``art``'s recorded accuracy does not hold on this CPU (``host``: ``cpu_summary()``'s form, default
-    this one), None when it does: an INT8 artifact of a backend whose CPU kernels saturate on x86 without
-    VNNI/AMX (``Backend.int8_saturates_without_vnni``), with 8-bit weights, measured on a CPU that does not
-    saturate (or on an unrecorded one), run on one that does (measured in docs/formats-and-int8.md).
-    ``options`` naming a device other than the CPU (an execution provider, an OpenVINO GPU/NPU) skip the rule."""
+    """Why ``art``'s recorded accuracy does not hold on this CPU, None when it does (``host``: ``cpu_summary()``'s
+    form, default this CPU): an INT8 artifact of a backend whose CPU kernels saturate on x86 without VNNI/AMX
+    (``Backend.int8_saturates_without_vnni``), without 7-bit weights, measured on a CPU that does not saturate
+    or on an unrecorded one, run on one that does (measured in docs/formats-and-int8.md). A CPU whose flags
+    were not read is not judged. ``options`` naming a device that is not the CPU skip the rule."""
     cls = BACKENDS.get(art.format)
     if cls is None or art.precision != "int8" or not cls.int8_saturates_without_vnni:
         return None
-    if (options or {}).get("device") not in (None, "CPU", "CPUExecutionProvider"):
+    device = str((options or {}).get("device") or "CPU")
+    if device.split(".")[0] in _NOT_CPU:
         return None
-    host = host if host is not None else cpu_summary()
-    if not int8_saturates(str(host.get("arch", "")), list(host.get("flags") or ())):
+    here = host_int8_saturates() if host is None else int8_saturates(str(host.get("arch", "")), host.get("flags"))
+    if not here:
         return None
-    quantization = art.extra.get("quantization")
-    if isinstance(quantization, dict) and quantization.get("weight_bits") == 7:
+    bits = _weight_bits(art.extra.get("quantization"))
+    if bits == 7:
         return None
     agreement = art.extra.get("fp32_agreement")
     measured = agreement.get("measured_on") if isinstance(agreement, dict) else None
     if isinstance(measured, dict) and isinstance(measured.get("flags"), list) and \
             int8_saturates(str(measured.get("arch", "")), measured["flags"]):
         return None  # measured on a CPU that saturates too: the record holds here
-    where = _cpu(measured) if isinstance(measured, dict) else "an unrecorded CPU"
-    return (f"INT8 with 8-bit weights measured on {where}; this CPU ({_cpu(host)}) has no VNNI/AMX, where "
-            f"{cls.name}'s INT8 kernels saturate")
-
-
-RECONVERT = "reconvert it on this CPU or with --target x86 (7-bit weights)"
+    where = "an unrecorded CPU" if not isinstance(measured, dict) else \
+        _cpu(measured) + ("" if isinstance(measured.get("flags"), list) else ", its flags unread")
+    host = host if host is not None else cpu_summary()
+    return (f"INT8 with {'8-bit' if bits == 8 else 'unrecorded-width'} weights measured on {where}; this CPU "
+            f"({_cpu(host)}) has no VNNI/AMX, where {cls.name}'s INT8 kernels saturate")

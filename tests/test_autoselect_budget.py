@@ -267,6 +267,20 @@ def test_int8_records_say_where_they_hold(pkg):
         assert host_mismatch(variant(8, ZEN4), ZEN4) is None and host_mismatch(variant(8, ZEN4), PI4) is None
         assert host_mismatch(variant(8, ZEN4, "tflite"), HASWELL) is None
         assert host_mismatch(variant(8, ZEN4), HASWELL, {"device": "GPU"}) is None
+        assert host_mismatch(variant(8, ZEN4), HASWELL, {"device": "AUTO"}) is not None  # AUTO may pick the CPU
+        assert host_mismatch(variant(8, ZEN4), {**HASWELL, "flags": None}) is None  # flags unread: not judged
+        unread = replace(variant(8, None), extra={**variant(8, None).extra, "fp32_agreement": {
+            "measured_on": {**ZEN4, "flags": None}}})
+        assert "AMD EPYC 9B14 (x86_64), its flags unread" in host_mismatch(unread, HASWELL)
+        # records from before weight_bits: ONNX Runtime's reduce_range and OpenVINO's overflow fix say the width
+        old = {k: v for k, v in art.extra["quantization"].items() if k != "weight_bits"}
+        for record, bits in (({"reduce_range": True}, 7), ({"reduce_range": False}, 8),
+                             ({"overflow_fix": "enable"}, 7), ({"overflow_fix": "first_layer"}, 8), ({}, None)):
+            older = replace(art, extra={**variant(8, ZEN4).extra, "quantization": {
+                **{k: v for k, v in old.items() if k not in ("reduce_range", "overflow_fix")}, **record}})
+            why = host_mismatch(older, HASWELL)
+            assert (why is None) == (bits == 7), (record, why)
+            assert bits == 7 or f"INT8 with {'8-bit' if bits else 'unrecorded-width'} weights" in why
     fp32 = next(a for a in manifest.artifacts if a.key == "onnx-fp32")
     assert host_mismatch(fp32, HASWELL) is None
 
@@ -282,6 +296,7 @@ def test_auto_leaves_out_int8_measured_on_another_kind_of_cpu(pkg, monkeypatch, 
 
     _measured_on_zen4(pkg, 8)
     monkeypatch.setattr(hostfit, "cpu_summary", lambda: HASWELL)
+    monkeypatch.setattr(hostfit, "host_int8_saturates", lambda: True)
     manifest = load_manifest(pkg)
     choice = choose_artifact(manifest, 1, max_drop="off")
     assert choice.artifact.precision == "fp32" and set(choice.unfit) == {"onnx-int8", "openvino-int8"}

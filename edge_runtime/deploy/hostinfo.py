@@ -154,21 +154,39 @@ def cpu_summary() -> dict[str, object]:
             "flags": [f for f in _SUMMARY_FLAGS if f in flags]}
 
 
-def int8_saturates(arch: str, flags: list[str] | tuple[str, ...]) -> bool:
+def int8_saturates(arch: str, flags: list[str] | tuple[str, ...] | None) -> bool | None:
     """Whether this CPU's INT8 convolutions (ONNX Runtime's and OpenVINO's x86 kernels) multiply u8 x s8
     pairs with 16-bit saturation: x86 without VNNI or AMX, where AVX2/AVX-512BW's vpmaddubsw adds two
     products into an int16 that full 8-bit weights can overflow. ARM's widening multiplies and dot
-    products, VNNI and AMX accumulate in 32 bits."""
-    arch = _MACHINE_ALIASES.get(arch.lower(), arch)
-    return arch in _X86_ARCHES and not any(f in flags for f in _X86_INT8)
+    products, VNNI and AMX accumulate in 32 bits. None: an x86 CPU whose flags were not read (``flags``
+    None: no /proc/cpuinfo, e.g. Windows or macOS)."""
+    if not is_x86(arch):
+        return False
+    return None if flags is None else not any(f in flags for f in _X86_INT8)
+
+
+def is_x86(arch: str) -> bool:
+    return _MACHINE_ALIASES.get(arch.lower(), arch) in _X86_ARCHES
+
+
+def _flags_read() -> bool:
+    return any("flags" in block or "Features" in block for block in _host_blocks())
+
+
+def host_int8_saturates() -> bool | None:
+    """``int8_saturates`` for this CPU."""
+    summary = cpu_summary()
+    return int8_saturates(str(summary["arch"]), list(summary["flags"]) if _flags_read() else None)
 
 
 def measured_on() -> dict[str, object]:
-    """This CPU as a converter records it beside a measurement (``fp32_agreement.measured_on``): the
-    runtime compares it with the CPU it runs on (``hostfit.host_mismatch``)."""
+    """This CPU as a converter records it beside a measurement (``fp32_agreement.measured_on``; ``flags``
+    null when they could not be read): the runtime compares it with the CPU it runs on
+    (``hostfit.host_mismatch``, which decides from ``arch`` and ``flags``; ``int8_saturates`` is for people)."""
     summary = cpu_summary()
-    return {"cpu": summary["cpu"], "arch": summary["arch"], "flags": list(summary["flags"]),
-            "int8_saturates": int8_saturates(str(summary["arch"]), summary["flags"])}
+    flags = list(summary["flags"]) if _flags_read() else None
+    return {"cpu": summary["cpu"], "arch": summary["arch"], "flags": flags,
+            "int8_saturates": int8_saturates(str(summary["arch"]), flags)}
 
 
 # --- host detection ---------------------------------------------------------------------------
