@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_runtime.deploy.hostinfo import cpu_summary, detect_host, int8_saturates
+from edge_runtime.deploy.hostinfo import detect_host, host_int8_saturates, is_x86
 from edge_runtime.deploy.targets import load_target
 from edge_runtime.manifest import Manifest
 
@@ -62,9 +62,14 @@ def int8_weights_saturate(options: dict[str, Any]) -> bool:
 
 
 def saturation_unmeasured(options: dict[str, Any]) -> bool:
-    """Whether the package's CPU saturates (``int8_weights_saturate``) but this host does not: convert then
-    cannot measure what 8-bit weights compute there, so NNCF's graphs take 7-bit weights everywhere
-    (its overflow fix "enable"), which compute the same on both (docs/formats-and-int8.md). A host that
+    """Whether the package's CPU is an x86 that saturates (``int8_weights_saturate``; a target profile for
+    another architecture or an accelerator is not) but this host does not or cannot say: convert then
+    cannot measure what 8-bit weights compute there, so NNCF's graphs take 7-bit weights everywhere (its
+    overflow fix "enable"), which compute the same on both (docs/formats-and-int8.md). A host that
     saturates itself measures what the device computes, so its 8-bit graphs are recorded as measured."""
-    here = cpu_summary()
-    return int8_weights_saturate(options) and not int8_saturates(str(here["arch"]), list(here["flags"]))
+    target = options.get("target")
+    if target:
+        profile = load_target(target)
+        if profile.accelerator or not is_x86(profile.arch):
+            return False
+    return int8_weights_saturate(options) and host_int8_saturates() is not True

@@ -343,9 +343,8 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
     stem_bits = (7 if int8_weights_saturate(job.options) else 8) if stem_pass else 0
     smooth_quant = job.options.get("ov_smooth_quant")
     # NNCF's 7-bit first layer avoids AVX2's u8 x s8 saturation. With the stem quantised apart, NNCF's first
-    # layer is the next one, which on a CPU that accumulates in 32 bits needs no fix
-    # Where the package's CPU saturates and this one does not, 7 bits everywhere: what convert measures
-    # here is then what the device computes
+    # layer is the next one, which on a CPU that accumulates in 32 bits needs no fix. Where the package's CPU
+    # saturates and this one does not, 7 bits everywhere: what convert measures is then what the device computes
     overflow_default = "enable" if saturation_unmeasured(job.options) else \
         "disable" if stem_pass and stem_bits == 8 else "first_layer"
     overflow_name = str(job.options.get("ov_overflow_fix", overflow_default)).lower()

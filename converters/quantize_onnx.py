@@ -101,17 +101,14 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     name = job.manifest.input.name
-    seven = saturation_unmeasured(job.options)
+    seven_bit_weights = saturation_unmeasured(job.options)
     settings = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": True,
                 "ignored_scope": nncf.IgnoredScope(names=excluded)}
-    if seven:
-        settings["advanced_quantization_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE) if seven_bit_weights else None
     info = {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
-            "calibration_method": "minmax (nncf)", "weight_bits": 7 if seven else 8}
+            "calibration_method": "minmax (nncf)", "weight_bits": 7 if seven_bit_weights else 8}
     quantized = nncf.quantize(model, nncf.Dataset(job.calibration.tensors, lambda t: {name: t}),
-                              subset_size=len(job.calibration), **{
-                                  k.replace("advanced_quantization_parameters", "advanced_parameters"): v
-                                  for k, v in settings.items()})
+                              subset_size=len(job.calibration), advanced_parameters=advanced, **settings)
     budget, after = job.accuracy, None
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
@@ -120,8 +117,10 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
         before = after = budget.metric(_runner(quantized, name, outputs))
         plain_float = set(float_convs(quantized))
         if before < budget.target:  # met as quantised: NNCF's search would quantise again to the same model
+            # nncf.quantize_with_accuracy_control names the same parameters advanced_quantization_parameters
             quantized = run_nncf_search(model, budget, name, job.calibration.tensors,
-                                        lambda proto: _runner(proto, name, outputs), **settings)
+                                        lambda proto: _runner(proto, name, outputs),
+                                        advanced_quantization_parameters=advanced, **settings)
             after = budget.metric(_runner(quantized, name, outputs))
         info["accuracy_control"] = budget.describe(before, after, sorted(set(float_convs(quantized)) - plain_float))
     onnx.save(quantized, str(out))

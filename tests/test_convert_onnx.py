@@ -72,8 +72,8 @@ def activation_types(path: Path) -> str:
 
 # what each graph holds: ONNX Runtime's U8S8 graph is uint8 throughout; NNCF's recipe is int8, but a tensor that
 # cannot be negative (after a Relu: YOLO-FastestV2, not NanoDet-Plus-m's LeakyRelu) it quantises to uint8
-GRAPH_TYPES = {("nanodet-plus-m", "nncf"): "S8S8", ("yolo-fastestv2", "nncf"): "U8S8+S8S8",
-               ("yolo-fastestv2", "ort"): "U8S8"}
+GRAPH_TYPES = {("nanodet-plus-m", "nncf"): "S8S8", ("nanodet-plus-m", "ort"): "U8S8",
+               ("yolo-fastestv2", "nncf"): "U8S8+S8S8", ("yolo-fastestv2", "ort"): "U8S8"}
 
 
 def test_onnx_int8_recipe_is_chosen_by_what_was_measured(int8_packages):
@@ -103,8 +103,9 @@ def test_target_profile_sets_the_onnx_recipe_inputs(export, tmp_path):
     from types import SimpleNamespace
 
     from converters import Converter
-    from converters.convert_job import host_cpu_target
+    from converters.convert_job import host_cpu_target, saturation_unmeasured
     from converters.quantize_onnx import _reduce_range
+    from edge_runtime.deploy.hostinfo import host_int8_saturates
     from edge_runtime.deploy.targets import conversion_plan, load_target
     from edge_runtime.hostfit import host_mismatch
 
@@ -114,6 +115,12 @@ def test_target_profile_sets_the_onnx_recipe_inputs(export, tmp_path):
         settings = conversion_plan(target=load_target(name)).settings
         assert _reduce_range(SimpleNamespace(options={"target": name, **settings})) is seven, name
     assert _reduce_range(SimpleNamespace(options={"onnx_reduce_range": False, "target": "x86"})) is False
+    # NNCF's graphs take 7 bits only for an x86 target whose saturation this host cannot measure: never for
+    # another architecture or an accelerator, whatever their onnx_weight_bits says
+    seven_here = host_int8_saturates() is not True
+    for name in ("x86", "x86-vnni", "arm64", "rpi4", "edgetpu", "openvino-npu", "ort-qnn"):
+        settings = conversion_plan(target=load_target(name)).settings
+        assert saturation_unmeasured({"target": name, **settings}) is (name == "x86" and seven_here), name
 
     pkg = tmp_path / "yfv2"
     shutil.copytree(export("yolo-fastestv2"), pkg)
