@@ -92,7 +92,9 @@ def main() -> None:
                                for i, x in enumerate(held_out.tensors) for j, name in enumerate(fp32.outputs)})
         runner = args.runner
         if runner is None:
-            subprocess.run(["bash", str(REPO / "scripts" / "x86_avx2.sh"), tmp], check=True)
+            made = subprocess.run(["bash", str(REPO / "scripts" / "x86_avx2.sh"), tmp], capture_output=True, text=True)
+            if made.returncode:
+                sys.exit(f"no x86 emulation here: {(made.stderr.strip().splitlines() or ['?'])[-1]}")
             runner = str(Path(tmp) / "run-avx2")
         native = measure(args.package, str(tensors), str(reference), keys, None)
         bf16 = [a.key for a in manifest.artifacts

@@ -46,6 +46,9 @@ if ! command -v qemu-x86_64-static >/dev/null 2>&1; then
     command -v qemu-x86_64-static >/dev/null 2>&1 || die "still no qemu-x86_64-static after apt-get" 3
 fi
 QEMU=$(command -v qemu-x86_64-static)
+CPU=Haswell-v4,-pcid,-x2apic,-tsc-deadline,-invpcid,-spec-ctrl
+# the features TCG cannot emulate are switched off, so qemu does not warn about each on every start
+"$QEMU" -cpu "$CPU" /bin/true 2>/dev/null || die "$("$QEMU" --version | head -n1) cannot emulate -cpu $CPU" 3
 
 # Two Haswell cores as Linux lists them (the flags edge_runtime reads: avx2 fma f16c, no avx512*, no vnni)
 flags="fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ss"
@@ -61,10 +64,9 @@ flags+=" bmi2 erms"
 } > "$CACHE/prefix/proc/cpuinfo.tmp"
 mv -f -- "$CACHE/prefix/proc/cpuinfo.tmp" "$CACHE/prefix/proc/cpuinfo"
 
-# the features TCG cannot emulate are switched off, so qemu does not warn about each on every start
 cat > "$CACHE/run-avx2.tmp" <<EOF
 #!/bin/sh
-exec "$QEMU" -cpu Haswell-v4,-pcid,-x2apic,-tsc-deadline,-invpcid,-spec-ctrl -L "$CACHE/prefix" "\$@"
+exec "$QEMU" -cpu $CPU -L "$CACHE/prefix" "\$@"
 EOF
 chmod +x "$CACHE/run-avx2.tmp"
 mv -f -- "$CACHE/run-avx2.tmp" "$CACHE/run-avx2"

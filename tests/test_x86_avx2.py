@@ -33,6 +33,8 @@ import numpy as np
 import pytest
 from conftest import fixture_path, load_driver
 
+pytestmark = pytest.mark.x86_avx2
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "x86_avx2.sh"
 CALIB = "images/calib-coco-val2017"
