@@ -89,6 +89,7 @@ class Converter:
         from edge_runtime.deploy.targets import conversion_plan, runnable_target
 
         from .convert import convert_package
+        from .convert_job import target_options
         from .formats import convertible_formats
 
         profile = runnable_target(target) if target is not None else None
@@ -102,7 +103,7 @@ class Converter:
         if openvino_inference_precision is not None:
             options["openvino_inference_precision"] = openvino_inference_precision
         if profile is not None:  # the ONNX recipe times candidates only on the target's own CPU
-            options["target"] = profile.name
+            options.update(target_options(profile))
         try:
             return convert_package(self.package, list(plan.formats), list(plan.precisions), calib=calib,
                                    options=options, progress=progress, **convert_options)

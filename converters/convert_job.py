@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge_runtime.deploy.hostinfo import detect_host, host_int8_saturates, is_x86
-from edge_runtime.deploy.targets import load_target
+from edge_runtime.deploy.targets import Target, load_target
 from edge_runtime.manifest import Manifest
 
 from .accuracy import AccuracyBudget, CosineAgreement
@@ -61,15 +61,18 @@ def int8_weights_saturate(options: dict[str, Any]) -> bool:
     return (load_target(here).onnx_weight_bits if here else None) in (None, "7")
 
 
+def target_options(profile: Target) -> dict[str, Any]:
+    """What the converters read of a target profile besides its settings: its name, and whether it is an x86
+    CPU (no accelerator), the only kind whose INT8 saturation ``saturation_unmeasured`` guards against."""
+    return {"target": profile.name, "target_x86_cpu": not profile.accelerator and is_x86(profile.arch)}
+
+
 def saturation_unmeasured(options: dict[str, Any]) -> bool:
-    """Whether the package's CPU is an x86 that saturates (``int8_weights_saturate``; a target profile for
-    another architecture or an accelerator is not) but this host does not or cannot say: convert then
-    cannot measure what 8-bit weights compute there, so NNCF's graphs take 7-bit weights everywhere (its
-    overflow fix "enable"), which compute the same on both (docs/formats-and-int8.md). A host that
-    saturates itself measures what the device computes, so its 8-bit graphs are recorded as measured."""
-    target = options.get("target")
-    if target:
-        profile = load_target(target)
-        if profile.accelerator or not is_x86(profile.arch):
-            return False
+    """Whether the package's CPU is an x86 that saturates (``int8_weights_saturate``; a target that is not an
+    x86 CPU, ``target_options``, is not) but this host does not or cannot say: convert then cannot measure
+    what 8-bit weights compute there, so NNCF's graphs take 7-bit weights everywhere (its overflow fix
+    "enable"), which compute the same on both (docs/formats-and-int8.md). A host that saturates itself
+    measures what the device computes, so its 8-bit graphs are recorded as measured."""
+    if options.get("target") and not options.get("target_x86_cpu", False):
+        return False
     return int8_weights_saturate(options) and host_int8_saturates() is not True

@@ -103,7 +103,7 @@ def test_target_profile_sets_the_onnx_recipe_inputs(export, tmp_path):
     from types import SimpleNamespace
 
     from converters import Converter
-    from converters.convert_job import host_cpu_target, saturation_unmeasured
+    from converters.convert_job import host_cpu_target, saturation_unmeasured, target_options
     from converters.quantize_onnx import _reduce_range
     from edge_runtime.deploy.hostinfo import host_int8_saturates
     from edge_runtime.deploy.targets import conversion_plan, load_target
@@ -119,8 +119,9 @@ def test_target_profile_sets_the_onnx_recipe_inputs(export, tmp_path):
     # another architecture or an accelerator, whatever their onnx_weight_bits says
     seven_here = host_int8_saturates() is not True
     for name in ("x86", "x86-vnni", "arm64", "rpi4", "edgetpu", "openvino-npu", "ort-qnn"):
-        settings = conversion_plan(target=load_target(name)).settings
-        assert saturation_unmeasured({"target": name, **settings}) is (name == "x86" and seven_here), name
+        profile = load_target(name)
+        options = {**conversion_plan(target=profile).settings, **target_options(profile)}
+        assert saturation_unmeasured(options) is (name == "x86" and seven_here), name
 
     pkg = tmp_path / "yfv2"
     shutil.copytree(export("yolo-fastestv2"), pkg)
