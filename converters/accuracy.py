@@ -139,7 +139,9 @@ class AccuracyBudget:
 
 def run_nncf_search(model: Any, budget: AccuracyBudget, input_name: str, calibration: Sequence[np.ndarray],
                     runner_of: Callable[[Any], Runner], ranking_images: int = 8, **kwargs: Any) -> Any:
-    """Call NNCF's accuracy-aware quantiser with ``budget.metric`` as its validation function.
+    """Call NNCF's accuracy-aware quantiser with ``budget.metric`` as its validation function; ``kwargs``
+    as ``nncf.quantize`` takes them (its ``advanced_parameters`` are this call's
+    ``advanced_quantization_parameters``), so one settings dict serves both.
 
     ``runner_of`` turns the model object NNCF validates (an ``onnx.ModelProto`` or an OpenVINO
     ``CompiledModel``) into a ``Runner``. Ranking on a few images keeps the search to minutes on
@@ -148,6 +150,8 @@ def run_nncf_search(model: Any, budget: AccuracyBudget, input_name: str, calibra
     import nncf
 
     metric = budget.metric
+    if "advanced_parameters" in kwargs:
+        kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
 
     def validate(model_for_inference: Any, items: Any) -> tuple[float, list[Any]]:
         return metric.evaluate(runner_of(model_for_inference), [index for index, _ in items])

@@ -368,9 +368,8 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
                  f"{len(tail)} tail ops and {len(head)} first convolutions kept in float")
     settings = {"preset": presets[preset_name], "fast_bias_correction": fast_bc,
                 "ignored_scope": nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
-                "advanced_quantization_parameters": AdvancedQuantizationParameters(**advanced), **extra_args}
-    base = nncf.quantize(model, dataset, subset_size=len(tensors), **{
-        k.replace("advanced_quantization_parameters", "advanced_parameters"): v for k, v in settings.items()})
+                "advanced_parameters": AdvancedQuantizationParameters(**advanced), **extra_args}
+    base = nncf.quantize(model, dataset, subset_size=len(tensors), **settings)
 
     def finish(with_stem: bool, with_pass: bool) -> tuple[Any, dict[str, Any], int]:
         """A copy of ``base`` with the stem pass and/or the Concat pass: (model, stem record, added)."""

@@ -38,7 +38,6 @@ from .convert_job import ConvertJob, ConvertResult, host_cpu_target, int8_weight
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
 QUANTIZERS = ("auto", "nncf", "ort")
-ACTIVATIONS = {"nncf": "S8S8", "ort": "U8S8"}  # what each recipe asks for; activation_types reads the graph
 # ``auto`` keeps the faster recipe only if its mean cosine with FP32 is within this of the more accurate
 # one's: NanoDet-Plus-m's U8S8 (0.905 vs 0.992) is out, YOLO-FastestV2's (0.985 vs 0.985) is in
 RECIPE_COSINE_SLACK = 0.003
@@ -103,12 +102,13 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     name = job.manifest.input.name
     seven_bit_weights = saturation_unmeasured(job.options)
     settings = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": True,
-                "ignored_scope": nncf.IgnoredScope(names=excluded)}
-    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE) if seven_bit_weights else None
+                "ignored_scope": nncf.IgnoredScope(names=excluded),
+                "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+                if seven_bit_weights else None}
     info = {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
             "calibration_method": "minmax (nncf)", "weight_bits": 7 if seven_bit_weights else 8}
     quantized = nncf.quantize(model, nncf.Dataset(job.calibration.tensors, lambda t: {name: t}),
-                              subset_size=len(job.calibration), advanced_parameters=advanced, **settings)
+                              subset_size=len(job.calibration), **settings)
     budget, after = job.accuracy, None
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
@@ -117,10 +117,8 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
         before = after = budget.metric(_runner(quantized, name, outputs))
         plain_float = set(float_convs(quantized))
         if before < budget.target:  # met as quantised: NNCF's search would quantise again to the same model
-            # nncf.quantize_with_accuracy_control names the same parameters advanced_quantization_parameters
             quantized = run_nncf_search(model, budget, name, job.calibration.tensors,
-                                        lambda proto: _runner(proto, name, outputs),
-                                        advanced_quantization_parameters=advanced, **settings)
+                                        lambda proto: _runner(proto, name, outputs), **settings)
             after = budget.metric(_runner(quantized, name, outputs))
         info["accuracy_control"] = budget.describe(before, after, sorted(set(float_convs(quantized)) - plain_float))
     onnx.save(quantized, str(out))
@@ -222,12 +220,12 @@ def _host_is_target(job: ConvertJob) -> tuple[bool, str]:
     return target is None or target == host_cpu_target(), name
 
 
-def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path, float | None]]
-                   ) -> tuple[str, dict]:
+def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path, float | None]],
+                   activations: dict[str, str]) -> tuple[str, dict]:
     """The recipe ``auto`` ships, and the record of why. ``candidates``: key -> (graph, the budget's metric
-    of it when the quantiser measured one). Each candidate's accuracy against FP32 (the budget's metric,
-    else cosine on held-out images) and, when this host is the package's CPU, its speed against FP32
-    timed interleaved."""
+    of it when the quantiser measured one); ``activations``: key -> its graph's ``activation_types``. Each
+    candidate's accuracy against FP32 (the budget's metric, else cosine on held-out images) and, when this
+    host is the package's CPU, its speed against FP32 timed interleaved."""
     name = job.manifest.input.name
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
     paths = {"fp32": fp32, **{key: path for key, (path, _) in candidates.items()}}
@@ -262,9 +260,9 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path
     else:
         chosen = max(eligible, key=value.get)
         why = f"the most accurate: speed not measured ({host} is not target {job.options.get('target')})"
-    record = {"chosen": chosen, "activations": ACTIVATIONS[chosen], "why": why, "host": host,
+    record = {"chosen": chosen, "activations": activations[chosen], "why": why, "host": host,
               "metric": metric.name, "measured_on": f"{len(metric.images)} {images} images",
-              "candidates": {key: {"activations": ACTIVATIONS[key], metric.name: round(value[key], 5),
+              "candidates": {key: {"activations": activations[key], metric.name: round(value[key], 5),
                                    **({"speed_vs_fp32": round(speed[key], 3)} if speed else {})}
                              for key in candidates}}
     return chosen, record
@@ -296,11 +294,10 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
         chosen, recipe = quantizer, None
         if len(made) > 1:
             chosen, recipe = _choose_recipe(job, job.fp32_onnx,
-                                            {key: (path, metric_of[key]) for key, (path, _) in made.items()})
+                                            {key: (path, metric_of[key]) for key, (path, _) in made.items()},
+                                            {key: made_info["activations"] for key, (_, made_info) in made.items()})
             for key, (_, made_info) in made.items():
-                recipe["candidates"][key].update({k: made_info[k] for k in ("activations", "tool", "reduce_range")
-                                                  if k in made_info})
-            recipe["activations"] = made[chosen][1]["activations"]
+                recipe["candidates"][key].update({k: made_info[k] for k in ("tool", "reduce_range") if k in made_info})
             job.progress(f"onnx int8: {chosen} ({recipe['activations']}), {recipe['why']}")
         path, info = made[chosen]
         # job.out_dir is convert's fresh staging folder: the file reaches the package by os.replace
