@@ -104,8 +104,9 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
     ``ModelLoadError`` when no runnable verified artifact is within the budget (naming each one's drop)."""
     budget = budget_for(manifest, max_drop)
     # auto takes no backend options: a non-CPU device named for auto does not lift the CPU rule (the safe side)
-    unfit = {a.key: why for a in _installed_verified(manifest, precision) if (why := host_mismatch(a))}
-    choices = auto_candidates(manifest, precision)
+    installed = _installed_verified(manifest, precision)
+    unfit = {a.key: why for a in installed if (why := host_mismatch(a))}
+    choices = [a for a in installed if a.key not in unfit]  # auto_candidates, each artifact judged once
     if not choices:
         wanted = [a for a in manifest.artifacts if precision in (None, a.precision)]
         if wanted and not any(a.verified for a in wanted):

@@ -20,8 +20,16 @@ _NOT_CPU = ("GPU", "NPU", "CUDAExecutionProvider", "TensorrtExecutionProvider", 
             "QNNExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
 
 
-def _cpu(record: dict[str, Any]) -> str:
+def describe_cpu(record: dict[str, Any]) -> str:
+    """'AMD EPYC (x86_64)' from a ``cpu_summary()`` or ``measured_on`` record."""
     return f"{record.get('cpu') or 'unknown CPU'} ({record.get('arch') or '?'})"
+
+
+def recorded_cpu(art: Artifact) -> dict[str, Any] | None:
+    """The CPU convert checked ``art`` on (``fp32_agreement.measured_on``), None when not recorded."""
+    agreement = art.extra.get("fp32_agreement")
+    measured = agreement.get("measured_on") if isinstance(agreement, dict) else None
+    return measured if isinstance(measured, dict) else None
 
 
 def _weight_bits(quantization: Any) -> int | None:
@@ -59,13 +67,12 @@ def host_mismatch(art: Artifact, host: dict[str, Any] | None = None, options: di
     bits = _weight_bits(art.extra.get("quantization"))
     if bits == 7:
         return None
-    agreement = art.extra.get("fp32_agreement")
-    measured = agreement.get("measured_on") if isinstance(agreement, dict) else None
-    if isinstance(measured, dict) and isinstance(measured.get("flags"), list) and \
+    measured = recorded_cpu(art)
+    if measured is not None and isinstance(measured.get("flags"), list) and \
             int8_saturates(str(measured.get("arch", "")), measured["flags"]):
         return None  # measured on a CPU that saturates too: the record holds here
-    where = "an unrecorded CPU" if not isinstance(measured, dict) else \
-        _cpu(measured) + ("" if isinstance(measured.get("flags"), list) else ", its flags unread")
+    where = "an unrecorded CPU" if measured is None else \
+        describe_cpu(measured) + ("" if isinstance(measured.get("flags"), list) else ", its flags unread")
     host = host if host is not None else cpu_summary()
     return (f"INT8 with {'8-bit' if bits == 8 else 'unrecorded-width'} weights measured on {where}; this CPU "
-            f"({_cpu(host)}) has no VNNI/AMX, where {cls.name}'s INT8 kernels saturate")
+            f"({describe_cpu(host)}) has no VNNI/AMX, where {cls.name}'s INT8 kernels saturate")

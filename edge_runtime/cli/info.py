@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..hostfit import host_mismatch
+    from ..hostfit import describe_cpu, host_mismatch, recorded_cpu
     from ..manifest import load_manifest
     from ..timing import format_table
 
@@ -42,7 +42,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [[a.file, a.format, a.precision, m.artifact_mb(a) if (m.root / a.file).exists() else "missing",
              a.sha256[:12], "yes" if a.verified else "FAILED", a.verdict.describe()] for a in m.artifacts]
     print(format_table(["artifact", "format", "precision", "MB", "sha256", "verified", "check"], rows))
-    cpus = {_measured_cpu(a.extra) for a in m.artifacts} - {None}
+    cpus = {describe_cpu(where) for a in m.artifacts if (where := recorded_cpu(a)) is not None}
     if cpus:
         print(f"checked against FP32 on: {', '.join(sorted(cpus))}")
     for art in m.artifacts:
@@ -50,12 +50,6 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"not for this CPU: {art.file}: {why} (--backend auto leaves it out)")
     print("produced by: " + ", ".join(f"{k} {v}" for k, v in m.produced_by.items() if v))
     return 0
-
-
-def _measured_cpu(extra: dict) -> str | None:
-    agreement = extra.get("fp32_agreement")
-    where = agreement.get("measured_on") if isinstance(agreement, dict) else None
-    return f"{where.get('cpu')} ({where.get('arch')})" if isinstance(where, dict) else None
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
