@@ -7,13 +7,17 @@ names those cases, so that ``--backend auto`` leaves such an artifact out and a 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends import BACKENDS
 from .deploy.hostinfo import cpu_summary, host_int8_saturates, int8_saturates
 from .manifest import Artifact
 
+if TYPE_CHECKING:
+    from .deploy.targets import Target
+
 RECONVERT = "reconvert it on this CPU or with --target x86 (7-bit weights)"
+RECONVERT_FOR_TARGET = "reconvert it with --target x86 (7-bit weights)"
 # devices that never run an artifact on the CPU (AUTO, MULTI, HETERO and providers such as OpenVINO's may);
 # a named device that is missing falls back to the CPU in the backends, which this rule does not see
 _NOT_CPU = ("GPU", "NPU", "CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
@@ -55,15 +59,33 @@ def host_mismatch(art: Artifact, host: dict[str, Any] | None = None, options: di
     (``Backend.int8_saturates_without_vnni``), without 7-bit weights, measured on a CPU that does not saturate
     or on an unrecorded one, run on one that does (measured in docs/formats-and-int8.md). A CPU whose flags
     were not read is not judged. ``options`` naming a device that is not the CPU skip the rule."""
+    here = host_int8_saturates() if host is None else int8_saturates(str(host.get("arch", "")), host.get("flags"))
+    if not here or not _cpu_int8(art, options):
+        return None
+    host = host if host is not None else cpu_summary()
+    return _mismatch(art, f"this CPU ({describe_cpu(host)}) has no VNNI/AMX")
+
+
+def target_mismatch(art: Artifact, target: Target) -> str | None:
+    """``host_mismatch`` for the CPUs a target profile stands for: why ``art``'s record does not hold on every
+    one of them (``Target.int8_saturates``: the x86 profile's CPUs without VNNI/AMX), None when it does."""
+    if not target.int8_saturates or not _cpu_int8(art, target.backend_options(art.format)):
+        return None
+    return _mismatch(art, f"target {target.name}'s CPUs may have no VNNI/AMX")
+
+
+def _cpu_int8(art: Artifact, options: dict[str, Any] | None) -> bool:
+    """Whether ``art`` is INT8 of a backend whose CPU kernels saturate without VNNI/AMX, run on the CPU
+    (``options`` naming another device: not)."""
     cls = BACKENDS.get(art.format)
     if cls is None or art.precision != "int8" or not cls.int8_saturates_without_vnni:
-        return None
+        return False
     device = str((options or {}).get("device") or "CPU")
-    if device.split(".")[0] in _NOT_CPU:
-        return None
-    here = host_int8_saturates() if host is None else int8_saturates(str(host.get("arch", "")), host.get("flags"))
-    if not here:
-        return None
+    return device.split(".")[0] not in _NOT_CPU
+
+
+def _mismatch(art: Artifact, saturating_cpu: str) -> str | None:
+    """Why ``art`` does not hold on ``saturating_cpu`` (a CPU that saturates, in words), None when it does."""
     bits = _weight_bits(art.extra.get("quantization"))
     if bits == 7:
         return None
@@ -73,6 +95,5 @@ def host_mismatch(art: Artifact, host: dict[str, Any] | None = None, options: di
         return None  # measured on a CPU that saturates too: the record holds here
     where = "an unrecorded CPU" if measured is None else \
         describe_cpu(measured) + ("" if isinstance(measured.get("flags"), list) else ", its flags unread")
-    host = host if host is not None else cpu_summary()
-    return (f"INT8 with {'8-bit' if bits == 8 else 'unrecorded-width'} weights measured on {where}; this CPU "
-            f"({describe_cpu(host)}) has no VNNI/AMX, where {cls.name}'s INT8 kernels saturate")
+    return (f"INT8 with {'8-bit' if bits == 8 else 'unrecorded-width'} weights measured on {where}; "
+            f"{saturating_cpu}, where {BACKENDS[art.format].name}'s INT8 kernels saturate")

@@ -329,3 +329,46 @@ def test_auto_leaves_out_int8_measured_on_another_kind_of_cpu(pkg, monkeypatch, 
     _measured_on_zen4(pkg, 7)  # 7-bit weights compute the same on both
     choice = choose_artifact(load_manifest(pkg), 1, precision="int8", max_drop="off")
     assert choice.unfit == {} and set(choice.median_ms) == {"onnx-int8", "openvino-int8"}
+
+
+def test_bundle_leaves_out_int8_whose_record_does_not_hold_on_the_targets_cpus(pkg, tmp_path, caplog):
+    """``bundle``/``select`` for the x86 profile, whose CPUs may have no VNNI/AMX: ONNX Runtime and OpenVINO INT8
+    with 8-bit weights measured on a VNNI CPU stay behind, one warning line each; x86-vnni takes them; 7-bit
+    weights, or 8-bit ones measured on a CPU that saturates too, go to both. Only such INT8 left is one error."""
+    import logging
+
+    from edge_runtime.deploy.bundle import artifacts_for_target
+    from edge_runtime.deploy.targets import load_target, target_file
+    from edge_runtime.errors import EdgeRuntimeError
+
+    x86, vnni = load_target("x86"), load_target("x86-vnni")
+    assert x86.int8_saturates and not vnni.int8_saturates and not load_target("arm64").int8_saturates
+    everything = {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"}
+    _measured_on_zen4(pkg, 8)
+    manifest = load_manifest(pkg)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.deploy.bundle"):
+        kept = artifacts_for_target(manifest, x86)
+    assert {a.key for a in kept} == {"onnx-fp32", "openvino-fp32"}
+    lines = [r.getMessage() for r in caplog.records if "not bundling" in r.getMessage()]
+    assert len(lines) == 2 and all(
+        "INT8 with 8-bit weights measured on AMD EPYC 9B14 (x86_64); target x86's CPUs may have no VNNI/AMX" in line
+        and line.endswith("reconvert it with --target x86 (7-bit weights)") for line in lines), lines
+    assert {a.key for a in artifacts_for_target(manifest, vnni)} == everything
+
+    int8_only = tmp_path / "x86-int8.toml"
+    profile = target_file("x86").read_text()
+    assert 'precisions = ["fp32", "int8"]' in profile
+    int8_only.write_text(profile.replace('precisions = ["fp32", "int8"]', 'precisions = ["int8"]'))
+    with pytest.raises(EdgeRuntimeError, match=r"no artifact that target x86 runs .*onnx-int8 \(its record does not hold "
+                                        r"on the target CPU\)"):
+        artifacts_for_target(manifest, load_target(str(int8_only)))
+
+    _measured_on_zen4(pkg, 7)
+    assert {a.key for a in artifacts_for_target(load_manifest(pkg), x86)} == everything
+    data = json.loads((pkg / "manifest.json").read_text())
+    for art in data["artifacts"]:
+        if art["precision"] == "int8":
+            art["fp32_agreement"]["measured_on"] = {**HASWELL, "int8_saturates": True}
+            art["quantization"]["weight_bits"] = 8
+    (pkg / "manifest.json").write_text(json.dumps(data))
+    assert {a.key for a in artifacts_for_target(load_manifest(pkg), x86)} == everything

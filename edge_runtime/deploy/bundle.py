@@ -31,6 +31,7 @@ from pathlib import Path
 from ..backends import BACKENDS, AcceleratorPackage
 from ..errors import EdgeRuntimeError, UnsafePathError, first_line
 from ..fsutil import atomic_output
+from ..hostfit import RECONVERT_FOR_TARGET, target_mismatch
 from ..manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, sha256_file
 from ..versions import package_version
 from .targets import Target, load_target, target_file
@@ -81,16 +82,22 @@ def make_bundle(package: Path, target: str, out: Path, wheel_dir: Path | None = 
 
 def artifacts_for_target(manifest: Manifest, target: Target) -> list[Artifact]:
     """The package's verified artifacts whose format and precision the target runs; an error when there
-    is none. One that failed its check against FP32 never ships."""
+    is none. One that failed its check against FP32 never ships, nor one whose record does not hold on the
+    target's CPUs (``hostfit.target_mismatch``: 8-bit INT8 measured with VNNI, for the x86 profile)."""
     wanted = [a for a in manifest.artifacts
               if a.format in target.backends and a.precision in target.precisions and a.format in BACKENDS]
-    kept = [a for a in wanted if a.verified]
+    unfit = {a.key: why for a in wanted if a.verified and (why := target_mismatch(a, target))}
+    kept = [a for a in wanted if a.verified and a.key not in unfit]
     for art in wanted:
         if not art.verified:
             log.warning("%s: not bundling %s: failed its check against FP32 (%s)", manifest.path, art.file,
                         art.verdict.describe())
+        elif art.key in unfit:
+            log.warning("%s: not bundling %s: %s; %s", manifest.path, art.file, unfit[art.key], RECONVERT_FOR_TARGET)
     if not kept:
-        have = ", ".join(f"{a.key}{'' if a.verified else ' (failed its check)'}" for a in manifest.artifacts)
+        have = ", ".join(f"{a.key}{'' if a.verified else ' (failed its check)'}"
+                         f"{' (its record does not hold on the target CPU)' if a.key in unfit else ''}"
+                         for a in manifest.artifacts)
         raise EdgeRuntimeError(f"{manifest.path}: no artifact that target {target.name} runs (package has: {have}; "
                                f"target wants backends {', '.join(target.backends)} and precisions "
                                f"{', '.join(target.precisions)})")

@@ -20,7 +20,7 @@ from ..backends import formats as registered_formats  # conversion_plan has a pa
 from ..backends.base import TargetKey
 from ..errors import EdgeRuntimeError, first_line
 from ..timing import format_table
-from .hostinfo import physical_cores
+from .hostinfo import is_x86, physical_cores
 
 if TYPE_CHECKING:
     from ..manifest import Artifact, Manifest
@@ -71,6 +71,13 @@ class _TargetMethods:
         if self.status == "future":
             raise EdgeRuntimeError(f"target {self.name!r} is documentation only (status \"future\"): "
                                    f"{self.notes or 'nothing in this project runs it yet'}")
+
+    @property
+    def int8_saturates(self) -> bool:
+        """Whether some CPUs of this profile multiply INT8 u8 x s8 pairs with 16-bit saturation (x86 without
+        VNNI/AMX, ``hostinfo.int8_saturates``): an x86 CPU profile (no accelerator) whose ``onnx_weight_bits``
+        is 7 or unset, the width that avoids it."""
+        return not self.accelerator and is_x86(self.arch) and (self.onnx_weight_bits or "7") == "7"
 
     @property
     def accelerator(self) -> str:
