@@ -14,7 +14,8 @@
 #   prefix/    the qemu -L prefix: symlinks into rootfs plus a fake Raspberry Pi 4 /proc/cpuinfo and a
 #              4-core /sys/devices/system/cpu tree (onnxruntime segfaults at import and LiteRT at its
 #              first inference when they read the host's x86 /proc/cpuinfo)
-#   run-arm64-python   runs rootfs/usr/bin/python3 under qemu-aarch64-static (QEMU_CPU=cortex-a72)
+#   run-arm64-python   runs rootfs/usr/bin/python3 under qemu-aarch64-static (QEMU_CPU=cortex-a72; another
+#              CPU model with EDGE_RUNTIME_ARM64_CPU=cortex-a76, the Pi 5's, with dot products)
 #              with PYTHONPATH=site; arguments are passed through unchanged
 #
 # Needs: debootstrap, qemu-aarch64-static (package qemu-user-static) and dpkg-deb; installed with apt-get
@@ -281,7 +282,7 @@ cat > "$CACHE/run-arm64-python.partial" <<'EOF'
 here=$(cd "$(dirname "$0")" && pwd) || exit 1
 qemu=$(command -v qemu-aarch64-static) || { echo "run-arm64-python: qemu-aarch64-static not found" >&2; exit 127; }
 unset PYTHONHOME PYTHONSTARTUP PYTHONUSERBASE
-export PYTHONPATH="$here/site" PYTHONNOUSERSITE=1 QEMU_CPU=cortex-a72
+export PYTHONPATH="$here/site" PYTHONNOUSERSITE=1 QEMU_CPU="${EDGE_RUNTIME_ARM64_CPU:-cortex-a72}"
 exec "$qemu" -L "$here/prefix" "$here/rootfs/usr/bin/python3" "$@"
 EOF
 chmod 755 "$CACHE/run-arm64-python.partial"
