@@ -74,11 +74,13 @@ def runner_for(cpu: str, tmp: str) -> tuple[list[str], dict[str, str]]:
         if made.returncode:
             sys.exit(f"no x86 emulation here: {(made.stderr.strip().splitlines() or ['?'])[-1]}")
         return [str(Path(tmp) / "run-avx2"), sys.executable], {**os.environ, "PYTHONPATH": str(REPO)}
-    made = subprocess.run(["bash", str(ARM64_SCRIPT)], capture_output=True, text=True)
+    cache = os.environ.get("EDGE_RUNTIME_ARM64_CACHE") or \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-runtime" / "arm64"
+    made = subprocess.run(["bash", str(ARM64_SCRIPT), str(cache)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable})
     if made.returncode:
         sys.exit(f"no arm64 emulation here: {(made.stderr.strip().splitlines() or ['?'])[-1]}")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-runtime" / "arm64"
-    return [str(cache / "run-arm64-python")], {**os.environ, "EDGE_RUNTIME_ARM64_CPU": cpu}
+    return [str(Path(cache) / "run-arm64-python")], {**os.environ, "EDGE_RUNTIME_ARM64_CPU": cpu}
 
 
 def main() -> None:
@@ -103,6 +105,10 @@ def main() -> None:
     manifest = load_manifest(args.package)
     keys = [k for k in args.artifacts.split(",") if k] or [a.key for a in manifest.artifacts if a.precision == "int8"]
     cpus = [c for c in args.cpus.split(",") if c]
+    if not cpus:
+        sys.exit("--cpus: name at least one emulated CPU")
+    if unknown := [k for k in keys if k not in {a.key for a in manifest.artifacts}]:
+        sys.exit(f"{args.package}: no artifact {', '.join(unknown)}")
     calibration = CalibrationSet(args.calib, manifest.input, args.calib_size, progress=False)
     held_out = CalibrationSet(args.calib, manifest.input, args.images, exclude=calibration.used, progress=False)
     emulated = {}
@@ -138,7 +144,10 @@ def main() -> None:
     for key in keys:
         art = next(a for a in manifest.artifacts if a.key == key)
         where = art.extra.get("fp32_agreement", {}).get("measured_on", {}).get("cpu", "-")
-        n, f32 = native["artifacts"][key], native_f32["artifacts"].get(key)
+        n, f32 = native["artifacts"].get(key), native_f32["artifacts"].get(key)
+        if n is None:
+            print(f"| {key} | not installed on this machine |")
+            continue
         cells = [(e["artifacts"].get(key)) for e in emulated.values()]
         print(f"| {key} | {art.extra.get('quantization', {}).get('weight_bits', '-')} | {where} | "
               f"{n['cosine_mean']:.4f} / {n['cosine_worst']:.4f} | "

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from .deploy.targets import Target
 
 RECONVERT = "reconvert it on this CPU or with --target x86 (7-bit weights)"
-RECONVERT_FOR_TARGET = "reconvert it with --target x86 (7-bit weights)"
 # devices that never run an artifact on the CPU (AUTO, MULTI, HETERO and providers such as OpenVINO's may);
 # a named device that is missing falls back to the CPU in the backends, which this rule does not see
 _NOT_CPU = ("GPU", "NPU", "CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",

@@ -56,7 +56,8 @@ SCRIPT = REPO / "scripts" / "arm64_rootfs.sh"
 CALIB = "images/calib-coco-val2017"
 IMAGES = ("dog.jpg", "person.jpg", "horses.jpg")
 ARTIFACTS = (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "int8"), ("ncnn", "fp32"))
-ARM_CPUS = ("cortex-a72", "cortex-a76")  # Pi 4 (no dot products), Pi 5 (dot products: other INT8 kernels)
+# qemu CPU model -> whether it has dot products: Pi 4 (no), Pi 5 (yes: other INT8 kernels)
+ARM_CPUS = {"cortex-a72": False, "cortex-a76": True}
 BOX_TOL_PX = 1.0  # same input tensor; measured worst 1e-4 px (module docstring)
 SCORE_TOL = 0.02  # same input tensor; measured worst 1e-6
 PIXEL_LEVELS_TOL = 2  # arm64 vs x86 preprocessing, in uint8 levels; measured 2 on 1 in 3 million values
@@ -88,7 +89,8 @@ def detect_all(package, images, artifacts, tensors=None, save_tensors=None):
 
     ref = dict(np.load(tensors)) if tensors else None
     own = {}
-    out = {"machine": platform.machine(), "python": platform.python_version(), "results": {}}
+    out = {"machine": platform.machine(), "python": platform.python_version(), "results": {},
+           "dotprod": dot_products()}
     for fmt, precision in artifacts:
         det = edge_runtime.Detector(package, backend=fmt, precision=precision, threads=1)
         per_image = {}
@@ -113,6 +115,18 @@ def detect_all(package, images, artifacts, tensors=None, save_tensors=None):
         except importlib.metadata.PackageNotFoundError:
             out["versions"][dist] = None
     return out
+
+
+def dot_products():
+    """Whether the CPU advertises ARM's dot products (AT_HWCAP's ASIMDDP bit), which ONNX Runtime's and
+    XNNPACK's INT8 kernels read; None off arm64 Linux."""
+    import ctypes
+
+    if platform.machine() != "aarch64":
+        return None
+    libc = ctypes.CDLL(None)
+    libc.getauxval.restype = ctypes.c_ulong
+    return bool(libc.getauxval(16) & (1 << 20))  # AT_HWCAP, HWCAP_ASIMDDP
 
 
 def host_only_imports(names):
@@ -220,6 +234,7 @@ def test_arm64_detections_match_x86(arm64_python, arm64_package, tmp_path):
 
         assert arm["machine"] == "aarch64", arm["machine"]
         assert arm["python"].startswith("3.11."), arm["python"]
+        assert arm["dotprod"] is ARM_CPUS[cpu], f"emulated {cpu}: dot products {arm['dotprod']}"
         for name, error in arm["absent"].items():
             assert error is not None, f"'import {name}' worked inside the emulated device python"
         assert arm["absent"]["torch"].startswith("ModuleNotFoundError"), arm["absent"]["torch"]

@@ -72,7 +72,7 @@ def measure(packages, tensors, count, fp32_file=None):
     fp32 = None  # the packages share their FP32 model: run once
     if fp32_file and os.path.exists(fp32_file):
         saved = np.load(fp32_file)
-        fp32 = [[saved[f"{i}_{j}"] for j in range(len(saved.files) // count)] for i in range(count)]
+        fp32 = [[saved[f"{i}_{j}"] for j in range(len(saved.files) // len(inputs))] for i in range(len(inputs))]
     for package in packages:
         manifest = load_manifest(package)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..backends import BACKENDS, AcceleratorPackage
 from ..errors import EdgeRuntimeError, UnsafePathError, first_line
 from ..fsutil import atomic_output
-from ..hostfit import RECONVERT_FOR_TARGET, target_mismatch
+from ..hostfit import target_mismatch
 from ..manifest import MANIFEST_NAME, Artifact, Manifest, load_manifest, sha256_file
 from ..versions import package_version
 from .targets import Target, load_target, target_file
@@ -93,7 +93,8 @@ def artifacts_for_target(manifest: Manifest, target: Target) -> list[Artifact]:
             log.warning("%s: not bundling %s: failed its check against FP32 (%s)", manifest.path, art.file,
                         art.verdict.describe())
         elif art.key in unfit:
-            log.warning("%s: not bundling %s: %s; %s", manifest.path, art.file, unfit[art.key], RECONVERT_FOR_TARGET)
+            log.warning("%s: not bundling %s: %s; reconvert it with --target %s (7-bit weights)", manifest.path,
+                        art.file, unfit[art.key], target.name)
     if not kept:
         have = ", ".join(f"{a.key}{'' if a.verified else ' (failed its check)'}"
                          f"{' (its record does not hold on the target CPU)' if a.key in unfit else ''}"
