@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_runtime.deploy.hostinfo import detect_host, host_int8_saturates, is_x86
+from edge_runtime.deploy.hostinfo import detect_host, host_int8_saturates
 from edge_runtime.deploy.targets import Target, load_target
 from edge_runtime.manifest import Manifest
 
@@ -64,7 +64,7 @@ def int8_weights_saturate(options: dict[str, Any]) -> bool:
 def target_options(profile: Target) -> dict[str, Any]:
     """What the converters read of a target profile besides its settings: its name, and whether it is an x86
     CPU (no accelerator), the only kind whose INT8 saturation ``saturation_unmeasured`` guards against."""
-    return {"target": profile.name, "target_x86_cpu": not profile.accelerator and is_x86(profile.arch)}
+    return {"target": profile.name, "target_x86_cpu": profile.x86_cpu}
 
 
 def saturation_unmeasured(options: dict[str, Any]) -> bool:

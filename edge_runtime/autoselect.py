@@ -80,15 +80,21 @@ class AutoChoice:
         return line + ("; timings cached" if self.cached else "")
 
 
-def _installed_verified(manifest: Manifest, precision: str | None) -> list[Artifact]:
+def _candidates(manifest: Manifest, precision: str | None) -> tuple[list[Artifact], dict[str, str]]:
+    """``auto_candidates``, and the verified installed artifacts left out because their record does not hold
+    on this CPU (key -> why). Auto takes no backend options: a non-CPU device named for auto does not lift
+    the CPU rule (the safe side)."""
     runnable = installed_backends()
-    return [a for a in manifest.artifacts if a.verified and a.format in runnable and precision in (None, a.precision)]
+    installed = [a for a in manifest.artifacts
+                 if a.verified and a.format in runnable and precision in (None, a.precision)]
+    unfit = {a.key: why for a in installed if (why := host_mismatch(a))}
+    return [a for a in installed if a.key not in unfit], unfit
 
 
 def auto_candidates(manifest: Manifest, precision: str | None = None) -> list[Artifact]:
     """The artifacts auto may time: verified, of ``precision`` (None: any), with a backend installed, and
     with a record that holds on this CPU."""
-    return [a for a in _installed_verified(manifest, precision) if host_mismatch(a) is None]
+    return _candidates(manifest, precision)[0]
 
 
 def fastest_artifact(manifest: Manifest, threads: int, precision: str | None = None,
@@ -103,10 +109,7 @@ def choose_artifact(manifest: Manifest, threads: int, precision: str | None = No
     'off'); None: the budget convert recorded in the package, else the built-in cos:0.01. Raises
     ``ModelLoadError`` when no runnable verified artifact is within the budget (naming each one's drop)."""
     budget = budget_for(manifest, max_drop)
-    # auto takes no backend options: a non-CPU device named for auto does not lift the CPU rule (the safe side)
-    installed = _installed_verified(manifest, precision)
-    unfit = {a.key: why for a in installed if (why := host_mismatch(a))}
-    choices = [a for a in installed if a.key not in unfit]  # auto_candidates, each artifact judged once
+    choices, unfit = _candidates(manifest, precision)
     if not choices:
         wanted = [a for a in manifest.artifacts if precision in (None, a.precision)]
         if wanted and not any(a.verified for a in wanted):

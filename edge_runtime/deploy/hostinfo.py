@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..backends.base import DeviceListing
@@ -175,11 +175,10 @@ def _flags_read() -> bool:
 
 def host_int8_saturates() -> bool | None:
     """``int8_saturates`` for this CPU."""
-    summary = cpu_summary()
-    return int8_saturates(str(summary["arch"]), list(summary["flags"]) if _flags_read() else None)
+    return measured_on()["int8_saturates"]
 
 
-def measured_on() -> dict[str, object]:
+def measured_on() -> dict[str, Any]:
     """This CPU as a converter records it beside a measurement (``fp32_agreement.measured_on``; ``flags``
     null when they could not be read): the runtime compares it with the CPU it runs on
     (``hostfit.host_mismatch``, which decides from ``arch`` and ``flags``; ``int8_saturates`` is for people)."""

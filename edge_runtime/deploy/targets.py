@@ -73,11 +73,16 @@ class _TargetMethods:
                                    f"{self.notes or 'nothing in this project runs it yet'}")
 
     @property
+    def x86_cpu(self) -> bool:
+        """An x86 CPU profile: x86 and no accelerator (delegate, execution provider, OpenVINO device)."""
+        return not self.accelerator and is_x86(self.arch)
+
+    @property
     def int8_saturates(self) -> bool:
         """Whether some CPUs of this profile multiply INT8 u8 x s8 pairs with 16-bit saturation (x86 without
-        VNNI/AMX, ``hostinfo.int8_saturates``): an x86 CPU profile (no accelerator) whose ``onnx_weight_bits``
-        is 7 or unset, the width that avoids it."""
-        return not self.accelerator and is_x86(self.arch) and (self.onnx_weight_bits or "7") == "7"
+        VNNI/AMX, ``hostinfo.int8_saturates``): an x86 CPU profile whose ``onnx_weight_bits`` is 7 or unset,
+        the width that avoids it."""
+        return self.x86_cpu and (self.onnx_weight_bits or "7") == "7"
 
     @property
     def accelerator(self) -> str:
