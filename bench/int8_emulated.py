@@ -7,12 +7,13 @@ convert checked them on; with what ``hostfit.host_mismatch`` says of each there.
 
 ``--cpus``: ``haswell`` (x86 AVX2, no AVX-512/VNNI: scripts/x86_avx2.sh, this machine's own Python and
 wheels), and any qemu aarch64 CPU model (``cortex-a72``, the Raspberry Pi 4's, no dot products;
-``cortex-a76``, the Pi 5's, with them; ``max``: also i8mm), run by scripts/arm64_rootfs.sh's Debian arm64
-Python with the aarch64 wheels (no OpenVINO there: its artifacts are left out). ``--calib`` /
-``--calib-size``: the ones the package was converted with (the held-out images are the next ``--images``
-of that folder, as convert picks them). Emulation runs ~50x (x86) to ~150x (arm64) slower than native: a
-cosine table, never a timing. An OpenVINO INT8 recorded with bf16 is also run natively in f32, since the
-emulated Haswell has no BF16 and runs it in f32: the two effects apart.
+``cortex-a76``, the Pi 5's, with them; ``max``: also i8mm, SVE and SME, under which qemu 7.2 runs
+TFLite INT8 wrong), run by scripts/arm64_rootfs.sh's Debian arm64 Python with the aarch64 wheels (no
+OpenVINO there: its artifacts are left out). ``--calib`` / ``--calib-size``: the ones the package was
+converted with (the held-out images are the next ``--images`` of that folder, as convert picks them).
+Emulation runs ~50x (x86 on an AMD host; FP32 ~5000x on an Intel one) to ~150x (arm64) slower than
+native: a cosine table, never a timing. An OpenVINO INT8 recorded with bf16 is also run natively in f32,
+since the emulated Haswell has no BF16 and runs it in f32: the two effects apart.
 """
 
 from __future__ import annotations
