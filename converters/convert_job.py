@@ -50,6 +50,14 @@ def host_cpu_target() -> str | None:
     return next((name for name in detect_host().matching_targets if not load_target(name).accelerator), None)
 
 
+def host_is_target(options: dict[str, Any]) -> tuple[bool, str]:
+    """Whether timing here tells how the package runs where it goes (no target, or the target is this
+    host's CPU profile), and the host's name."""
+    host = detect_host()
+    target = options.get("target")
+    return target is None or target == host_cpu_target(), f"{host.cpu or 'unknown CPU'} ({host.arch})"
+
+
 def int8_weights_saturate(options: dict[str, Any]) -> bool:
     """Whether the CPU the package is for multiplies u8 x s8 pairs with 16-bit saturation (x86 without
     VNNI/AMX: AVX2's vpmaddubsw), which full 8-bit weights can overflow, so INT8 weights feeding it take 7

@@ -24,7 +24,9 @@ artifact). After NNCF (and after its accuracy-aware search, on its result), ``qu
 puts a FakeQuantize on every float input of the Concats outside the decode tail, and moves the ones
 NNCF put after each Slice onto the sliced tensor, so that the data movement between units runs in u8.
 An INT8 IR records the ``INFERENCE_PRECISION_HINT`` its float parts run in
-(``inference_precision_hint``: bf16 where the CPU computes bf16 natively, see docs/formats-and-int8.md);
+(``inference_precision_hint``: where the CPU computes bf16 natively, bf16 or f32, whichever the IR runs
+faster with when this host is the package's CPU (``quantization.inference_precision_timed``), else bf16;
+see docs/formats-and-int8.md);
 ``convert`` verifies it with that hint and the runtime backend compiles with it on CPUs that have BF16
 (f32 elsewhere). FP32 and FP16 IRs record nothing and run in f32: bf16 would cost them their 0.999
 worst-image cosine floor.
@@ -48,8 +50,9 @@ Options (``job.options``):
                                same cosine, 1.02-1.12x faster, but 0.25-0.55 mAP points more drop on
                                voc-indoor-85, docs/formats-and-int8.md; with a budget, left in float when it is
                                missed with and met without)
-  ``openvino_inference_precision``  the INT8 IR's hint: "auto" (default: bf16 when this CPU has AVX512-BF16 or
-                               AMX-BF16, else f32), "bf16" or "f32"; a target profile's key of the same name
+  ``openvino_inference_precision``  the INT8 IR's hint: "auto" (default: on a CPU with AVX512-BF16 or AMX-BF16
+                               the faster of bf16 and f32 when this host is the package's CPU, else bf16;
+                               f32 without BF16), "bf16" or "f32"; a target profile's key of the same name
 """
 
 from __future__ import annotations
@@ -66,10 +69,11 @@ import onnx
 from edge_runtime.backends.openvino import RECORDED_PRECISIONS, cpu_has_bf16
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.manifest import InputSpec, sha256_file
+from edge_runtime.timing import interleaved_times
 from edge_runtime.versions import package_version
 
 from .accuracy import Runner, run_nncf_search
-from .convert_job import ConvertJob, ConvertResult, int8_weights_saturate, saturation_unmeasured
+from .convert_job import ConvertJob, ConvertResult, host_is_target, int8_weights_saturate, saturation_unmeasured
 from .shuffle_fold import FoldResult, fold_channel_shuffles
 
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
@@ -77,6 +81,9 @@ _PRODUCERS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "Gro
 _SKIP = {"Constant", "Parameter", "Result"}
 _SLICES = ("Slice", "StridedSlice")
 INFERENCE_PRECISIONS = ("auto", *RECORDED_PRECISIONS)
+# "auto" on a BF16 CPU that is the package's times the INT8 IR in both: which is faster depends on the model
+# (AMX Xeon: NanoDet-Plus-m 3 % faster in f32, YOLO-FastestV2 6-9 % in bf16; docs/formats-and-int8.md)
+BF16_MIN_SPEEDUP = 1.02
 
 
 def _is_bias_add(node: Any) -> bool:
@@ -145,7 +152,8 @@ def float_convs(model: Any) -> list[str]:
 
 
 def int8_inference_precision(choice: str | None) -> str:
-    """The hint an INT8 IR is verified and run with: ``choice`` ("auto"/None: bf16 when this CPU has it)."""
+    """The hint an INT8 IR is verified and run with before any timing: ``choice`` ("auto"/None: bf16 when this
+    CPU has it)."""
     choice = str(choice or "auto").lower()
     if choice not in INFERENCE_PRECISIONS:
         raise EdgeRuntimeError(f"openvino_inference_precision {choice!r} is not one of "
@@ -153,6 +161,33 @@ def int8_inference_precision(choice: str | None) -> str:
     if choice == "auto":
         return "bf16" if cpu_has_bf16() else "f32"
     return choice
+
+
+def time_hints(model: Any, input_name: str, tensor: np.ndarray, rounds: int = 10) -> dict[str, float]:
+    """Median ms per inference of ``model`` on this CPU under each hint, 2 threads, the hints timed interleaved."""
+    import openvino as ov
+
+    runs = []
+    for precision in RECORDED_PRECISIONS:
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"}
+        request = ov.compile_model(model, "CPU", config).create_infer_request()
+        runs.append(lambda request=request: request.infer({input_name: tensor}))
+    samples = interleaved_times(runs, rounds=rounds, inner=3)
+    return {precision: round(float(np.median(times)), 3) for precision, times in zip(RECORDED_PRECISIONS, samples)}
+
+
+def _timed_hint(model: Any, job: ConvertJob, input_name: str) -> tuple[str, dict[str, Any]]:
+    """bf16 or f32 for the float parts of ``model``, whichever runs it faster on this host (the package's CPU);
+    bf16 only when at least ``BF16_MIN_SPEEDUP`` faster, since f32 is the more exact."""
+    job.progress("openvino int8: timing the float parts in bf16 and in f32 on this host")
+    ms = time_hints(model, input_name, job.calibration.tensors[0])
+    speedup = ms["f32"] / ms["bf16"]
+    hint = "bf16" if speedup >= BF16_MIN_SPEEDUP else "f32"
+    host = host_is_target(job.options)[1]
+    why = (f"bf16 ran {speedup:.2f}x as fast as f32 on {host}" +
+           ("" if hint == "bf16" else f"; bf16 ships only from {BF16_MIN_SPEEDUP:.2f}x, f32 being the more exact"))
+    job.progress(f"openvino int8: {why}: {hint}")
+    return hint, {"chosen": hint, "why": why, "ms": ms}
 
 
 def quantize_concat_inputs(model: Any, tensors: list[np.ndarray], input_name: str) -> int:
@@ -315,11 +350,13 @@ def _runner(compiled: Any, input_name: str, outputs: list[str]) -> Runner:
     return run
 
 
-def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[Any, dict[str, Any], str]:
+def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, time_hint: bool
+              ) -> tuple[Any, dict[str, Any], str]:
     """NNCF PTQ (with the accuracy-aware search when ``job.accuracy`` is set), then the Concat pass; a budget
-    is measured with the CPU hint ``hint`` (one this CPU computes). NNCF's search scores its candidates in
-    f32, so a result that meets the budget there and misses it in bf16 ships with the hint f32. Returns the
-    model, its record and the hint it was measured with."""
+    is measured with the CPU hint ``hint`` (one this CPU computes), or with the faster of bf16 and f32 on the
+    quantised model when ``time_hint``. NNCF's search scores its candidates in f32, so a result that meets the
+    budget there and misses it in bf16 ships with the hint f32. Returns the model, its record and the hint it
+    was measured with."""
     import nncf
     import openvino as ov
 
@@ -386,6 +423,8 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str) -> tuple[
     first = finish(stem_pass, concat_pass)
     built = {passes(first): first}  # by what the passes changed, so that equal models are built once
     quantized, stem, added = first
+    if time_hint:
+        hint, info["inference_precision_timed"] = _timed_hint(quantized, job, input_name)
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
 
@@ -482,12 +521,15 @@ def convert_openvino(job: ConvertJob) -> ConvertResult:
     versions = {d: v for d in ("openvino", "nncf") if (v := package_version(d))}
     extra: dict[str, Any] = {"converter": {"tool": "openvino.convert_model", **versions}, "graph": folded.record()}
     if job.precision == "int8":
-        hint = int8_inference_precision(job.options.get("openvino_inference_precision"))
+        choice = job.options.get("openvino_inference_precision")
+        hint = int8_inference_precision(choice)
         if hint == "bf16" and not cpu_has_bf16():  # what is recorded is what was verified here
             job.progress("openvino int8: inference precision bf16 asked for, but this CPU has no BF16 to "
                          "verify it with: recorded and run in f32")
             hint = "f32"
-        model, extra["quantization"], hint = _quantize(model, job, input_name, hint)
+        # "auto" with BF16 here: timed when this host is the package's CPU, else bf16 as the CPU has it
+        time_hint = hint == "bf16" and str(choice or "auto").lower() == "auto" and host_is_target(job.options)[0]
+        model, extra["quantization"], hint = _quantize(model, job, input_name, hint, time_hint)
         _fix_output_names(model, outputs, job.fp32_onnx)
         extra["inference_precision_hint"] = hint  # verified with it by convert, run with it by the backend
     elif job.precision not in ("fp32", "fp16"):

@@ -29,11 +29,10 @@ import onnxruntime
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from edge_runtime.deploy.hostinfo import detect_host
 from edge_runtime.timing import interleaved_times
 
 from .accuracy import CosineAgreement, float_prefix_search, run_nncf_search
-from .convert_job import ConvertJob, ConvertResult, host_cpu_target, int8_weights_saturate, saturation_unmeasured
+from .convert_job import ConvertJob, ConvertResult, host_is_target, int8_weights_saturate, saturation_unmeasured
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
@@ -211,15 +210,6 @@ def _reduce_range(job: ConvertJob) -> bool:
     return int8_weights_saturate(job.options)
 
 
-def _host_is_target(job: ConvertJob) -> tuple[bool, str]:
-    """Whether timing here tells how the package runs where it goes (no target, or the target is this
-    host's CPU profile), and the host's name."""
-    host = detect_host()
-    name = f"{host.cpu or 'unknown CPU'} ({host.arch})"
-    target = job.options.get("target")
-    return target is None or target == host_cpu_target(), name
-
-
 def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path, float | None]],
                    activations: dict[str, str]) -> tuple[str, dict]:
     """The recipe ``auto`` ships, and the record of why. ``candidates``: key -> (graph, the budget's metric
@@ -237,7 +227,7 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path
         images = "calibration"
     value = {key: known if known is not None else metric(runs[key]) for key, (_, known) in candidates.items()}
     value = {key: v if np.isfinite(v) else -1.0 for key, v in value.items()}  # a NaN graph (a zero scale) loses
-    measured, host = _host_is_target(job)
+    measured, host = host_is_target(job.options)
     speed: dict[str, float] = {}
     if measured:
         job.progress(f"onnx int8: timing {', '.join(candidates)} against FP32 on this host")

@@ -18,7 +18,7 @@ pytest.importorskip("openvino", reason="the OpenVINO tests need openvino")
 
 from conftest import PACKAGES, SAMPLES  # tests/ is on sys.path, see conftest
 
-from converters.convert_openvino import int8_inference_precision
+from converters.convert_openvino import BF16_MIN_SPEEDUP, int8_inference_precision
 from edge_runtime import Detector
 from edge_runtime.backends import open_artifact, open_backend
 from edge_runtime.errors import EdgeRuntimeError, ModelLoadError
@@ -306,11 +306,14 @@ def test_truncated_ir_in_package_fails_the_checksum(ov_packages, tmp_path):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_describe_names_openvino_and_inference_precision(ov_packages, precision):
-    det = Detector(ov_packages("yolo-fastestv2"), backend="openvino", precision=precision, threads=2)
+    package = ov_packages("yolo-fastestv2")
+    det = Detector(package, backend="openvino", precision=precision, threads=2)
     text = det.describe()
     assert "openvino" in text and f"openvino {precision}" in text
-    # FP16 IRs too compute their float ops in f32; INT8 in the hint it was verified with (bf16 on a BF16 CPU)
-    want = int8_inference_precision("auto") if precision == "int8" else "f32"
+    # FP16 IRs too compute their float ops in f32; INT8 in the hint it was verified with (on a BF16 CPU the
+    # faster of bf16 and f32, as timed by convert)
+    recorded = load_manifest(package).artifact("openvino", "int8").extra["inference_precision_hint"]
+    want = recorded if precision == "int8" else "f32"
     assert f"CPU {want}, 2 threads" in text, text
 
 
@@ -370,7 +373,13 @@ def test_int8_recipe_is_recorded_and_verified_under_its_hint(ov_package):
     assert art.extra["quantization"]["stem_quantized"] is None
     assert not any(name.endswith("/pixel_fq") for name in names)
     hint = art.extra["inference_precision_hint"]
-    assert hint == int8_inference_precision("auto") == ("bf16" if cpu_has_bf16() else "f32")
+    timed = art.extra["quantization"].get("inference_precision_timed")
+    if cpu_has_bf16():  # converted here without a target: both hints timed on this host, the faster recorded
+        assert set(timed["ms"]) == {"bf16", "f32"} and all(ms > 0 for ms in timed["ms"].values()), timed
+        faster = timed["ms"]["f32"] / timed["ms"]["bf16"] >= BF16_MIN_SPEEDUP
+        assert hint == timed["chosen"] == ("bf16" if faster else "f32"), timed
+    else:
+        assert hint == int8_inference_precision("auto") == "f32" and timed is None
     assert f"CPU {hint}, 2 threads" in art.extra["fp32_agreement"]["backend"], art.extra["fp32_agreement"]
     for precision in ("fp32", "fp16"):  # bf16 would cost them their 0.999 floor: nothing recorded, f32
         other = manifest.artifact("openvino", precision).extra
@@ -509,3 +518,20 @@ def test_opt_in_stem_pass_quantises_the_stem_on_the_pixel_grid(demo_package, tmp
     readers = [port.get_node().get_friendly_name() for port in pixel_fq.output(0).get_target_inputs()]
     assert stem["convs"] == readers and len(readers) == 1, (stem, readers)
     assert readers[0] not in quantization["float_convs"]
+
+
+@pytest.mark.parametrize("f32_ms, bf16_ms, want", [(10.0, 9.0, "bf16"), (10.0, 9.9, "f32"), (9.0, 10.0, "f32")])
+def test_timed_hint_ships_bf16_only_when_clearly_faster(monkeypatch, f32_ms, bf16_ms, want):
+    """The rule on given timings (real ones are recorded by test_int8_recipe_is_recorded_...): bf16 from
+    BF16_MIN_SPEEDUP on, f32 otherwise, and the record says how much faster bf16 ran."""
+    from types import SimpleNamespace
+
+    from converters import convert_openvino
+
+    monkeypatch.setattr(convert_openvino, "time_hints", lambda *args, **kwargs: {"f32": f32_ms, "bf16": bf16_ms})
+    said: list[str] = []
+    job = SimpleNamespace(options={}, progress=said.append,
+                          calibration=SimpleNamespace(tensors=[np.zeros((1, 3, 8, 8), np.float32)]))
+    hint, record = convert_openvino._timed_hint(None, job, "data")
+    assert hint == record["chosen"] == want and record["ms"] == {"f32": f32_ms, "bf16": bf16_ms}
+    assert f"bf16 ran {f32_ms / bf16_ms:.2f}x as fast as f32" in record["why"] and said[-1].endswith(want)

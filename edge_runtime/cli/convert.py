@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--openvino-inference-precision", default=None,
                    choices=target_keys()["openvino_inference_precision"][1].choices,
                    help="INFERENCE_PRECISION_HINT an OpenVINO INT8 IR is checked and run with (its float parts); auto: "
-                        "bf16 when this CPU has AVX512-BF16 or AMX-BF16 [auto; --target: its "
+                        "on a CPU with AVX512-BF16 or AMX-BF16 the faster of bf16 and f32, timed here when "
+                        "this host is the package's CPU, else bf16; f32 without BF16 [auto; --target: its "
                         "openvino_inference_precision]")
     p.add_argument("--tflite-io", default=None, choices=target_keys()["tflite_io"][1].choices,
                    help="TFLite INT8 input/output tensor type (int8/uint8 for NPU delegates) [float32; --target: "
