@@ -76,12 +76,13 @@ def test_headless_chromium_shows_the_annotated_stream_and_stats(demo_package, tm
     view = streamed_image(shot)
     assert view.shape == direct.shape == (480, 640, 3)  # the stream's frame, shown unscaled
     assert view.std() > 20  # a picture, not a blank or uniform box
-    # the boxes and tags are what tells an annotated frame from a raw one: the raw clip has almost none
-    # of their colours, the streamed frames have hundreds of pixels of them
+    # the boxes and tags are what tells an annotated frame from a raw one: the raw clip has few of their
+    # colours, the streamed frames hundreds of pixels and ten times the raw frame's. More track ids (a busy
+    # machine drops frames, tracks restart) mean more colours, which the raw shapes match more often
     ids = range(1, stats["tracking"]["ids"] + 1)
     raw = box_colour_pixels(next(clip_frames()), ids)
     shown = box_colour_pixels(view, ids)
-    assert shown > 300 > 10 * raw and box_colour_pixels(direct, ids) > 300, (raw, shown)
+    assert shown > max(300, 10 * raw) and box_colour_pixels(direct, ids) > max(300, 10 * raw), (raw, shown)
     assert np.abs(view.mean((0, 1)) - direct.mean((0, 1))).max() < 15  # the same clip as the stream
 
     page = re.search(r'<pre id="stats">([^<]*)</pre>', browser.stdout)
