@@ -75,17 +75,18 @@ class Converter:
            openvino_inference_precision: str | None = None, progress: Callable[[str], None] = lambda msg: None,
            **convert_options: Any) -> Manifest:
         """Add ``formats`` x ``precision`` (names or comma-separated lists of onnx/openvino/tflite and
-        fp32/fp16/int8) to the package, each checked against FP32 ONNX; INT8 needs ``calib`` (image folder,
-        video or COCO json). ``target`` (profile name, .toml path or Target) supplies what is left None: its
-        backends, precisions, TFLite I/O type and OpenVINO INT8 inference precision; with neither, every format
-        and precision. ``openvino_inference_precision``: the hint an OpenVINO INT8 IR is verified and run with
-        ("auto": bf16 when this CPU has BF16, "bf16", "f32"; None: the target's, else "auto").
+        fp32/fp16/bf16/int8) to the package, each checked against FP32 ONNX; INT8 needs ``calib`` (image
+        folder, video or COCO json). ``target`` (profile name, .toml path or Target) supplies what is left None:
+        its backends, precisions, TFLite I/O type and OpenVINO INT8 inference precision; with neither, every
+        format and every precision but the opt-in ones (OpenVINO bf16, ``default_precisions``).
+        ``openvino_inference_precision``: the hint an OpenVINO INT8 IR is verified and run with ("auto": on a
+        BF16 CPU the faster of bf16 and f32, "bf16", "f32"; None: the target's, else "auto").
         ``convert_options`` go to ``convert.convert_package`` as they are (calib_size, int8_min_cosine,
         val_images, val_size, max_map_drop, val_data, val_format, class_map, keep_failed).
 
         Returns the updated manifest; raises ``convert.ArtifactRefused`` (which holds it) when an artifact
         failed its check, after the others were added."""
-        from edge_runtime.backends import all_precisions
+        from edge_runtime.backends import default_precisions
         from edge_runtime.deploy.targets import conversion_plan, runnable_target
 
         from .convert import convert_package
@@ -94,7 +95,7 @@ class Converter:
 
         profile = runnable_target(target) if target is not None else None
         formats = _names(formats) or ([] if profile else list(convertible_formats()))
-        plan = conversion_plan(formats, _names(precision) or ([] if profile else list(all_precisions())),
+        plan = conversion_plan(formats, _names(precision) or ([] if profile else list(default_precisions())),
                                tflite_io, profile)
         if profile is not None:
             progress(f"target {profile.name}: {plan.describe()}")

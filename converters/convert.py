@@ -182,6 +182,9 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     check_precisions(precisions)
     if "int8" in precisions and calib is None:
         raise EdgeRuntimeError("INT8 needs calibration images: pass --calib FOLDER|VIDEO|COCO_JSON")
+    if "bf16" in precisions and calib is None:  # lossy like INT8: a random input would say little
+        raise EdgeRuntimeError("bf16 is checked against FP32 on photos: pass --calib FOLDER|VIDEO|COCO_JSON "
+                               "(its held-out images are used)")
     if int8_min_cosine is not None and not 0 <= int8_min_cosine <= 1:
         raise EdgeRuntimeError(f"--int8-min-cosine must be in [0, 1] (0: no budget), got {int8_min_cosine}")
     if max_map_drop is not None:

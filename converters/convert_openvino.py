@@ -532,14 +532,21 @@ def convert_openvino(job: ConvertJob) -> ConvertResult:
         model, extra["quantization"], hint = _quantize(model, job, input_name, hint, time_hint)
         _fix_output_names(model, outputs, job.fp32_onnx)
         extra["inference_precision_hint"] = hint  # verified with it by convert, run with it by the backend
+    elif job.precision == "bf16":  # the FP32 graph, checked (by convert) and run with its float ops in bf16
+        if not cpu_has_bf16():
+            raise EdgeRuntimeError("openvino bf16: this CPU has neither AVX512-BF16 nor AMX-BF16, so the IR cannot "
+                                   "be checked in bf16 here; convert it on a CPU that has them")
+        extra["inference_precision_hint"] = "bf16"
     elif job.precision not in ("fp32", "fp16"):
         raise EdgeRuntimeError(f"openvino: unknown precision {job.precision!r}")
     xml = job.out_dir / f"model_openvino_{job.precision}.xml"
-    # FP16: weights stored as f16 (decompressed at load); FP32 and INT8 keep float constants in f32
-    # (job.out_dir is convert's fresh staging folder: the files reach the package by os.replace)
-    ov.save_model(model, str(xml), compress_to_fp16=job.precision == "fp16")
+    # FP16 and BF16: weights stored as f16 (decompressed at load; bf16 rounds them further when it computes);
+    # FP32 and INT8 keep float constants in f32 (job.out_dir is convert's fresh staging folder: the files reach
+    # the package by os.replace)
+    ov.save_model(model, str(xml), compress_to_fp16=job.precision in ("fp16", "bf16"))
     bin_path = xml.with_suffix(".bin")
     extra.update({"weights_file": bin_path.name, "weights_sha256": sha256_file(bin_path),
-                  "weights_compression": {"fp32": "none", "fp16": "fp16", "int8": "int8 (NNCF)"}[job.precision],
+                  "weights_compression": {"fp32": "none", "fp16": "fp16", "bf16": "fp16",
+                                             "int8": "int8 (NNCF)"}[job.precision],
                   "convert_seconds": round(time.perf_counter() - t0, 2)})
     return ConvertResult(file=xml.name, outputs=outputs, extra=extra)

@@ -21,6 +21,7 @@ from conftest import PACKAGES, SAMPLES  # tests/ is on sys.path, see conftest
 from converters.convert_openvino import BF16_MIN_SPEEDUP, int8_inference_precision
 from edge_runtime import Detector
 from edge_runtime.backends import open_artifact, open_backend
+from edge_runtime.compare import MIN_WORST_COSINE
 from edge_runtime.errors import EdgeRuntimeError, ModelLoadError
 from edge_runtime.manifest import load_manifest, sha256_file
 
@@ -535,3 +536,82 @@ def test_timed_hint_ships_bf16_only_when_clearly_faster(monkeypatch, f32_ms, bf1
     hint, record = convert_openvino._timed_hint(None, job, "data")
     assert hint == record["chosen"] == want and record["ms"] == {"f32": f32_ms, "bf16": bf16_ms}
     assert f"bf16 ran {f32_ms / bf16_ms:.2f}x as fast as f32" in record["why"] and said[-1].endswith(want)
+
+
+# --------------------------------------------------------------------------- bf16: the FP32 graph in bf16
+
+
+@pytest.fixture(scope="session")
+def bf16_package(ov_package, tmp_path_factory, fixtures) -> Path:
+    """A copy of ``ov_package`` with ``convert --precisions bf16`` added (held-out photos of the calibration
+    folder check it)."""
+    from converters.convert import convert_package
+    from edge_runtime.backends.openvino import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has neither AVX512-BF16 nor AMX-BF16, so no bf16 IR can be checked here "
+                    "(test_bf16_is_refused_in_one_line_where_it_cannot_be_checked covers that case)")
+    package = tmp_path_factory.mktemp(f"bf16-{load_manifest(ov_package).name}") / "pkg"
+    shutil.copytree(ov_package, package)
+    convert_package(package, ["openvino"], ["bf16"], calib=fixtures(CALIB), calib_size=CALIB_SIZE)
+    return package
+
+
+def test_bf16_is_the_fp32_graph_checked_and_run_in_bf16(bf16_package):
+    """The bf16 IR: the FP32 graph (no quantizer) with fp16-stored weights, recording the bf16 hint, checked
+    under it on the 24 held-out photos against its own floor, and run so by the runtime. Measured worst / mean
+    cosine: NanoDet-Plus-m 0.9906 / 0.9983 (Intel Xeon, AMX), 0.9903 / 0.9981 (AMD EPYC, AVX512-BF16);
+    YOLO-FastestV2 0.9933 / 0.9989 and 0.9910 / 0.9983."""
+    import openvino as ov
+
+    manifest = load_manifest(bf16_package)
+    art = manifest.artifact("openvino", "bf16")
+    assert art.file == "model_openvino_bf16.xml" and art.verified
+    assert art.extra["inference_precision_hint"] == "bf16" and art.extra["weights_compression"] == "fp16"
+    agreement = art.extra["fp32_agreement"]
+    assert agreement["checked_on"]["held_out_images"] == 24 and "CPU bf16, 2 threads" in agreement["backend"]
+    assert art.extra["verification"]["threshold"] == MIN_WORST_COSINE["bf16"]
+    assert agreement["cosine"] > 0.985 and agreement["cosine_mean"] > 0.996, agreement
+    types = {op.get_type_name() for op in ov.Core().read_model(str(bf16_package / art.file)).get_ordered_ops()}
+    assert "FakeQuantize" not in types
+    detector = Detector(bf16_package, backend="openvino", precision="bf16", threads=2)
+    assert _hint(detector.backend.compiled) == "bf16" and "CPU bf16" in detector.describe()
+
+
+def test_bf16_finds_the_same_objects(bf16_package, sample_images):
+    problems, compared = _disagreements(bf16_package, sample_images, "bf16", min_iou=0.8)
+    assert compared >= 10
+    assert not problems, "\n".join(problems)
+
+
+def test_auto_weighs_bf16_by_its_recorded_drop(bf16_package):
+    """auto may pick bf16 like any verified artifact within the budget (its mean cosine drop, < 0.004, is
+    within the default cos:0.01), and leaves it out of a tighter one."""
+    from edge_runtime.autoselect import auto_candidates
+    from edge_runtime.budget import parse_budget
+
+    manifest = load_manifest(bf16_package)
+    art = manifest.artifact("openvino", "bf16")
+    assert art in auto_candidates(manifest)
+    assert parse_budget("cos:0.01").judge(art).within
+    assert not parse_budget("cos:0.0001").judge(art).within
+
+
+def test_bf16_is_refused_in_one_line_where_it_cannot_be_checked(ov_packages, tmp_path, fixtures, monkeypatch):
+    """Made only when named (not by default); refused with one line without photos to check it on, and on a CPU
+    without BF16 (made to say so), where nothing is written."""
+    from converters import convert_openvino
+    from converters.convert import convert_package
+    from edge_runtime.backends import default_precisions
+
+    assert "bf16" not in default_precisions()
+    package = tmp_path / "pkg"
+    shutil.copytree(ov_packages("yolo-fastestv2"), package)
+    with pytest.raises(EdgeRuntimeError, match="bf16 is checked against FP32 on photos: pass --calib"):
+        convert_package(package, ["openvino"], ["bf16"])
+    monkeypatch.setattr(convert_openvino, "cpu_has_bf16", lambda: False)
+    with pytest.raises(EdgeRuntimeError, match="openvino bf16: this CPU has neither AVX512-BF16 nor AMX-BF16") as err:
+        convert_package(package, ["openvino"], ["bf16"], calib=fixtures(CALIB), calib_size=8, val_size=8)
+    assert "\n" not in str(err.value)
+    assert not (package / "model_openvino_bf16.xml").exists()
+    assert all(a.precision != "bf16" for a in load_manifest(package).artifacts)

@@ -14,9 +14,17 @@ import pytest
 
 import edge_runtime.backends as backends
 from converters.formats import CONVERTERS, check_formats, skip_reason
-from edge_runtime.backends import BACKENDS, Backend, all_precisions, formats, precisions, target_keys
+from edge_runtime.backends import (
+    BACKENDS,
+    Backend,
+    all_precisions,
+    default_precisions,
+    formats,
+    precisions,
+    target_keys,
+)
 from edge_runtime.backends.layer_latency import profile_latency
-from edge_runtime.deploy.targets import Target, load_target
+from edge_runtime.deploy.targets import Target, conversion_plan, load_target
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.families import FAMILIES, ImportDefaults, importable_families
 from edge_runtime.families.yolov8 import YoloV8Decoder
@@ -44,8 +52,12 @@ def test_no_module_outside_the_registry_lists_the_formats_or_precisions():
 
 def test_registry_helpers_read_the_backend_classes():
     assert formats() == ("onnx", "openvino", "tflite", "ncnn")
-    assert all_precisions() == backends.ALL_PRECISIONS == ("fp32", "fp16", "int8")
-    assert precisions("openvino") == ("fp32", "fp16", "int8")
+    assert all_precisions() == backends.ALL_PRECISIONS == ("fp32", "fp16", "int8", "bf16")
+    assert precisions("openvino") == ("fp32", "fp16", "bf16", "int8")
+    # bf16 (OpenVINO) is made only when named: it needs a CPU with BF16 to be checked on
+    assert default_precisions() == ("fp32", "fp16", "int8")
+    assert conversion_plan().precisions == default_precisions()
+    assert conversion_plan(precisions=["bf16"]).precisions == ("bf16",)
     with pytest.raises(EdgeRuntimeError, match="unknown artifact format 'rknn' .known: onnx, openvino, tflite, ncnn"):
         precisions("rknn")
     assert backends.profiled_formats() == ("onnx", "openvino")
@@ -126,7 +138,7 @@ def test_an_unregistered_backend_is_refused_everywhere(tmp_path):
     with pytest.raises(EdgeRuntimeError, match="unknown backend 'fakenpu' for per-layer latency; choose one of "
                                                "onnx, openvino"):
         profile_latency(tmp_path, backend="fakenpu")
-    with pytest.raises(EdgeRuntimeError, match=r"unknown precision 'fp8' \(known: fp32, fp16, int8\)"):
+    with pytest.raises(EdgeRuntimeError, match=r"unknown precision 'fp8' \(known: fp32, fp16, int8, bf16\)"):
         load_target(str(_write_profile(tmp_path, '["onnx"]', '["fp8"]')))
 
 

@@ -40,6 +40,12 @@ def precisions(fmt: str) -> tuple[str, ...]:
         raise EdgeRuntimeError(f"unknown artifact format {fmt!r} (known: {', '.join(BACKENDS)})") from None
 
 
+def default_precisions() -> tuple[str, ...]:
+    """The precisions made when none are named: every one some backend runs but no backend's opt-in ones."""
+    opt_in = {p for cls in BACKENDS.values() for p in cls.opt_in_precisions}
+    return tuple(p for p in all_precisions() if p not in opt_in)
+
+
 def all_precisions() -> tuple[str, ...]:
     """Every precision some backend runs, in first-declared order."""
     return tuple(dict.fromkeys(p for cls in BACKENDS.values() for p in cls.precisions))
@@ -117,6 +123,6 @@ def open_artifact(manifest: Manifest, art: Artifact, threads: int, options: dict
 
 
 __all__ = ["ALL_PRECISIONS", "BACKENDS", "AcceleratorPackage", "Backend", "DeviceListing", "LayerTime",
-           "LayerTimings", "TargetKey", "TensorSpec", "all_precisions", "formats", "import_formats",
-           "installed_backends", "installed_library", "open_artifact", "open_backend", "option_keys", "precisions",
-           "profiled_formats", "require_installed", "target_keys"]
+           "LayerTimings", "TargetKey", "TensorSpec", "all_precisions", "default_precisions", "formats",
+           "import_formats", "installed_backends", "installed_library", "open_artifact", "open_backend", "option_keys",
+           "precisions", "profiled_formats", "require_installed", "target_keys"]

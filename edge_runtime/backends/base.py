@@ -105,6 +105,9 @@ class Backend(ABC):
     format: str = ""
     #: artifact precisions it runs, in the order the CLI lists them
     precisions: tuple[str, ...] = ()
+    #: those of ``precisions`` made only when asked for by name (a target or --precisions), not by default:
+    #: they need hardware to be checked on that most hosts lack
+    opt_in_precisions: tuple[str, ...] = ()
     #: (import name, distribution name) of the libraries that run it; any one is enough
     libraries: tuple[tuple[str, str], ...] = ()
     #: the pip extra that installs one of them

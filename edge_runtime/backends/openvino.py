@@ -110,7 +110,9 @@ def _numpy_dtype(name: str) -> np.dtype | None:
 class OpenVinoBackend(Backend):
     name = "openvino"
     format = "openvino"
-    precisions = ("fp32", "fp16", "int8")
+    # bf16: the FP32 graph run with INFERENCE_PRECISION_HINT bf16, checked so on a CPU with AVX512-BF16/AMX-BF16
+    precisions = ("fp32", "fp16", "bf16", "int8")
+    opt_in_precisions = ("bf16",)
     libraries = (("openvino", "openvino"),)
     extra = "openvino"
     option_keys = frozenset({"device", "inference_precision", "verified_precision", "performance_hint", "config"})

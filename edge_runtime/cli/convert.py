@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..backends import all_precisions, formats, target_keys
+from ..backends import all_precisions, default_precisions, formats, target_keys
 from ..evaluation.labels import FORMATS as LABEL_FORMATS
 from .common import add_command, add_package_argument, add_precisions_option, host_tools, progress, split_list
 
@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_package_argument(p, "package folder made by 'edge-runtime export'")
     p.add_argument("--to", default=None, metavar="LIST",
                    help=f"formats, comma-separated [{','.join(formats())}; --target: its backends]")
-    add_precisions_option(p, None, f"precisions, comma-separated [{','.join(all_precisions())}; --target: its "
-                                    f"precisions]")
+    add_precisions_option(p, None, f"precisions, comma-separated, of {','.join(all_precisions())} "
+                                    f"[{','.join(default_precisions())}; --target: its precisions]; bf16 "
+                                    f"(OpenVINO) only when named, on a CPU with AVX512-BF16 or AMX-BF16")
     p.add_argument("--target", default=None,
                    help="target profile: convert exactly what it runs (its backends x precisions, its TFLite I/O "
                         "type for full-integer delegates)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..backends import BACKENDS, AcceleratorPackage, all_precisions, formats, target_keys
+from ..backends import BACKENDS, AcceleratorPackage, all_precisions, default_precisions, formats, target_keys
 from ..backends import formats as registered_formats  # conversion_plan has a parameter named formats
 from ..backends.base import TargetKey
 from ..errors import EdgeRuntimeError, first_line
@@ -133,7 +133,7 @@ def conversion_plan(formats: Sequence[str] = (), precisions: Sequence[str] = (),
         tflite_io = tflite_io or target.tflite_io
         settings = {name: value for name, (_, key) in target_keys().items()
                     if key.option is None and name != "tflite_io" and (value := getattr(target, name))}
-    return ConversionPlan(tuple(formats or registered_formats()), tuple(precisions or all_precisions()),
+    return ConversionPlan(tuple(formats or registered_formats()), tuple(precisions or default_precisions()),
                           tflite_io or "float32", settings)
 
 
