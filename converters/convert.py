@@ -40,6 +40,8 @@ from .formats import CONVERTERS, REFERENCE, check_formats, check_precisions, ski
 log = logging.getLogger(__name__)
 # the default INT8 budget (mean cosine >= 1 - DEFAULT_MAX_COSINE_DROP) needs at least this many held-out images
 MIN_HELD_OUT = 8
+# precisions whose check (and INT8's calibration) needs photos, --calib: made only when photos are given
+NEEDS_PHOTOS = ("int8", "bf16")
 
 
 @contextmanager
@@ -91,11 +93,12 @@ def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray]
             "backend": got.describe()}
 
 
-def _held_out(manifest: Manifest, calibration: CalibrationSet, val_images: str | Path | None, size: int
-              ) -> CalibrationSet | None:
-    """Images to check INT8 on: ``val_images``, else those of the calibration source it did not use."""
+def _held_out(manifest: Manifest, calibration: CalibrationSet, val_images: str | Path | None, size: int,
+              calibrating: bool = True) -> CalibrationSet | None:
+    """Images to check lossy artifacts on: ``val_images``, else those of the calibration source INT8 did not
+    calibrate on (all of them when no INT8 is made: bf16 calibrates nothing)."""
     source = Path(val_images) if val_images is not None else calibration.source
-    exclude = calibration.used if source.resolve() == calibration.source.resolve() else ()
+    exclude = calibration.used if calibrating and source.resolve() == calibration.source.resolve() else ()
     try:
         return CalibrationSet(source, manifest.input, size, exclude=exclude, desc="held-out images")
     except EdgeRuntimeError:
@@ -184,7 +187,7 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
         raise EdgeRuntimeError("INT8 needs calibration images: pass --calib FOLDER|VIDEO|COCO_JSON")
     if "bf16" in precisions and calib is None:  # lossy like INT8: a random input would say little
         raise EdgeRuntimeError("bf16 is checked against FP32 on photos: pass --calib FOLDER|VIDEO|COCO_JSON "
-                               "(its held-out images are used)")
+                               "(up to --val-size of its photos, those INT8 does not calibrate on)")
     if int8_min_cosine is not None and not 0 <= int8_min_cosine <= 1:
         raise EdgeRuntimeError(f"--int8-min-cosine must be in [0, 1] (0: no budget), got {int8_min_cosine}")
     if max_map_drop is not None:
@@ -194,7 +197,8 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
             raise EdgeRuntimeError("--max-map-drop needs a drop >= 0 (mAP points) and labelled images: "
                                    "--val-data LABELS --val-images DIR")
     calibration = CalibrationSet(calib, manifest.input, calib_size) if calib is not None else None
-    held_out = _held_out(manifest, calibration, val_images, val_size) if calibration is not None else None
+    held_out = (_held_out(manifest, calibration, val_images, val_size, calibrating="int8" in precisions)
+                if calibration is not None else None)
     agreement = budget = None
     default_budget = False
     needs_reference = "int8" in precisions and (held_out is not None or max_map_drop is not None)
@@ -232,8 +236,9 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
             if (fmt, precision) == REFERENCE:
                 continue
             target = CONVERTERS[fmt].functions.get(precision)
-            if target is None:
-                log.warning("skipping %s %s: %s", fmt, precision, skip_reason(fmt, precision))
+            why = skip_reason(fmt, precision) if target is None else CONVERTERS[fmt].unavailable_here(precision)
+            if why is not None:
+                log.warning("skipping %s %s: %s", fmt, precision, why)
                 continue
             module, func = target.split(":")
             with _missing_library_is_one_line(fmt, precision):

@@ -163,6 +163,14 @@ def int8_inference_precision(choice: str | None) -> str:
     return choice
 
 
+def bf16_unavailable() -> str | None:
+    """Why this host cannot make a bf16 IR (None: it can): convert checks it in bf16, which needs BF16 here."""
+    if cpu_has_bf16():
+        return None
+    return ("this CPU has neither AVX512-BF16 nor AMX-BF16, so a bf16 IR cannot be checked here; convert it on "
+            "a CPU that has them")
+
+
 def time_hints(model: Any, input_name: str, tensor: np.ndarray, rounds: int = 10) -> dict[str, float]:
     """Median ms per inference of ``model`` on this CPU under each hint, 2 threads, the hints timed interleaved."""
     import openvino as ov
@@ -178,7 +186,9 @@ def time_hints(model: Any, input_name: str, tensor: np.ndarray, rounds: int = 10
 
 def _timed_hint(model: Any, job: ConvertJob, input_name: str) -> tuple[str, dict[str, Any]]:
     """bf16 or f32 for the float parts of ``model``, whichever runs it faster on this host (the package's CPU);
-    bf16 only when at least ``BF16_MIN_SPEEDUP`` faster, since f32 is the more exact."""
+    bf16 only when at least ``BF16_MIN_SPEEDUP`` faster, since f32 is the more exact. Timed on the quantised
+    model before any accuracy search (which moves layers to float); the record's ``shipped`` says what the
+    budget left."""
     job.progress("openvino int8: timing the float parts in bf16 and in f32 on this host")
     ms = time_hints(model, input_name, job.calibration.tensors[0])
     speedup = ms["f32"] / ms["bf16"]
@@ -472,6 +482,8 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, time_hint
             info["inference_precision_left_out"] = hint
             hint = chosen[2]
         info["accuracy_control"] = budget.describe(before, after, searched_float)
+    if "inference_precision_timed" in info:  # the faster hint, unless the budget sent it back to f32
+        info["inference_precision_timed"]["shipped"] = hint
     if stem:
         job.progress(f"openvino int8: {len(stem['convs'])} stem convolution(s) quantised on the pixel grid, "
                      f"{stem['weight_bits']}-bit weights")
@@ -532,10 +544,9 @@ def convert_openvino(job: ConvertJob) -> ConvertResult:
         model, extra["quantization"], hint = _quantize(model, job, input_name, hint, time_hint)
         _fix_output_names(model, outputs, job.fp32_onnx)
         extra["inference_precision_hint"] = hint  # verified with it by convert, run with it by the backend
-    elif job.precision == "bf16":  # the FP32 graph, checked (by convert) and run with its float ops in bf16
-        if not cpu_has_bf16():
-            raise EdgeRuntimeError("openvino bf16: this CPU has neither AVX512-BF16 nor AMX-BF16, so the IR cannot "
-                                   "be checked in bf16 here; convert it on a CPU that has them")
+    elif job.precision == "bf16":  # the FP16 IR's files, checked (by convert) and run with the float ops in bf16
+        if (why := bf16_unavailable()) is not None:  # convert skips it before; a direct call is refused
+            raise EdgeRuntimeError(f"openvino bf16: {why}")
         extra["inference_precision_hint"] = "bf16"
     elif job.precision not in ("fp32", "fp16"):
         raise EdgeRuntimeError(f"openvino: unknown precision {job.precision!r}")

@@ -23,12 +23,23 @@ class FormatConverter:
     """``functions``: precision -> "module:function" (``ConvertJob -> ConvertResult``), imported on use.
     ``toolchain``: modules those functions need, ``precision_toolchain`` more for one precision with the
     default options (``demo`` builds a format x precision only where all import).
-    ``unsupported``: precision -> why this format has no converter for it (a warning, then skipped)."""
+    ``unsupported``: precision -> why this format has no converter for it (a warning, then skipped).
+    ``host_checks``: precision -> "module:function" returning why this host cannot make it (None: it can;
+    a warning, then skipped), asked before any work."""
 
     functions: dict[str, str]
     toolchain: tuple[str, ...]
     unsupported: dict[str, str] = field(default_factory=dict)
     precision_toolchain: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    host_checks: dict[str, str] = field(default_factory=dict)
+
+    def unavailable_here(self, precision: str) -> str | None:
+        """Why this host cannot make ``precision`` in this format (``host_checks``), or None."""
+        check = self.host_checks.get(precision)
+        if check is None:
+            return None
+        module, func = check.split(":")
+        return getattr(importlib.import_module(module), func)()
 
     def missing_libraries(self, precision: str) -> list[str]:
         """The modules ``precision``'s conversion needs that are not installed here."""
@@ -42,7 +53,8 @@ CONVERTERS: dict[str, FormatConverter] = {
                 "(slower than FP32); use openvino or tflite for FP16"},
         precision_toolchain={"int8": ("nncf",)}),  # the default quantiser (--onnx-quantizer nncf)
     "openvino": FormatConverter(dict.fromkeys(precisions("openvino"), "converters.convert_openvino:convert_openvino"),
-                                ("openvino", "nncf")),
+                                ("openvino", "nncf"),
+                                host_checks={"bf16": "converters.convert_openvino:bf16_unavailable"}),
     "tflite": FormatConverter(dict.fromkeys(precisions("tflite"), "converters.tflite:convert_tflite"),
                               ("onnx2tf", "tensorflow")),
     "ncnn": FormatConverter(dict.fromkeys(("fp32", "fp16"), "converters.convert_ncnn:convert_ncnn"), ("pnnx", "onnx"), {

@@ -224,7 +224,7 @@ def _build_package(folder: Path, key: str, model: str, weights: Path, imgsz: int
     """Export + convert for ``target`` into ``folder`` (reused when a run with the same ``key`` completed
     it), built beside it and moved in whole. Returns the folder and one line per refused artifact."""
     from . import Converter
-    from .convert import ArtifactRefused
+    from .convert import NEEDS_PHOTOS, ArtifactRefused
 
     mark = folder / COMPLETE_MARK
     if mark.is_file() and mark.read_text().strip() == key:
@@ -233,7 +233,7 @@ def _build_package(folder: Path, key: str, model: str, weights: Path, imgsz: int
     refused: list[str] = []
     try:
         Converter.export(model, stage, weights, imgsz=imgsz, force=True, progress=progress)
-        precisions = [p for p in target.precisions if calib is not None or p != "int8"] or ["fp32"]
+        precisions = [p for p in target.precisions if calib is not None or p not in NEEDS_PHOTOS] or ["fp32"]
         try:
             Converter(stage).to(target=target, precision=precisions, calib=calib, calib_size=calib_size,
                                 progress=progress)
@@ -349,6 +349,8 @@ def select_detector(data: Callable[[Sequence[str]], EvaluationSet], target: str 
     if "int8" in profile.precisions and calib is None:
         skipped.append("int8: not built: pass --calib DIR (photos like the deployment's; calibrating on the "
                        "evaluation photos would flatter INT8's mAP)")
+    if "bf16" in profile.precisions and calib is None:
+        skipped.append("bf16: not built: pass --calib DIR (photos it is checked on against FP32)")
     key = build_key(profile, calib, calib_size)
     rows: list[Measured] = []
     plan = [(m, s) for m in models for s in (sizes or default_sizes(m))]

@@ -96,12 +96,12 @@ if [ -n "$missing" ]; then
     t=$SECONDS
     apt_log=$CACHE/apt-get.log
     apt_install() {
-        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends \
             debootstrap qemu-user-static binfmt-support >>"$apt_log" 2>&1
     }
     : > "$apt_log"
     if ! apt_install; then
-        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$apt_log" 2>&1 || true
+        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -q >>"$apt_log" 2>&1 || true
         if ! apt_install; then
             tail -n 5 -- "$apt_log" >&2
             die "apt-get could not install debootstrap qemu-user-static binfmt-support (log: $apt_log)" 3

@@ -44,8 +44,8 @@ command -v qemu-aarch64-static >/dev/null || APT_WANTED+=(qemu-user-static)
 if [ "${#APT_WANTED[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then AS_ROOT=(); else AS_ROOT=(sudo -n); fi
   if command -v apt-get >/dev/null && "${AS_ROOT[@]}" true 2>/dev/null; then
-    { "${AS_ROOT[@]}" apt-get update -qq &&
-      "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    { "${AS_ROOT[@]}" apt-get -o DPkg::Lock::Timeout=120 update -qq &&
+      "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -qq \
         "${APT_WANTED[@]}"; } ||
       echo "note: apt-get could not install ${APT_WANTED[*]}; the tests that need them will be skipped"
   else

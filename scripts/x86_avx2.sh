@@ -35,12 +35,12 @@ if ! command -v qemu-x86_64-static >/dev/null 2>&1; then
     fi
     log=$CACHE/apt-get.log
     install() {
-        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends \
             qemu-user-static >>"$log" 2>&1
     }
     : > "$log"
     if ! install; then
-        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$log" 2>&1 || true
+        "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 update -q >>"$log" 2>&1 || true
         install || die "apt-get could not install qemu-user-static (log: $log)" 3
     fi
     command -v qemu-x86_64-static >/dev/null 2>&1 || die "still no qemu-x86_64-static after apt-get" 3

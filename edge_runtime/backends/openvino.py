@@ -117,7 +117,7 @@ class OpenVinoBackend(Backend):
     extra = "openvino"
     option_keys = frozenset({"device", "inference_precision", "verified_precision", "performance_hint", "config"})
     # openvino_inference_precision: the hint an INT8 IR is verified with and records (the converter reads it;
-    # "auto": bf16 where the converting CPU has it)
+    # "auto": on a BF16 CPU the faster of bf16 and f32 when it is the package's, else bf16; f32 without BF16)
     target_keys = (TargetKey("openvino_device", option="device", selects=True),
                    TargetKey("openvino_inference_precision", "choice", choices=("auto", "bf16", "f32")))
     device_listing = DeviceListing("openvino_devices", "OpenVINO devices", "openvino", {"NPU": "openvino-npu"})
