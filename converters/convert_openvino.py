@@ -29,7 +29,8 @@ faster with when this host is the package's CPU (``quantization.inference_precis
 see docs/formats-and-int8.md);
 ``convert`` verifies it with that hint and the runtime backend compiles with it on CPUs that have BF16
 (f32 elsewhere). FP32 and FP16 IRs record nothing and run in f32: bf16 would cost them their 0.999
-worst-image cosine floor.
+worst-image cosine floor. The opt-in bf16 precision is the FP16 IR's files recording bf16, checked so
+against its own floor (0.98), made only on a CPU with BF16 (``bf16_unavailable``).
 
 Options (``job.options``):
   ``ov_preset``                "mixed" (default; symmetric weights, asymmetric activations) or "performance"
