@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 # the default INT8 budget (mean cosine >= 1 - DEFAULT_MAX_COSINE_DROP) needs at least this many held-out images
 MIN_HELD_OUT = 8
 # precisions whose check (and INT8's calibration) needs photos, --calib: made only when photos are given
-NEEDS_PHOTOS = ("int8", "bf16")
+PHOTOS_NEEDED = {"int8": "INT8 needs calibration images: pass --calib FOLDER|VIDEO|COCO_JSON",
+                 # lossy like INT8: a random input would say little
+                 "bf16": "bf16 is checked against FP32 on photos: pass --calib FOLDER|VIDEO|COCO_JSON (up to "
+                         "--val-size of its photos, those INT8 does not calibrate on)"}
+NEEDS_PHOTOS = tuple(PHOTOS_NEEDED)
 
 
 @contextmanager
@@ -183,11 +187,9 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     fp32 = manifest.artifact_path(manifest.artifact("onnx", "fp32"))
     check_formats(formats)
     check_precisions(precisions)
-    if "int8" in precisions and calib is None:
-        raise EdgeRuntimeError("INT8 needs calibration images: pass --calib FOLDER|VIDEO|COCO_JSON")
-    if "bf16" in precisions and calib is None:  # lossy like INT8: a random input would say little
-        raise EdgeRuntimeError("bf16 is checked against FP32 on photos: pass --calib FOLDER|VIDEO|COCO_JSON "
-                               "(up to --val-size of its photos, those INT8 does not calibrate on)")
+    for precision, why in PHOTOS_NEEDED.items():
+        if precision in precisions and calib is None:
+            raise EdgeRuntimeError(why)
     if int8_min_cosine is not None and not 0 <= int8_min_cosine <= 1:
         raise EdgeRuntimeError(f"--int8-min-cosine must be in [0, 1] (0: no budget), got {int8_min_cosine}")
     if max_map_drop is not None:

@@ -185,7 +185,7 @@ def time_hints(model: Any, input_name: str, tensor: np.ndarray, rounds: int = 10
     return {precision: round(float(np.median(times)), 3) for precision, times in zip(RECORDED_PRECISIONS, samples)}
 
 
-def _timed_hint(model: Any, job: ConvertJob, input_name: str) -> tuple[str, dict[str, Any]]:
+def _timed_hint(model: Any, job: ConvertJob, input_name: str, host: str) -> tuple[str, dict[str, Any]]:
     """bf16 or f32 for the float parts of ``model``, whichever runs it faster on this host (the package's CPU);
     bf16 only when at least ``BF16_MIN_SPEEDUP`` faster, since f32 is the more exact. Timed on the quantised
     model before any accuracy search (which moves layers to float); the record's ``shipped`` says what the
@@ -194,7 +194,6 @@ def _timed_hint(model: Any, job: ConvertJob, input_name: str) -> tuple[str, dict
     ms = time_hints(model, input_name, job.calibration.tensors[0])
     speedup = ms["f32"] / ms["bf16"]
     hint = "bf16" if speedup >= BF16_MIN_SPEEDUP else "f32"
-    host = host_is_target(job.options)[1]
     why = (f"bf16 ran {speedup:.2f}x as fast as f32 on {host}" +
            ("" if hint == "bf16" else f"; bf16 ships only from {BF16_MIN_SPEEDUP:.2f}x, f32 being the more exact"))
     job.progress(f"openvino int8: {why}: {hint}")
@@ -361,13 +360,13 @@ def _runner(compiled: Any, input_name: str, outputs: list[str]) -> Runner:
     return run
 
 
-def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, time_hint: bool
+def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on: str | None
               ) -> tuple[Any, dict[str, Any], str]:
     """NNCF PTQ (with the accuracy-aware search when ``job.accuracy`` is set), then the Concat pass; a budget
     is measured with the CPU hint ``hint`` (one this CPU computes), or with the faster of bf16 and f32 on the
-    quantised model when ``time_hint``. NNCF's search scores its candidates in f32, so a result that meets the
-    budget there and misses it in bf16 ships with the hint f32. Returns the model, its record and the hint it
-    was measured with."""
+    quantised model when ``timed_on`` names this host (the package's CPU). NNCF's search scores its
+    candidates in f32, so a result that meets the budget there and misses it in bf16 ships with the hint f32.
+    Returns the model, its record and the hint it was measured with."""
     import nncf
     import openvino as ov
 
@@ -434,8 +433,8 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, time_hint
     first = finish(stem_pass, concat_pass)
     built = {passes(first): first}  # by what the passes changed, so that equal models are built once
     quantized, stem, added = first
-    if time_hint:
-        hint, info["inference_precision_timed"] = _timed_hint(quantized, job, input_name)
+    if timed_on is not None:
+        hint, info["inference_precision_timed"] = _timed_hint(quantized, job, input_name, timed_on)
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
 
@@ -541,8 +540,9 @@ def convert_openvino(job: ConvertJob) -> ConvertResult:
                          "verify it with: recorded and run in f32")
             hint = "f32"
         # "auto" with BF16 here: timed when this host is the package's CPU, else bf16 as the CPU has it
-        time_hint = hint == "bf16" and str(choice or "auto").lower() == "auto" and host_is_target(job.options)[0]
-        model, extra["quantization"], hint = _quantize(model, job, input_name, hint, time_hint)
+        here, host = host_is_target(job.options)
+        timed_on = host if here and hint == "bf16" and str(choice or "auto").lower() == "auto" else None
+        model, extra["quantization"], hint = _quantize(model, job, input_name, hint, timed_on)
         _fix_output_names(model, outputs, job.fp32_onnx)
         extra["inference_precision_hint"] = hint  # verified with it by convert, run with it by the backend
     elif job.precision == "bf16":  # the FP16 IR's files, checked (by convert) and run with the float ops in bf16

@@ -533,9 +533,10 @@ def test_timed_hint_ships_bf16_only_when_clearly_faster(monkeypatch, f32_ms, bf1
     said: list[str] = []
     job = SimpleNamespace(options={}, progress=said.append,
                           calibration=SimpleNamespace(tensors=[np.zeros((1, 3, 8, 8), np.float32)]))
-    hint, record = convert_openvino._timed_hint(None, job, "data")
+    hint, record = convert_openvino._timed_hint(None, job, "data", "Some CPU (x86_64)")
     assert hint == record["chosen"] == want and record["ms"] == {"f32": f32_ms, "bf16": bf16_ms}
-    assert f"bf16 ran {f32_ms / bf16_ms:.2f}x as fast as f32" in record["why"] and said[-1].endswith(want)
+    assert f"bf16 ran {f32_ms / bf16_ms:.2f}x as fast as f32 on Some CPU (x86_64)" in record["why"]
+    assert said[-1].endswith(want)
 
 
 # --------------------------------------------------------------------------- bf16: the FP32 graph in bf16
