@@ -82,7 +82,7 @@ class Converter:
         ``openvino_inference_precision``: the hint an OpenVINO INT8 IR is verified and run with ("auto": on a
         BF16 CPU the faster of bf16 and f32, "bf16", "f32"; None: the target's, else "auto").
         ``convert_options`` go to ``convert.convert_package`` as they are (calib_size, int8_min_cosine,
-        val_images, val_size, max_map_drop, val_data, val_format, class_map, keep_failed).
+        val_images, val_size, max_map_drop, val_data, val_format, class_map, keep_failed, measure_speed).
 
         Returns the updated manifest; raises ``convert.ArtifactRefused`` (which holds it) when an artifact
         failed its check, after the others were added."""

@@ -22,9 +22,10 @@ import numpy as np
 
 import edge_runtime
 from edge_runtime.backends import open_artifact, open_backend
+from edge_runtime.bench import WorkerCrashedError, run_isolated, time_against_fp32
 from edge_runtime.budget import DEFAULT_MAX_COSINE_DROP
 from edge_runtime.compare import compare, judge
-from edge_runtime.deploy.hostinfo import measured_on
+from edge_runtime.deploy.hostinfo import measured_on, physical_cores
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.evaluation.labels import load_class_map, read_labels
 from edge_runtime.evaluation.validate import EvaluationSet
@@ -34,7 +35,7 @@ from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
 
 from .accuracy import AccuracyBudget, CosineAgreement, MapMetric, Runner
 from .calibration import CalibrationSet
-from .convert_job import ConvertJob
+from .convert_job import ConvertJob, host_is_target
 from .formats import CONVERTERS, REFERENCE, check_formats, check_precisions, skip_reason
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,43 @@ def _budget_record(budget: AccuracyBudget | None, int8_min_cosine: float | None,
             "note": f"{max_drop} ({set_by}) on {images} held-out images"}
 
 
+def record_speed(manifest: Manifest, formats: set[str], tensor: np.ndarray, options: dict[str, Any],
+                 progress: Callable[[str], None] = lambda msg: None) -> Manifest:
+    """Time each verified FP16/INT8/bf16 artifact of ``formats`` against its format's FP32 on this host, in a
+    fresh process (``edge_runtime.bench.time_against_fp32``), and record it as the artifact's ``speed``.
+    Only when this host is the CPU the package is for (``host_is_target``): a speed-up is a property of the
+    CPU. A worker that fails costs the record, not the conversion (one warning)."""
+    here, host = host_is_target(options)
+    keys = [a.key for a in manifest.artifacts if a.format in formats and a.precision != "fp32" and a.verified]
+    if not here or not keys:
+        return manifest
+    threads = physical_cores()
+    progress(f"timing {', '.join(keys)} against their FP32 on {host}, {threads} threads, in a fresh process")
+    try:
+        timed = run_isolated(time_against_fp32, str(manifest.root), keys, tensor, threads)
+    except (WorkerCrashedError, EdgeRuntimeError, RuntimeError, OSError) as exc:
+        log.warning("%s: speed against FP32 not recorded: %s", manifest.root, exc)
+        return manifest
+    for key, speed in timed.items():
+        art = next(a for a in manifest.artifacts if a.key == key)
+        record = {"vs_fp32": None if speed["vs_fp32"] is None else round(speed["vs_fp32"], 3),
+                  "ms": round(speed["ms"], 3),
+                  "fp32_ms": None if speed["fp32_ms"] is None else round(speed["fp32_ms"], 3),
+                  "threads": threads, "measured_on": measured_on(),
+                  "how": "median model-only latency on a held-out image, each artifact alone in a fresh process "
+                         "after conversion, against its format's FP32 in the same run (median of 3 repeats)"}
+        manifest = manifest.with_artifact(replace(art, extra={**art.extra, "speed": record}))
+    manifest.save()
+    return manifest
+
+
 def convert_package(package: str | Path, formats: list[str], precisions: list[str],
                     calib: str | Path | None = None, calib_size: int = 100, options: dict[str, Any] | None = None,
                     progress: Callable[[str], None] = lambda msg: None, int8_min_cosine: float | None = None,
                     val_images: str | Path | None = None, val_size: int = 24, max_map_drop: float | None = None,
                     val_data: str | Path | None = None, val_format: str = "auto",
-                    class_map: str | Path | None = None, keep_failed: bool = False) -> Manifest:
+                    class_map: str | Path | None = None, keep_failed: bool = False,
+                    measure_speed: bool = True) -> Manifest:
     """Convert the package's FP32 ONNX into every requested (format, precision) and update the manifest.
 
     INT8 needs ``calib`` (a folder of images, a video or a COCO json). Every new artifact is checked
@@ -182,6 +214,9 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
     An artifact that fails its check (``edge_runtime.compare.judge``) is not listed and its file is
     not written into the package (``keep_failed``: written and listed with ``verification.passed``
     false, never chosen); the others still are, then ``ArtifactRefused`` names each refusal.
+
+    ``measure_speed``: when this host is the package's CPU, time the lossy artifacts of the formats made here
+    against their FP32 afterwards and record it (``record_speed``; a few seconds).
     """
     manifest = load_manifest(package)
     fp32 = manifest.artifact_path(manifest.artifact("onnx", "fp32"))
@@ -233,6 +268,7 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                       "source": check.source.name}
     reference_outputs: list[list[np.ndarray]] | None = None  # FP32 on the samples, run once for every artifact
     refused: list[str] = []
+    made: set[str] = set()  # formats that got an artifact: their lossy ones are timed against FP32 at the end
     for fmt in formats:
         for precision in precisions:
             if (fmt, precision) == REFERENCE:
@@ -283,8 +319,11 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                 for file in files:
                     replace_file(file, manifest.root / file.name)
             manifest = manifest.with_artifact(art)
+            made.add(fmt)
             manifest.produced_by.setdefault("converters", {})[f"{fmt}-{precision}"] = edge_runtime.__version__
             manifest.save()
+    if measure_speed and made:
+        manifest = record_speed(manifest, made, samples[0], options or {}, progress)
     if refused:
         raise ArtifactRefused(manifest, refused)
     return manifest

@@ -92,6 +92,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in text)])
 
 
+def speed_cell(speed: dict[str, Any] | None) -> str:
+    """An artifact's recorded ``speed`` (convert's timing against its format's FP32) as '1.32x'; '-' when
+    it was not timed."""
+    return "-" if not speed or speed.get("vs_fp32") is None else f"{speed['vs_fp32']:.2f}x"
+
+
 def time_calls(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
     """Milliseconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):

@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-failed", action="store_true",
                    help="keep an artifact that fails its check on disk for debugging, listed as failed in the "
                         "manifest (auto, demo, bench and bundle never choose it)")
+    p.add_argument("--no-speed", action="store_true",
+                   help="do not time the FP16/INT8/bf16 artifacts against their format's FP32 after converting "
+                        "(by default when this host is the package's CPU: a few seconds in a fresh process; "
+                        "recorded as each artifact's speed and shown as 'vs FP32')")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -84,10 +88,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
             progress=progress, calib_size=args.calib_size,
             int8_min_cosine=args.int8_min_cosine, val_images=args.val_images, val_size=args.val_size,
             max_map_drop=args.max_map_drop, val_data=args.val_data, val_format=args.val_format,
-            class_map=args.class_map, keep_failed=args.keep_failed)
+            class_map=args.class_map, keep_failed=args.keep_failed,
+            measure_speed=not args.no_speed)
     except ArtifactRefused as exc:
         manifest, refused = exc.manifest, exc.refused
-    from ..timing import format_table
+    from ..timing import format_table, speed_cell
 
     rows = []
     for a in manifest.artifacts:
@@ -96,14 +101,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
         rows.append([a.file, a.format, a.precision, manifest.artifact_mb(a),
                      f"{agreement.get('cosine_mean', agreement.get('cosine', 1.0)):.4f}",
                      f"{agreement.get('cosine', 1.0):.4f}", f"{agreement.get('max_abs_diff', 0.0):.3g}",
-                     "" if control is None else _budget_cell(control), "yes" if a.verified else "FAILED"])
+                     "" if control is None else _budget_cell(control), speed_cell(a.extra.get("speed")),
+                     "yes" if a.verified else "FAILED"])
     print(format_table(["artifact", "format", "precision", "MB", "cosine mean", "cosine worst", "max|diff|",
-                        "accuracy budget", "verified"], rows))
+                        "accuracy budget", "vs FP32", "verified"], rows))
     checked = next((a.extra["fp32_agreement"].get("checked_on") for a in manifest.artifacts
                     if "checked_on" in a.extra.get("fp32_agreement", {})), None)
     if checked:
         print("cosine vs FP32 ONNX per image (lowest over outputs) on " +
               ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in checked.items()))
+    timed = next((a.extra["speed"] for a in manifest.artifacts if a.extra.get("speed")), None)
+    if timed:
+        print(f"vs FP32: model-only speed against the same format's FP32, timed after converting on "
+              f"{timed['measured_on']['cpu']}, {timed['threads']} threads (bench times every artifact)")
     if manifest.int8_budget is not None and "int8" in split_list(args.precisions or "int8") and \
             manifest.int8_budget.get("note"):
         print(f"int8 budget: {manifest.int8_budget['note']}")

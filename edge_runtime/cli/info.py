@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     from ..hostfit import describe_cpu, host_mismatch, recorded_cpu
     from ..manifest import load_manifest
-    from ..timing import format_table
+    from ..timing import format_table, speed_cell
 
     m = load_manifest(args.package)
     if args.json:
@@ -40,8 +40,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"input {inp.name} {list(inp.shape)} {inp.layout} {inp.dtype} {inp.color}, resize {inp.resize}, "
           f"mean {list(inp.mean)} std {list(inp.std)}")
     rows = [[a.file, a.format, a.precision, m.artifact_mb(a) if (m.root / a.file).exists() else "missing",
-             a.sha256[:12], "yes" if a.verified else "FAILED", a.verdict.describe()] for a in m.artifacts]
-    print(format_table(["artifact", "format", "precision", "MB", "sha256", "verified", "check"], rows))
+             a.sha256[:12], speed_cell(a.extra.get("speed")), "yes" if a.verified else "FAILED", a.verdict.describe()]
+            for a in m.artifacts]
+    print(format_table(["artifact", "format", "precision", "MB", "sha256", "vs FP32", "verified", "check"], rows))
     cpus = {describe_cpu(where) for a in m.artifacts if (where := recorded_cpu(a)) is not None}
     if cpus:
         print(f"checked against FP32 on: {', '.join(sorted(cpus))}")

@@ -1,0 +1,97 @@
+"""convert times its lossy artifacts against their format's FP32 on the package's own CPU (a fresh process,
+``edge_runtime.bench.time_against_fp32``) and records it as each artifact's ``speed``; not for another
+target's CPU, not with ``--no-speed``. Real conversions of the demo package, real ONNX Runtime timings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.bench import time_against_fp32
+from edge_runtime.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> Path:
+    pytest.importorskip("torch", reason="the demo images come with the host tool chain")
+    from converters.demo_data import write_split
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_split(root, "train", 24, progress=False)
+    return root / "train"
+
+
+@pytest.fixture(scope="module")
+def int8_package(demo_package, calib, tmp_path_factory) -> Path:
+    """The demo package with ONNX INT8, converted through the API (speed timed: this host is its CPU)."""
+    pytest.importorskip("nncf", reason="ONNX INT8 uses NNCF")
+    from converters import Converter
+
+    package = tmp_path_factory.mktemp("speed") / "pkg"
+    shutil.copytree(demo_package, package)
+    Converter(package).to("onnx", "int8", calib, calib_size=12, val_size=12)
+    return package
+
+
+def test_convert_records_int8_speed_against_onnx_fp32(int8_package):
+    manifest = load_manifest(int8_package)
+    int8 = manifest.artifact("onnx", "int8")
+    speed = int8.extra["speed"]
+    assert speed["ms"] > 0 and speed["fp32_ms"] > 0
+    # the median over repeats of per-repeat ratios: near the ratio of the medians, not equal to it
+    assert 0.5 < speed["vs_fp32"] / (speed["fp32_ms"] / speed["ms"]) < 2.0
+    assert 0.05 < speed["vs_fp32"] < 20
+    assert speed["threads"] >= 1 and speed["measured_on"]["arch"]
+    assert "speed" not in manifest.artifact("onnx", "fp32").extra  # FP32 is the baseline, not timed against itself
+
+
+def test_time_against_fp32_times_each_format_against_its_own_fp32(int8_package):
+    manifest = load_manifest(int8_package)
+    tensor = np.random.default_rng(0).random(manifest.input.shape).astype(np.float32)
+    timed = time_against_fp32(str(int8_package), ["onnx-int8"], tensor, threads=1, repeats=2, seconds=0.05)
+    assert list(timed) == ["onnx-int8"]
+    row = timed["onnx-int8"]
+    assert row["ms"] > 0 and row["fp32_ms"] > 0 and row["vs_fp32"] > 0
+    # FP32 timed against itself is 1 within each repeat: the ratio is taken per repeat
+    fp32 = time_against_fp32(str(int8_package), ["onnx-fp32"], tensor, threads=1, repeats=2, seconds=0.05)
+    assert fp32["onnx-fp32"]["vs_fp32"] == pytest.approx(1.0)
+
+
+def test_no_speed_for_another_targets_cpu_or_when_turned_off(demo_package, calib, tmp_path):
+    pytest.importorskip("nncf", reason="ONNX INT8 uses NNCF")
+    from converters.convert import convert_package
+
+    for name, kwargs in {"other-target": {"options": {"target": "rpi4"}},
+                         "off": {"measure_speed": False}}.items():
+        package = tmp_path / name
+        shutil.copytree(demo_package, package)
+        manifest = convert_package(package, ["onnx"], ["int8"], calib=calib, calib_size=12, val_size=12, **kwargs)
+        assert "speed" not in manifest.artifact("onnx", "int8").extra, name
+        assert "speed" not in json.loads((package / "manifest.json").read_text())["artifacts"][-1], name
+
+
+def test_convert_table_shows_the_speed(demo_package, calib, tmp_path):
+    pytest.importorskip("nncf", reason="ONNX INT8 uses NNCF")
+    package = tmp_path / "pkg"
+    shutil.copytree(demo_package, package)
+    cmd = [sys.executable, "-m", "edge_runtime.cli", "convert", str(package), "--to", "onnx", "--precisions",
+           "int8", "--calib", str(calib), "--calib-size", "12", "--val-size", "12"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    recorded = load_manifest(package).artifact("onnx", "int8").extra["speed"]["vs_fp32"]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("model_int8.onnx"))
+    assert f"{recorded:.2f}x" in row.split(), row
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("artifact "))
+    assert "vs FP32" in header
+    info = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "info", str(package)], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert info.returncode == 0 and f"{recorded:.2f}x" in next(
+        line for line in info.stdout.splitlines() if line.startswith("model_int8.onnx")).split()
