@@ -22,7 +22,6 @@ import numpy as np
 
 import edge_runtime
 from edge_runtime.backends import open_artifact, open_backend
-from edge_runtime.bench import WorkerCrashedError, run_isolated, time_against_fp32
 from edge_runtime.budget import DEFAULT_MAX_COSINE_DROP
 from edge_runtime.compare import compare, judge
 from edge_runtime.deploy.hostinfo import measured_on, physical_cores
@@ -32,6 +31,8 @@ from edge_runtime.evaluation.validate import EvaluationSet
 from edge_runtime.families import make_family
 from edge_runtime.fsutil import refuse_link, replace_file
 from edge_runtime.manifest import Artifact, Manifest, load_manifest, sha256_file
+from edge_runtime.preprocess import to_layout
+from edge_runtime.speed import REPEATS, time_in_fresh_process
 
 from .accuracy import AccuracyBudget, CosineAgreement, MapMetric, Runner
 from .calibration import CalibrationSet
@@ -72,10 +73,6 @@ class ArtifactRefused(EdgeRuntimeError):
         self.refused = refused
 
 
-def _to_layout(tensor: np.ndarray, layout: str) -> np.ndarray:
-    return np.ascontiguousarray(tensor.transpose(0, 2, 3, 1)) if layout == "NHWC" else tensor
-
-
 def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray],
                     reference: list[list[np.ndarray]] | None = None) -> dict[str, float]:
     """``art`` against the FP32 ONNX artifact, run as the runtime runs it (with the settings its entry
@@ -90,7 +87,7 @@ def verify_artifact(manifest: Manifest, art: Artifact, samples: list[np.ndarray]
     spec = manifest.input_for(art)
     diffs, cosines = [], []
     for tensor, want in zip(samples, reference):
-        have = got.run({spec.name: _to_layout(tensor, spec.layout)})
+        have = got.run({spec.name: to_layout(tensor, spec.layout)})
         result = compare(want, [have[n] for n in art.outputs])
         diffs.append(result["max_abs_diff"])
         cosines.append(result["cosine"])
@@ -162,33 +159,43 @@ def _budget_record(budget: AccuracyBudget | None, int8_min_cosine: float | None,
             "note": f"{max_drop} ({set_by}) on {images} held-out images"}
 
 
-def record_speed(manifest: Manifest, formats: set[str], tensor: np.ndarray, options: dict[str, Any],
-                 progress: Callable[[str], None] = lambda msg: None) -> Manifest:
-    """Time each verified FP16/INT8/bf16 artifact of ``formats`` against its format's FP32 on this host, in a
-    fresh process (``edge_runtime.bench.time_against_fp32``), and record it as the artifact's ``speed``.
-    Only when this host is the CPU the package is for (``host_is_target``): a speed-up is a property of the
-    CPU. A worker that fails costs the record, not the conversion (one warning)."""
+def record_speed(manifest: Manifest, made: set[str], tensor: np.ndarray, tensor_note: str, options: dict[str, Any],
+                 measure: bool = True, progress: Callable[[str], None] = lambda msg: None) -> Manifest:
+    """Record, as each artifact's ``speed``, how fast the verified FP16/INT8/bf16 artifacts of the formats
+    this run ``made`` (``Artifact.key``s) run against their format's FP32 on this host, timed on ``tensor``
+    (``tensor_note`` says what it is) in a fresh process (``edge_runtime.speed``). Only with ``measure`` and
+    when this host is the CPU the package is for (``host_is_target``): a speed-up is a property of the CPU.
+    A format whose FP32 was made again loses its older records first (they were against the FP32 replaced).
+    A timing that fails costs the record, not the conversion (one warning)."""
+    remade = {key.rsplit("-", 1)[0] for key in made if key.endswith("-fp32")}
+    changed = False
+    for art in manifest.artifacts:
+        if art.format in remade and art.key not in made and "speed" in art.extra:
+            manifest = manifest.with_artifact(replace(art, extra={k: v for k, v in art.extra.items() if k != "speed"}))
+            changed = True
     here, host = host_is_target(options)
-    keys = [a.key for a in manifest.artifacts if a.format in formats and a.precision != "fp32" and a.verified]
-    if not here or not keys:
-        return manifest
-    threads = physical_cores()
-    progress(f"timing {', '.join(keys)} against their FP32 on {host}, {threads} threads, in a fresh process")
-    try:
-        timed = run_isolated(time_against_fp32, str(manifest.root), keys, tensor, threads)
-    except (WorkerCrashedError, EdgeRuntimeError, RuntimeError, OSError) as exc:
-        log.warning("%s: speed against FP32 not recorded: %s", manifest.root, exc)
-        return manifest
-    for key, speed in timed.items():
-        art = next(a for a in manifest.artifacts if a.key == key)
-        record = {"vs_fp32": None if speed["vs_fp32"] is None else round(speed["vs_fp32"], 3),
-                  "ms": round(speed["ms"], 3),
-                  "fp32_ms": None if speed["fp32_ms"] is None else round(speed["fp32_ms"], 3),
-                  "threads": threads, "measured_on": measured_on(),
-                  "how": "median model-only latency on a held-out image, each artifact alone in a fresh process "
-                         "after conversion, against its format's FP32 in the same run (median of 3 repeats)"}
-        manifest = manifest.with_artifact(replace(art, extra={**art.extra, "speed": record}))
-    manifest.save()
+    arts = {a.key: a for a in manifest.artifacts}
+    formats = {arts[key].format for key in made if key in arts}
+    keys = [a.key for a in manifest.artifacts if a.format in formats and a.precision != "fp32" and a.verified
+            and (fp32 := arts.get(f"{a.format}-fp32")) is not None and fp32.verified]
+    timed: dict[str, dict[str, float]] = {}
+    if measure and here and keys:
+        threads = physical_cores()
+        progress(f"timing {', '.join(keys)} against their format's FP32 on {host}, {threads} threads, in a fresh "
+                 f"process")
+        try:
+            timed = time_in_fresh_process(manifest.root, keys, tensor, threads)
+        except Exception as exc:  # noqa: BLE001 (a runtime's own error types included: the record is optional)
+            log.warning("%s: speed against FP32 not recorded: %s", manifest.root, str(exc).splitlines()[0])
+        for key, speed in timed.items():
+            record = {"vs_fp32": round(speed["vs_fp32"], 3), "ms": round(speed["ms"], 3),
+                      "fp32_ms": round(speed["fp32_ms"], 3), "threads": threads, "measured_on": measured_on(),
+                      "how": f"median model-only latency on {tensor_note}, timed after conversion in a fresh "
+                             f"process, one session at a time, against the format's FP32 (median of the ratios of "
+                             f"{REPEATS} repeats)"}
+            manifest = manifest.with_artifact(replace(arts[key], extra={**arts[key].extra, "speed": record}))
+    if changed or timed:
+        manifest.save()
     return manifest
 
 
@@ -268,7 +275,7 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                       "source": check.source.name}
     reference_outputs: list[list[np.ndarray]] | None = None  # FP32 on the samples, run once for every artifact
     refused: list[str] = []
-    made: set[str] = set()  # formats that got an artifact: their lossy ones are timed against FP32 at the end
+    made: set[str] = set()  # artifacts written: their formats' lossy ones are timed against FP32 at the end
     for fmt in formats:
         for precision in precisions:
             if (fmt, precision) == REFERENCE:
@@ -319,11 +326,13 @@ def convert_package(package: str | Path, formats: list[str], precisions: list[st
                 for file in files:
                     replace_file(file, manifest.root / file.name)
             manifest = manifest.with_artifact(art)
-            made.add(fmt)
+            made.add(art.key)
             manifest.produced_by.setdefault("converters", {})[f"{fmt}-{precision}"] = edge_runtime.__version__
             manifest.save()
-    if measure_speed and made:
-        manifest = record_speed(manifest, made, samples[0], options or {}, progress)
+    if made:
+        note = {"held_out_images": "a held-out image", "calibration_images": "a calibration image"}.get(
+            next(iter(checked_on)), "a random input")
+        manifest = record_speed(manifest, made, samples[0], note, options or {}, measure_speed, progress)
     if refused:
         raise ArtifactRefused(manifest, refused)
     return manifest

@@ -76,7 +76,8 @@ def build_package(root: Path, formats: list[str], precisions: list[str],
             try:
                 manifest = convert_package(package, [fmt], [p for f, p in missing if f == fmt],
                                            calib=calib / "train", calib_size=CALIBRATION_IMAGES,
-                                           val_size=HELD_OUT_IMAGES, progress=progress)
+                                           val_size=HELD_OUT_IMAGES, progress=progress,
+                                           measure_speed=False)  # the demo times every artifact it runs
             except ArtifactRefused as exc:
                 manifest = exc.manifest
                 if refused is not None:

@@ -236,7 +236,7 @@ def _build_package(folder: Path, key: str, model: str, weights: Path, imgsz: int
         precisions = [p for p in target.precisions if calib is not None or p not in NEEDS_PHOTOS] or ["fp32"]
         try:
             Converter(stage).to(target=target, precision=precisions, calib=calib, calib_size=calib_size,
-                                progress=progress)
+                                progress=progress, measure_speed=False)  # bench times every candidate below
         except ArtifactRefused as exc:  # the others are in; a refused artifact is no candidate
             refused = exc.refused
         (stage / COMPLETE_MARK).write_text(key + "\n")

@@ -5,7 +5,6 @@ others are still measured."""
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import signal
 import time
@@ -15,7 +14,6 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .backends import open_artifact
 from .budget import DropBudget, budget_for, recorded_accuracy
 from .compare import compare
 from .deploy.hostinfo import cpu_summary
@@ -23,7 +21,7 @@ from .deploy.targets import Target, efficiency
 from .errors import EdgeRuntimeError
 from .hostfit import host_mismatch
 from .io.sources import read_image
-from .manifest import Artifact, Manifest, load_manifest
+from .manifest import load_manifest
 from .timing import format_table, summarize, time_calls
 
 
@@ -93,48 +91,6 @@ def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
     if status == "error":
         raise value
     return value
-
-
-def _median_ms(manifest: Manifest, art: Artifact, feed: dict[str, np.ndarray], threads: int,
-               seconds: float) -> float:
-    """Median ms of ``art`` on ``feed`` over about ``seconds`` of calls; its session ends on return."""
-    backend = open_artifact(manifest, art, threads)
-    first = time_calls(lambda: backend.run(feed), 2, 3)
-    calls = int(min(200, max(5, seconds * 1e3 / max(float(np.median(first)), 1e-3))))
-    return float(np.median(time_calls(lambda: backend.run(feed), 0, calls)))
-
-
-def time_against_fp32(package: str, keys: list[str], tensor: np.ndarray, threads: int, repeats: int = 3,
-                      seconds: float = 0.25) -> dict[str, dict[str, float | None]]:
-    """Model-only latency of the artifacts ``keys`` names (``Artifact.key``, e.g. ``openvino-int8``) on the
-    NCHW ``tensor``, and each one's speed against its format's FP32 artifact (timed too when the package
-    has one). Per repeat, each format's FP32 then its other artifacts, one live session at a time (two
-    runtimes' or sessions' thread pools slow each other), for about ``seconds`` each; the speed-up is
-    taken within a repeat, so a load that drifts between repeats moves both sides, and its median over
-    the repeats is kept. Run it in a fresh process (``run_isolated``): a converter's own sessions share
-    the cores. Returns ``key -> {"ms", "fp32_ms", "vs_fp32"}`` (``None`` without an FP32 to compare)."""
-    manifest = load_manifest(package)
-    arts = {a.key: a for a in manifest.artifacts}
-    order: list[str] = []
-    for key in keys:
-        fp32 = f"{arts[key].format}-fp32"
-        order += [k for k in (fp32 if fp32 in arts else None, key) if k is not None and k not in order]
-    samples: dict[str, list[float]] = {key: [] for key in order}
-    for _ in range(repeats):
-        for key in order:
-            art = arts[key]
-            spec = manifest.input_for(art)
-            feed = {spec.name: np.ascontiguousarray(tensor.transpose(0, 2, 3, 1)) if spec.layout == "NHWC"
-                    else tensor}
-            samples[key].append(_median_ms(manifest, art, feed, threads, seconds))
-            gc.collect()  # the session and its thread pool go before the next one opens
-    result: dict[str, dict[str, float | None]] = {}
-    for key in keys:
-        fp32 = samples.get(f"{arts[key].format}-fp32")
-        ratios = [f / s for f, s in zip(fp32, samples[key])] if fp32 else None
-        result[key] = {"ms": float(np.median(samples[key])), "fp32_ms": float(np.median(fp32)) if fp32 else None,
-                       "vs_fp32": float(np.median(ratios)) if ratios else None}
-    return result
 
 
 def bench_package(package: str | Path, threads: int | None = None, warmup: int = 5, iters: int = 50,

@@ -25,6 +25,11 @@ class ImageMeta:
 LETTERBOX_PAD = 114  # the grey Ultralytics and YOLOX pad with
 
 
+def to_layout(tensor: np.ndarray, layout: str) -> np.ndarray:
+    """An NCHW batch as an artifact's input ``layout`` takes it (``NHWC``: TFLite graphs)."""
+    return np.ascontiguousarray(tensor.transpose(0, 2, 3, 1)) if layout == "NHWC" else tensor
+
+
 def letterbox_placement(src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str) -> tuple[int, int, int, int]:
     """(height, width, top, left) of the resized image inside the padded input, rounded as
     Ultralytics' ``LetterBox`` (``letterbox``: centred) and YOLOX's ``preproc``

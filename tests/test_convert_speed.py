@@ -1,6 +1,7 @@
-"""convert times its lossy artifacts against their format's FP32 on the package's own CPU (a fresh process,
-``edge_runtime.bench.time_against_fp32``) and records it as each artifact's ``speed``; not for another
-target's CPU, not with ``--no-speed``. Real conversions of the demo package, real ONNX Runtime timings."""
+"""convert times its lossy artifacts against their format's FP32 on the package's own CPU (a fresh
+interpreter, ``edge_runtime.speed``) and records it as each artifact's ``speed``; not for another target's
+CPU, not with ``--no-speed``; a failed timing costs only the record. Real conversions of the demo package,
+real ONNX Runtime timings."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.bench import time_against_fp32
+from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.manifest import load_manifest
+from edge_runtime.speed import time_against_fp32
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,16 +55,52 @@ def test_convert_records_int8_speed_against_onnx_fp32(int8_package):
     assert "speed" not in manifest.artifact("onnx", "fp32").extra  # FP32 is the baseline, not timed against itself
 
 
-def test_time_against_fp32_times_each_format_against_its_own_fp32(int8_package):
+def test_time_against_fp32_times_each_format_against_its_own_fp32(int8_package, tmp_path):
     manifest = load_manifest(int8_package)
     tensor = np.random.default_rng(0).random(manifest.input.shape).astype(np.float32)
     timed = time_against_fp32(str(int8_package), ["onnx-int8"], tensor, threads=1, repeats=2, seconds=0.05)
     assert list(timed) == ["onnx-int8"]
     row = timed["onnx-int8"]
-    assert row["ms"] > 0 and row["fp32_ms"] > 0 and row["vs_fp32"] > 0
-    # FP32 timed against itself is 1 within each repeat: the ratio is taken per repeat
-    fp32 = time_against_fp32(str(int8_package), ["onnx-fp32"], tensor, threads=1, repeats=2, seconds=0.05)
-    assert fp32["onnx-fp32"]["vs_fp32"] == pytest.approx(1.0)
+    assert row["ms"] > 0 and row["fp32_ms"] > 0 and 0.05 < row["vs_fp32"] < 20
+    # without its format's FP32 there is nothing to be timed against: one error naming both
+    alone = tmp_path / "alone"
+    shutil.copytree(int8_package, alone)
+    data = json.loads((alone / "manifest.json").read_text())
+    for art in data["artifacts"]:
+        if art["precision"] == "int8":
+            art["format"] = "openvino"  # an INT8 "OpenVINO" entry with no openvino-fp32 beside it
+    (alone / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EdgeRuntimeError, match="openvino-int8 has no openvino-fp32"):
+        time_against_fp32(str(alone), ["openvino-int8"], tensor, threads=1, repeats=1, seconds=0.01)
+
+
+def test_a_failed_timing_costs_the_record_not_the_conversion(demo_package, calib, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("nncf", reason="ONNX INT8 uses NNCF")
+    import converters.convert as convert
+
+    def fails(*args, **kwargs):
+        raise ValueError("a runtime's own error\nsecond line")  # not an EdgeRuntimeError
+
+    monkeypatch.setattr(convert, "time_in_fresh_process", fails)
+    package = tmp_path / "pkg"
+    shutil.copytree(demo_package, package)
+    manifest = convert.convert_package(package, ["onnx"], ["int8"], calib=calib, calib_size=12, val_size=12)
+    assert manifest.artifact("onnx", "int8").verified and "speed" not in manifest.artifact("onnx", "int8").extra
+    assert "speed against FP32 not recorded: a runtime's own error" in caplog.text
+    assert "second line" not in caplog.text
+
+
+def test_remaking_an_fp32_drops_the_records_timed_against_the_old_one(int8_package, tmp_path):
+    from converters.convert import record_speed
+
+    package = tmp_path / "pkg"
+    shutil.copytree(int8_package, package)
+    manifest = load_manifest(package)
+    assert "speed" in manifest.artifact("onnx", "int8").extra
+    tensor = np.zeros(manifest.input.shape, np.float32)
+    after = record_speed(manifest, {"onnx-fp32"}, tensor, "a zero input", {}, measure=False)
+    assert "speed" not in after.artifact("onnx", "int8").extra
+    assert "speed" not in load_manifest(package).artifact("onnx", "int8").extra  # saved
 
 
 def test_no_speed_for_another_targets_cpu_or_when_turned_off(demo_package, calib, tmp_path):
@@ -90,7 +128,7 @@ def test_convert_table_shows_the_speed(demo_package, calib, tmp_path):
     row = next(line for line in proc.stdout.splitlines() if line.startswith("model_int8.onnx"))
     assert f"{recorded:.2f}x" in row.split(), row
     header = next(line for line in proc.stdout.splitlines() if line.startswith("artifact "))
-    assert "vs FP32" in header
+    assert "vs its FP32" in header
     info = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "info", str(package)], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
     assert info.returncode == 0 and f"{recorded:.2f}x" in next(

@@ -220,6 +220,7 @@ def compare_with_ptq(out: str | Path, steps: int = 300, calib_count: int = 100, 
             convert_package(packages[name], ["onnx"], ["int8"], calib=calib_dir, calib_size=calib_size,
                             options={"onnx_quantizer": quantizer, "calib_method": "minmax",
                                      "onnx_reduce_range": reduce_range}, keep_failed=True,
+                            measure_speed=False,  # timed below, interleaved with the others
                             int8_min_cosine=0)  # plain PTQ, no budget search: the baseline QAT is compared with
         except ArtifactRefused:  # kept, marked failed: a poor PTQ baseline is what this comparison measures
             pass

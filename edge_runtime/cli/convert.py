@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-speed", action="store_true",
                    help="do not time the FP16/INT8/bf16 artifacts against their format's FP32 after converting "
                         "(by default when this host is the package's CPU: a few seconds in a fresh process; "
-                        "recorded as each artifact's speed and shown as 'vs FP32')")
+                        "recorded as each artifact's speed and shown as 'vs its FP32')")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -104,7 +104,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      "" if control is None else _budget_cell(control), speed_cell(a.extra.get("speed")),
                      "yes" if a.verified else "FAILED"])
     print(format_table(["artifact", "format", "precision", "MB", "cosine mean", "cosine worst", "max|diff|",
-                        "accuracy budget", "vs FP32", "verified"], rows))
+                        "accuracy budget", "vs its FP32", "verified"], rows))
     checked = next((a.extra["fp32_agreement"].get("checked_on") for a in manifest.artifacts
                     if "checked_on" in a.extra.get("fp32_agreement", {})), None)
     if checked:
@@ -112,7 +112,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
               ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in checked.items()))
     timed = next((a.extra["speed"] for a in manifest.artifacts if a.extra.get("speed")), None)
     if timed:
-        print(f"vs FP32: model-only speed against the same format's FP32, timed after converting on "
+        print(f"vs its FP32: model-only speed against the same format's FP32, timed after converting on "
               f"{timed['measured_on']['cpu']}, {timed['threads']} threads (bench times every artifact)")
     if manifest.int8_budget is not None and "int8" in split_list(args.precisions or "int8") and \
             manifest.int8_budget.get("note"):

@@ -42,7 +42,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [[a.file, a.format, a.precision, m.artifact_mb(a) if (m.root / a.file).exists() else "missing",
              a.sha256[:12], speed_cell(a.extra.get("speed")), "yes" if a.verified else "FAILED", a.verdict.describe()]
             for a in m.artifacts]
-    print(format_table(["artifact", "format", "precision", "MB", "sha256", "vs FP32", "verified", "check"], rows))
+    print(format_table(["artifact", "format", "precision", "MB", "sha256", "vs its FP32", "verified", "check"], rows))
     cpus = {describe_cpu(where) for a in m.artifacts if (where := recorded_cpu(a)) is not None}
     if cpus:
         print(f"checked against FP32 on: {', '.join(sorted(cpus))}")
