@@ -1,9 +1,9 @@
 """ONNX INT8 (QDQ, per-channel weights) with the decode tail in float, by one of two quantisers:
 
 - ``nncf``: NNCF's ONNX backend, MIXED preset (symmetric weights, asymmetric activations) with
-  fast bias correction, the first Convs in float (``NNCF_FLOAT_FIRST_CONVS``); int8 activations (S8S8)
-  and no quantiser between a Conv and its activation, so ONNX Runtime runs those Convs in float:
-  accurate, often slower than FP32.
+  fast bias correction, the first Convs in float where that measures better (``NNCF_FLOAT_FIRST_CONVS``);
+  int8 activations (S8S8) and no quantiser between a Conv and its activation, so ONNX Runtime runs
+  those Convs in float: accurate, often slower than FP32.
 - ``ort``: ONNX Runtime's ``quantize_static``, uint8 activations (U8S8) with a quantiser after each
   Conv: the graph ONNX Runtime fuses into ``QLinearConv``, fast, but less accurate on models whose
   Convs feed a LeakyRelu (docs/formats-and-int8.md).
@@ -45,8 +45,9 @@ RECIPE_COSINE_SLACK = 0.003
 # YOLO-FastestV2 0.985 -> 0.990; NanoDet-Plus-m's 0.905 is out of any prefix's reach
 ORT_SEARCH_GAP = 0.02
 # the NNCF graph keeps the Convs this many convolutions deep from the input in float (as OpenVINO's INT8
-# keeps 2): on NanoDet-Plus-m 416 the mAP drop on voc-indoor-85 went 0.94 -> 0.56 -> 0.03 points for
-# depth 0, 2, 3 (label-free mAP vs FP32 on the sample photos 94.0 -> 97.2 -> 98.0 %), at the same speed
+# keeps 2) when that measures better: on NanoDet-Plus-m 416 the mAP drop on voc-indoor-85 went 0.94 -> 0.56
+# -> 0.03 points for depth 0, 2, 3 (label-free mAP vs FP32 on the sample photos 94.0 -> 97.2 -> 98.0 %), at
+# the same speed; YOLO-Fastest 1.1 lost by it (mean cosine 0.992 -> 0.990), so each model is measured
 NNCF_FLOAT_FIRST_CONVS = 3
 
 
@@ -96,26 +97,45 @@ def _runner(model: onnx.ModelProto, input_name: str, outputs: list[str]):
     return lambda tensor: session.run(outputs, {input_name: tensor})
 
 
-def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path
-                   ) -> tuple[dict, float | None]:
+def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path,
+                   head: list[str] = ()) -> tuple[dict, float | None]:
     """NNCF's QDQ graph (with its accuracy-aware search under a budget); returns its record and, under a
-    budget, the budget's metric of what it saved (None without one)."""
+    budget, the budget's metric of what it saved (None without one). ``head``: leading Convs that may stay
+    in float: quantised both ways, the better by the budget's metric (else cosine on held-out images) is
+    kept; it helped NanoDet-Plus-m and YOLO-FastestV2 and cost YOLO-Fastest 1.1, so it is measured per model
+    (not at all without held-out images: all quantised, as before)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     name = job.manifest.input.name
+    outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
     seven_bit_weights = saturation_unmeasured(job.options)
     settings = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": True,
-                "ignored_scope": nncf.IgnoredScope(names=excluded),
                 "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
                 if seven_bit_weights else None}
     info = {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
             "calibration_method": "minmax (nncf)", "weight_bits": 7 if seven_bit_weights else 8}
-    quantized = nncf.quantize(model, nncf.Dataset(job.calibration.tensors, lambda t: {name: t}),
-                              subset_size=len(job.calibration), **settings)
+    dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
+
+    def quantize(ignored: list[str]) -> onnx.ModelProto:
+        return nncf.quantize(model, dataset, subset_size=len(job.calibration),
+                             ignored_scope=nncf.IgnoredScope(names=ignored), **settings)
+
+    quantized = quantize(excluded)
+    metric = job.accuracy.metric if job.accuracy is not None else job.agreement
+    if head and metric is not None:
+        with_head = quantize(excluded + list(head))
+        plain, floated = metric(_runner(quantized, name, outputs)), metric(_runner(with_head, name, outputs))
+        kept = bool(floated > plain)
+        job.progress(f"onnx int8: nncf, first {len(head)} Convs in float: {metric.name} {floated:.4f} against "
+                     f"{plain:.4f} all quantised: {'kept' if kept else 'not kept'}")
+        if kept:
+            quantized, excluded = with_head, excluded + list(head)
+        info["float_first_convs"] = {"convs": list(head), "kept": kept, "metric": metric.name,
+                                     "with": round(float(floated), 5), "without": round(float(plain), 5)}
+    settings["ignored_scope"] = nncf.IgnoredScope(names=excluded)
     budget, after = job.accuracy, None
     if budget is not None:
-        outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
         job.progress(f"onnx int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
                      f"{len(budget.metric.images)} held-out images")
         before = after = budget.metric(_runner(quantized, name, outputs))
@@ -278,8 +298,8 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
     """Options: ``onnx_quantizer`` (auto | nncf | ort, default auto), ``calib_method`` for ort
     (minmax | entropy | percentile), ``onnx_keep_tail_float`` (default True), ``onnx_reduce_range``
     (7-bit weights for ort; default from the target or host, ``_reduce_range``), ``onnx_float_first_convs``
-    (the nncf graph's Convs at most this many convolutions deep kept in float; default
-    ``NNCF_FLOAT_FIRST_CONVS``)."""
+    (the nncf graph's Convs at most this many convolutions deep kept in float where that measures better;
+    default ``NNCF_FLOAT_FIRST_CONVS``; 0: never)."""
     quantizer = job.options.get("onnx_quantizer") or "auto"
     if quantizer not in QUANTIZERS:
         raise ValueError(f"onnx_quantizer must be one of {', '.join(QUANTIZERS)}")
@@ -297,10 +317,8 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
         head = first_convs(model, int(job.options.get("onnx_float_first_convs", NNCF_FLOAT_FIRST_CONVS)))
         for key in keys:
             path = Path(tmp) / f"{key}.onnx"
-            info, metric_of[key] = _quantize_nncf(job, model, excluded + head, path) if key == "nncf" else \
+            info, metric_of[key] = _quantize_nncf(job, model, excluded, path, head) if key == "nncf" else \
                 _quantize_ort(job, prepared, excluded, path)
-            if key == "nncf":
-                info["float_first_convs"] = head
             made[key] = path, {"quantizer": key, "activations": activation_types(onnx.load(str(path))), **info}
         chosen, recipe = quantizer, None
         if len(made) > 1:
