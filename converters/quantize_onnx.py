@@ -98,7 +98,7 @@ def _runner(model: onnx.ModelProto, input_name: str, outputs: list[str]):
 
 
 def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path,
-                   head: list[str] = ()) -> tuple[dict, float | None]:
+                   head: tuple[str, ...] | list[str] = ()) -> tuple[dict, float | None]:
     """NNCF's QDQ graph (with its accuracy-aware search under a budget); returns its record and, under a
     budget, the budget's metric of what it saved (None without one). ``head``: leading Convs that may stay
     in float: quantised both ways, the better by the budget's metric (else cosine on held-out images) is
