@@ -167,7 +167,8 @@ def record_speed(manifest: Manifest, made: set[str], tensor: np.ndarray, tensor_
     when this host is the CPU the package is for (``host_is_target``): a speed-up is a property of the CPU.
     A format whose FP32 was made again loses its older records first (they were against the FP32 replaced).
     A timing that fails costs the record, not the conversion (one warning)."""
-    remade = {key.rsplit("-", 1)[0] for key in made if key.endswith("-fp32")}
+    formats = {a.format for a in manifest.artifacts if a.key in made}
+    remade = {a.format for a in manifest.artifacts if a.key in made and a.precision == "fp32"}
     changed = False
     for art in manifest.artifacts:
         if art.format in remade and art.key not in made and "speed" in art.extra:
@@ -175,7 +176,6 @@ def record_speed(manifest: Manifest, made: set[str], tensor: np.ndarray, tensor_
             changed = True
     here, host = host_is_target(options)
     arts = {a.key: a for a in manifest.artifacts}
-    formats = {arts[key].format for key in made if key in arts}
     keys = [a.key for a in manifest.artifacts if a.format in formats and a.precision != "fp32" and a.verified
             and (fp32 := arts.get(f"{a.format}-fp32")) is not None and fp32.verified]
     timed: dict[str, dict[str, float]] = {}

@@ -294,12 +294,12 @@ def _mse_range(v: np.ndarray, lo: float, hi: float, alpha: float | None) -> tupl
 def _runner(content: bytes, graph: TfGraph, role_order: list[str], path: Path) -> Runner:
     """Run a candidate model the way the device will: with the ONNX names, through the LiteRT backend."""
     from edge_runtime.backends import open_backend
+    from edge_runtime.preprocess import to_layout
 
     finished, outputs = rename_to_onnx_names(content, graph, role_order)
     path.write_bytes(finished)
     backend = open_backend(path, "tflite", 2)
-    return lambda tensor: [backend.run({graph.input_name: np.ascontiguousarray(tensor.transpose(0, 2, 3, 1))})[n]
-                           for n in outputs]
+    return lambda tensor: [backend.run({graph.input_name: to_layout(tensor, "NHWC")})[n] for n in outputs]
 
 
 def _bias_correction(job: ConvertJob, quantized: bytes, fp32: bytes, data: list[np.ndarray], graph: TfGraph,
