@@ -1,4 +1,5 @@
-"""An artifact's speed against its format's FP32 on this CPU, as ``convert`` records it (``speed``).
+"""An artifact's speed against its format's FP32 on this CPU, as ``convert`` records it (``speed``), and
+a converter's candidate files against their FP32 (the ONNX INT8 recipe's choice).
 
 Timed in a fresh interpreter (``python -m edge_runtime.speed``): inside a converter's process the
 sessions it keeps open share the cores and distort the figure. A subprocess rather than a spawned
@@ -15,12 +16,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from .backends import open_artifact
+from .backends import open_artifact, open_backend
 from .errors import EdgeRuntimeError
-from .manifest import Artifact, Manifest, load_manifest
+from .manifest import Artifact, load_manifest
 from .preprocess import to_layout
 from .timing import time_calls
 
@@ -29,74 +31,137 @@ SECONDS_EACH = 0.25  # per artifact and repeat: enough calls for a stable median
 TIMEOUT_S = 600
 
 
-def _median_ms(manifest: Manifest, art: Artifact, tensor: np.ndarray, threads: int, seconds: float) -> float:
-    """Median ms of ``art`` on ``tensor`` over about ``seconds`` of calls; its session ends on return."""
-    spec = manifest.input_for(art)
-    feed = {spec.name: to_layout(tensor, spec.layout)}
-    backend = open_artifact(manifest, art, threads)
-    first = time_calls(lambda: backend.run(feed), 2, 3)
+Opener = Callable[[], Callable[[], object]]  # opens a session, returns one timed call on the input
+
+
+def _median_ms(open_run: Opener, seconds: float) -> float:
+    """Median ms of the call ``open_run`` makes over about ``seconds`` of calls; its session ends on return."""
+    run = open_run()
+    first = time_calls(run, 2, 3)
     calls = int(min(200, max(5, seconds * 1e3 / max(float(np.median(first)), 1e-3))))
-    return float(np.median(time_calls(lambda: backend.run(feed), 0, calls)))
+    return float(np.median(time_calls(run, 0, calls)))
+
+
+def _in_turns(openers: dict[str, Opener], against: dict[str, str], repeats: int,
+              seconds: float) -> dict[str, dict[str, float]]:
+    """Each key of ``against`` timed against the key it maps to (its FP32), one live session at a time (two
+    sessions' thread pools slow each other), about ``seconds`` each; per repeat every opener takes its turn,
+    the order reversed every other repeat, and the speed-up is taken within a repeat, so a load that drifts
+    between repeats moves both sides; its median over the repeats is kept."""
+    order = list(dict.fromkeys(k for key, fp32 in against.items() for k in (fp32, key)))
+    samples: dict[str, list[float]] = {key: [] for key in order}
+    for repeat in range(repeats):
+        for key in order if repeat % 2 == 0 else order[::-1]:
+            samples[key].append(_median_ms(openers[key], seconds))
+            gc.collect()  # the session and its thread pool go before the next one opens
+    result = {}
+    for key, fp32_key in against.items():
+        fp32 = samples[fp32_key]
+        result[key] = {"ms": float(np.median(samples[key])), "fp32_ms": float(np.median(fp32)),
+                       "vs_fp32": float(np.median([f / s for f, s in zip(fp32, samples[key])]))}
+    return result
 
 
 def time_against_fp32(package: str | Path, keys: list[str], tensor: np.ndarray, threads: int,
                       repeats: int = REPEATS, seconds: float = SECONDS_EACH) -> dict[str, dict[str, float]]:
     """Model-only latency of the artifacts ``keys`` names (``Artifact.key``, e.g. ``openvino-int8``; each
     format's FP32 must be in the package) on the NCHW ``tensor``, and each one's speed against its format's
-    FP32, timed in this process. One live session at a time (two sessions' thread pools slow each other),
-    about ``seconds`` each; per repeat the FP32 and the others take turns, the order reversed every other
-    repeat, and the speed-up is taken within a repeat, so a load that drifts between repeats moves both
-    sides; its median over the repeats is kept. Returns ``key -> {"ms", "fp32_ms", "vs_fp32"}``."""
+    FP32, timed in this process (``_in_turns``). Returns ``key -> {"ms", "fp32_ms", "vs_fp32"}``."""
     manifest = load_manifest(package)
     arts = {a.key: a for a in manifest.artifacts}
-    order: list[str] = []
+
+    def opener(art: Artifact) -> Opener:
+        def open_run() -> Callable[[], object]:
+            spec = manifest.input_for(art)
+            feed = {spec.name: to_layout(tensor, spec.layout)}
+            backend = open_artifact(manifest, art, threads)
+            return lambda: backend.run(feed)
+        return open_run
+
+    against = {}
     for key in keys:
-        fp32 = f"{arts[key].format}-fp32"
-        if fp32 not in arts:
-            raise EdgeRuntimeError(f"{manifest.root}: {key} has no {fp32} artifact to be timed against")
-        order += [k for k in (fp32, key) if k not in order]
-    samples: dict[str, list[float]] = {key: [] for key in order}
-    for repeat in range(repeats):
-        for key in order if repeat % 2 == 0 else order[::-1]:
-            samples[key].append(_median_ms(manifest, arts[key], tensor, threads, seconds))
-            gc.collect()  # the session and its thread pool go before the next one opens
-    result = {}
-    for key in keys:
-        fp32 = samples[f"{arts[key].format}-fp32"]
-        result[key] = {"ms": float(np.median(samples[key])), "fp32_ms": float(np.median(fp32)),
-                       "vs_fp32": float(np.median([f / s for f, s in zip(fp32, samples[key])]))}
-    return result
+        against[key] = f"{arts[key].format}-fp32"
+        if against[key] not in arts:
+            raise EdgeRuntimeError(f"{manifest.root}: {key} has no {against[key]} artifact to be timed against")
+    return _in_turns({key: opener(arts[key]) for key in {*against, *against.values()}}, against, repeats, seconds)
+
+
+def time_files_against_fp32(fp32: str | Path, files: dict[str, str | Path], tensor: np.ndarray, threads: int,
+                            format: str = "onnx", options: dict[str, dict[str, Any]] | None = None,
+                            repeats: int = REPEATS, seconds: float = SECONDS_EACH) -> dict[str, dict[str, float]]:
+    """As ``time_against_fp32`` for model files outside a package (a converter's candidates): each of
+    ``files`` (key -> path, NCHW input) against the model ``fp32`` of the same ``format``. ``options``: key
+    (``fp32`` for the baseline) -> the backend's options, e.g. OpenVINO's ``inference_precision``, so that one
+    file can be timed against itself under another setting."""
+    def opener(key: str, path: str | Path) -> Opener:
+        def open_run() -> Callable[[], object]:
+            backend = open_backend(Path(path), format, threads, (options or {}).get(key))
+            feed = {backend.inputs[0].name: tensor}
+            return lambda: backend.run(feed)
+        return open_run
+
+    if "fp32" in files:
+        raise EdgeRuntimeError("the key fp32 names the model timed against")
+    openers = {"fp32": opener("fp32", fp32), **{key: opener(key, path) for key, path in files.items()}}
+    return _in_turns(openers, {key: "fp32" for key in files}, repeats, seconds)
+
+
+def _fresh_process(args: list[str], what: str, tensor: np.ndarray, threads: int,
+                   timeout_s: float) -> dict[str, dict[str, float]]:
+    """``python -m edge_runtime.speed ARGS`` on ``tensor``; its JSON result, or one ``EdgeRuntimeError`` line
+    naming ``what`` (the worker's last stderr line, or the timeout)."""
+    with tempfile.TemporaryDirectory(prefix="edge-runtime-speed-") as tmp:
+        path = Path(tmp) / "input.npy"
+        np.save(path, np.ascontiguousarray(tensor, np.float32))
+        cmd = [sys.executable, "-m", "edge_runtime.speed", *args, "--input", str(path), "--threads", str(threads)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise EdgeRuntimeError(f"{what}: timing against FP32 took over {timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise EdgeRuntimeError(f"{what}: timing against FP32 failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def time_in_fresh_process(package: str | Path, keys: list[str], tensor: np.ndarray, threads: int,
                           timeout_s: float = TIMEOUT_S) -> dict[str, dict[str, float]]:
     """``time_against_fp32`` in a fresh interpreter; a worker that fails or hangs is one
     ``EdgeRuntimeError`` line (its last stderr line, or the timeout)."""
-    with tempfile.TemporaryDirectory(prefix="edge-runtime-speed-") as tmp:
-        path = Path(tmp) / "input.npy"
-        np.save(path, np.ascontiguousarray(tensor, np.float32))
-        cmd = [sys.executable, "-m", "edge_runtime.speed", str(package), "--input", str(path),
-               "--threads", str(threads), "--keys", *keys]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise EdgeRuntimeError(f"{package}: timing against FP32 took over {timeout_s:.0f} s") from None
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        raise EdgeRuntimeError(f"{package}: timing against FP32 failed: {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _fresh_process([str(package), "--keys", *keys], str(package), tensor, threads, timeout_s)
+
+
+def time_files_in_fresh_process(fp32: str | Path, files: dict[str, str | Path], tensor: np.ndarray, threads: int,
+                                format: str = "onnx", options: dict[str, dict[str, Any]] | None = None,
+                                timeout_s: float = TIMEOUT_S) -> dict[str, dict[str, float]]:
+    """``time_files_against_fp32`` in a fresh interpreter, failing as ``time_in_fresh_process`` does."""
+    args = ["--fp32", str(fp32), "--format", format, "--files", *(f"{key}={path}" for key, path in files.items())]
+    if options:
+        args += ["--options", json.dumps(options)]
+    return _fresh_process(args, str(fp32), tensor, threads, timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edge_runtime.speed", description=__doc__.splitlines()[0])
-    ap.add_argument("package")
-    ap.add_argument("--keys", nargs="+", required=True, help="artifacts as format-precision, e.g. onnx-int8")
+    ap.add_argument("package", nargs="?", help="a package, timed with --keys")
+    ap.add_argument("--keys", nargs="+", help="the package's artifacts as format-precision, e.g. onnx-int8")
+    ap.add_argument("--fp32", help="instead of a package: an FP32 model file, --files timed against it")
+    ap.add_argument("--files", nargs="+", help="with --fp32: KEY=PATH model files of the same format")
+    ap.add_argument("--format", default="onnx", help="with --fp32: the files' format (default onnx)")
+    ap.add_argument("--options", type=json.loads, help='with --fp32: JSON {"KEY": {backend options}}, fp32 too')
     ap.add_argument("--input", required=True, help=".npy of the NCHW float32 input batch")
     ap.add_argument("--threads", type=int, required=True)
     args = ap.parse_args(argv)
+    if (args.package is None) == (args.fp32 is None) or bool(args.keys) != bool(args.package) \
+            or bool(args.files) != bool(args.fp32):
+        ap.error("give a package with --keys, or --fp32 with --files")
     tensor = np.load(args.input, allow_pickle=False)
     try:
-        result = time_against_fp32(args.package, args.keys, tensor, args.threads)
+        if args.package:
+            result = time_against_fp32(args.package, args.keys, tensor, args.threads)
+        else:
+            files = dict(item.split("=", 1) for item in args.files)
+            result = time_files_against_fp32(args.fp32, files, tensor, args.threads, args.format, args.options)
     except EdgeRuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ import pytest
 
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.manifest import load_manifest
-from edge_runtime.speed import time_against_fp32
+from edge_runtime.speed import time_against_fp32, time_files_against_fp32, time_files_in_fresh_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +72,26 @@ def test_time_against_fp32_times_each_format_against_its_own_fp32(int8_package, 
     (alone / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(EdgeRuntimeError, match="openvino-int8 has no openvino-fp32"):
         time_against_fp32(str(alone), ["openvino-int8"], tensor, threads=1, repeats=1, seconds=0.01)
+
+
+def test_recipe_candidates_are_timed_as_files_in_a_fresh_process(int8_package, tmp_path):
+    """The ONNX INT8 recipe's choice times its candidate graphs (files outside the package) by the same
+    protocol as the record, in a fresh interpreter; the record says how."""
+    recipe = load_manifest(int8_package).artifact("onnx", "int8").extra["quantization"]["recipe"]
+    assert recipe["timing"]["threads"] >= 1 and "fresh process" in recipe["timing"]["how"], recipe
+    assert all(0.05 < c["speed_vs_fp32"] < 20 for c in recipe["candidates"].values()), recipe
+    manifest = load_manifest(int8_package)
+    tensor = np.random.default_rng(0).random(manifest.input.shape).astype(np.float32)
+    files = {"int8": int8_package / "model_int8.onnx", "same": int8_package / "model.onnx"}
+    here = time_files_against_fp32(int8_package / "model.onnx", files, tensor, threads=1, repeats=2, seconds=0.05)
+    fresh = time_files_in_fresh_process(int8_package / "model.onnx", files, tensor, threads=1)
+    for timed in here, fresh:
+        assert list(timed) == ["int8", "same"] and all(0.05 < row["vs_fp32"] < 20 for row in timed.values())
+    with pytest.raises(EdgeRuntimeError, match="the key fp32 names the model timed against"):
+        time_files_against_fp32(int8_package / "model.onnx", {"fp32": int8_package / "model.onnx"}, tensor, 1)
+    # a worker that fails is one line naming the FP32 file and the worker's own last line
+    with pytest.raises(EdgeRuntimeError, match=r"model\.onnx: timing against FP32 failed: .*missing\.onnx"):
+        time_files_in_fresh_process(int8_package / "model.onnx", {"int8": tmp_path / "missing.onnx"}, tensor, 1)
 
 
 def test_a_failed_timing_costs_the_record_not_the_conversion(demo_package, calib, tmp_path, monkeypatch, caplog):
