@@ -71,7 +71,7 @@ class Converter:
 
     def to(self, formats: str | Sequence[str] | None = None, precision: str | Sequence[str] | None = None,
            calib: str | Path | None = None, *, target: str | Target | None = None, tflite_io: str | None = None,
-           calib_method: str = "minmax", onnx_quantizer: str = "auto", ov_preset: str = "mixed",
+           calib_method: str = "minmax", onnx_quantizer: str = "auto", ov_preset: str = "auto",
            openvino_inference_precision: str | None = None, progress: Callable[[str], None] = lambda msg: None,
            **convert_options: Any) -> Manifest:
         """Add ``formats`` x ``precision`` (names or comma-separated lists of onnx/openvino/tflite and

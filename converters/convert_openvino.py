@@ -33,7 +33,9 @@ worst-image cosine floor. The opt-in bf16 precision is the FP16 IR's files recor
 against its own floor (0.98), made only on a CPU with BF16 (``bf16_unavailable``).
 
 Options (``job.options``):
-  ``ov_preset``                "mixed" (default; symmetric weights, asymmetric activations) or "performance"
+  ``ov_preset``                "auto" (default: both below, measured by ``_choose_preset``; "mixed" without
+                               held-out images), "mixed" (symmetric weights, asymmetric activations) or
+                               "performance" (symmetric both)
   ``ov_ignore_tail``           keep the decode tail in float (default True)
   ``ov_float_first_convs``     depth (in convolutions from the input) kept in float, default 2; 0 = none
   ``ov_fast_bias_correction``  NNCF's fast bias correction (default True; False runs the slower full one)
@@ -58,6 +60,7 @@ Options (``job.options``):
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections import deque
@@ -68,14 +71,17 @@ import numpy as np
 import onnx
 
 from edge_runtime.backends.openvino import RECORDED_PRECISIONS, cpu_has_bf16
+from edge_runtime.deploy.hostinfo import physical_cores
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.manifest import InputSpec, sha256_file
-from edge_runtime.timing import interleaved_times
+from edge_runtime.speed import time_files_in_fresh_process
 from edge_runtime.versions import package_version
 
 from .accuracy import Runner, run_nncf_search
 from .convert_job import ConvertJob, ConvertResult, host_is_target, int8_weights_saturate, saturation_unmeasured
 from .shuffle_fold import FoldResult, fold_channel_shuffles
+
+log = logging.getLogger(__name__)
 
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
 _PRODUCERS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData"}
@@ -85,6 +91,13 @@ INFERENCE_PRECISIONS = ("auto", *RECORDED_PRECISIONS)
 # "auto" on a BF16 CPU that is the package's times the INT8 IR in both: which is faster depends on the model
 # (AMX Xeon: NanoDet-Plus-m 3 % faster in f32, YOLO-FastestV2 6-9 % in bf16; docs/formats-and-int8.md)
 BF16_MIN_SPEEDUP = 1.02
+OV_PRESETS = ("mixed", "performance")
+# ``ov_preset`` "auto" without a budget keeps the faster preset only if its mean cosine with FP32 is within this
+# of the more accurate one's. None: on the AMX Xeon "performance" ran NanoDet-Plus-m's IR 1.07-1.09x as fast as
+# "mixed" at cosine 0.9901 against 0.9926, and lost a confident person on a fixture photo and a point of
+# label-free mAP on the sample photos (its mAP drop on voc-indoor-85 was smaller, 0.15 against 0.22). Under a
+# budget the faster one that meets it ships.
+PRESET_COSINE_SLACK = 0.0
 
 
 def _is_bias_add(node: Any) -> bool:
@@ -172,32 +185,38 @@ def bf16_unavailable() -> str | None:
             "a CPU that has them")
 
 
-def time_hints(model: Any, input_name: str, tensor: np.ndarray, rounds: int = 10) -> dict[str, float]:
-    """Median ms per inference of ``model`` on this CPU under each hint, 2 threads, the hints timed interleaved."""
+def time_hints(model: Any, input_name: str, tensor: np.ndarray) -> dict[str, float]:
+    """Median ms per inference of ``model`` on this CPU under each hint, the physical cores' threads, in a fresh
+    process taking turns (``edge_runtime.speed``): in convert's process, with its other sessions alive, the
+    two read alike (YOLO-FastestV2's INT8 IR 3.39 / 3.42 ms) where alone bf16 ran 1.2x as fast (1.95 / 2.34)."""
     import openvino as ov
 
-    runs = []
-    for precision in RECORDED_PRECISIONS:
-        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"}
-        request = ov.compile_model(model, "CPU", config).create_infer_request()
-        runs.append(lambda request=request: request.infer({input_name: tensor}))
-    samples = interleaved_times(runs, rounds=rounds, inner=3)
-    return {precision: round(float(np.median(times)), 3) for precision, times in zip(RECORDED_PRECISIONS, samples)}
+    with tempfile.TemporaryDirectory(prefix="edge-runtime-hints-") as tmp:
+        xml = Path(tmp) / "model.xml"
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        timed = time_files_in_fresh_process(xml, {"bf16": xml}, tensor, physical_cores(), "openvino",
+                                            {"fp32": {"inference_precision": "f32"},
+                                             "bf16": {"inference_precision": "bf16"}})["bf16"]
+    return {"f32": round(timed["fp32_ms"], 3), "bf16": round(timed["ms"], 3), "bf16_vs_f32": round(timed["vs_fp32"], 3)}
 
 
-def _timed_hint(model: Any, job: ConvertJob, input_name: str, host: str) -> tuple[str, dict[str, Any]]:
+def _timed_hint(model: Any, job: ConvertJob, input_name: str, host: str, untimed: str) -> tuple[str, dict[str, Any]]:
     """bf16 or f32 for the float parts of ``model``, whichever runs it faster on this host (the package's CPU);
     bf16 only when at least ``BF16_MIN_SPEEDUP`` faster, since f32 is the more exact. Timed on the quantised
     model before any accuracy search (which moves layers to float); the record's ``shipped`` says what the
-    budget left."""
-    job.progress("openvino int8: timing the float parts in bf16 and in f32 on this host")
-    ms = time_hints(model, input_name, job.calibration.tensors[0])
-    speedup = ms["f32"] / ms["bf16"]
+    budget left. A timing that fails leaves the hint ``untimed`` (one warning line)."""
+    job.progress("openvino int8: timing the float parts in bf16 and in f32 on this host, in a fresh process")
+    try:
+        ms = time_hints(model, input_name, job.calibration.tensors[0])
+    except (EdgeRuntimeError, ValueError) as exc:
+        log.warning("openvino int8: the hints were not timed, %s kept: %s", untimed, str(exc).splitlines()[0])
+        return untimed, {"chosen": untimed, "why": "not timed: the timing failed"}
+    speedup = ms.pop("bf16_vs_f32", ms["f32"] / ms["bf16"])  # the median of per-repeat ratios
     hint = "bf16" if speedup >= BF16_MIN_SPEEDUP else "f32"
     why = (f"bf16 ran {speedup:.2f}x as fast as f32 on {host}" +
            ("" if hint == "bf16" else f"; bf16 ships only from {BF16_MIN_SPEEDUP:.2f}x, f32 being the more exact"))
     job.progress(f"openvino int8: {why}: {hint}")
-    return hint, {"chosen": hint, "why": why, "ms": ms}
+    return hint, {"chosen": hint, "why": why, "ms": ms, "bf16_vs_f32": round(speedup, 3)}
 
 
 def quantize_concat_inputs(model: Any, tensors: list[np.ndarray], input_name: str) -> int:
@@ -360,6 +379,64 @@ def _runner(compiled: Any, input_name: str, outputs: list[str]) -> Runner:
     return run
 
 
+def _choose_preset(candidates: dict[str, Any], job: ConvertJob, input_name: str, hint: str
+                   ) -> tuple[str, dict[str, Any]]:
+    """Which NNCF preset's INT8 IR ships (``ov_preset`` "auto"): ``candidates`` maps each preset to its IR as it
+    would ship (the passes applied). Each is measured against FP32 under ``hint`` (the budget's metric, else
+    cosine on held-out images) and, when this host is the package's CPU, timed against the other in a fresh
+    process; the fastest that meets the budget (without one: within ``PRESET_COSINE_SLACK`` of the best, so the
+    more accurate) ships, untimed the more accurate. Symmetric activations ("performance") ran faster with
+    oneDNN; which is the more accurate depends on the model (docs/formats-and-int8.md). Returns (preset, record)."""
+    import openvino as ov
+
+    outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
+    budget = job.accuracy
+    metric = budget.metric if budget is not None else job.agreement
+    value = {}
+    for name, candidate in candidates.items():
+        compiled = ov.compile_model(candidate, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        value[name] = float(metric(_runner(compiled, input_name, outputs)))
+        value[name] = value[name] if np.isfinite(value[name]) else -1.0
+    here, host = host_is_target(job.options)
+    speed: dict[str, float] = {}
+    if here:
+        job.progress(f"openvino int8: timing the presets {', '.join(candidates)} on this host, in a fresh process")
+        baseline, *others = candidates
+        try:
+            with tempfile.TemporaryDirectory(prefix="edge-runtime-presets-") as tmp:
+                files = {name: Path(tmp) / f"{name}.xml" for name in candidates}
+                for name, candidate in candidates.items():
+                    ov.save_model(candidate, str(files[name]), compress_to_fp16=False)
+                timed = time_files_in_fresh_process(
+                    files[baseline], {name: files[name] for name in others}, job.calibration.tensors[0],
+                    physical_cores(), "openvino", {name: {"inference_precision": hint} for name in ["fp32", *others]})
+            speed = {baseline: 1.0, **{name: timed[name]["vs_fp32"] for name in others}}
+        except (EdgeRuntimeError, ValueError) as exc:  # untimed, the more accurate ships (as for another CPU)
+            log.warning("openvino int8: the presets were not timed: %s", str(exc).splitlines()[0])
+    if budget is not None:
+        floor, rule = budget.target, f"meets the budget ({metric.name} >= {budget.target:.4f})"
+    else:
+        floor = max(value.values()) - PRESET_COSINE_SLACK
+        rule = f"is within {PRESET_COSINE_SLACK} of the best" if PRESET_COSINE_SLACK else "is the best"
+    eligible = [name for name in candidates if value[name] >= floor - 1e-9] or [max(value, key=value.get)]
+    if speed:
+        chosen = max(eligible, key=speed.get)
+        why = f"the fastest on {host} whose {metric.name} {rule}"
+        why += "".join(f"; {name} is faster ({speed[name]:.2f}x) but its {metric.name} {value[name]:.4f} is not"
+                       for name in candidates if speed[name] > speed[chosen])
+    else:
+        chosen = max(eligible, key=value.get)
+        why = "the most accurate: speed not measured " + \
+            (f"({host} is not target {job.options.get('target')})" if not here else "(the timing failed)")
+    job.progress(f"openvino int8: preset {chosen}, {why}")
+    record = {"chosen": chosen, "why": why, "metric": metric.name, "hint": hint,
+              "measured_on": f"{len(metric.images)} held-out images",
+              "candidates": {name: {metric.name: round(value[name], 5),
+                                    **({f"speed_vs_{baseline}": round(speed[name], 3)} if speed else {})}
+                             for name in candidates}}
+    return chosen, record
+
+
 def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on: str | None
               ) -> tuple[Any, dict[str, Any], str]:
     """NNCF PTQ (with the accuracy-aware search when ``job.accuracy`` is set), then the Concat pass; a budget
@@ -372,10 +449,10 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
 
     if job.calibration is None or not len(job.calibration):
         raise EdgeRuntimeError("OpenVINO INT8 needs calibration images (--calib)")
-    preset_name = str(job.options.get("ov_preset", "mixed")).lower()
+    preset_name = str(job.options.get("ov_preset") or "auto").lower()
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
-    if preset_name not in presets:
-        raise EdgeRuntimeError(f"ov_preset {preset_name!r} is not one of {', '.join(presets)}")
+    if preset_name not in ("auto", *presets):
+        raise EdgeRuntimeError(f"ov_preset {preset_name!r} is not one of auto, {', '.join(presets)}")
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
@@ -411,16 +488,22 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
         extra_args["model_type"] = nncf.ModelType.TRANSFORMER
         advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(convolution=float(smooth_quant), matmul=-1)
     dataset = nncf.Dataset(tensors, lambda tensor: {input_name: tensor})
-    job.progress(f"openvino int8: NNCF PTQ on {len(tensors)} calibration images, preset {preset_name}, "
-                 f"{len(tail)} tail ops and {len(head)} first convolutions kept in float")
-    settings = {"preset": presets[preset_name], "fast_bias_correction": fast_bc,
+    settings = {"fast_bias_correction": fast_bc,
                 "ignored_scope": nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
                 "advanced_parameters": AdvancedQuantizationParameters(**advanced), **extra_args}
-    base = nncf.quantize(model, dataset, subset_size=len(tensors), **settings)
+    # "auto": both presets, measured, where held-out images can measure them; else mixed, the earlier default
+    metric = job.accuracy.metric if job.accuracy is not None else job.agreement
+    tried_presets = list(OV_PRESETS) if preset_name == "auto" and metric is not None else \
+        ["mixed" if preset_name == "auto" else preset_name]
+    job.progress(f"openvino int8: NNCF PTQ on {len(tensors)} calibration images, preset "
+                 f"{' and '.join(tried_presets)}, {len(tail)} tail ops and {len(head)} first convolutions in float")
+    bases = {name: nncf.quantize(model, dataset, subset_size=len(tensors), preset=presets[name], **settings)
+             for name in tried_presets}
 
-    def finish(with_stem: bool, with_pass: bool) -> tuple[Any, dict[str, Any], int]:
-        """A copy of ``base`` with the stem pass and/or the Concat pass: (model, stem record, added)."""
-        done = base.clone()
+    def finish(with_stem: bool, with_pass: bool, preset: str | None = None) -> tuple[Any, dict[str, Any], int]:
+        """A copy of ``base`` (or of ``preset``'s) with the stem pass and/or the Concat pass: (model, stem record,
+        added)."""
+        done = (base if preset is None else bases[preset]).clone()
         stem = quantize_image_convs(done, job.manifest.input, stem_bits) if with_stem else {}
         return done, stem, quantize_concat_inputs(done, tensors, input_name) if with_pass else 0
 
@@ -429,12 +512,20 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
         return bool(built[1]), built[2] > 0
 
     info: dict[str, Any] = {}
+    firsts = {name: finish(stem_pass, concat_pass, name) for name in bases}
+    if timed_on is not None:  # the hint first: the presets differ in the int8 parts, the hint is for the float ones
+        hint, info["inference_precision_timed"] = _timed_hint(firsts[tried_presets[0]][0], job, input_name,
+                                                              timed_on, hint)
+    chosen_preset = tried_presets[0]
+    if len(bases) > 1:
+        chosen_preset, info["preset_choice"] = _choose_preset({k: v[0] for k, v in firsts.items()}, job,
+                                                              input_name, hint)
+    base = bases[chosen_preset]
+    settings["preset"] = presets[chosen_preset]  # the accuracy-aware search re-quantises with it
     budget = job.accuracy
-    first = finish(stem_pass, concat_pass)
+    first = firsts[chosen_preset]
     built = {passes(first): first}  # by what the passes changed, so that equal models are built once
     quantized, stem, added = first
-    if timed_on is not None:
-        hint, info["inference_precision_timed"] = _timed_hint(quantized, job, input_name, timed_on)
     if budget is not None:
         outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
 
@@ -488,7 +579,7 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
         job.progress(f"openvino int8: {len(stem['convs'])} stem convolution(s) quantised on the pixel grid, "
                      f"{stem['weight_bits']}-bit weights")
     job.progress(f"openvino int8: {added} Concat inputs and sliced tensors quantised")
-    return quantized, {**info, "tool": "nncf.quantize", "preset": preset_name, "ignore_tail": ignore_tail,
+    return quantized, {**info, "tool": "nncf.quantize", "preset": chosen_preset, "ignore_tail": ignore_tail,
                        "ignored_tail_ops": len(tail), "float_first_convs": float_depth,
                        "float_convs": [name for name in head if name not in (stem or {}).get("convs", [])],
                        "fast_bias_correction": fast_bc, "smooth_quant": smooth_quant,

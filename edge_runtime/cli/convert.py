@@ -55,8 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "FP32), ort (ONNX Runtime's quantize_static, uint8 activations: its fast kernels), or auto: "
                         "both, and the fastest on this host whose cosine with FP32 is as good (or meets the "
                         "budget); the manifest records both and why [auto]")
-    p.add_argument("--ov-preset", default="mixed", choices=["mixed", "performance"],
-                   help="NNCF preset for OpenVINO INT8 [mixed]")
+    p.add_argument("--ov-preset", default="auto", choices=["auto", "mixed", "performance"],
+                   help="NNCF preset for OpenVINO INT8: mixed (asymmetric activations), performance (symmetric), "
+                        "or auto: both, and the fastest on this host whose cosine with FP32 is as good (or meets "
+                        "the budget); the manifest records both and why [auto]")
     p.add_argument("--openvino-inference-precision", default=None,
                    choices=target_keys()["openvino_inference_precision"][1].choices,
                    help="INFERENCE_PRECISION_HINT an OpenVINO INT8 IR is checked and run with (its float parts); auto: "
