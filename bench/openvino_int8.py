@@ -3,7 +3,8 @@
     python bench/openvino_int8.py PKG --calib ../shared/fixtures/images/calib-coco-val2017 --calib-size 32
 
 Each variant is an IR made by ``converters.convert_openvino`` (the code ``edge-runtime convert`` runs)
-with a set of converter options (``int8`` is the default recipe, with the Concat pass; ``int8-stem`` adds
+with a set of converter options (``int8`` is the default recipe with NNCF's mixed preset, ``int8-sym`` with its
+performance one, both with the Concat pass; ``int8-stem`` adds
 the opt-in stem pass; ``int8-plain`` and its variants are without either), compiled with an
 ``INFERENCE_PRECISION_HINT`` given per variant (f32, or bf16 for the float parts, which the runtime uses
 for an INT8 IR on a CPU with BF16). All models run in one process, 2 threads, on the same preprocessed
@@ -37,24 +38,26 @@ from edge_runtime.deploy.hostinfo import cpu_summary
 from edge_runtime.manifest import load_manifest
 from edge_runtime.timing import interleaved_times
 
-# IR name -> (precision, converter options); "int8" is what `convert --precisions int8` makes, "int8-stem"
+# IR name -> (precision, converter options); "int8" is what `convert --precisions int8` makes with NNCF's mixed
+# preset and "int8-sym" with its performance one (convert measures both, `ov_preset` auto), "int8-stem"
 # that with the stem quantised on the pixel grid (`quantize_image_convs`, opt-in), "int8-plain" the default
 # without the Concat pass (`quantize_concat_inputs`), and the variants of that
-PLAIN = {"ov_quantize_concat_inputs": False}
+PLAIN = {"ov_quantize_concat_inputs": False, "ov_preset": "mixed"}
 IRS: dict[str, tuple[str, dict[str, Any]]] = {
     "fp32": ("fp32", {}),
-    "int8-stem": ("int8", {"ov_quantize_stem": True}),
-    "int8-stem-depth1": ("int8", {"ov_quantize_stem": True, "ov_float_first_convs": 1}),
+    "int8-stem": ("int8", {"ov_quantize_stem": True, "ov_preset": "mixed"}),
+    "int8-stem-depth1": ("int8", {"ov_quantize_stem": True, "ov_float_first_convs": 1, "ov_preset": "mixed"}),
     "int8-plain": ("int8", PLAIN),
     "int8-performance": ("int8", {**PLAIN, "ov_preset": "performance"}),
     "int8-first-int8": ("int8", {**PLAIN, "ov_float_first_convs": 0}),
     "int8-tail-int8": ("int8", {**PLAIN, "ov_ignore_tail": False}),
     "int8-all-int8": ("int8", {**PLAIN, "ov_float_first_convs": 0, "ov_ignore_tail": False}),
-    "int8": ("int8", {}),
-    "int8-first-int8-concat": ("int8", {"ov_float_first_convs": 0}),
+    "int8": ("int8", {"ov_preset": "mixed"}),
+    "int8-sym": ("int8", {"ov_preset": "performance"}),
+    "int8-first-int8-concat": ("int8", {"ov_float_first_convs": 0, "ov_preset": "mixed"}),
 }
 # variant name -> (IR name, INFERENCE_PRECISION_HINT): every IR in f32, these also with the float parts in bf16
-BF16_IRS = ("fp32", "int8-plain", "int8-all-int8", "int8", "int8-stem", "int8-stem-depth1")
+BF16_IRS = ("fp32", "int8-plain", "int8-all-int8", "int8", "int8-sym", "int8-stem", "int8-stem-depth1")
 VARIANTS: dict[str, tuple[str, str]] = {}
 for _ir in IRS:
     VARIANTS[_ir] = (_ir, "f32")

@@ -7,6 +7,7 @@ orchestrator that loads it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,8 @@ from edge_runtime.deploy.targets import Target, load_target
 from edge_runtime.manifest import Manifest
 
 from .accuracy import AccuracyBudget, CosineAgreement
+
+log = logging.getLogger(__name__)
 from .calibration import CalibrationSet
 
 
@@ -84,3 +87,28 @@ def saturation_unmeasured(options: dict[str, Any]) -> bool:
     if options.get("target") and not options.get("target_x86_cpu", False):
         return False
     return int8_weights_saturate(options) and host_int8_saturates() is not True
+
+
+def time_or_warn(what: str, timer: Callable[[], dict[str, dict[str, float]]]) -> dict[str, dict[str, float]] | None:
+    """``timer()`` (a fresh-process timing, ``edge_runtime.speed``), or None with one warning line naming
+    ``what`` when it fails in any way: a timing only ranks candidates, so it never costs the conversion."""
+    try:
+        return timer()
+    except Exception as exc:  # noqa: BLE001 (a runtime's, the OS's or the worker's own error: all optional here)
+        log.warning("%s: not timed: %s", what, (str(exc).splitlines() or [type(exc).__name__])[0])
+        return None
+
+
+def choose_candidate(value: dict[str, float], speed: dict[str, float], floor: float, rule: str, metric: str,
+                     host: str, untimed: str) -> tuple[str, str]:
+    """The candidate a converter ships of several measured ones, and why: ``value`` (key -> its accuracy by
+    ``metric``, higher is better), ``speed`` (key -> its speed against a common baseline on ``host``; empty when
+    not timed, ``untimed`` says why). Eligible are those at or above ``floor`` (``rule`` says what that is),
+    else the most accurate; timed, the fastest eligible one ships, else the most accurate."""
+    eligible = [key for key in value if value[key] >= floor - 1e-9] or [max(value, key=value.get)]
+    if not speed:
+        return max(eligible, key=value.get), f"the most accurate: speed not measured ({untimed})"
+    chosen = max(eligible, key=speed.get)
+    return chosen, f"the fastest on {host} whose {metric} {rule}" + "".join(
+        f"; {key} is faster ({speed[key]:.2f}x) but its {metric} {value[key]:.4f} is not"
+        for key in value if speed[key] > speed[chosen])

@@ -78,7 +78,15 @@ from edge_runtime.speed import time_files_in_fresh_process
 from edge_runtime.versions import package_version
 
 from .accuracy import Runner, run_nncf_search
-from .convert_job import ConvertJob, ConvertResult, host_is_target, int8_weights_saturate, saturation_unmeasured
+from .convert_job import (
+    ConvertJob,
+    ConvertResult,
+    choose_candidate,
+    host_is_target,
+    int8_weights_saturate,
+    saturation_unmeasured,
+    time_or_warn,
+)
 from .shuffle_fold import FoldResult, fold_channel_shuffles
 
 log = logging.getLogger(__name__)
@@ -196,22 +204,21 @@ def time_hints(model: Any, input_name: str, tensor: np.ndarray) -> dict[str, flo
         ov.save_model(model, str(xml), compress_to_fp16=False)
         timed = time_files_in_fresh_process(xml, {"bf16": xml}, tensor, physical_cores(), "openvino",
                                             {"fp32": {"inference_precision": "f32"},
-                                             "bf16": {"inference_precision": "bf16"}})["bf16"]
+                                             "bf16": {"inference_precision": "bf16"}},
+                                            what="openvino int8 hints")["bf16"]
     return {"f32": round(timed["fp32_ms"], 3), "bf16": round(timed["ms"], 3), "bf16_vs_f32": round(timed["vs_fp32"], 3)}
 
 
-def _timed_hint(model: Any, job: ConvertJob, input_name: str, host: str, untimed: str) -> tuple[str, dict[str, Any]]:
+def _timed_hint(model: Any, job: ConvertJob, input_name: str, host: str) -> tuple[str, dict[str, Any]]:
     """bf16 or f32 for the float parts of ``model``, whichever runs it faster on this host (the package's CPU);
-    bf16 only when at least ``BF16_MIN_SPEEDUP`` faster, since f32 is the more exact. Timed on the quantised
-    model before any accuracy search (which moves layers to float); the record's ``shipped`` says what the
-    budget left. A timing that fails leaves the hint ``untimed`` (one warning line)."""
+    bf16 only when at least ``BF16_MIN_SPEEDUP`` faster, since f32 is the more exact (so f32 when the timing
+    fails, with one warning line). Timed on the quantised model (the first preset's) before the preset choice
+    and any accuracy search (which moves layers to float); the record's ``shipped`` says what the budget left."""
     job.progress("openvino int8: timing the float parts in bf16 and in f32 on this host, in a fresh process")
-    try:
-        ms = time_hints(model, input_name, job.calibration.tensors[0])
-    except (EdgeRuntimeError, ValueError) as exc:
-        log.warning("openvino int8: the hints were not timed, %s kept: %s", untimed, str(exc).splitlines()[0])
-        return untimed, {"chosen": untimed, "why": "not timed: the timing failed"}
-    speedup = ms.pop("bf16_vs_f32", ms["f32"] / ms["bf16"])  # the median of per-repeat ratios
+    ms = time_or_warn("openvino int8 hints", lambda: time_hints(model, input_name, job.calibration.tensors[0]))
+    if ms is None:
+        return "f32", {"chosen": "f32", "why": "not timed (the timing failed): f32, the more exact"}
+    speedup = ms.pop("bf16_vs_f32")  # the median of per-repeat ratios
     hint = "bf16" if speedup >= BF16_MIN_SPEEDUP else "f32"
     why = (f"bf16 ran {speedup:.2f}x as fast as f32 on {host}" +
            ("" if hint == "bf16" else f"; bf16 ships only from {BF16_MIN_SPEEDUP:.2f}x, f32 being the more exact"))
@@ -380,13 +387,14 @@ def _runner(compiled: Any, input_name: str, outputs: list[str]) -> Runner:
 
 
 def _choose_preset(candidates: dict[str, Any], job: ConvertJob, input_name: str, hint: str
-                   ) -> tuple[str, dict[str, Any]]:
+                   ) -> tuple[str, dict[str, Any], float]:
     """Which NNCF preset's INT8 IR ships (``ov_preset`` "auto"): ``candidates`` maps each preset to its IR as it
     would ship (the passes applied). Each is measured against FP32 under ``hint`` (the budget's metric, else
     cosine on held-out images) and, when this host is the package's CPU, timed against the other in a fresh
     process; the fastest that meets the budget (without one: within ``PRESET_COSINE_SLACK`` of the best, so the
     more accurate) ships, untimed the more accurate. Symmetric activations ("performance") ran faster with
-    oneDNN; which is the more accurate depends on the model (docs/formats-and-int8.md). Returns (preset, record)."""
+    oneDNN; which is the more accurate depends on the model (docs/formats-and-int8.md). Returns (preset, record,
+    its measured value)."""
     import openvino as ov
 
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
@@ -397,49 +405,48 @@ def _choose_preset(candidates: dict[str, Any], job: ConvertJob, input_name: str,
         compiled = ov.compile_model(candidate, "CPU", {"INFERENCE_PRECISION_HINT": hint})
         value[name] = float(metric(_runner(compiled, input_name, outputs)))
         value[name] = value[name] if np.isfinite(value[name]) else -1.0
-    here, host = host_is_target(job.options)
-    speed: dict[str, float] = {}
-    if here:
-        job.progress(f"openvino int8: timing the presets {', '.join(candidates)} on this host, in a fresh process")
-        baseline, *others = candidates
-        try:
-            with tempfile.TemporaryDirectory(prefix="edge-runtime-presets-") as tmp:
-                files = {name: Path(tmp) / f"{name}.xml" for name in candidates}
-                for name, candidate in candidates.items():
-                    ov.save_model(candidate, str(files[name]), compress_to_fp16=False)
-                timed = time_files_in_fresh_process(
-                    files[baseline], {name: files[name] for name in others}, job.calibration.tensors[0],
-                    physical_cores(), "openvino", {name: {"inference_precision": hint} for name in ["fp32", *others]})
-            speed = {baseline: 1.0, **{name: timed[name]["vs_fp32"] for name in others}}
-        except (EdgeRuntimeError, ValueError) as exc:  # untimed, the more accurate ships (as for another CPU)
-            log.warning("openvino int8: the presets were not timed: %s", str(exc).splitlines()[0])
     if budget is not None:
         floor, rule = budget.target, f"meets the budget ({metric.name} >= {budget.target:.4f})"
     else:
         floor = max(value.values()) - PRESET_COSINE_SLACK
         rule = f"is within {PRESET_COSINE_SLACK} of the best" if PRESET_COSINE_SLACK else "is the best"
-    eligible = [name for name in candidates if value[name] >= floor - 1e-9] or [max(value, key=value.get)]
-    if speed:
-        chosen = max(eligible, key=speed.get)
-        why = f"the fastest on {host} whose {metric.name} {rule}"
-        why += "".join(f"; {name} is faster ({speed[name]:.2f}x) but its {metric.name} {value[name]:.4f} is not"
-                       for name in candidates if speed[name] > speed[chosen])
-    else:
-        chosen = max(eligible, key=value.get)
-        why = "the most accurate: speed not measured " + \
-            (f"({host} is not target {job.options.get('target')})" if not here else "(the timing failed)")
+    here, host = host_is_target(job.options)
+    speed: dict[str, float] = {}
+    baseline, *others = candidates
+    qualify = sum(v >= floor - 1e-9 for v in value.values())
+    if here and qualify > 1:  # timed only where the speed decides
+        threads = physical_cores()
+        job.progress(f"openvino int8: timing the presets {', '.join(candidates)} on this host, {threads} threads, "
+                     "in a fresh process")
+        with tempfile.TemporaryDirectory(prefix="edge-runtime-presets-") as tmp:
+            files = {name: Path(tmp) / f"{name}.xml" for name in candidates}
+
+            def timer() -> dict[str, dict[str, float]]:
+                for name, candidate in candidates.items():
+                    ov.save_model(candidate, str(files[name]), compress_to_fp16=False)
+                return time_files_in_fresh_process(
+                    files[baseline], {name: files[name] for name in others}, job.calibration.tensors[0], threads,
+                    "openvino", {name: {"inference_precision": hint} for name in ["fp32", *others]},
+                    what="openvino int8 presets")
+            timed = time_or_warn("openvino int8 presets", timer)
+        if timed is not None:
+            speed = {baseline: 1.0, **{name: timed[name]["vs_fp32"] for name in others}}
+    untimed = f"{host} is not target {job.options.get('target')}" if not here else \
+        "the timing failed" if qualify > 1 else f"only one preset's {metric.name} {rule}" if qualify else "none qualify"
+    chosen, why = choose_candidate(value, speed, floor, rule, metric.name, host, untimed)
     job.progress(f"openvino int8: preset {chosen}, {why}")
-    record = {"chosen": chosen, "why": why, "metric": metric.name, "hint": hint,
+    record = {"chosen": chosen, "why": why, "host": host, "metric": metric.name, "hint": hint,
               "measured_on": f"{len(metric.images)} held-out images",
-              "candidates": {name: {metric.name: round(value[name], 5),
+              "candidates": {name: {metric.name: round(value[name], 6),
                                     **({f"speed_vs_{baseline}": round(speed[name], 3)} if speed else {})}
                              for name in candidates}}
-    return chosen, record
+    return chosen, record, value[chosen]
 
 
 def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on: str | None
               ) -> tuple[Any, dict[str, Any], str]:
-    """NNCF PTQ (with the accuracy-aware search when ``job.accuracy`` is set), then the Concat pass; a budget
+    """NNCF PTQ with the preset ``ov_preset`` names ("auto": both, ``_choose_preset``), the accuracy-aware search
+    when ``job.accuracy`` is set, then the Concat pass; a budget
     is measured with the CPU hint ``hint`` (one this CPU computes), or with the faster of bf16 and f32 on the
     quantised model when ``timed_on`` names this host (the package's CPU). NNCF's search scores its
     candidates in f32, so a result that meets the budget there and misses it in bf16 ships with the hint f32.
@@ -500,10 +507,9 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
     bases = {name: nncf.quantize(model, dataset, subset_size=len(tensors), preset=presets[name], **settings)
              for name in tried_presets}
 
-    def finish(with_stem: bool, with_pass: bool, preset: str | None = None) -> tuple[Any, dict[str, Any], int]:
-        """A copy of ``base`` (or of ``preset``'s) with the stem pass and/or the Concat pass: (model, stem record,
-        added)."""
-        done = (base if preset is None else bases[preset]).clone()
+    def finish(quantized: Any, with_stem: bool, with_pass: bool) -> tuple[Any, dict[str, Any], int]:
+        """A copy of NNCF's ``quantized`` with the stem pass and/or the Concat pass: (model, stem record, added)."""
+        done = quantized.clone()
         stem = quantize_image_convs(done, job.manifest.input, stem_bits) if with_stem else {}
         return done, stem, quantize_concat_inputs(done, tensors, input_name) if with_pass else 0
 
@@ -512,14 +518,17 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
         return bool(built[1]), built[2] > 0
 
     info: dict[str, Any] = {}
-    firsts = {name: finish(stem_pass, concat_pass, name) for name in bases}
+    firsts = {name: finish(bases[name], stem_pass, concat_pass) for name in bases}
     if timed_on is not None:  # the hint first: the presets differ in the int8 parts, the hint is for the float ones
         hint, info["inference_precision_timed"] = _timed_hint(firsts[tried_presets[0]][0], job, input_name,
-                                                              timed_on, hint)
-    chosen_preset = tried_presets[0]
+                                                              timed_on)
+    chosen_preset, measured = tried_presets[0], None  # measured: the chosen IR's value by the budget's metric
+    if preset_name == "auto" and len(bases) == 1:
+        info["preset_choice"] = {"chosen": chosen_preset, "why": "no held-out images to measure the presets on: "
+                                 "mixed, the default before the choice"}
     if len(bases) > 1:
-        chosen_preset, info["preset_choice"] = _choose_preset({k: v[0] for k, v in firsts.items()}, job,
-                                                              input_name, hint)
+        chosen_preset, info["preset_choice"], measured = _choose_preset({k: v[0] for k, v in firsts.items()},
+                                                                        job, input_name, hint)
     base = bases[chosen_preset]
     settings["preset"] = presets[chosen_preset]  # the accuracy-aware search re-quantises with it
     budget = job.accuracy
@@ -535,14 +544,15 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
 
         job.progress(f"openvino int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
                      f"{len(budget.metric.images)} held-out images, {hint}")
-        before = measure(quantized)  # "before": the recipe without the search, with its passes
+        # "before": the recipe without the search, with its passes (as the preset choice measured it)
+        before = measure(quantized) if measured is None else measured
         plain_float = set(float_convs(base))
         searched_again = before < budget.target  # met as quantised: the search would quantise again to the same
         tried: dict[tuple[bool, bool, str], float] = {(*passes(first), hint): before}
         if searched_again:
             base = run_nncf_search(model, budget, input_name, tensors,
                                    lambda compiled: _runner(compiled, input_name, outputs), **settings)
-            first = finish(stem_pass, concat_pass)
+            first = finish(base, stem_pass, concat_pass)
             built, tried = {passes(first): first}, {}
         searched_float = sorted(set(float_convs(base)) - plain_float)
         # fastest first: both passes and the hint, then without the stem pass, then without the Concat pass,
@@ -554,7 +564,7 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
         for variant in variants:
             if variant not in tried:
                 if variant[:2] not in built:
-                    built[variant[:2]] = finish(*variant[:2])
+                    built[variant[:2]] = finish(base, *variant[:2])
                 tried[variant] = measure(built[variant[:2]][0], variant[2])
             if tried[variant] >= budget.target - 1e-9:
                 break

@@ -32,12 +32,19 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edge_runtime.deploy.hostinfo import physical_cores
-from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.speed import REPEATS as SPEED_REPEATS
 from edge_runtime.speed import time_files_in_fresh_process
 
 from .accuracy import CosineAgreement, float_prefix_search, run_nncf_search
-from .convert_job import ConvertJob, ConvertResult, host_is_target, int8_weights_saturate, saturation_unmeasured
+from .convert_job import (
+    ConvertJob,
+    ConvertResult,
+    choose_candidate,
+    host_is_target,
+    int8_weights_saturate,
+    saturation_unmeasured,
+    time_or_warn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -278,30 +285,21 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path
         threads = physical_cores()
         job.progress(f"onnx int8: timing {', '.join(candidates)} against FP32 on this host, {threads} threads, "
                      "in a fresh process")
-        try:
-            timed = time_files_in_fresh_process(fp32, {key: path for key, (path, _) in candidates.items()},
-                                                metric.images[0], threads)
+        timed = time_or_warn("onnx int8 recipes", lambda: time_files_in_fresh_process(
+            fp32, {key: path for key, (path, _) in candidates.items()}, metric.images[0], threads,
+            what="onnx int8 recipes"))
+        if timed is not None:
             speed = {key: timed[key]["vs_fp32"] for key in candidates}
             timing = {"threads": threads, "how": f"median latency on one {images} image in a fresh process, "
                       f"{SPEED_REPEATS} repeats taking turns with FP32, the median of their ratios"}
-        except (EdgeRuntimeError, ValueError) as exc:  # untimed, the more accurate ships (as for another CPU)
-            log.warning("onnx int8: the recipes were not timed: %s", str(exc).splitlines()[0])
     if budget is not None:
         floor, rule = budget.target, f"meets the budget ({metric.name} >= {budget.target:.4f})"
     else:
         floor = max(value.values()) - RECIPE_COSINE_SLACK
         rule = f"is within {RECIPE_COSINE_SLACK} of the best"
-    eligible = [key for key in candidates if value[key] >= floor - 1e-9] or [max(value, key=value.get)]
-    if speed:
-        chosen = max(eligible, key=speed.get)
-        why = f"the fastest on {host} whose {metric.name} {rule}"
-        faster = [key for key in candidates if speed[key] > speed[chosen]]
-        why += "".join(f"; {key} is faster ({speed[key]:.2f}x FP32) but its {metric.name} {value[key]:.4f} is not"
-                       for key in faster)
-    else:
-        chosen = max(eligible, key=value.get)
-        why = "the most accurate: speed not measured " + \
-            (f"({host} is not target {job.options.get('target')})" if not measured else "(the timing failed)")
+    chosen, why = choose_candidate(value, speed, floor, rule, metric.name, host,
+                                   f"{host} is not target {job.options.get('target')}" if not measured
+                                   else "the timing failed")
     record = {"chosen": chosen, "activations": activations[chosen], "why": why, "host": host,
               "metric": metric.name, "measured_on": f"{len(metric.images)} {images} images",
               "candidates": {key: {"activations": activations[key], metric.name: round(value[key], 5),

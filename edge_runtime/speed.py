@@ -1,5 +1,6 @@
 """An artifact's speed against its format's FP32 on this CPU, as ``convert`` records it (``speed``), and
-a converter's candidate files against their FP32 (the ONNX INT8 recipe's choice).
+model files against a baseline file, for the choices converters make by speed (the ONNX INT8 recipe, the
+OpenVINO INT8 hint and preset; the baseline is then called ``fp32`` whatever it is).
 
 Timed in a fresh interpreter (``python -m edge_runtime.speed``): inside a converter's process the
 sessions it keeps open share the cores and distort the figure. A subprocess rather than a spawned
@@ -29,6 +30,7 @@ from .timing import time_calls
 REPEATS = 3
 SECONDS_EACH = 0.25  # per artifact and repeat: enough calls for a stable median, a few seconds in all
 TIMEOUT_S = 600
+NCHW_FORMATS = ("onnx", "openvino")  # the files mode feeds the NCHW tensor as it is
 
 
 Opener = Callable[[], Callable[[], object]]  # opens a session, returns one timed call on the input
@@ -93,6 +95,9 @@ def time_files_against_fp32(fp32: str | Path, files: dict[str, str | Path], tens
     ``files`` (key -> path, NCHW input) against the model ``fp32`` of the same ``format``. ``options``: key
     (``fp32`` for the baseline) -> the backend's options, e.g. OpenVINO's ``inference_precision``, so that one
     file can be timed against itself under another setting."""
+    if format not in NCHW_FORMATS:  # fed the NCHW tensor as it is
+        raise EdgeRuntimeError(f"timing files: {format} is not one of {', '.join(NCHW_FORMATS)} (NCHW input)")
+
     def opener(key: str, path: str | Path) -> Opener:
         def open_run() -> Callable[[], object]:
             backend = open_backend(Path(path), format, threads, (options or {}).get(key))
@@ -117,10 +122,10 @@ def _fresh_process(args: list[str], what: str, tensor: np.ndarray, threads: int,
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise EdgeRuntimeError(f"{what}: timing against FP32 took over {timeout_s:.0f} s") from None
+            raise EdgeRuntimeError(f"{what} took over {timeout_s:.0f} s") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        raise EdgeRuntimeError(f"{what}: timing against FP32 failed: {last}")
+        raise EdgeRuntimeError(f"{what} failed: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -128,17 +133,23 @@ def time_in_fresh_process(package: str | Path, keys: list[str], tensor: np.ndarr
                           timeout_s: float = TIMEOUT_S) -> dict[str, dict[str, float]]:
     """``time_against_fp32`` in a fresh interpreter; a worker that fails or hangs is one
     ``EdgeRuntimeError`` line (its last stderr line, or the timeout)."""
-    return _fresh_process([str(package), "--keys", *keys], str(package), tensor, threads, timeout_s)
+    return _fresh_process([str(package), "--keys", *keys], f"{package}: timing against FP32", tensor,
+                          threads, timeout_s)
 
 
 def time_files_in_fresh_process(fp32: str | Path, files: dict[str, str | Path], tensor: np.ndarray, threads: int,
                                 format: str = "onnx", options: dict[str, dict[str, Any]] | None = None,
-                                timeout_s: float = TIMEOUT_S) -> dict[str, dict[str, float]]:
-    """``time_files_against_fp32`` in a fresh interpreter, failing as ``time_in_fresh_process`` does."""
-    args = ["--fp32", str(fp32), "--format", format, "--files", *(f"{key}={path}" for key, path in files.items())]
+                                timeout_s: float = TIMEOUT_S, what: str | None = None) -> dict[str, dict[str, float]]:
+    """``time_files_against_fp32`` in a fresh interpreter, failing as ``time_in_fresh_process`` does (the error
+    names ``what``, else the baseline file)."""
+    if format not in NCHW_FORMATS:
+        raise EdgeRuntimeError(f"timing files: {format} is not one of {', '.join(NCHW_FORMATS)} (NCHW input)")
+    if bad := [key for key in files if "=" in key or key == "fp32"]:
+        raise EdgeRuntimeError(f"timing files: key {bad[0]!r} (the keys name the files: no '=', fp32 is the baseline)")
+    args = [f"--fp32={fp32}", f"--format={format}", "--files", *(f"{key}={path}" for key, path in files.items())]
     if options:
-        args += ["--options", json.dumps(options)]
-    return _fresh_process(args, str(fp32), tensor, threads, timeout_s)
+        args.append(f"--options={json.dumps(options)}")
+    return _fresh_process(args, f"{what or fp32}: timing", tensor, threads, timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", nargs="+", help="the package's artifacts as format-precision, e.g. onnx-int8")
     ap.add_argument("--fp32", help="instead of a package: an FP32 model file, --files timed against it")
     ap.add_argument("--files", nargs="+", help="with --fp32: KEY=PATH model files of the same format")
-    ap.add_argument("--format", default="onnx", help="with --fp32: the files' format (default onnx)")
+    ap.add_argument("--format", default="onnx", choices=NCHW_FORMATS, help="with --fp32: the files' format")
     ap.add_argument("--options", type=json.loads, help='with --fp32: JSON {"KEY": {backend options}}, fp32 too')
     ap.add_argument("--input", required=True, help=".npy of the NCHW float32 input batch")
     ap.add_argument("--threads", type=int, required=True)
@@ -155,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.package is None) == (args.fp32 is None) or bool(args.keys) != bool(args.package) \
             or bool(args.files) != bool(args.fp32):
         ap.error("give a package with --keys, or --fp32 with --files")
+    if args.files and not all("=" in item for item in args.files):
+        ap.error("--files takes KEY=PATH items")
     tensor = np.load(args.input, allow_pickle=False)
     try:
         if args.package:

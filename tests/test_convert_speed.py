@@ -89,9 +89,15 @@ def test_recipe_candidates_are_timed_as_files_in_a_fresh_process(int8_package, t
         assert list(timed) == ["int8", "same"] and all(0.05 < row["vs_fp32"] < 20 for row in timed.values())
     with pytest.raises(EdgeRuntimeError, match="the key fp32 names the model timed against"):
         time_files_against_fp32(int8_package / "model.onnx", {"fp32": int8_package / "model.onnx"}, tensor, 1)
-    # a worker that fails is one line naming the FP32 file and the worker's own last line
-    with pytest.raises(EdgeRuntimeError, match=r"model\.onnx: timing against FP32 failed: .*missing\.onnx"):
-        time_files_in_fresh_process(int8_package / "model.onnx", {"int8": tmp_path / "missing.onnx"}, tensor, 1)
+    with pytest.raises(EdgeRuntimeError, match="key 'a=b'"):
+        time_files_in_fresh_process(int8_package / "model.onnx", {"a=b": int8_package / "model.onnx"}, tensor, 1)
+    with pytest.raises(EdgeRuntimeError, match="tflite is not one of onnx, openvino"):
+        time_files_in_fresh_process(int8_package / "model.onnx", {"a": int8_package / "model.onnx"}, tensor, 1,
+                                    format="tflite")
+    # a worker that fails is one line naming what was timed and the worker's own last line
+    with pytest.raises(EdgeRuntimeError, match=r"recipes: timing failed: .*missing\.onnx"):
+        time_files_in_fresh_process(int8_package / "model.onnx", {"int8": tmp_path / "missing.onnx"}, tensor, 1,
+                                    what="recipes")
 
 
 def test_a_failed_timing_costs_the_record_not_the_conversion(demo_package, calib, tmp_path, monkeypatch, caplog):
@@ -153,3 +159,33 @@ def test_convert_table_shows_the_speed(demo_package, calib, tmp_path):
                           text=True, timeout=120, cwd=ROOT)
     assert info.returncode == 0 and f"{recorded:.2f}x" in next(
         line for line in info.stdout.splitlines() if line.startswith("model_int8.onnx")).split()
+
+
+def test_converters_choose_the_fastest_eligible_candidate_and_say_why():
+    """The rule the ONNX INT8 recipe and the OpenVINO INT8 preset share (converters.convert_job)."""
+    from converters.convert_job import choose_candidate
+
+    value, speed = {"slow": 0.995, "fast": 0.990}, {"slow": 1.0, "fast": 1.5}
+    chosen, why = choose_candidate(value, speed, 0.99, "meets the budget", "cosine", "CPU X", "n/a")
+    assert chosen == "fast" and why == "the fastest on CPU X whose cosine meets the budget"
+    chosen, why = choose_candidate(value, speed, 0.993, "meets the budget", "cosine", "CPU X", "n/a")
+    assert chosen == "slow" and "; fast is faster (1.50x) but its cosine 0.9900 is not" in why
+    # none eligible: the most accurate, whatever the speed
+    assert choose_candidate(value, speed, 0.999, "meets it", "cosine", "CPU X", "n/a")[0] == "slow"
+    chosen, why = choose_candidate(value, {}, 0.99, "meets it", "cosine", "CPU X", "another CPU")
+    assert chosen == "slow" and why == "the most accurate: speed not measured (another CPU)"
+
+
+def test_a_failed_timing_is_one_warning_line_whatever_the_error(caplog):
+    from converters.convert_job import time_or_warn
+
+    def fails(error: Exception):
+        def timer():
+            raise error
+        return timer
+
+    assert time_or_warn("onnx int8 recipes", fails(RuntimeError(""))) is None
+    assert time_or_warn("openvino int8 presets", fails(IndexError("list index\nout of range"))) is None
+    assert "onnx int8 recipes: not timed: RuntimeError" in caplog.text
+    assert "openvino int8 presets: not timed: list index" in caplog.text and "out of range" not in caplog.text
+    assert time_or_warn("ok", lambda: {"a": {"vs_fp32": 1.0}}) == {"a": {"vs_fp32": 1.0}}

@@ -65,6 +65,12 @@ def test_budget_is_met_and_recorded(budget_package):
         # the check after conversion runs on the same held-out photos, never the calibration ones
         assert extra["fp32_agreement"]["checked_on"] == {"held_out_images": 24, "source": "calib-coco-val2017"}
         assert extra["fp32_agreement"]["cosine_mean"] >= budget - 1e-6, (fmt, extra["fp32_agreement"])
+    # OpenVINO's NNCF preset, measured under the budget: the one shipped (and searched) meets it, or none did
+    quantization = manifest.artifact("openvino", "int8").extra["quantization"]
+    choice = quantization["preset_choice"]
+    assert quantization["preset"] == choice["chosen"] and choice["metric"] == "cosine", choice
+    met = [k for k, c in choice["candidates"].items() if c["cosine"] >= MIN_COSINE[budget_package.name]["openvino"]]
+    assert choice["chosen"] in met or not met, choice
 
 
 def test_raw_outputs_on_unseen_photos(budget_package, samples):

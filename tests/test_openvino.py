@@ -391,9 +391,9 @@ def test_int8_recipe_is_recorded_and_verified_under_its_hint(ov_package):
 
 def test_int8_preset_is_chosen_by_what_was_measured(ov_package):
     """ov_preset auto: both NNCF presets quantised and measured against FP32 on the held-out photos under the
-    shipped hint, timed against each other on this host (its CPU: no target), and the faster one whose cosine
-    is within PRESET_COSINE_SLACK of the better ships. Measured (AMX Xeon): YOLO-FastestV2's symmetric
-    activations (performance) 0.9912 against 0.9908, NanoDet-Plus-m's 0.9889 against 0.9923 in bf16."""
+    shipped hint, timed against each other on this host (its CPU: no target), and without a budget the more
+    accurate ships (PRESET_COSINE_SLACK), the faster of equals. Measured (AMX Xeon): YOLO-FastestV2's
+    symmetric activations (performance) 0.9912 against 0.9908, NanoDet-Plus-m's 0.9889 against 0.9923 in bf16."""
     from converters.convert_openvino import OV_PRESETS, PRESET_COSINE_SLACK
 
     q = load_manifest(ov_package).artifact("openvino", "int8").extra["quantization"]
@@ -401,13 +401,19 @@ def test_int8_preset_is_chosen_by_what_was_measured(ov_package):
     found = choice["candidates"]
     assert set(found) == set(OV_PRESETS) and choice["metric"] == "cosine", choice
     assert choice["measured_on"].endswith("held-out images") and q["preset"] == choice["chosen"], choice
+    assert "the timing failed" not in choice["why"], choice  # the worker's warning line says why
     if "inference_precision_timed" in q:  # a BF16 CPU: the presets are measured under the timed hint
         assert choice["hint"] == q["inference_precision_timed"]["chosen"], choice
-    assert all(0.95 < c["cosine"] <= 1.0 + 1e-6 for c in found.values()), choice
-    assert all(0.3 < c["speed_vs_mixed"] < 3 for c in found.values()) and found["mixed"]["speed_vs_mixed"] == 1.0
+    assert 0.98 < found[choice["chosen"]]["cosine"] <= 1.0 + 1e-6, choice
     best = max(c["cosine"] for c in found.values())
-    eligible = [k for k, c in found.items() if c["cosine"] >= best - PRESET_COSINE_SLACK - 1e-9]
-    assert choice["chosen"] == max(eligible, key=lambda k: found[k]["speed_vs_mixed"]), choice
+    eligible = [k for k, c in found.items() if c["cosine"] >= best - PRESET_COSINE_SLACK - 2e-6]
+    assert choice["chosen"] in eligible, choice
+    if all("speed_vs_mixed" in c for c in found.values()):  # timed: more than one qualified
+        assert all(0.3 < c["speed_vs_mixed"] < 4 for c in found.values()), choice
+        assert found[choice["chosen"]]["speed_vs_mixed"] == max(found[k]["speed_vs_mixed"] for k in eligible)
+    else:  # the speed could not change the choice, so it was not timed
+        assert not any("speed_vs_mixed" in c for c in found.values()), choice
+        assert "speed not measured (only one preset's cosine is the best)" in choice["why"], choice
     # what was measured is what ships: NNCF's activation ranges are all symmetric (low 0 or -high) exactly with
     # "performance" (the Concat pass's own ranges, named by it, are min/max in both)
     import openvino as ov
@@ -571,11 +577,28 @@ def test_timed_hint_ships_bf16_only_when_clearly_faster(monkeypatch, f32_ms, bf1
     said: list[str] = []
     job = SimpleNamespace(options={}, progress=said.append,
                           calibration=SimpleNamespace(tensors=[np.zeros((1, 3, 8, 8), np.float32)]))
-    hint, record = convert_openvino._timed_hint(None, job, "data", "Some CPU (x86_64)", "bf16")
+    hint, record = convert_openvino._timed_hint(None, job, "data", "Some CPU (x86_64)")
     assert hint == record["chosen"] == want and record["ms"] == {"f32": f32_ms, "bf16": bf16_ms}
     assert record["bf16_vs_f32"] == round(f32_ms / bf16_ms, 3)
     assert f"bf16 ran {f32_ms / bf16_ms:.2f}x as fast as f32 on Some CPU (x86_64)" in record["why"]
     assert said[-1].endswith(want)
+
+
+def test_a_failed_hint_timing_ships_f32_with_one_warning(monkeypatch, caplog):
+    """The worker failing (any error) costs the timing, not the conversion: f32, the more exact, is recorded."""
+    from types import SimpleNamespace
+
+    from converters import convert_openvino
+
+    def fails(*args, **kwargs):
+        raise OSError("no fork\nsecond line")
+
+    monkeypatch.setattr(convert_openvino, "time_hints", fails)
+    job = SimpleNamespace(options={}, progress=lambda msg: None,
+                          calibration=SimpleNamespace(tensors=[np.zeros((1, 3, 8, 8), np.float32)]))
+    hint, record = convert_openvino._timed_hint(None, job, "data", "Some CPU (x86_64)")
+    assert hint == record["chosen"] == "f32" and "timing failed" in record["why"]
+    assert "openvino int8 hints: not timed: no fork" in caplog.text and "second line" not in caplog.text
 
 
 # --------------------------------------------------------------------------- bf16: the FP32 graph in bf16
