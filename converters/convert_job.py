@@ -18,9 +18,9 @@ from edge_runtime.deploy.targets import Target, load_target
 from edge_runtime.manifest import Manifest
 
 from .accuracy import AccuracyBudget, CosineAgreement
+from .calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
-from .calibration import CalibrationSet
 
 
 @dataclass

@@ -60,7 +60,6 @@ Options (``job.options``):
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from collections import deque
@@ -88,8 +87,6 @@ from .convert_job import (
     time_or_warn,
 )
 from .shuffle_fold import FoldResult, fold_channel_shuffles
-
-log = logging.getLogger(__name__)
 
 # ops whose output is a "feature map" the tail starts from; the walk back from the outputs stops there
 _PRODUCERS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData"}

@@ -20,7 +20,6 @@ outputs to the first Conv on each path.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,8 +44,6 @@ from .convert_job import (
     saturation_unmeasured,
     time_or_warn,
 )
-
-log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
