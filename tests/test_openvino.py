@@ -477,6 +477,13 @@ def test_target_forces_f32_and_the_check_runs_in_f32(demo_package, tmp_path, fix
     art = manifest.artifact("openvino", "int8")
     assert art.verified and art.extra["inference_precision_hint"] == "f32"
     assert art.extra["quantization"]["concat_inputs_quantized"] > 0
+    # another target's CPU: the presets are not timed here, the more accurate ships (or mixed, unmeasured)
+    choice = art.extra["quantization"]["preset_choice"]
+    assert "speed not measured (" in choice["why"] and "is not target f32-ov" in choice["why"] or \
+        "no held-out images" in choice["why"], choice
+    if "candidates" in choice:
+        assert all("speed_vs_mixed" not in c for c in choice["candidates"].values()), choice
+        assert choice["chosen"] == max(choice["candidates"], key=lambda k: choice["candidates"][k]["cosine"])
     assert "CPU f32, 2 threads" in art.extra["fp32_agreement"]["backend"]
     assert _hint(Detector(package, backend="openvino", precision="int8", threads=2).backend.compiled) == "f32"
     with pytest.raises(EdgeRuntimeError, match="openvino_inference_precision 'f16' is not one of auto, bf16, f32"):
