@@ -23,6 +23,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -133,6 +134,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
 
     quantized = quantize(excluded)
     metric = job.accuracy.metric if job.accuracy is not None else job.agreement
+    measured = None  # the budget's metric of ``quantized`` when the comparison below took it
     if head and metric is not None:
         with_head = quantize(excluded + list(head))
         plain, floated = metric(_runner(quantized, name, outputs)), metric(_runner(with_head, name, outputs))
@@ -141,6 +143,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
                      f"{plain:.4f} all quantised: {'kept' if kept else 'not kept'}")
         if kept:
             quantized, excluded = with_head, excluded + list(head)
+        measured = (floated if kept else plain) if job.accuracy is not None else None
         info["float_first_convs"] = {"convs": list(head), "kept": kept, "metric": metric.name,
                                      "with": round(float(floated), 5), "without": round(float(plain), 5)}
     settings["ignored_scope"] = nncf.IgnoredScope(names=excluded)
@@ -148,7 +151,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     if budget is not None:
         job.progress(f"onnx int8: accuracy-aware, {budget.metric.name} >= {budget.target:.4f} on "
                      f"{len(budget.metric.images)} held-out images")
-        before = after = budget.metric(_runner(quantized, name, outputs))
+        before = after = budget.metric(_runner(quantized, name, outputs)) if measured is None else measured
         plain_float = set(float_convs(quantized))
         if before < budget.target:  # met as quantised: NNCF's search would quantise again to the same model
             quantized = run_nncf_search(model, budget, name, job.calibration.tensors,
@@ -176,12 +179,15 @@ def _quantize_static(job: ConvertJob, prepared: Path, excluded: list[str], out: 
             "reduce_range": reduce_range, "weight_bits": 7 if reduce_range else 8}
 
 
-def _depths(model: onnx.ModelProto) -> dict[str, int]:
-    """Each node's depth from the input (longest path; ONNX lists nodes in topological order)."""
+def _depths(model: onnx.ModelProto, counted: Callable[[onnx.NodeProto], bool] = lambda node: True
+            ) -> dict[str, int]:
+    """Each node's depth from the input: the most ``counted`` nodes on a path from the input up to it, itself
+    included (every node: its depth in nodes, from 1; ONNX lists nodes in topological order)."""
     producer = {out: node.name for node in model.graph.node for out in node.output}
     depth: dict[str, int] = {}
     for node in model.graph.node:
-        depth[node.name] = 1 + max((depth[producer[i]] for i in node.input if i in producer), default=-1)
+        below = max((depth[producer[i]] for i in node.input if i in producer), default=0)
+        depth[node.name] = below + bool(counted(node))
     return depth
 
 
@@ -198,11 +204,7 @@ def conv_levels(model: onnx.ModelProto) -> list[list[str]]:
 def first_convs(model: onnx.ModelProto, depth: int) -> list[str]:
     """Convs at most ``depth`` convolutions deep from the input (counting themselves, on the deepest path),
     as OpenVINO's ``first_convs`` counts them."""
-    producer = {out: node.name for node in model.graph.node for out in node.output}
-    level: dict[str, int] = {}
-    for node in model.graph.node:  # topological order: every input's producer comes first
-        below = max((level[producer[i]] for i in node.input if i in producer), default=0)
-        level[node.name] = below + (node.op_type == "Conv")
+    level = _depths(model, lambda node: node.op_type == "Conv")
     return [n.name for n in model.graph.node if n.op_type == "Conv" and level[n.name] <= depth]
 
 
