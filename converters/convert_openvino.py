@@ -190,29 +190,40 @@ def bf16_unavailable() -> str | None:
             "a CPU that has them")
 
 
-def time_hints(model: Any, input_name: str, tensor: np.ndarray) -> dict[str, float]:
-    """Median ms per inference of ``model`` on this CPU under each hint, the physical cores' threads, in a fresh
-    process taking turns (``edge_runtime.speed``): in convert's process, with its other sessions alive, the
-    two read alike (YOLO-FastestV2's INT8 IR 3.39 / 3.42 ms) where alone bf16 ran 1.2x as fast (1.95 / 2.34)."""
+def _time_irs(irs: dict[str, tuple[Any, str]], tensor: np.ndarray, what: str) -> dict[str, dict[str, float]]:
+    """Each IR of ``irs`` (key -> (``ov.Model``, the ``INFERENCE_PRECISION_HINT`` to compile it with)) after the
+    first timed against the first, on this CPU with the physical cores' threads, in a fresh process taking turns
+    (``edge_runtime.speed``; one model given twice is saved once). Returns key -> {"ms", "fp32_ms", "vs_fp32"}."""
     import openvino as ov
 
-    with tempfile.TemporaryDirectory(prefix="edge-runtime-hints-") as tmp:
-        xml = Path(tmp) / "model.xml"
-        ov.save_model(model, str(xml), compress_to_fp16=False)
-        timed = time_files_in_fresh_process(xml, {"bf16": xml}, tensor, physical_cores(), "openvino",
-                                            {"fp32": {"inference_precision": "f32"},
-                                             "bf16": {"inference_precision": "bf16"}},
-                                            what="openvino int8 hints")["bf16"]
+    baseline, *others = irs
+    with tempfile.TemporaryDirectory(prefix="edge-runtime-irs-") as tmp:
+        files: dict[str, Path] = {}
+        for key, (model, _) in irs.items():
+            files[key] = next((files[k] for k in files if irs[k][0] is model), Path(tmp) / f"{key}.xml")
+            if not files[key].exists():
+                ov.save_model(model, str(files[key]), compress_to_fp16=False)
+        return time_files_in_fresh_process(
+            files[baseline], {key: files[key] for key in others}, tensor, physical_cores(), "openvino",
+            {("fp32" if key == baseline else key): {"inference_precision": hint} for key, (_, hint) in irs.items()},
+            what=what)
+
+
+def time_hints(model: Any, tensor: np.ndarray) -> dict[str, float]:
+    """Median ms per inference of ``model`` on this CPU under each hint (``_time_irs``): in convert's process,
+    with its other sessions alive, the two read alike (YOLO-FastestV2's INT8 IR 3.39 / 3.42 ms) where alone bf16
+    ran 1.2x as fast (1.95 / 2.34)."""
+    timed = _time_irs({"f32": (model, "f32"), "bf16": (model, "bf16")}, tensor, "openvino int8 hints")["bf16"]
     return {"f32": round(timed["fp32_ms"], 3), "bf16": round(timed["ms"], 3), "bf16_vs_f32": round(timed["vs_fp32"], 3)}
 
 
-def _timed_hint(model: Any, job: ConvertJob, input_name: str, host: str) -> tuple[str, dict[str, Any]]:
+def _timed_hint(model: Any, job: ConvertJob, host: str) -> tuple[str, dict[str, Any]]:
     """bf16 or f32 for the float parts of ``model``, whichever runs it faster on this host (the package's CPU);
     bf16 only when at least ``BF16_MIN_SPEEDUP`` faster, since f32 is the more exact (so f32 when the timing
     fails, with one warning line). Timed on the quantised model (the first preset's) before the preset choice
     and any accuracy search (which moves layers to float); the record's ``shipped`` says what the budget left."""
     job.progress("openvino int8: timing the float parts in bf16 and in f32 on this host, in a fresh process")
-    ms = time_or_warn("openvino int8 hints", lambda: time_hints(model, input_name, job.calibration.tensors[0]))
+    ms = time_or_warn("openvino int8 hints", lambda: time_hints(model, job.calibration.tensors[0]))
     if ms is None:
         return "f32", {"chosen": "f32", "why": "not timed (the timing failed): f32, the more exact"}
     speedup = ms.pop("bf16_vs_f32")  # the median of per-repeat ratios
@@ -412,20 +423,11 @@ def _choose_preset(candidates: dict[str, Any], job: ConvertJob, input_name: str,
     baseline, *others = candidates
     qualify = sum(v >= floor - 1e-9 for v in value.values())
     if here and qualify > 1:  # timed only where the speed decides
-        threads = physical_cores()
-        job.progress(f"openvino int8: timing the presets {', '.join(candidates)} on this host, {threads} threads, "
-                     "in a fresh process")
-        with tempfile.TemporaryDirectory(prefix="edge-runtime-presets-") as tmp:
-            files = {name: Path(tmp) / f"{name}.xml" for name in candidates}
-
-            def timer() -> dict[str, dict[str, float]]:
-                for name, candidate in candidates.items():
-                    ov.save_model(candidate, str(files[name]), compress_to_fp16=False)
-                return time_files_in_fresh_process(
-                    files[baseline], {name: files[name] for name in others}, job.calibration.tensors[0], threads,
-                    "openvino", {name: {"inference_precision": hint} for name in ["fp32", *others]},
-                    what="openvino int8 presets")
-            timed = time_or_warn("openvino int8 presets", timer)
+        job.progress(f"openvino int8: timing the presets {', '.join(candidates)} on this host, {physical_cores()} "
+                     "threads, in a fresh process")
+        timed = time_or_warn("openvino int8 presets", lambda: _time_irs(
+            {name: (candidate, hint) for name, candidate in candidates.items()}, job.calibration.tensors[0],
+            "openvino int8 presets"))
         if timed is not None:
             speed = {baseline: 1.0, **{name: timed[name]["vs_fp32"] for name in others}}
     untimed = f"{host} is not target {job.options.get('target')}" if not here else \
@@ -517,8 +519,7 @@ def _quantize(model: Any, job: ConvertJob, input_name: str, hint: str, timed_on:
     info: dict[str, Any] = {}
     firsts = {name: finish(bases[name], stem_pass, concat_pass) for name in bases}
     if timed_on is not None:  # the hint first: the presets differ in the int8 parts, the hint is for the float ones
-        hint, info["inference_precision_timed"] = _timed_hint(firsts[tried_presets[0]][0], job, input_name,
-                                                              timed_on)
+        hint, info["inference_precision_timed"] = _timed_hint(firsts[tried_presets[0]][0], job, timed_on)
     chosen_preset, measured = tried_presets[0], None  # measured: the chosen IR's value by the budget's metric
     if preset_name == "auto" and len(bases) == 1:
         info["preset_choice"] = {"chosen": chosen_preset, "why": "no held-out images to measure the presets on: "

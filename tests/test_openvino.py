@@ -584,7 +584,7 @@ def test_timed_hint_ships_bf16_only_when_clearly_faster(monkeypatch, f32_ms, bf1
     said: list[str] = []
     job = SimpleNamespace(options={}, progress=said.append,
                           calibration=SimpleNamespace(tensors=[np.zeros((1, 3, 8, 8), np.float32)]))
-    hint, record = convert_openvino._timed_hint(None, job, "data", "Some CPU (x86_64)")
+    hint, record = convert_openvino._timed_hint(None, job, "Some CPU (x86_64)")
     assert hint == record["chosen"] == want and record["ms"] == {"f32": f32_ms, "bf16": bf16_ms}
     assert record["bf16_vs_f32"] == round(f32_ms / bf16_ms, 3)
     assert f"bf16 ran {f32_ms / bf16_ms:.2f}x as fast as f32 on Some CPU (x86_64)" in record["why"]
@@ -603,7 +603,7 @@ def test_a_failed_hint_timing_ships_f32_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(convert_openvino, "time_hints", fails)
     job = SimpleNamespace(options={}, progress=lambda msg: None,
                           calibration=SimpleNamespace(tensors=[np.zeros((1, 3, 8, 8), np.float32)]))
-    hint, record = convert_openvino._timed_hint(None, job, "data", "Some CPU (x86_64)")
+    hint, record = convert_openvino._timed_hint(None, job, "Some CPU (x86_64)")
     assert hint == record["chosen"] == "f32" and "timing failed" in record["why"]
     assert "openvino int8 hints: not timed: no fork" in caplog.text and "second line" not in caplog.text
 
