@@ -1,15 +1,17 @@
-"""ONNX INT8 (QDQ, per-channel weights) with the decode tail in float, by one of two quantisers:
+"""ONNX INT8 (QDQ, per-channel weights) with the decode tail in float, by one of three quantisers:
 
 - ``nncf``: NNCF's ONNX backend, MIXED preset (symmetric weights, asymmetric activations) with
   fast bias correction, the first Convs in float where that measures better (``NNCF_FLOAT_FIRST_CONVS``);
   int8 activations (S8S8) and no quantiser between a Conv and its activation, so ONNX Runtime runs
   those Convs in float: accurate, often slower than FP32.
-- ``ort``: ONNX Runtime's ``quantize_static``, uint8 activations (U8S8) with a quantiser after each
-  Conv: the graph ONNX Runtime fuses into ``QLinearConv``, fast, but less accurate on models whose
-  Convs feed a LeakyRelu (docs/formats-and-int8.md).
-- ``auto`` (the default): both, each measured against FP32 on held-out images and timed on this
-  host (in a fresh process) when it is the CPU the package is for; the fastest one whose accuracy is within
-  ``RECIPE_COSINE_SLACK`` of the best (or meets the budget) ships, and the manifest records both
+- ``nncf-u8s8``: NNCF's calibration with per-tensor activations, rewritten by ``qdq_fuse.fuse_for_ort``
+  into the uint8 graph ONNX Runtime fuses into ``QLinearConv`` (a quantiser after each Conv): fast, and
+  nearly as accurate; under a budget it misses by a little, leading Convs go back to float.
+- ``ort``: ONNX Runtime's ``quantize_static``, uint8 activations (U8S8) with plain min/max ranges: as fast,
+  less accurate on models whose Convs feed a LeakyRelu (docs/formats-and-int8.md); by name only.
+- ``auto`` (the default): ``nncf`` and ``nncf-u8s8``, each measured against FP32 on held-out images and timed
+  on this host (in a fresh process) when it is the CPU the package is for; the fastest one whose accuracy is
+  within ``RECIPE_COSINE_SLACK`` of the best (or meets the budget) ships, and the manifest records both
   measurements and why (``quantization.recipe``).
 
 The "tail" is every node between the last convolutions and the graph outputs (reshape, concat,
@@ -45,12 +47,14 @@ from .convert_job import (
     saturation_unmeasured,
     time_or_warn,
 )
+from .qdq_fuse import equalise_depthwise_inputs, fuse_for_ort
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
-QUANTIZERS = ("auto", "nncf", "ort")
-# ``auto`` keeps the faster recipe only if its mean cosine with FP32 is within this of the more accurate
-# one's: NanoDet-Plus-m's U8S8 (0.905 vs 0.992) is out, YOLO-FastestV2's (0.985 vs 0.985) is in
+QUANTIZERS = ("auto", "nncf", "nncf-u8s8", "ort")
+AUTO_QUANTIZERS = ("nncf", "nncf-u8s8")
+# without a budget ``auto`` keeps the faster recipe only if its mean cosine with FP32 is within this of the
+# more accurate one's: NanoDet-Plus-m's fused U8S8 (0.989 vs 0.995) is out
 RECIPE_COSINE_SLACK = 0.003
 # the U8S8 graph's float-prefix search runs only this close under a budget: leading Convs in float gave
 # YOLO-FastestV2 0.985 -> 0.990; NanoDet-Plus-m's 0.905 is out of any prefix's reach
@@ -60,6 +64,10 @@ ORT_SEARCH_GAP = 0.02
 # -> 0.03 points for depth 0, 2, 3 (label-free mAP vs FP32 on the sample photos 94.0 -> 97.2 -> 98.0 %), at
 # the same speed; YOLO-Fastest 1.1 lost by it (mean cosine 0.992 -> 0.990), so each model is measured
 NNCF_FLOAT_FIRST_CONVS = 3
+# the fused U8S8 graph keeps one convolution more in float, without measuring both: on NanoDet-Plus-m 416
+# depth 3 -> 4 took the mean cosine 0.9898 -> 0.9901, on YOLO-FastestV2 0.9896 -> 0.9915 and its speed
+# 0.72x -> 1.00x FP32 (a float Conv between integer ones costs two layout changes)
+FUSED_FLOAT_FIRST_CONVS = 4
 
 
 def decode_tail_nodes(model: onnx.ModelProto, stop_types: tuple[str, ...] = ("Conv",)) -> list[str]:
@@ -108,6 +116,27 @@ def _runner(model: onnx.ModelProto, input_name: str, outputs: list[str]):
     return lambda tensor: session.run(outputs, {input_name: tensor})
 
 
+def _nncf_settings(job: ConvertJob, per_tensor_activations: bool) -> tuple[dict, dict]:
+    """``nncf.quantize`` keywords (MIXED preset, fast bias correction, 7-bit weights where the target's CPU
+    saturates) and their record."""
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
+
+    seven_bit_weights = saturation_unmeasured(job.options)
+    advanced = {"overflow_fix": OverflowFix.ENABLE} if seven_bit_weights else {}
+    if per_tensor_activations:
+        advanced["activations_quantization_params"] = QuantizationParameters(per_channel=False)
+    settings = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": True,
+                "advanced_parameters": AdvancedQuantizationParameters(**advanced) if advanced else None}
+    info = {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
+            "calibration_method": "minmax (nncf)", "weight_bits": 7 if seven_bit_weights else 8}
+    return settings, info
+
+
 def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path,
                    head: tuple[str, ...] | list[str] = ()) -> tuple[dict, float | None]:
     """NNCF's QDQ graph (with its accuracy-aware search under a budget); returns its record and, under a
@@ -116,16 +145,10 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     kept; it helped NanoDet-Plus-m and YOLO-FastestV2 and cost YOLO-Fastest 1.1, so it is measured per model
     (not at all without held-out images: all quantised, as before)."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     name = job.manifest.input.name
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
-    seven_bit_weights = saturation_unmeasured(job.options)
-    settings = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": True,
-                "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
-                if seven_bit_weights else None}
-    info = {"tool": f"nncf {nncf.__version__}", "preset": "mixed", "fast_bias_correction": True,
-            "calibration_method": "minmax (nncf)", "weight_bits": 7 if seven_bit_weights else 8}
+    settings, info = _nncf_settings(job, per_tensor_activations=False)
     dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
 
     def quantize(ignored: list[str]) -> onnx.ModelProto:
@@ -159,6 +182,44 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
             after = budget.metric(_runner(quantized, name, outputs))
         info["accuracy_control"] = budget.describe(before, after, sorted(set(float_convs(quantized)) - plain_float))
     onnx.save(quantized, str(out))
+    return info, after
+
+
+def _quantize_nncf_u8s8(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path,
+                        head: list[str]) -> tuple[dict, float | None]:
+    """NNCF's calibration (per-tensor activations, depthwise inputs equalised first) rewritten into ONNX Runtime's
+    fused U8S8 form (``qdq_fuse``), ``head`` in float; with a budget the graph missed by at most
+    ``ORT_SEARCH_GAP``, the fewest further leading Convs in float that meet it (``float_prefix_search``).
+    Returns its record and, under a budget, the budget's metric of what it saved (None without one)."""
+    import nncf
+
+    name = job.manifest.input.name
+    outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
+    settings, info = _nncf_settings(job, per_tensor_activations=True)
+    dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
+    equalised, info["equalised_depthwise_inputs"] = equalise_depthwise_inputs(model, job.calibration.tensors, name)
+
+    def build(float_convs: list[str]) -> onnx.ModelProto:
+        quantized = nncf.quantize(equalised, dataset, subset_size=len(job.calibration),
+                                  ignored_scope=nncf.IgnoredScope(names=excluded + head + float_convs), **settings)
+        fused, info["fused"] = fuse_for_ort(quantized, job.calibration.tensors, name)
+        return fused
+
+    fused = build([])
+    info["float_first_convs"] = {"convs": list(head), "kept": True}
+    budget, after = job.accuracy, None
+    if budget is not None:
+        before = after = budget.metric(_runner(fused, name, outputs))
+        float_layers: list[str] = []
+        if before < budget.target - 1e-9 and budget.target - before <= ORT_SEARCH_GAP:
+            job.progress(f"onnx int8: nncf-u8s8 {budget.metric.name} {before:.4f} < {budget.target:.4f}: searching "
+                         "leading Convs to keep in float")
+            levels = [[c for c in level if c not in head] for level in conv_levels(model)]
+            float_layers, after = float_prefix_search(lambda convs: _runner(build(convs), name, outputs),
+                                                      [level for level in levels if level], budget, job.progress)
+            fused = build(float_layers)
+        info["accuracy_control"] = budget.describe(before, after, float_layers)
+    onnx.save(fused, str(out))
     return info, after
 
 
@@ -324,16 +385,21 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
         quant_pre_process(str(job.fp32_onnx), str(prepared), skip_symbolic_shape=False)
         model = onnx.load(str(prepared))
         excluded = decode_tail_nodes(model) if job.options.get("onnx_keep_tail_float", True) else []
-        keys = ["nncf", "ort"] if quantizer == "auto" else [quantizer]
+        keys = list(AUTO_QUANTIZERS) if quantizer == "auto" else [quantizer]
         job.progress(f"onnx int8: {', '.join(keys)} on {len(job.calibration)} images, "
                      f"{len(excluded)} tail nodes in float")
         made: dict[str, tuple[Path, dict]] = {}
         metric_of: dict[str, float | None] = {}
         head = first_convs(model, int(job.options.get("onnx_float_first_convs", NNCF_FLOAT_FIRST_CONVS)))
+        fused_head = first_convs(model, int(job.options.get("onnx_float_first_convs", FUSED_FLOAT_FIRST_CONVS)))
         for key in keys:
             path = Path(tmp) / f"{key}.onnx"
-            info, metric_of[key] = _quantize_nncf(job, model, excluded, path, head) if key == "nncf" else \
-                _quantize_ort(job, prepared, excluded, path)
+            if key == "nncf":
+                info, metric_of[key] = _quantize_nncf(job, model, excluded, path, head)
+            elif key == "nncf-u8s8":
+                info, metric_of[key] = _quantize_nncf_u8s8(job, model, excluded, path, fused_head)
+            else:
+                info, metric_of[key] = _quantize_ort(job, prepared, excluded, path)
             made[key] = path, {"quantizer": key, "activations": activation_types(onnx.load(str(path))), **info}
         chosen, recipe = quantizer, None
         if len(made) > 1:

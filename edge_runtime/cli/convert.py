@@ -50,11 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-map", default=None, metavar="JSON", help="label class -> model class names (as validate)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="calibration method of the 'ort' ONNX quantiser [minmax]")
-    p.add_argument("--onnx-quantizer", default="auto", choices=["auto", "nncf", "ort"],
+    p.add_argument("--onnx-quantizer", default="auto", choices=["auto", "nncf", "nncf-u8s8", "ort"],
                    help="ONNX INT8 recipe: nncf (int8 activations, bias correction: accurate, often slower than "
-                        "FP32), ort (ONNX Runtime's quantize_static, uint8 activations: its fast kernels), or auto: "
-                        "both, and the fastest on this host whose cosine with FP32 is as good (or meets the "
-                        "budget); the manifest records both and why [auto]")
+                        "FP32), nncf-u8s8 (NNCF's calibration rewritten into the uint8 graph ONNX Runtime fuses "
+                        "into integer kernels: fast), ort (ONNX Runtime's quantize_static, plain min/max ranges), "
+                        "or auto: nncf and nncf-u8s8, and the fastest on this host whose cosine with FP32 is as "
+                        "good (or meets the budget); the manifest records both and why [auto]")
     p.add_argument("--ov-preset", default="auto", choices=["auto", "mixed", "performance"],
                    help="NNCF preset for OpenVINO INT8: mixed (asymmetric activations), performance (symmetric), "
                         "or auto: both, and the fastest on this host whose cosine with FP32 is as good (or meets "
