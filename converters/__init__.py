@@ -82,8 +82,8 @@ class Converter:
         ``openvino_inference_precision``: the hint an OpenVINO INT8 IR is verified and run with ("auto": on a
         BF16 CPU the faster of bf16 and f32, "bf16", "f32"; None: the target's, else "auto"). ``ov_preset``: NNCF's
         preset for OpenVINO INT8 ("auto": mixed and performance both measured, the faster one that meets the
-        budget ships, without one the more accurate; "mixed"; "performance"). ``onnx_quantizer``: ONNX INT8's recipe ("auto", "nncf", "nncf-u8s8",
-        "ort"; ``quantize_onnx``).
+        budget ships, without one the more accurate; "mixed"; "performance"). ``onnx_quantizer``: ONNX INT8's
+        recipe ("auto": nncf and nncf-u8s8 both measured; "nncf"; "nncf-u8s8"; "ort"; ``quantize_onnx``).
         ``convert_options`` go to ``convert.convert_package`` as they are (calib_size, int8_min_cosine,
         val_images, val_size, max_map_drop, val_data, val_format, class_map, keep_failed, measure_speed).
 

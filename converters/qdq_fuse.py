@@ -35,7 +35,8 @@ GRID_PRESERVING_OPS = frozenset({"Reshape", "Transpose", "Slice", "Split", "Gath
 # clipping it too lowered the output error and cost 0.41 mAP points on voc-indoor-85 instead of 0.25)
 HISTOGRAM_BINS = 4096
 LOW_FACTORS = np.linspace(0.2, 1.0, 17)
-# equalisation: the smallest scale a channel is brought down by (a dead channel stays where it is)
+# equalisation divides a channel by s = its range / the widest channel's: s is at least this, so a
+# narrow channel is raised at most 100x
 MIN_CHANNEL_SCALE = 0.01
 
 def _array(inits: dict[str, TensorProto], name: str) -> np.ndarray:
@@ -45,10 +46,14 @@ def _array(inits: dict[str, TensorProto], name: str) -> np.ndarray:
 def _unsigned_activations(graph: onnx.GraphProto, inits: dict[str, TensorProto], weights: set[str]) -> int:
     """Int8 per-tensor activation zero points -> uint8; returns how many. Raises on a per-channel one."""
     moved = set()
+    weight_zeros = {node.input[2] for node in graph.node
+                    if node.op_type == "DequantizeLinear" and len(node.input) > 2 and node.input[0] in weights}
     for node in graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 \
                 or node.input[0] in weights:
             continue
+        if node.input[2] in weight_zeros:
+            raise ValueError(f"{node.name}: its zero point {node.input[2]} is a weight's too")
         if _array(inits, node.input[1]).ndim != 0:
             raise ValueError(f"{node.name}: a per-channel activation quantiser has no U8S8 kernel")
         zero = inits[node.input[2]]
@@ -66,7 +71,8 @@ def _grids(graph: onnx.GraphProto, inits: dict[str, TensorProto], weights: set[s
         if node.op_type == "DequantizeLinear" and node.input[0] not in weights and len(node.input) > 2:
             grid[node.output[0]] = (node.input[1], node.input[2])
         elif node.op_type in GRID_PRESERVING_OPS and node.input[0] in grid:
-            grid.update({out: grid[node.input[0]] for out in node.output})
+            # MaxPool's optional second output holds indices, not values
+            grid.update({out: grid[node.input[0]] for out in node.output[:1 if node.op_type == "MaxPool" else None]})
         elif node.op_type == "Concat" and all(i in grid for i in node.input):
             values = {(float(_array(inits, grid[i][0])), int(_array(inits, grid[i][1]))) for i in node.input}
             if len(values) == 1:
@@ -74,19 +80,23 @@ def _grids(graph: onnx.GraphProto, inits: dict[str, TensorProto], weights: set[s
     return grid
 
 
-def _leaky_outputs(graph: onnx.GraphProto, grid: dict[str, tuple[str, str]]
-                   ) -> dict[str, float]:
-    """Outputs of quantised-input Convs whose only consumer is a LeakyRelu: tensor -> the LeakyRelu's alpha."""
+def _leaky_outputs(graph: onnx.GraphProto, grid: dict[str, tuple[str, str]]) -> dict[str, float]:
+    """Outputs of quantised Convs (input on a grid, weights dequantised) whose only consumer is a LeakyRelu
+    with a quantised output: tensor -> the LeakyRelu's alpha. A Conv kept in float gets no quantiser."""
+    producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
     found = {}
     for node in graph.node:
-        after = consumers[node.output[0]] if node.op_type == "Conv" else []
-        if node.input[0] in grid and len(after) == 1 and after[0].op_type == "LeakyRelu":
-            alpha = next((a.f for a in after[0].attribute if a.name == "alpha"), 0.01)
-            found[node.output[0]] = alpha
+        if node.op_type != "Conv" or node.input[0] not in grid or \
+                getattr(producer.get(node.input[1]), "op_type", None) != "DequantizeLinear":
+            continue
+        after = consumers[node.output[0]]
+        if len(after) == 1 and after[0].op_type == "LeakyRelu" and \
+                any(user.op_type == "QuantizeLinear" for user in consumers[after[0].output[0]]):
+            found[node.output[0]] = next((a.f for a in after[0].attribute if a.name == "alpha"), 0.01)
     return found
 
 
@@ -112,6 +122,8 @@ def _output_ranges(model: onnx.ModelProto, tensors: dict[str, float], calibratio
                    input_name: str) -> dict[str, tuple[float, float]]:
     """Each tensor's uint8 range (``_clipped_range``) from its values on the calibration images: one pass for
     the extremes, one for the histograms."""
+    if not tensors:
+        return {}
     session = _session(model, list(tensors))
     names = list(tensors)
     low, high = {name: 0.0 for name in names}, {name: 1e-6 for name in names}
@@ -146,7 +158,8 @@ def equalise_depthwise_inputs(model: onnx.ModelProto, calibration: list[np.ndarr
     (Leaky)Relu(x / s) = (Leaky)Relu(x) / s for s > 0, and free for per-channel weights; it lets one per-tensor
     activation grid serve the depthwise input (per-channel activations have no U8S8 kernel): on
     NanoDet-Plus-m NNCF's per-tensor graph went from 0.992 to 0.995 mean cosine, its per-channel one's.
-    Chains whose weights another Conv shares are left alone. Returns the copy and how many chains."""
+    Chains whose weights another Conv shares, or whose tensors are graph outputs, are left alone. Returns the
+    copy and how many chains it rescaled."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     model, graph = copy, copy.graph
@@ -155,6 +168,7 @@ def equalise_depthwise_inputs(model: onnx.ModelProto, calibration: list[np.ndarr
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
+    outputs = {o.name for o in graph.output}
     uses = defaultdict(int)
     for node in graph.node:
         for name in node.input[1:]:
@@ -171,7 +185,8 @@ def equalise_depthwise_inputs(model: onnx.ModelProto, calibration: list[np.ndarr
         group = next((a.i for a in nxt[0].attribute if a.name == "group"), 1)
         if weight.shape[1] != 1 or group != weight.shape[0]:
             continue  # not depthwise
-        if any(uses[name] > 1 for name in [*first.input[1:], nxt[0].input[1]]):
+        if any(uses[name] > 1 for name in [*first.input[1:], nxt[0].input[1]]) or \
+                {first.output[0], after[0].output[0]} & outputs:
             continue
         chains.append((first, after[0].output[0], nxt[0]))
     if not chains:
@@ -188,12 +203,18 @@ def equalise_depthwise_inputs(model: onnx.ModelProto, calibration: list[np.ndarr
         inits[name].CopyFrom(numpy_helper.from_array(
             (value * factor.reshape(-1, *[1] * (value.ndim - 1))).astype(value.dtype), name))
 
+    rescaled = 0
     for first, tensor, depthwise in chains:
-        scale = np.clip(peak[tensor] / max(float(peak[tensor].max()), 1e-12), MIN_CHANNEL_SCALE, 1.0)
+        top = float(peak[tensor].max())
+        if top <= 0:
+            continue
+        rescaled += 1
+        # a channel silent on every calibration image keeps its scale: raising it could clip it elsewhere
+        scale = np.where(peak[tensor] > 0, np.clip(peak[tensor] / top, MIN_CHANNEL_SCALE, 1.0), 1.0)
         for name in first.input[1:]:
             scale_by(name, 1.0 / scale)
         scale_by(depthwise.input[1], scale)
-    return model, len(chains)
+    return model, rescaled
 
 
 def _int32_biases(graph: onnx.GraphProto, inits: dict[str, TensorProto]) -> int:
@@ -209,8 +230,11 @@ def _int32_biases(graph: onnx.GraphProto, inits: dict[str, TensorProto]) -> int:
         bias = _array(inits, node.input[2]).astype(np.float64)
         scale = (_array(inits, x.input[1]).astype(np.float64) * _array(inits, w.input[1]).astype(np.float64)
                  ).reshape(-1) * np.ones_like(bias)
+        quantised = np.round(bias / np.where(scale > 0, scale, 1.0))
+        if not (scale > 0).all() or np.abs(quantised).max(initial=0) >= 2**31 - 1:
+            continue  # a zero or tiny scale: the bias stays float and ONNX Runtime leaves that Conv unfused
         name = f"{node.name}_bias_int32"
-        graph.initializer.extend([numpy_helper.from_array(np.round(bias / scale).astype(np.int32), name),
+        graph.initializer.extend([numpy_helper.from_array(quantised.astype(np.int32), name),
                                   numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
                                   numpy_helper.from_array(np.zeros(bias.shape, np.int32), f"{name}_zero")])
         graph.node.append(helper.make_node("DequantizeLinear", [name, f"{name}_scale", f"{name}_zero"],

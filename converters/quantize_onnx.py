@@ -54,10 +54,10 @@ CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": Calibratio
 QUANTIZERS = ("auto", "nncf", "nncf-u8s8", "ort")
 AUTO_QUANTIZERS = ("nncf", "nncf-u8s8")
 # without a budget ``auto`` keeps the faster recipe only if its mean cosine with FP32 is within this of the
-# more accurate one's: NanoDet-Plus-m's fused U8S8 (0.989 vs 0.995) is out
+# more accurate one's: NanoDet-Plus-m's fused U8S8 graph (0.993 vs 0.995) is out
 RECIPE_COSINE_SLACK = 0.003
-# the U8S8 graph's float-prefix search runs only this close under a budget: leading Convs in float gave
-# YOLO-FastestV2 0.985 -> 0.990; NanoDet-Plus-m's 0.905 is out of any prefix's reach
+# a U8S8 graph's float-prefix search runs only this close under a budget: leading Convs in float gave
+# ort's YOLO-FastestV2 graph 0.985 -> 0.990; its NanoDet-Plus-m graph (0.905) is out of any prefix's reach
 ORT_SEARCH_GAP = 0.02
 # the NNCF graph keeps the Convs this many convolutions deep from the input in float (as OpenVINO's INT8
 # keeps 2) when that measures better: on NanoDet-Plus-m 416 the mAP drop on voc-indoor-85 went 0.94 -> 0.56
@@ -199,10 +199,15 @@ def _quantize_nncf_u8s8(job: ConvertJob, model: onnx.ModelProto, excluded: list[
     dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
     equalised, info["equalised_depthwise_inputs"] = equalise_depthwise_inputs(model, job.calibration.tensors, name)
 
+    built: dict[tuple[str, ...], tuple[onnx.ModelProto, dict]] = {}  # the search's graphs: its last is kept
+
     def build(float_convs: list[str]) -> onnx.ModelProto:
-        quantized = nncf.quantize(equalised, dataset, subset_size=len(job.calibration),
-                                  ignored_scope=nncf.IgnoredScope(names=excluded + head + float_convs), **settings)
-        fused, info["fused"] = fuse_for_ort(quantized, job.calibration.tensors, name)
+        key = tuple(float_convs)
+        if key not in built:
+            quantized = nncf.quantize(equalised, dataset, subset_size=len(job.calibration),
+                                      ignored_scope=nncf.IgnoredScope(names=excluded + head + float_convs), **settings)
+            built[key] = fuse_for_ort(quantized, job.calibration.tensors, name)
+        fused, info["fused"] = built[key]
         return fused
 
     fused = build([])
@@ -211,7 +216,10 @@ def _quantize_nncf_u8s8(job: ConvertJob, model: onnx.ModelProto, excluded: list[
     if budget is not None:
         before = after = budget.metric(_runner(fused, name, outputs))
         float_layers: list[str] = []
-        if before < budget.target - 1e-9 and budget.target - before <= ORT_SEARCH_GAP:
+        if before < budget.target - 1e-9 and budget.target - before > ORT_SEARCH_GAP:
+            job.progress(f"onnx int8: nncf-u8s8 {budget.metric.name} {before:.4f}, more than {ORT_SEARCH_GAP} "
+                         "under the budget: no float-layer search")
+        elif before < budget.target - 1e-9:
             job.progress(f"onnx int8: nncf-u8s8 {budget.metric.name} {before:.4f} < {budget.target:.4f}: searching "
                          "leading Convs to keep in float")
             levels = [[c for c in level if c not in head] for level in conv_levels(model)]
@@ -371,11 +379,12 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path
 
 
 def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
-    """Options: ``onnx_quantizer`` (auto | nncf | ort, default auto), ``calib_method`` for ort
+    """Options: ``onnx_quantizer`` (auto | nncf | nncf-u8s8 | ort, default auto), ``calib_method`` for ort
     (minmax | entropy | percentile), ``onnx_keep_tail_float`` (default True), ``onnx_reduce_range``
     (7-bit weights for ort; default from the target or host, ``_reduce_range``), ``onnx_float_first_convs``
-    (the nncf graph's Convs at most this many convolutions deep kept in float where that measures better;
-    default ``NNCF_FLOAT_FIRST_CONVS``; 0: never)."""
+    (the nncf graph's Convs at most this many convolutions deep kept in float where that measures better,
+    default ``NNCF_FLOAT_FIRST_CONVS``; the nncf-u8s8 graph's always, default ``FUSED_FLOAT_FIRST_CONVS``;
+    0: none)."""
     quantizer = job.options.get("onnx_quantizer") or "auto"
     if quantizer not in QUANTIZERS:
         raise ValueError(f"onnx_quantizer must be one of {', '.join(QUANTIZERS)}")

@@ -65,6 +65,16 @@ def test_budget_is_met_and_recorded(budget_package):
         # the check after conversion runs on the same held-out photos, never the calibration ones
         assert extra["fp32_agreement"]["checked_on"] == {"held_out_images": 24, "source": "calib-coco-val2017"}
         assert extra["fp32_agreement"]["cosine_mean"] >= budget - 1e-6, (fmt, extra["fp32_agreement"])
+    # ONNX's recipe under the budget: the fastest that meets it ships; the fused U8S8 one records its rewrite
+    quantization = manifest.artifact("onnx", "int8").extra["quantization"]
+    recipe = quantization["recipe"]
+    met = [k for k, c in recipe["candidates"].items() if c["cosine"] >= MIN_COSINE[budget_package.name]["onnx"]]
+    assert recipe["chosen"] == max(met, key=lambda k: recipe["candidates"][k]["speed_vs_fp32"]), recipe
+    if recipe["chosen"] == "nncf-u8s8":
+        assert quantization["activations"] == "U8S8" and quantization["fused"]["int32_biases"] > 0, quantization
+        if budget_package.name == "nanodet-plus-m":  # LeakyRelu after Convs, depthwise Convs after them
+            fused = quantization["fused"]
+            assert fused["conv_output_quantisers"] > 0 and quantization["equalised_depthwise_inputs"] > 0
     # OpenVINO's NNCF preset, measured under the budget: the one shipped (and searched) meets it, or none did
     quantization = manifest.artifact("openvino", "int8").extra["quantization"]
     choice = quantization["preset_choice"]
