@@ -99,16 +99,26 @@ def time_or_warn(what: str, timer: Callable[[], dict[str, dict[str, float]]]) ->
         return None
 
 
+# two candidates timing within this ratio of each other tie, and the more accurate ships: YOLO-FastestV2's
+# OpenVINO presets read 1.011x then 0.992x of each other in two conversions of the same model
+SPEED_TIE = 1.02
+
+
 def choose_candidate(value: dict[str, float], speed: dict[str, float], floor: float, rule: str, metric: str,
                      host: str, untimed: str) -> tuple[str, str]:
     """The candidate a converter ships of several measured ones, and why: ``value`` (key -> its accuracy by
     ``metric``, higher is better), ``speed`` (key -> its speed against a common baseline on ``host``; empty when
     not timed, ``untimed`` says why). Eligible are those at or above ``floor`` (``rule`` says what that is),
-    else the most accurate; timed, the fastest eligible one ships, else the most accurate."""
+    else the most accurate; timed, the fastest eligible one ships, unless a more accurate eligible one times
+    within ``SPEED_TIE`` of it (a tie on this timing's noise), else the most accurate."""
     eligible = [key for key in value if value[key] >= floor - 1e-9] or [max(value, key=value.get)]
     if not speed:
         return max(eligible, key=value.get), f"the most accurate: speed not measured ({untimed})"
-    chosen = max(eligible, key=speed.get)
-    return chosen, f"the fastest on {host} whose {metric} {rule}" + "".join(
+    fastest = max(eligible, key=speed.get)
+    chosen = max((key for key in eligible if speed[key] * SPEED_TIE >= speed[fastest]), key=value.get)
+    why = f"the fastest on {host} whose {metric} {rule}" if chosen == fastest else \
+        (f"the most accurate of those on {host} whose {metric} {rule} and that time within "
+         f"{SPEED_TIE - 1:.0%} of the fastest ({fastest}, {speed[fastest] / speed[chosen]:.3f}x it: a tie)")
+    return chosen, why + "".join(
         f"; {key} is faster ({speed[key]:.2f}x) but its {metric} {value[key]:.4f} is not"
-        for key in value if speed[key] > speed[chosen])
+        for key in value if speed[key] > speed[fastest])

@@ -170,6 +170,11 @@ def test_converters_choose_the_fastest_eligible_candidate_and_say_why():
     assert chosen == "fast" and why == "the fastest on CPU X whose cosine meets the budget"
     chosen, why = choose_candidate(value, speed, 0.993, "meets the budget", "cosine", "CPU X", "n/a")
     assert chosen == "slow" and "; fast is faster (1.50x) but its cosine 0.9900 is not" in why
+    # a more accurate eligible one timing within SPEED_TIE of the fastest ties with it and ships
+    tie = {"slow": 1.0, "fast": 1.015}
+    chosen, why = choose_candidate(value, tie, 0.99, "meets the budget", "cosine", "CPU X", "n/a")
+    assert chosen == "slow" and "within 2% of the fastest (fast, 1.015x it: a tie)" in why, why
+    assert choose_candidate(value, {"slow": 1.0, "fast": 1.03}, 0.99, "meets it", "cosine", "CPU X", "n/a")[0] == "fast"
     # none eligible: the most accurate, whatever the speed
     assert choose_candidate(value, speed, 0.999, "meets it", "cosine", "CPU X", "n/a")[0] == "slow"
     chosen, why = choose_candidate(value, {}, 0.99, "meets it", "cosine", "CPU X", "another CPU")
