@@ -39,6 +39,7 @@ LOW_FACTORS = np.linspace(0.2, 1.0, 17)
 # narrow channel is raised at most 100x
 MIN_CHANNEL_SCALE = 0.01
 
+
 def _array(inits: dict[str, TensorProto], name: str) -> np.ndarray:
     return numpy_helper.to_array(inits[name])
 
