@@ -303,6 +303,10 @@ def fuse_for_ort(quantized: onnx.ModelProto, calibration: list[np.ndarray], inpu
     del graph.node[:]
     graph.node.extend(nodes)
     biases = _int32_biases(graph, {i.name: i for i in graph.initializer})
+    used = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
+    kept = [i for i in graph.initializer if i.name in used]  # the float biases the int32 ones replaced go
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     _topological(graph)
     del graph.value_info[:]  # the int8 types recorded there are stale
     onnx.checker.check_model(model)
