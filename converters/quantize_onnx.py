@@ -116,9 +116,9 @@ def _runner(model: onnx.ModelProto, input_name: str, outputs: list[str]):
     return lambda tensor: session.run(outputs, {input_name: tensor})
 
 
-def _nncf_settings(job: ConvertJob, per_tensor_activations: bool) -> tuple[dict, dict]:
-    """``nncf.quantize`` keywords (MIXED preset, fast bias correction, 7-bit weights where the target's CPU
-    saturates) and their record."""
+def _nncf_settings(job: ConvertJob, per_tensor_activations: bool, seven_bit_weights: bool) -> tuple[dict, dict]:
+    """``nncf.quantize`` keywords (MIXED preset, fast bias correction, 7-bit weights by NNCF's overflow fix)
+    and their record."""
     import nncf
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -126,7 +126,6 @@ def _nncf_settings(job: ConvertJob, per_tensor_activations: bool) -> tuple[dict,
         QuantizationParameters,
     )
 
-    seven_bit_weights = saturation_unmeasured(job.options)
     advanced = {"overflow_fix": OverflowFix.ENABLE} if seven_bit_weights else {}
     if per_tensor_activations:
         advanced["activations_quantization_params"] = QuantizationParameters(per_channel=False)
@@ -148,7 +147,9 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
 
     name = job.manifest.input.name
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
-    settings, info = _nncf_settings(job, per_tensor_activations=False)
+    # its Convs run in float on ONNX Runtime: 7 bits only for an x86 target this host cannot measure
+    settings, info = _nncf_settings(job, per_tensor_activations=False,
+                                    seven_bit_weights=saturation_unmeasured(job.options))
     dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
 
     def quantize(ignored: list[str]) -> onnx.ModelProto:
@@ -195,7 +196,9 @@ def _quantize_nncf_u8s8(job: ConvertJob, model: onnx.ModelProto, excluded: list[
 
     name = job.manifest.input.name
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
-    settings, info = _nncf_settings(job, per_tensor_activations=True)
+    # integer U8S8 kernels, as ort's graph: 7 bits wherever the target's CPU (else this one) saturates
+    # u8 x s8 pairs, so x86 AVX2 computes what an arm64 or VNNI CPU does (and what was measured here)
+    settings, info = _nncf_settings(job, per_tensor_activations=True, seven_bit_weights=_reduce_range(job))
     dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
     equalised, info["equalised_depthwise_inputs"] = equalise_depthwise_inputs(model, job.calibration.tensors, name)
 
@@ -381,7 +384,7 @@ def _choose_recipe(job: ConvertJob, fp32: Path, candidates: dict[str, tuple[Path
 def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
     """Options: ``onnx_quantizer`` (auto | nncf | nncf-u8s8 | ort, default auto), ``calib_method`` for ort
     (minmax | entropy | percentile), ``onnx_keep_tail_float`` (default True), ``onnx_reduce_range``
-    (7-bit weights for ort; default from the target or host, ``_reduce_range``), ``onnx_float_first_convs``
+    (7-bit weights for ort and nncf-u8s8; default from the target or host, ``_reduce_range``), ``onnx_float_first_convs``
     (the nncf graph's Convs at most this many convolutions deep kept in float where that measures better,
     default ``NNCF_FLOAT_FIRST_CONVS``; the nncf-u8s8 graph's always, default ``FUSED_FLOAT_FIRST_CONVS``;
     0: none)."""
