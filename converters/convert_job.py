@@ -115,7 +115,8 @@ def choose_candidate(value: dict[str, float], speed: dict[str, float], floor: fl
     if not speed:
         return max(eligible, key=value.get), f"the most accurate: speed not measured ({untimed})"
     fastest = max(eligible, key=speed.get)
-    chosen = max((key for key in eligible if speed[key] * SPEED_TIE >= speed[fastest]), key=value.get)
+    chosen = max((key for key in eligible if speed[key] * SPEED_TIE >= speed[fastest]),
+                 key=lambda key: (value[key], speed[key]))  # equally accurate: the faster
     why = f"the fastest on {host} whose {metric} {rule}" if chosen == fastest else \
         (f"the most accurate of those on {host} whose {metric} {rule} and that time within "
          f"{SPEED_TIE - 1:.0%} of the fastest ({fastest}, {speed[fastest] / speed[chosen]:.3f}x it: a tie)")

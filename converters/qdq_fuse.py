@@ -218,10 +218,11 @@ def equalise_depthwise_inputs(model: onnx.ModelProto, calibration: list[np.ndarr
     return model, rescaled
 
 
-def _int32_biases(graph: onnx.GraphProto, inits: dict[str, TensorProto]) -> int:
-    """Float biases of Convs with dequantised input and weights -> int32 with a DequantizeLinear."""
+def _int32_biases(graph: onnx.GraphProto, inits: dict[str, TensorProto]) -> tuple[int, set[str]]:
+    """Float biases of Convs with dequantised input and weights -> int32 with a DequantizeLinear; returns how
+    many Convs, and the names of the float biases replaced."""
     producer = {out: node for node in graph.node for out in node.output}
-    made = 0
+    made, replaced = 0, set()
     for node in list(graph.node):
         if node.op_type != "Conv" or len(node.input) < 3 or node.input[2] not in inits:
             continue
@@ -240,9 +241,10 @@ def _int32_biases(graph: onnx.GraphProto, inits: dict[str, TensorProto]) -> int:
                                   numpy_helper.from_array(np.zeros(bias.shape, np.int32), f"{name}_zero")])
         graph.node.append(helper.make_node("DequantizeLinear", [name, f"{name}_scale", f"{name}_zero"],
                                            [f"{name}_dq"], name=f"{name}_DQ", axis=0))
+        replaced.add(node.input[2])
         node.input[2] = f"{name}_dq"
         made += 1
-    return made
+    return made, replaced
 
 
 def _topological(graph: onnx.GraphProto) -> None:
@@ -302,10 +304,10 @@ def fuse_for_ort(quantized: onnx.ModelProto, calibration: list[np.ndarray], inpu
                 user.input[:] = [f"{tensor}_dq" if name == tensor else name for name in user.input]
     del graph.node[:]
     graph.node.extend(nodes)
-    biases = _int32_biases(graph, {i.name: i for i in graph.initializer})
-    used = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
-    kept = [i for i in graph.initializer if i.name in used]  # the float biases the int32 ones replaced go
-    del graph.initializer[:]
+    biases, replaced = _int32_biases(graph, {i.name: i for i in graph.initializer})
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in used]  # ONNX Runtime warns of
+    del graph.initializer[:]                                                             # each one left unused
     graph.initializer.extend(kept)
     _topological(graph)
     del graph.value_info[:]  # the int8 types recorded there are stale

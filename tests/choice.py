@@ -9,4 +9,5 @@ def shipped(found: dict[str, dict], eligible: list[str], speed: str) -> str:
     from converters.convert_job import SPEED_TIE
 
     fastest = max(found[k][speed] for k in eligible)
-    return max((k for k in eligible if found[k][speed] * SPEED_TIE >= fastest), key=lambda k: found[k]["cosine"])
+    return max((k for k in eligible if found[k][speed] * SPEED_TIE >= fastest),
+               key=lambda k: (found[k]["cosine"], found[k][speed]))

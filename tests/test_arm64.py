@@ -64,9 +64,10 @@ SCORE_TOL = 0.02  # same input tensor; measured worst 1e-6
 # same input tensor, ONNX INT8 (the fused U8S8 recipe): (box px, score). Its first Convs run in float and
 # their outputs are quantised; x86's and arm64's float kernels differ by ~1e-6 there, which moves 1 in
 # 50,000 values across a rounding boundary, and that one-level step spreads through the integer layers:
-# measured on the 11 sample photos up to 1.29 px and 0.025 (both CPU models), and horses.jpg's 'horse'
-# at 0.30 found on one side only. So a detection within the score tolerance of the threshold may be on
-# one side only; optimisations off, the two agree to 9e-8.
+# measured on the 11 sample photos up to 1.29 px and 0.025 (both CPU models), and on horses.jpg a third
+# 'horse' box that arm64's NMS keeps beside an overlapping one. So a detection within the score tolerance of
+# the threshold may be on one side only, and arm64's clear ones are checked by class; optimisations off, the
+# two agree to 9e-8.
 SAME_INPUT_TOL = {"onnx/int8": (3.0, 0.05)}
 PIXEL_LEVELS_TOL = 2  # arm64 vs x86 preprocessing, in uint8 levels; measured 2 on 1 in 3 million values
 CONFIDENT = 0.5  # end to end: a class detected at >= this on one side is detected on the other
@@ -263,6 +264,7 @@ def _compare(x86: dict, arm: dict, cpu: str, level: float, report: list[str], th
     PIXEL_LEVELS_TOL, confident classes end to end; one report line each."""
     for key in x86["results"]:
         box_tol, score_tol = SAME_INPUT_TOL.get(key, (BOX_TOL_PX, SCORE_TOL))
+        compared = 0
         for image in IMAGES:
             want, have = x86["results"][key][image], arm["results"][key][image]
             where = f"{cpu} {key} {image}"
@@ -273,7 +275,10 @@ def _compare(x86: dict, arm: dict, cpu: str, level: float, report: list[str], th
                 assert set(_above(want["e2e"], clear)["labels"]) <= set(same["labels"]) and \
                     set(_above(same, clear)["labels"]) <= set(want["e2e"]["labels"]), \
                     f"{where}, same input: arm64 {same['labels']} vs x86 {want['e2e']['labels']}"
+                # x86's clear detections each found on arm64 within the tolerance; arm64's clear ones by class only,
+                # since an NMS tie can keep a second overlapping box there (horses.jpg: a third 'horse' on arm64)
                 box, score = _match(_above(want["e2e"], clear), same)
+                compared += len(_above(want["e2e"], clear)["labels"])
             else:
                 assert sorted(same["labels"]) == sorted(want["e2e"]["labels"]), \
                     f"{where}, same input: arm64 {same['labels']} vs x86 {want['e2e']['labels']}"
@@ -290,3 +295,4 @@ def _compare(x86: dict, arm: dict, cpu: str, level: float, report: list[str], th
             report.append(f"{cpu} {key:12s} {image:11s} {sorted(want['e2e']['labels'])}: same input max |box diff| "
                           f"{box:.4f} px, |score diff| {score:.2e}; arm64 input {levels:.0f} levels off on "
                           f"{have['input_diff']['share']:.0%}; end to end arm64 {sorted(e2e_arm['labels'])}")
+        assert key not in SAME_INPUT_TOL or compared, f"{cpu} {key}: no detection clear of the threshold to compare"
