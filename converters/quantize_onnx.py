@@ -25,7 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -189,8 +189,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
 def _quantize_nncf_u8s8(job: ConvertJob, model: onnx.ModelProto, excluded: list[str], out: Path,
                         head: list[str]) -> tuple[dict, float | None]:
     """NNCF's calibration (per-tensor activations, depthwise inputs equalised first) rewritten into ONNX Runtime's
-    fused U8S8 form (``qdq_fuse``), ``head`` in float; with a budget the graph missed by at most
-    ``ORT_SEARCH_GAP``, the fewest further leading Convs in float that meet it (``float_prefix_search``).
+    fused U8S8 form (``qdq_fuse``), ``head`` in float; under a budget, ``_search_near_budget`` beyond ``head``.
     Returns its record and, under a budget, the budget's metric of what it saved (None without one)."""
     import nncf
 
@@ -217,18 +216,12 @@ def _quantize_nncf_u8s8(job: ConvertJob, model: onnx.ModelProto, excluded: list[
     info["float_first_convs"] = {"convs": list(head), "kept": True}
     budget, after = job.accuracy, None
     if budget is not None:
-        before = after = budget.metric(_runner(fused, name, outputs))
-        float_layers: list[str] = []
-        if before < budget.target - 1e-9 and budget.target - before > ORT_SEARCH_GAP:
-            job.progress(f"onnx int8: nncf-u8s8 {budget.metric.name} {before:.4f}, more than {ORT_SEARCH_GAP} "
-                         "under the budget: no float-layer search")
-        elif before < budget.target - 1e-9:
-            job.progress(f"onnx int8: nncf-u8s8 {budget.metric.name} {before:.4f} < {budget.target:.4f}: searching "
-                         "leading Convs to keep in float")
-            levels = [[c for c in level if c not in head] for level in conv_levels(model)]
-            float_layers, after = float_prefix_search(lambda convs: _runner(build(convs), name, outputs),
-                                                      [level for level in levels if level], budget, job.progress)
-            fused = build(float_layers)
+        before = budget.metric(_runner(fused, name, outputs))
+        levels = [[c for c in level if c not in head] for level in conv_levels(model)]
+        float_layers, after = _search_near_budget(job, "nncf-u8s8", before,
+                                                  lambda convs: _runner(build(convs), name, outputs),
+                                                  [level for level in levels if level])
+        fused = build(float_layers)
         info["accuracy_control"] = budget.describe(before, after, float_layers)
     onnx.save(fused, str(out))
     return info, after
@@ -291,34 +284,43 @@ def prefix_nodes(model: onnx.ModelProto, convs: list[str]) -> list[str]:
     return [node.name for node in model.graph.node if depth[node.name] <= deepest]
 
 
-def _quantize_ort(job: ConvertJob, prepared: Path, excluded: list[str], out: Path) -> tuple[dict, float | None]:
-    """``quantize_static`` (U8S8); with a budget the plain graph missed by at most ``ORT_SEARCH_GAP``, the
-    fewest leading Convs in float that meet it (``float_prefix_search``, as TFLite's). Returns its record
-    and, under a budget, the budget's metric of what it saved (None without one)."""
+def _search_near_budget(job: ConvertJob, key: str, before: float, build: Callable[[list[str]], Any],
+                        levels: list[list[str]]) -> tuple[list[str], float]:
+    """A U8S8 graph's budget search: when ``before`` (its metric) missed the budget by at most ``ORT_SEARCH_GAP``,
+    the fewest leading ``levels`` of Convs in float that meet it (``float_prefix_search``, as TFLite's; ``build``
+    makes the runner of a graph with those in float); else none, ``before`` kept."""
+    budget = job.accuracy
+    if before >= budget.target - 1e-9:
+        return [], before
+    if budget.target - before > ORT_SEARCH_GAP:
+        job.progress(f"onnx int8: {key} {budget.metric.name} {before:.4f}, more than {ORT_SEARCH_GAP} under the "
+                     "budget: no float-layer search")
+        return [], before
+    job.progress(f"onnx int8: {key} {budget.metric.name} {before:.4f} < {budget.target:.4f}: searching leading "
+                 "Convs to keep in float")
+    return float_prefix_search(build, levels, budget, job.progress)
+
+
+def _quantize_ort(job: ConvertJob, prepared: Path, model: onnx.ModelProto, excluded: list[str], out: Path
+                  ) -> tuple[dict, float | None]:
+    """``quantize_static`` (U8S8) of ``prepared`` (loaded: ``model``); under a budget, ``_search_near_budget``.
+    Returns its record and, under a budget, the budget's metric of what it saved (None without one)."""
     reduce_range = _reduce_range(job)  # once: the search quantises again up to a few times
     info = _quantize_static(job, prepared, excluded, out, reduce_range)
     budget = job.accuracy
     if budget is None:
         return info, None
     name, outputs = job.manifest.input.name, list(job.manifest.artifact("onnx", "fp32").outputs)
-    before = after = budget.metric(_runner(onnx.load(str(out)), name, outputs))
-    float_layers: list[str] = []
-    if before < budget.target - 1e-9:
-        if budget.target - before > ORT_SEARCH_GAP:
-            job.progress(f"onnx int8: ort {budget.metric.name} {before:.4f}, more than {ORT_SEARCH_GAP} under the "
-                         f"budget: no float-layer search")
-        else:
-            job.progress(f"onnx int8: ort {budget.metric.name} {before:.4f} < {budget.target:.4f}: searching "
-                         "leading Convs to keep in float")
-            trial = out.with_name(f"{out.stem}-trial.onnx")
-            graph = onnx.load(str(prepared))
+    before = budget.metric(_runner(onnx.load(str(out)), name, outputs))
+    trial = out.with_name(f"{out.stem}-trial.onnx")
 
-            def build(float_convs: list[str]):
-                _quantize_static(job, prepared, excluded + prefix_nodes(graph, float_convs), trial, reduce_range)
-                return _runner(onnx.load(str(trial)), name, outputs)
+    def build(float_convs: list[str]):
+        _quantize_static(job, prepared, excluded + prefix_nodes(model, float_convs), trial, reduce_range)
+        return _runner(onnx.load(str(trial)), name, outputs)
 
-            float_layers, after = float_prefix_search(build, conv_levels(graph), budget, job.progress)
-            _quantize_static(job, prepared, excluded + prefix_nodes(graph, float_layers), out, reduce_range)
+    float_layers, after = _search_near_budget(job, "ort", before, build, conv_levels(model))
+    if float_layers:
+        _quantize_static(job, prepared, excluded + prefix_nodes(model, float_layers), out, reduce_range)
     return {**info, "accuracy_control": budget.describe(before, after, float_layers)}, after
 
 
@@ -411,7 +413,7 @@ def quantize_onnx_int8(job: ConvertJob) -> ConvertResult:
             elif key == "nncf-u8s8":
                 info, metric_of[key] = _quantize_nncf_u8s8(job, model, excluded, path, fused_head)
             else:
-                info, metric_of[key] = _quantize_ort(job, prepared, excluded, path)
+                info, metric_of[key] = _quantize_ort(job, prepared, model, excluded, path)
             made[key] = path, {"quantizer": key, "activations": activation_types(onnx.load(str(path))), **info}
         chosen, recipe = quantizer, None
         if len(made) > 1:
