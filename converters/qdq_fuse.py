@@ -44,6 +44,15 @@ def _array(inits: dict[str, TensorProto], name: str) -> np.ndarray:
     return numpy_helper.to_array(inits[name])
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    return consumers
+
+
 def _unsigned_activations(graph: onnx.GraphProto, inits: dict[str, TensorProto], weights: set[str]) -> int:
     """Int8 per-tensor activation zero points -> uint8; returns how many. Raises on a per-channel one."""
     moved = set()
@@ -85,10 +94,7 @@ def _leaky_outputs(graph: onnx.GraphProto, grid: dict[str, tuple[str, str]]) -> 
     """Outputs of quantised Convs (input on a grid, weights dequantised) whose only consumer is a LeakyRelu
     with a quantised output: tensor -> the LeakyRelu's alpha. A Conv kept in float gets no quantiser."""
     producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    consumers = _consumers(graph)
     found = {}
     for node in graph.node:
         if node.op_type != "Conv" or node.input[0] not in grid or \
@@ -165,10 +171,7 @@ def equalise_depthwise_inputs(model: onnx.ModelProto, calibration: list[np.ndarr
     copy.CopyFrom(model)
     model, graph = copy, copy.graph
     inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
     uses = defaultdict(int)
     for node in graph.node:
@@ -286,10 +289,7 @@ def fuse_for_ort(quantized: onnx.ModelProto, calibration: list[np.ndarray], inpu
                                   numpy_helper.from_array(np.array(zero, np.uint8), f"{name}_zero")])
         explicit[name] = (f"{name}_scale", f"{name}_zero")
     outputs = {o.name for o in graph.output}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    consumers = _consumers(graph)
     nodes = []
     for node in graph.node:
         nodes.append(node)
