@@ -116,7 +116,7 @@ def _runner(model: onnx.ModelProto, input_name: str, outputs: list[str]):
     return lambda tensor: session.run(outputs, {input_name: tensor})
 
 
-def _nncf_settings(job: ConvertJob, per_tensor_activations: bool, seven_bit_weights: bool) -> tuple[dict, dict]:
+def _nncf_settings(per_tensor_activations: bool, seven_bit_weights: bool) -> tuple[dict, dict]:
     """``nncf.quantize`` keywords (MIXED preset, fast bias correction, 7-bit weights by NNCF's overflow fix)
     and their record."""
     import nncf
@@ -148,7 +148,7 @@ def _quantize_nncf(job: ConvertJob, model: onnx.ModelProto, excluded: list[str],
     name = job.manifest.input.name
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
     # its Convs run in float on ONNX Runtime: 7 bits only for an x86 target this host cannot measure
-    settings, info = _nncf_settings(job, per_tensor_activations=False,
+    settings, info = _nncf_settings(per_tensor_activations=False,
                                     seven_bit_weights=saturation_unmeasured(job.options))
     dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
 
@@ -197,7 +197,7 @@ def _quantize_nncf_u8s8(job: ConvertJob, model: onnx.ModelProto, excluded: list[
     outputs = list(job.manifest.artifact("onnx", "fp32").outputs)
     # integer U8S8 kernels, as ort's graph: 7 bits wherever the target's CPU (else this one) saturates
     # u8 x s8 pairs, so an x86 AVX2 device computes what an arm64 or VNNI CPU does
-    settings, info = _nncf_settings(job, per_tensor_activations=True, seven_bit_weights=_reduce_range(job))
+    settings, info = _nncf_settings(per_tensor_activations=True, seven_bit_weights=_reduce_range(job))
     dataset = nncf.Dataset(job.calibration.tensors, lambda t: {name: t})
     equalised, info["equalised_depthwise_inputs"] = equalise_depthwise_inputs(model, job.calibration.tensors, name)
 

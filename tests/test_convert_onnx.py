@@ -123,11 +123,10 @@ def test_nncf_calibration_rewritten_for_ort_fusion(export, tmp_path):
     nncf = pytest.importorskip("nncf")
     import onnx
     import onnxruntime
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     from converters.calibration import CalibrationSet
     from converters.qdq_fuse import fuse_for_ort
-    from converters.quantize_onnx import activation_types, decode_tail_nodes, first_convs
+    from converters.quantize_onnx import _nncf_settings, activation_types, decode_tail_nodes, first_convs
     from edge_runtime.compare import compare
 
     pkg = export("yolo-fastestv2")
@@ -135,12 +134,11 @@ def test_nncf_calibration_rewritten_for_ort_fusion(export, tmp_path):
     model = onnx.load(str(pkg / "model.onnx"))
     calibration = CalibrationSet(fixture_path(CALIB), manifest.input, size=16, progress=False)
     name = manifest.input.name
+    # the recipe's settings: MIXED (asymmetric activations: non-zero zero points to move), per-tensor activations
+    settings, _ = _nncf_settings(per_tensor_activations=True, seven_bit_weights=False)
     quantized = nncf.quantize(
         model, nncf.Dataset(calibration.tensors, lambda t: {name: t}), subset_size=16,
-        preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations: non-zero zero points to move
-        ignored_scope=nncf.IgnoredScope(names=decode_tail_nodes(model) + first_convs(model, 4)),
-        advanced_parameters=AdvancedQuantizationParameters(
-            activations_quantization_params=QuantizationParameters(per_channel=False)))
+        ignored_scope=nncf.IgnoredScope(names=decode_tail_nodes(model) + first_convs(model, 4)), **settings)
     fused, counts = fuse_for_ort(quantized, calibration.tensors, name)
     assert activation_types(fused) == "U8S8" and activation_types(quantized) != "U8S8"
     assert counts["conv_output_quantisers"] == 0 and counts["grid_quantisers"] > 0 and counts["int32_biases"] > 0
