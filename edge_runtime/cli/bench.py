@@ -81,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-dets", type=int, default=100, help="detections kept per image [100]")
     p.add_argument("--engine", default=None, choices=ENGINES,
                    help="COCO evaluator [faster-coco-eval when installed, else pycocotools]")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="give each mAP drop a 90%% interval from N paired bootstrap samples of the images (how far "
+                        "the set's own sampling moves it; about 0.07 s per sample and artifact on 85 images) [0: off]")
     p.add_argument("--per-class", action="store_true", help="add a per-class AP table")
     add_json_option(p, "the whole report")
     add_output_file(p, "--plot", metavar="PNG", suffixes=(".png", ".jpg", ".jpeg"),
@@ -120,9 +123,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         data = EvaluationSet.from_labels(labelled, load_manifest(args.package).class_names, class_map)
     elif not args.images:
         raise UsageError("validate needs --data LABELS (with --images) or --images DIR alone (label-free)")
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be 0 (off) or a number of samples, got {args.bootstrap}")
     report = validate_package(args.package, data, args.images, None if args.backend == "all" else args.backend,
                               args.precision, args.threads, Protocol(args.conf, args.iou, args.max_dets),
-                              args.reference, args.pseudo_threshold, args.engine, progress=sys.stderr.isatty())
+                              args.reference, args.pseudo_threshold, args.engine, progress=sys.stderr.isatty(),
+                              bootstrap=args.bootstrap)
     print(report_table(report, args.per_class))
     if args.json:
         write_json(args.json, report, indent=1)

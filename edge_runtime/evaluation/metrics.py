@@ -119,6 +119,29 @@ def coco_evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]],
     return CocoEvaluation(stats, per_class, per_class50, np.asarray(evaluation.params.recThrs), curve, name)
 
 
-def coco_map(ground_truth: dict[str, Any], results: list[dict[str, Any]], engine: str | None = None) -> dict[str, float]:
+def coco_map(ground_truth: dict[str, Any], results: list[dict[str, Any]], engine: str | None = None
+             ) -> dict[str, float]:
     """COCOeval bbox statistics (``STAT_NAMES`` -> value) of ``results`` against ``ground_truth``."""
     return coco_evaluate(ground_truth, results, engine).stats
+
+
+def resample_images(ground_truth: dict[str, Any], draw: Sequence[int]) -> tuple[dict[str, Any], dict[int, list[int]]]:
+    """The ground truth on the images ``draw`` (indices into ``ground_truth["images"]``, repeats allowed), each
+    draw a new image: a bootstrap sample of an evaluation set. Returns it and, per original image id, its new
+    ids (``resample_results`` maps results with them)."""
+    images = ground_truth["images"]
+    new_ids: dict[int, list[int]] = {}
+    drawn = []
+    for new_id, index in enumerate(draw, start=1):
+        image = images[index]
+        new_ids.setdefault(image["id"], []).append(new_id)
+        drawn.append({**image, "id": new_id})
+    copies = [(ann, image_id) for ann in ground_truth.get("annotations", [])
+              for image_id in new_ids.get(ann["image_id"], ())]
+    annotations = [{**ann, "id": n, "image_id": image_id} for n, (ann, image_id) in enumerate(copies, start=1)]
+    return {**ground_truth, "images": drawn, "annotations": annotations}, new_ids
+
+
+def resample_results(results: list[dict[str, Any]], new_ids: dict[int, list[int]]) -> list[dict[str, Any]]:
+    """``results`` on a bootstrap sample made by ``resample_images``: each detection once per draw of its image."""
+    return [{**r, "image_id": image_id} for r in results for image_id in new_ids.get(r["image_id"], ())]
