@@ -1,9 +1,10 @@
 """ncnn FP32 / FP16 from the package's FP32 ONNX, with pnnx (Tencent's converter, on the package index).
 
-Before pnnx sees the graph, each MatMul by a constant vector (NanoDet's distribution integral,
-softmax(x) @ [0..reg_max]) becomes a MatMul by a one-column matrix plus a Reshape: ncnn runs the
-former with a slow generic broadcasting MatMul, the latter as a Gemm (docs/formats-and-int8.md has the
-timings). A ReduceSum would do too, but this pnnx writes its reduction axes empty (a no-op).
+Before pnnx sees the graph, each MatMul by a constant vector (a distribution integral,
+softmax(x) @ [0..reg_max], as NanoDet heads exported elsewhere write it; this project's export writes the
+one-column form itself) becomes a MatMul by a one-column matrix plus a Reshape: ncnn runs the former with
+a slow generic broadcasting MatMul, the latter as a Gemm (docs/formats-and-int8.md has the timings). A
+ReduceSum would do too, but this pnnx writes its reduction axes empty (a no-op).
 
 INT8 is not offered: ncnn quantises with its ncnn2table / ncnn2int8 tools, which neither the ncnn
 nor the pnnx wheel installs.
