@@ -182,6 +182,37 @@ def test_nanodet_integral_is_one_matrix_product(export, key):
     assert by_constant == [(reg_max + 1, 1)]
 
 
+def test_matmul_by_a_vector_is_rewritten_as_one_column():
+    """ncnn's converter rewrites the vector form an imported NanoDet head has into one column plus a Reshape
+    (ncnn: a Gemm), the same product."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters.convert_ncnn import matmul_vectors_as_gemm
+
+    project = np.arange(8, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "project"], ["y"])],
+        "integral", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 30, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 30, 4])],
+        [numpy_helper.from_array(project, "project")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what every supported onnxruntime reads
+    x = np.random.default_rng(0).standard_normal((1, 30, 4, 8)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    want = run(model)
+    assert matmul_vectors_as_gemm(model) == 1
+    onnx.checker.check_model(model)
+    matmul = next(node for node in model.graph.node if node.op_type == "MatMul")
+    column = next(init for init in model.graph.initializer if init.name == matmul.input[1])
+    assert tuple(column.dims) == (8, 1) and [n.op_type for n in model.graph.node] == ["Softmax", "MatMul", "Reshape"]
+    np.testing.assert_allclose(run(model), want, atol=1e-6)
+
+
 # ------------------------------------------------------------------ detections on real images
 
 EXPECTED_DOG = {"bicycle": [128, 137, 569, 425], "dog": [130, 227, 314, 542], "car": [468, 77, 705, 172]}

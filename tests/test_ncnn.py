@@ -154,36 +154,6 @@ def test_decode_tail_matmul_becomes_a_gemm(ncnn_packages):
     assert yolo.extra["converter"]["matmul_vectors_as_gemm"] == 0
 
 
-def test_matmul_by_a_vector_is_rewritten_as_one_column():
-    """The rewrite on the vector form an imported NanoDet head has: one column plus a Reshape, the same
-    product."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from converters.convert_ncnn import matmul_vectors_as_gemm
-
-    project = np.arange(8, dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "project"], ["y"])],
-        "integral", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 30, 4, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 30, 4])],
-        [numpy_helper.from_array(project, "project")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    x = np.random.default_rng(0).standard_normal((1, 30, 4, 8)).astype(np.float32)
-
-    def run(m):
-        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-    want = run(model)
-    assert matmul_vectors_as_gemm(model) == 1
-    onnx.checker.check_model(model)
-    matmul = next(node for node in model.graph.node if node.op_type == "MatMul")
-    column = next(init for init in model.graph.initializer if init.name == matmul.input[1])
-    assert tuple(column.dims) == (8, 1) and [n.op_type for n in model.graph.node] == ["Softmax", "MatMul", "Reshape"]
-    np.testing.assert_allclose(run(model), want, atol=1e-6)
-
-
 def test_tampered_or_misnamed_weights_are_refused(ncnn_packages, tmp_path):
     package = tmp_path / "pkg"
     shutil.copytree(ncnn_packages("yolo-fastestv2"), package)

@@ -116,6 +116,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ..evaluation.validate import EvaluationSet, Protocol, report_table, validate_package
     from ..manifest import load_manifest
 
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap {args.bootstrap}: must be 0 (off) or a number of samples")
     data = None
     if args.data:
         labelled = read_labels(args.data, args.images, args.format, args.names)
@@ -123,8 +125,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         data = EvaluationSet.from_labels(labelled, load_manifest(args.package).class_names, class_map)
     elif not args.images:
         raise UsageError("validate needs --data LABELS (with --images) or --images DIR alone (label-free)")
-    if args.bootstrap < 0:
-        raise UsageError(f"--bootstrap must be 0 (off) or a number of samples, got {args.bootstrap}")
     report = validate_package(args.package, data, args.images, None if args.backend == "all" else args.backend,
                               args.precision, args.threads, Protocol(args.conf, args.iou, args.max_dets),
                               args.reference, args.pseudo_threshold, args.engine, progress=sys.stderr.isatty(),

@@ -19,7 +19,7 @@ import numpy as np
 from ..compare import compare
 from ..detections import Detections
 from ..detector import Detector
-from ..errors import EdgeRuntimeError
+from ..errors import EdgeRuntimeError, UsageError
 from ..io.sources import image_files, read_image
 from ..manifest import Artifact, Manifest, load_manifest
 from ..timing import format_table, summarize
@@ -46,14 +46,14 @@ class Protocol:
                 f"top {self.max_detections} detections per image, {images} images, COCO mAP@[.5:.95]")
 
 
-def _progress(items: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:
+def _progress(items: Iterable[Any], total: int, desc: str, enabled: bool, unit: str = "img") -> Iterable[Any]:
     if not enabled:
         return items
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is in the validate extra; without it, no bar
         return items
-    return tqdm(items, total=total, desc=desc, unit="img", leave=False)
+    return tqdm(items, total=total, desc=desc, unit=unit, leave=False)
 
 
 class EvaluationSet:
@@ -201,6 +201,7 @@ def validate_package(package: str | Path, data: EvaluationSet | None = None, ima
     JSON-ready report. ``bootstrap``: that many paired bootstrap samples of the images give each drop a 90%
     interval (``map_drop_interval``, ``drop_intervals``).
     """
+    check_bootstrap(bootstrap)
     manifest = load_manifest(package)
     protocol = protocol or Protocol()
     chosen = artifacts_to_validate(manifest, backend, precision)
@@ -246,10 +247,11 @@ def validate_package(package: str | Path, data: EvaluationSet | None = None, ima
     baseline = _baseline(rows, ref_art)
     for row in rows:
         row["map_drop_points"] = None if baseline is None else round(100 * (baseline["map"] - row["map"]), 3)
-    if bootstrap and baseline is not None:
-        others = [i for i, row in enumerate(rows) if row is not baseline]
+    others = [i for i, row in enumerate(rows) if row is not baseline]
+    bootstrapped = bool(bootstrap and baseline is not None and others)
+    if bootstrapped:
         intervals = drop_intervals(data.ground_truth, results[rows.index(baseline)], [results[i] for i in others],
-                                   bootstrap, engine)
+                                   bootstrap, engine, progress=progress)
         for i, interval in zip(others, intervals):
             rows[i]["map_drop_interval"] = list(interval)
     return {"package": str(manifest.root), "model": manifest.name, "mode": "label-free" if label_free else "labels",
@@ -257,22 +259,30 @@ def validate_package(package: str | Path, data: EvaluationSet | None = None, ima
                          "text": protocol.describe(len(data.paths), nms_iou)},
             "data": data.note, "left_out": data.left_out,
             "reference": None if baseline is None else baseline["artifact"],
-            "bootstrap_samples": bootstrap if bootstrap and baseline is not None else 0,
+            "bootstrap_samples": bootstrap if bootstrapped else 0,
             "classes_evaluated": [data.model_names[c] for c in data.evaluated_classes], "artifacts": rows}
+
+
+def check_bootstrap(resamples: object) -> int:
+    """``resamples`` as a number of bootstrap samples (0: none); anything else is a one-line error."""
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 0:
+        raise UsageError(f"bootstrap: must be 0 (off) or a number of samples, got {resamples!r}")
+    return resamples
 
 
 def drop_intervals(ground_truth: dict[str, Any], reference: list[dict[str, Any]],
                    results: list[list[dict[str, Any]]], resamples: int, engine: str | None = None,
-                   seed: int = 0) -> list[tuple[float, float]]:
+                   seed: int = 0, progress: bool = False) -> list[tuple[float, float]]:
     """Each of ``results``' mAP drop against ``reference`` (mAP points), as its 5th to 95th percentile over
     ``resamples`` paired bootstrap samples of the images: every sample draws the images with replacement and
     evaluates the reference and each artifact on the same draw. On a few dozen photos one changed detection
     moves the drop by tenths of a point; this says how far the set's own sampling moves it."""
     rng = np.random.default_rng(seed)
     count = len(ground_truth["images"])
-    drops = np.zeros((resamples, len(results)))
-    for i in range(resamples):
-        sample, new_ids = resample_images(ground_truth, rng.integers(0, count, count))
+    drops = np.zeros((check_bootstrap(resamples), len(results)))
+    for i in _progress(range(resamples), resamples, "bootstrap", progress, unit="sample"):
+        # in the set's image order: COCOeval ranks equal scores by image id, as on the whole set
+        sample, new_ids = resample_images(ground_truth, np.sort(rng.integers(0, count, count)))
         base = coco_map(sample, resample_results(reference, new_ids), engine)["map"]
         for j, got in enumerate(results):
             drops[i, j] = 100 * (base - coco_map(sample, resample_results(got, new_ids), engine)["map"])
