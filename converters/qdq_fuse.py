@@ -21,6 +21,7 @@ depthwise Conv's input to one range, which is exact in float. ``fuse_for_ort`` t
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -131,7 +132,7 @@ def _output_ranges(model: onnx.ModelProto, tensors: dict[str, float], calibratio
     the extremes, one for the histograms."""
     if not tensors:
         return {}
-    session = _session(model, list(tensors))
+    session = cpu_session(model, list(tensors))
     names = list(tensors)
     low, high = {name: 0.0 for name in names}, {name: 1e-6 for name in names}
     for tensor in calibration:
@@ -146,15 +147,19 @@ def _output_ranges(model: onnx.ModelProto, tensors: dict[str, float], calibratio
             for name in names}
 
 
-def _session(model: onnx.ModelProto, extra_outputs: list[str]) -> onnxruntime.InferenceSession:
-    """A 2-thread session of ``model`` that also returns the float tensors ``extra_outputs``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.value_info[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in extra_outputs)
+def cpu_session(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()) -> onnxruntime.InferenceSession:
+    """A 2-thread CPU session of ``model`` (what convert measures INT8 graphs with) that also returns the float
+    tensors ``extra_outputs``."""
+    if extra_outputs:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.value_info[:]
+        probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                                  for name in extra_outputs)
+        model = probe
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 2
-    return onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def equalise_depthwise_inputs(model: onnx.ModelProto, calibration: list[np.ndarray], input_name: str
@@ -195,7 +200,7 @@ def equalise_depthwise_inputs(model: onnx.ModelProto, calibration: list[np.ndarr
         chains.append((first, after[0].output[0], nxt[0]))
     if not chains:
         return model, 0
-    session = _session(model, [tensor for _, tensor, _ in chains])
+    session = cpu_session(model, [tensor for _, tensor, _ in chains])
     names = [tensor for _, tensor, _ in chains]
     peak = {name: 0.0 for name in names}
     for tensor in calibration:

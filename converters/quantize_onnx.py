@@ -47,7 +47,7 @@ from .convert_job import (
     saturation_unmeasured,
     time_or_warn,
 )
-from .qdq_fuse import equalise_depthwise_inputs, fuse_for_ort
+from .qdq_fuse import cpu_session, equalise_depthwise_inputs, fuse_for_ort
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
@@ -110,9 +110,7 @@ def float_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def _runner(model: onnx.ModelProto, input_name: str, outputs: list[str]):
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model)
     return lambda tensor: session.run(outputs, {input_name: tensor})
 
 
