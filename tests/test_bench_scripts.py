@@ -36,3 +36,46 @@ def test_the_ncnn_reference_rows_run_every_output_of_the_official_files(param, s
     assert len(backend.outputs) == outputs and backend.inputs[0].name not in {o.name for o in backend.outputs}
     for name, out in backend.run({backend.inputs[0].name: data}).items():
         assert out.size > 0 and np.isfinite(out).all(), name
+
+
+def test_the_int8_ceiling_keeps_nothing_in_float(demo_package, tmp_path):
+    """The ceiling INT8 quantises what every default recipe keeps in float (the first convolutions, the
+    stem, the decode tail) and takes no accuracy budget: its speed is the most that fewer float layers can buy."""
+    pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    import onnx
+    import openvino as ov
+
+    from converters.convert_openvino import float_convs as ir_float_convs
+    from converters.demo_data import write_split
+    from converters.quantize_onnx import FUSED_FLOAT_FIRST_CONVS, first_convs, float_convs
+    from edge_runtime.manifest import load_manifest
+
+    fp32 = onnx.load(str(demo_package / "model.onnx"))
+    stem = first_convs(fp32, 1)
+    assert stem and len(first_convs(fp32, FUSED_FLOAT_FIRST_CONVS)) > 1  # what the default keeps in float
+    write_split(tmp_path / "calib", "train", 40, progress=False)
+    formats = ["onnx", "openvino"] + (["tflite"] if importlib.util.find_spec("onnx2tf") else [])
+    out, refused = bench_module("int8_ceiling").ceiling_package(demo_package, tmp_path / "ceiling",
+                                                                tmp_path / "calib" / "train", 24, formats)
+    manifest = load_manifest(out)
+    assert {a.format for a in manifest.artifacts if a.precision == "int8"} == set(formats), refused
+    quant = {a.format: a.extra["quantization"] for a in manifest.artifacts if a.precision == "int8"}
+    assert all("accuracy_control" not in q for q in quant.values())  # no budget: nothing went back to float
+
+    assert float_convs(onnx.load(str(out / "model_int8.onnx"))) == []
+    assert quant["onnx"]["float_nodes"] == [] and quant["onnx"]["float_first_convs"]["convs"] == []
+
+    ir = ov.Core().read_model(str(out / "model_openvino_int8.xml"))
+    assert not any(name.startswith(stem[0]) for name in ir_float_convs(ir))
+    assert (quant["openvino"]["ignored_tail_ops"], quant["openvino"]["float_first_convs"]) == (0, 0)
+
+    if "tflite" in formats:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        assert quant["tflite"]["float_ops"] == "none (full integer)"
+        interpreter = Interpreter(model_path=str(out / "model_int8.tflite"),  # no XNNPACK: the ops as written
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+        convs = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+        assert convs and all(tensors[op["inputs"][0]] == np.int8 for op in convs)
