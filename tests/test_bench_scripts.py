@@ -48,27 +48,34 @@ def test_the_int8_ceiling_keeps_nothing_in_float(demo_package, tmp_path):
 
     from converters.convert_openvino import float_convs as ir_float_convs
     from converters.demo_data import write_split
+    from converters.formats import CONVERTERS
     from converters.quantize_onnx import FUSED_FLOAT_FIRST_CONVS, first_convs, float_convs
+    from edge_runtime.errors import UsageError
     from edge_runtime.manifest import load_manifest
 
     fp32 = onnx.load(str(demo_package / "model.onnx"))
     stem = first_convs(fp32, 1)
-    assert stem and len(first_convs(fp32, FUSED_FLOAT_FIRST_CONVS)) > 1  # what the default keeps in float
+    assert len(first_convs(fp32, FUSED_FLOAT_FIRST_CONVS)) > len(stem) == 1  # what the defaults keep in float
     write_split(tmp_path / "calib", "train", 40, progress=False)
-    formats = ["onnx", "openvino"] + (["tflite"] if importlib.util.find_spec("onnx2tf") else [])
-    out, refused = bench_module("int8_ceiling").ceiling_package(demo_package, tmp_path / "ceiling",
-                                                                tmp_path / "calib" / "train", 24, formats)
+    calib = tmp_path / "calib" / "train"
+    ceiling = bench_module("int8_ceiling")
+    with pytest.raises(UsageError, match="exists"):  # never into a folder that is there: nothing half-written
+        ceiling.ceiling_package(demo_package, tmp_path, calib, 24, ["onnx"])
+    formats = ["onnx", "openvino"] + ([] if CONVERTERS["tflite"].missing_libraries("int8") else ["tflite"])
+    out, made, refused = ceiling.ceiling_package(demo_package, tmp_path / "ceiling", calib, 24, formats)
+    assert made == formats, refused
     manifest = load_manifest(out)
-    assert {a.format for a in manifest.artifacts if a.precision == "int8"} == set(formats), refused
     quant = {a.format: a.extra["quantization"] for a in manifest.artifacts if a.precision == "int8"}
     assert all("accuracy_control" not in q for q in quant.values())  # no budget: nothing went back to float
 
     assert float_convs(onnx.load(str(out / "model_int8.onnx"))) == []
     assert quant["onnx"]["float_nodes"] == [] and quant["onnx"]["float_first_convs"]["convs"] == []
 
+    record = quant["openvino"]
+    assert (record["ignored_tail_ops"], record["float_first_convs"], record["float_convs"]) == (0, 0, [])
+    assert record["stem_quantized"]["convs"]
     ir = ov.Core().read_model(str(out / "model_openvino_int8.xml"))
-    assert not any(name.startswith(stem[0]) for name in ir_float_convs(ir))
-    assert (quant["openvino"]["ignored_tail_ops"], quant["openvino"]["float_first_convs"]) == (0, 0)
+    assert not any(name.startswith(stem[0]) for name in ir_float_convs(ir))  # a FakeQuantize before the stem
 
     if "tflite" in formats:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
