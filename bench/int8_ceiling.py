@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.bench import bench_artifact, run_isolated, synthetic_image
+from edge_runtime.budget import recorded_accuracy
 from edge_runtime.deploy.hostinfo import detect_host, physical_cores
 from edge_runtime.errors import EdgeRuntimeError, UsageError
 from edge_runtime.io.sources import read_image
@@ -95,9 +96,10 @@ def ceiling_package(package: str | Path, out: str | Path, calib: str | Path, cal
 
 
 def _held_out_cosine(extra: dict[str, Any]) -> float | None:
-    """The mean per-image cosine with FP32 that convert recorded, when measured on held-out photos."""
-    agreement = extra.get("fp32_agreement") or {}
-    return agreement.get("cosine_mean") if "held_out_images" in (agreement.get("checked_on") or {}) else None
+    """The mean per-image cosine with FP32 that convert recorded (``recorded_accuracy``), when measured on
+    held-out photos."""
+    checked_on = (extra.get("fp32_agreement") or {}).get("checked_on") or {}
+    return recorded_accuracy(extra).get("cosine_mean") if "held_out_images" in checked_on else None
 
 
 def main() -> None:
